@@ -1,1 +1,33 @@
+//! bqdrain: export warehouse tables to object storage through a work queue.
+//!
+//! The core is ports and adapters. The ports are [`queue`] (topics and
+//! subscriptions), [`warehouse`] (list tables, export one) and [`store`]
+//! (objects by key); [`local`] holds the embedded adapters that need no
+//! service, and [`backends`] opens any adapter from its URI.
+//!
+//! The engine is written once against the ports: [`producer`] publishes one
+//! [`message`] per table, [`drain`] pulls with bounded concurrency, leases and
+//! graceful [`shutdown`], [`export`] turns one message into one committed
+//! export laid out as [`layout`] says, and [`replay`], [`status`] and [`demo`]
+//! are the operator's commands.
 
+pub mod backends;
+pub mod cli;
+pub mod demo;
+pub mod drain;
+pub mod error;
+pub mod export;
+pub mod layout;
+pub mod local;
+pub mod logging;
+pub mod message;
+pub mod producer;
+pub mod queue;
+pub mod replay;
+pub mod retry;
+pub mod runs;
+pub mod shutdown;
+pub mod status;
+pub mod store;
+pub mod task;
+pub mod warehouse;

@@ -1,1 +1,289 @@
-fn main(){}
+//! The `bqdrain` binary: worker, replay, status and the local demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use bqdrain::cli::{fail, peak_rss_bytes, print_json};
+use bqdrain::drain::{drain, DrainConfig, DrainReport, ExitReason};
+use bqdrain::error::ConfigError;
+use bqdrain::export::ExportHandler;
+use bqdrain::logging::{self, LogFormat};
+use bqdrain::retry::RetryPolicy;
+use bqdrain::task::TaskIdentity;
+use bqdrain::{backends, demo, replay, shutdown, status};
+
+#[derive(Parser)]
+#[command(
+    name = "bqdrain",
+    version,
+    about = "Export warehouse tables to object storage through a work queue drained by parallel tasks"
+)]
+struct Cli {
+    /// Log format on stderr: text on a terminal and JSON lines otherwise by default.
+    #[arg(
+        long,
+        global = true,
+        env = "BQDRAIN_LOG_FORMAT",
+        value_enum,
+        default_value = "auto"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pull work messages and export each unit, until the runs seen are done.
+    Work(WorkArgs),
+    /// Move dead-lettered messages back to the work topic.
+    Replay(ReplayArgs),
+    /// Show each unit of a run: pending, exported, or dead-lettered and why.
+    Status(StatusArgs),
+    /// Run the whole flow locally: dummy tables, producer, worker processes.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct WorkArgs {
+    /// Work subscription, e.g. queue://q.db?dead_letter=dead#work.
+    #[arg(long, env = "BQDRAIN_SUBSCRIPTION")]
+    subscription: String,
+    /// Where permanent failures go; defaults to the subscription's dead-letter policy.
+    #[arg(long, env = "BQDRAIN_DEAD_LETTER_TOPIC")]
+    dead_letter_topic: Option<String>,
+    /// Units exported at once by this task.
+    #[arg(long, env = "BQDRAIN_CONCURRENCY", default_value_t = 4)]
+    concurrency: usize,
+    /// Exit after this many seconds with nothing received and nothing held
+    /// [default: the ack deadline plus 10 s, so a redelivery is still caught].
+    #[arg(long, env = "BQDRAIN_IDLE_TIMEOUT")]
+    idle_timeout: Option<f64>,
+    /// Seconds after SIGTERM/SIGINT to finish in-flight work before giving it back.
+    #[arg(long, env = "BQDRAIN_GRACE_PERIOD", default_value_t = 8.0)]
+    grace_period: f64,
+    /// In-process retries of a transient export failure before the queue redelivers.
+    #[arg(long, env = "BQDRAIN_MAX_RETRIES", default_value_t = 3)]
+    max_retries: usize,
+    /// First retry delay in seconds (doubles each retry, with jitter).
+    #[arg(long, env = "BQDRAIN_RETRY_DELAY", default_value_t = 0.5)]
+    retry_delay: f64,
+    /// Longest retry delay in seconds.
+    #[arg(long, env = "BQDRAIN_RETRY_MAX_DELAY", default_value_t = 30.0)]
+    retry_max_delay: f64,
+    /// Print one JSON object with the outcome on stdout.
+    #[arg(long, env = "BQDRAIN_JSON")]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// Dead-letter subscription to take messages from.
+    #[arg(long, env = "BQDRAIN_REPLAY_FROM")]
+    from: String,
+    /// Work topic to send them back to.
+    #[arg(long, env = "BQDRAIN_REPLAY_TO")]
+    to: String,
+    /// Only messages of this run.
+    #[arg(long, env = "BQDRAIN_RUN_ID")]
+    run_id: Option<String>,
+    /// Only tables matching this glob.
+    #[arg(long, env = "BQDRAIN_TABLE")]
+    table: Option<String>,
+    /// List what would be replayed; move nothing.
+    #[arg(long, env = "BQDRAIN_DRY_RUN")]
+    dry_run: bool,
+    /// Replay at most this many messages.
+    #[arg(long, env = "BQDRAIN_MAX")]
+    max: Option<usize>,
+    #[arg(long, env = "BQDRAIN_JSON")]
+    json: bool,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// Export root the run wrote to, e.g. file://demo/exports.
+    #[arg(long, env = "BQDRAIN_DESTINATION")]
+    destination: String,
+    #[arg(long, env = "BQDRAIN_RUN_ID")]
+    run_id: String,
+    #[arg(long, env = "BQDRAIN_JSON")]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[arg(long, env = "BQDRAIN_DEMO_TABLES", default_value_t = 30)]
+    tables: usize,
+    /// Rows per table.
+    #[arg(long, env = "BQDRAIN_DEMO_ROWS", default_value_t = 1000)]
+    rows: u64,
+    /// Worker processes to start, like Cloud Run tasks.
+    #[arg(long, env = "BQDRAIN_DEMO_TASKS", default_value_t = 4)]
+    tasks: usize,
+    /// Folder for the warehouse, queue, exports and logs (recreated, exports kept).
+    #[arg(long, env = "BQDRAIN_DEMO_DIR", default_value = "bqdrain-demo")]
+    dir: PathBuf,
+    /// Make this table unexportable, to show dead-lettering and replay (repeatable).
+    #[arg(long, env = "BQDRAIN_DEMO_FAIL", value_delimiter = ',')]
+    fail: Vec<String>,
+    #[arg(long, env = "BQDRAIN_JSON")]
+    json: bool,
+}
+
+fn seconds(flag: &str, value: f64) -> Result<Duration, ConfigError> {
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        ConfigError::new(
+            flag,
+            format!("{value} is not a number of seconds"),
+            "give a non-negative number",
+        )
+    })
+}
+
+#[derive(Serialize)]
+struct WorkOutcome {
+    #[serde(flatten)]
+    report: DrainReport,
+    task: String,
+    peak_rss_bytes: Option<u64>,
+}
+
+async fn work(args: WorkArgs, started: Instant) -> anyhow::Result<ExitCode> {
+    if args.concurrency == 0 {
+        return Err(ConfigError::new("--concurrency", "is 0", "give at least 1").into());
+    }
+    let subscription = backends::open_subscription(&args.subscription, "--subscription")?;
+    let dead_letter_uri = args.dead_letter_topic.clone().or_else(|| subscription.dead_letter_topic()).ok_or_else(|| {
+        ConfigError::new(
+            "--dead-letter-topic",
+            format!("{} has no dead-letter policy and no topic was given", args.subscription),
+            "pass --dead-letter-topic (or add dead_letter=NAME to a queue:// subscription), so failures are kept, not lost",
+        )
+    })?;
+    let dead_letter = backends::open_topic(&dead_letter_uri, "--dead-letter-topic")?;
+    let idle_timeout = match args.idle_timeout {
+        Some(s) => seconds("--idle-timeout", s)?,
+        None => subscription.ack_deadline() + Duration::from_secs(10),
+    };
+    let grace = seconds("--grace-period", args.grace_period)?;
+    let retry = RetryPolicy {
+        max_retries: args.max_retries,
+        min_delay: seconds("--retry-delay", args.retry_delay)?,
+        max_delay: seconds("--retry-max-delay", args.retry_max_delay)?,
+    };
+    let task = TaskIdentity::from_env();
+    tracing::info!(%task, subscription = %args.subscription, concurrency = args.concurrency, idle_timeout_s = idle_timeout.as_secs_f64(), "worker started");
+    let (trigger, shutdown) = shutdown::channel();
+    let mut signal = shutdown::on_signals(trigger, grace);
+    let handler = Arc::new(ExportHandler::new(retry, task.clone()));
+    let config = DrainConfig {
+        concurrency: args.concurrency,
+        idle_timeout,
+        started,
+    };
+    let report = drain(subscription, Some(dead_letter), handler, config, shutdown).await;
+    tracing::info!(acked = report.acked, nacked = report.nacked, dead_lettered = report.dead_lettered, exit = ?report.exit, "worker done");
+    let code = match report.exit {
+        ExitReason::Signal => ExitCode::from(128 + signal.try_recv().unwrap_or(15) as u8),
+        _ => ExitCode::SUCCESS,
+    };
+    if args.json {
+        print_json(&WorkOutcome {
+            report,
+            task: task.to_string(),
+            peak_rss_bytes: peak_rss_bytes(),
+        });
+    }
+    Ok(code)
+}
+
+async fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Work(args) => work(args, started).await,
+        Command::Replay(args) => {
+            let from = backends::open_subscription(&args.from, "--from")?;
+            let to = backends::open_topic(&args.to, "--to")?;
+            let filter = replay::ReplayFilter {
+                run_id: args.run_id,
+                table: args.table,
+                dry_run: args.dry_run,
+                max: args.max,
+            };
+            let report = replay::replay(from.as_ref(), to.as_ref(), &filter).await?;
+            if args.json {
+                print_json(&report);
+            } else {
+                let verb = if report.dry_run {
+                    "would replay"
+                } else {
+                    "replayed"
+                };
+                for m in &report.messages {
+                    println!(
+                        "{verb} run={} table={} reason={}",
+                        m.run_id.as_deref().unwrap_or("?"),
+                        m.table.as_deref().unwrap_or("?"),
+                        m.reason.as_deref().unwrap_or("?")
+                    );
+                }
+                println!(
+                    "{} matched, {} replayed, {} left in the dead-letter queue",
+                    report.matched, report.replayed, report.left
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status(args) => {
+            let store = backends::open_store(&args.destination, "--destination")?;
+            let report = status::run_status(store.as_ref(), &args.run_id).await?;
+            if args.json {
+                print_json(&report);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            let opts = demo::DemoOptions {
+                tables: args.tables,
+                rows: args.rows,
+                tasks: args.tasks,
+                dir: args.dir,
+                fail: args.fail,
+                progress: !args.json,
+            };
+            let report = demo::run(&opts, &std::env::current_exe()?).await?;
+            if args.json {
+                print_json(&report);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let started = Instant::now();
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => return fail(err.into()),
+    };
+    runtime.block_on(run(cli, started)).unwrap_or_else(fail)
+}

@@ -1,0 +1,334 @@
+//! The drain loop: pull with bounded concurrency, keep leases alive while
+//! work runs, settle every message (ack, nack or dead-letter), stop when the
+//! work is done or the queue stays idle, and shut down gracefully.
+//!
+//! What is done with a message is the [`Handler`]'s business; the loop is the
+//! same for exports and for the no-op benchmark.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::error::UnitError;
+use crate::message::Envelope;
+use crate::queue::{Delivery, Subscription, Topic};
+use crate::shutdown::{Phase, Shutdown};
+use crate::warehouse::Cancel;
+
+/// How long one pull waits for messages before the loop looks around again.
+const PULL_WAIT: Duration = Duration::from_millis(500);
+/// How often an idle worker asks whether its runs are complete.
+const DRAINED_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Attributes added to a dead-lettered message.
+pub const ATTR_ERROR_REASON: &str = "bqdrain_error_reason";
+pub const ATTR_ERROR_MESSAGE: &str = "bqdrain_error_message";
+pub const ATTR_DELIVERY_ATTEMPT: &str = "bqdrain_delivery_attempt";
+pub const ATTR_FAILED_AT: &str = "bqdrain_failed_at";
+pub const ATTR_SUBSCRIPTION: &str = "bqdrain_subscription";
+
+/// What to do with a message once handled.
+#[derive(Debug)]
+pub enum Disposition {
+    /// Done (or already done): remove it.
+    Ack,
+    /// Failed in a way another attempt may fix: redeliver, unless this was
+    /// the last allowed attempt, in which case dead-letter it with the error.
+    Retry(UnitError),
+    /// Failed for good: dead-letter now.
+    DeadLetter(UnitError),
+}
+
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one message. `cancel` is set when shutdown gives up waiting.
+    async fn handle(&self, delivery: &Delivery, cancel: Cancel) -> Disposition;
+
+    /// Called before a message is dead-lettered, to record why.
+    async fn dead_lettered(&self, _delivery: &Delivery, _error: &UnitError) {}
+
+    /// True when all the work this worker has seen is complete, so that it
+    /// can exit without waiting for the idle timeout.
+    async fn drained(&self) -> bool {
+        false
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DrainConfig {
+    /// Messages handled at once by this process.
+    pub concurrency: usize,
+    /// Exit after this long with nothing received and nothing held.
+    pub idle_timeout: Duration,
+    /// When the process started, for `first_ack_after_start_s`.
+    pub started: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitReason {
+    /// Every run this worker saw is complete.
+    Drained,
+    /// Nothing arrived for the idle timeout.
+    Idle,
+    /// SIGTERM or SIGINT.
+    Signal,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainReport {
+    pub received: u64,
+    pub acked: u64,
+    pub nacked: u64,
+    pub dead_lettered: u64,
+    pub seconds: f64,
+    pub first_ack_after_start_s: Option<f64>,
+    pub exit: ExitReason,
+}
+
+#[derive(Default)]
+struct Counters {
+    received: AtomicU64,
+    acked: AtomicU64,
+    nacked: AtomicU64,
+    dead_lettered: AtomicU64,
+    first_ack: OnceLock<Duration>,
+}
+
+struct Context {
+    subscription: Arc<dyn Subscription>,
+    dead_letter: Option<Arc<dyn Topic>>,
+    handler: Arc<dyn Handler>,
+    counters: Counters,
+    started: Instant,
+}
+
+pub async fn drain(
+    subscription: Arc<dyn Subscription>,
+    dead_letter: Option<Arc<dyn Topic>>,
+    handler: Arc<dyn Handler>,
+    config: DrainConfig,
+    mut shutdown: Shutdown,
+) -> DrainReport {
+    let began = Instant::now();
+    let ctx = Arc::new(Context {
+        subscription,
+        dead_letter,
+        handler,
+        counters: Counters::default(),
+        started: config.started,
+    });
+    let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let mut in_flight = JoinSet::new();
+    let mut last_activity = Instant::now();
+    let mut last_drained_check: Option<Instant> = None;
+    let mut pull_failures = 0u32;
+
+    let exit = loop {
+        while in_flight.try_join_next().is_some() {
+            last_activity = Instant::now();
+            last_drained_check = None;
+        }
+        if shutdown.phase() != Phase::Running {
+            break ExitReason::Signal;
+        }
+        if in_flight.is_empty() {
+            if last_drained_check.is_none_or(|t| t.elapsed() >= DRAINED_CHECK_EVERY) {
+                last_drained_check = Some(Instant::now());
+                if ctx.handler.drained().await {
+                    break ExitReason::Drained;
+                }
+            }
+            if last_activity.elapsed() >= config.idle_timeout {
+                break ExitReason::Idle;
+            }
+        }
+        let free = permits.available_permits();
+        if free == 0 {
+            tokio::select! {
+                _ = in_flight.join_next() => {
+                    last_activity = Instant::now();
+                    last_drained_check = None;
+                }
+                _ = shutdown.draining() => {}
+            }
+            continue;
+        }
+        let pulled = tokio::select! {
+            pulled = ctx.subscription.pull(free, PULL_WAIT) => pulled,
+            _ = shutdown.draining() => continue,
+        };
+        match pulled {
+            Ok(batch) => {
+                pull_failures = 0;
+                if !batch.is_empty() {
+                    last_activity = Instant::now();
+                }
+                for delivery in batch {
+                    let permit = Arc::clone(&permits)
+                        .try_acquire_owned()
+                        .expect("pulled no more than the free permits");
+                    ctx.counters.received.fetch_add(1, Ordering::Relaxed);
+                    let ctx = Arc::clone(&ctx);
+                    let shutdown = shutdown.clone();
+                    in_flight.spawn(async move {
+                        process(&ctx, delivery, shutdown).await;
+                        drop(permit);
+                    });
+                }
+            }
+            Err(err) => {
+                pull_failures += 1;
+                let delay = Duration::from_millis(200 * 2u64.pow(pull_failures.min(6)));
+                tracing::warn!(error = %format!("{err:#}"), retry_in_ms = delay.as_millis() as u64, "pull failed");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    };
+
+    if !in_flight.is_empty() {
+        tracing::info!(in_flight = in_flight.len(), "waiting for in-flight work");
+    }
+    while in_flight.join_next().await.is_some() {}
+
+    let c = &ctx.counters;
+    DrainReport {
+        received: c.received.load(Ordering::Relaxed),
+        acked: c.acked.load(Ordering::Relaxed),
+        nacked: c.nacked.load(Ordering::Relaxed),
+        dead_lettered: c.dead_lettered.load(Ordering::Relaxed),
+        seconds: began.elapsed().as_secs_f64(),
+        first_ack_after_start_s: c.first_ack.get().map(Duration::as_secs_f64),
+        exit,
+    }
+}
+
+/// Handles one delivery while keeping its lease, then settles it.
+async fn process(ctx: &Context, delivery: Delivery, mut shutdown: Shutdown) {
+    let cancel: Cancel = Arc::new(AtomicBool::new(false));
+    let deadline = ctx.subscription.ack_deadline();
+    let mut renew =
+        tokio::time::interval_at(tokio::time::Instant::now() + deadline / 2, deadline / 2);
+    let work = ctx.handler.handle(&delivery, Arc::clone(&cancel));
+    tokio::pin!(work);
+    let disposition = loop {
+        tokio::select! {
+            disposition = &mut work => break Some(disposition),
+            _ = renew.tick() => {
+                if let Err(err) = ctx.subscription.extend_lease(&delivery.ack_id, deadline).await {
+                    tracing::warn!(message_id = %delivery.message_id, error = %format!("{err:#}"), "lease extension failed");
+                }
+            }
+            _ = shutdown.aborted() => {
+                cancel.store(true, Ordering::Relaxed);
+                break None;
+            }
+        }
+    };
+    match disposition {
+        Some(Disposition::Ack) => ack(ctx, &delivery).await,
+        Some(Disposition::DeadLetter(err)) => dead_letter(ctx, &delivery, err).await,
+        Some(Disposition::Retry(err)) => {
+            let last = ctx
+                .subscription
+                .max_delivery_attempts()
+                .is_some_and(|max| delivery.delivery_attempt >= max);
+            if last {
+                let err = UnitError {
+                    message: format!(
+                        "gave up after {} delivery attempts; last error: {}",
+                        delivery.delivery_attempt, err.message
+                    ),
+                    ..err
+                };
+                dead_letter(ctx, &delivery, err).await;
+            } else {
+                tracing::warn!(message_id = %delivery.message_id, attempt = delivery.delivery_attempt, error = %err, "giving the message back for redelivery");
+                nack(ctx, &delivery).await;
+            }
+        }
+        None => {
+            tracing::warn!(message_id = %delivery.message_id, "grace period over: giving the message back");
+            nack(ctx, &delivery).await;
+        }
+    }
+}
+
+async fn ack(ctx: &Context, delivery: &Delivery) {
+    match ctx
+        .subscription
+        .ack(std::slice::from_ref(&delivery.ack_id))
+        .await
+    {
+        Ok(()) => {
+            ctx.counters.acked.fetch_add(1, Ordering::Relaxed);
+            let _ = ctx.counters.first_ack.set(ctx.started.elapsed());
+        }
+        // The lease will lapse and the message come back; the completion
+        // record makes the second delivery a cheap no-op.
+        Err(err) => {
+            tracing::error!(message_id = %delivery.message_id, error = %format!("{err:#}"), "ack failed")
+        }
+    }
+}
+
+async fn nack(ctx: &Context, delivery: &Delivery) {
+    match ctx.subscription.nack(&delivery.ack_id).await {
+        Ok(()) => {
+            ctx.counters.nacked.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(err) => {
+            tracing::error!(message_id = %delivery.message_id, error = %format!("{err:#}"), "nack failed; the lease will lapse")
+        }
+    }
+}
+
+/// The message with the attributes that say why it was dead-lettered.
+pub fn dead_letter_envelope(delivery: &Delivery, err: &UnitError, subscription: &str) -> Envelope {
+    let mut attributes: BTreeMap<String, String> = delivery.attributes.clone();
+    attributes.insert(ATTR_ERROR_REASON.into(), err.reason.clone());
+    attributes.insert(ATTR_ERROR_MESSAGE.into(), err.message.clone());
+    attributes.insert(
+        ATTR_DELIVERY_ATTEMPT.into(),
+        delivery.delivery_attempt.to_string(),
+    );
+    attributes.insert(ATTR_FAILED_AT.into(), chrono::Utc::now().to_rfc3339());
+    attributes.insert(ATTR_SUBSCRIPTION.into(), subscription.to_string());
+    Envelope {
+        data: delivery.data.clone(),
+        attributes,
+    }
+}
+
+/// Publishes to the dead-letter topic, and acks only once that is confirmed.
+async fn dead_letter(ctx: &Context, delivery: &Delivery, err: UnitError) {
+    let Some(topic) = &ctx.dead_letter else {
+        tracing::error!(message_id = %delivery.message_id, error = %err, "no dead-letter topic: giving the message back");
+        return nack(ctx, delivery).await;
+    };
+    tracing::warn!(message_id = %delivery.message_id, attempt = delivery.delivery_attempt, reason = %err.reason, error = %err.message, "dead-lettering");
+    ctx.handler.dead_lettered(delivery, &err).await;
+    let envelope = dead_letter_envelope(delivery, &err, ctx.subscription.uri());
+    match topic.publish(vec![envelope]).await {
+        Ok(_) => {
+            if ctx
+                .subscription
+                .ack(std::slice::from_ref(&delivery.ack_id))
+                .await
+                .is_ok()
+            {
+                ctx.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Err(publish_err) => {
+            tracing::error!(message_id = %delivery.message_id, error = %format!("{publish_err:#}"), "dead-letter publish failed; giving the message back");
+            nack(ctx, delivery).await;
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! Turns one work message into one committed export.
+//!
+//! The order of steps is what makes retries, crashes and duplicates safe:
+//! 1. a completion record already there means the unit is done: ack;
+//! 2. export into the run's own folder (older exports are untouched);
+//! 3. delete whatever else is in that folder (shards of a crashed attempt);
+//! 4. write the export's manifest, then the completion record if absent:
+//!    the first writer wins, later ones find it and ack;
+//! 5. only then delete older runs' folders of the same unit.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::Utc;
+
+use crate::backends::OpenBackends;
+use crate::drain::{Disposition, Handler};
+use crate::error::UnitError;
+use crate::layout::{
+    self, DeadRecord, ExportedFile, RunManifest, TableManifest, RUN_FOLDER_PREFIX,
+};
+use crate::message::{WorkMessage, SCHEMA_VERSION};
+use crate::queue::Delivery;
+use crate::retry::RetryPolicy;
+use crate::runs::RunTracker;
+use crate::store::ObjectStore;
+use crate::task::TaskIdentity;
+use crate::warehouse::{Cancel, ExportRequest};
+
+pub struct ExportHandler {
+    backends: OpenBackends,
+    retry: RetryPolicy,
+    runs: RunTracker,
+    task: TaskIdentity,
+}
+
+impl ExportHandler {
+    pub fn new(retry: RetryPolicy, task: TaskIdentity) -> ExportHandler {
+        ExportHandler {
+            backends: OpenBackends::default(),
+            retry,
+            runs: RunTracker::default(),
+            task,
+        }
+    }
+
+    fn store_for(&self, msg: &WorkMessage) -> Result<Arc<dyn ObjectStore>, UnitError> {
+        self.backends
+            .store(&msg.destination)
+            .map_err(|e| UnitError::permanent("invalid", format!("{e:#}")))
+    }
+
+    async fn export(
+        &self,
+        msg: &WorkMessage,
+        store: &dyn ObjectStore,
+        attempt: u32,
+        cancel: Cancel,
+    ) -> Result<(), UnitError> {
+        let unit = msg.source.unit();
+        let done_key = layout::done_record(&msg.run_id, &unit);
+        if store
+            .read(&done_key)
+            .await
+            .map_err(|e| UnitError::io("reading completion record", e))?
+            .is_some()
+        {
+            tracing::info!(run_id = %msg.run_id, unit, "already exported: acking the duplicate");
+            return self.remove_superseded(msg, store).await;
+        }
+        let warehouse = self
+            .backends
+            .warehouse(&msg.source.dataset_uri)
+            .map_err(|e| UnitError::permanent("invalid", format!("{e:#}")))?;
+        let folder = layout::export_folder(&msg.source, &msg.run_id);
+        let request = ExportRequest {
+            job_key: format!("bqdrain_{}_{}", msg.run_id, unit),
+            source: msg.source.clone(),
+            destination_root: msg.destination.clone(),
+            folder: folder.clone(),
+            options: msg.options.clone(),
+        };
+        let started = std::time::Instant::now();
+        let result = self
+            .retry
+            .run("export", || warehouse.export(&request, Arc::clone(&cancel)))
+            .await?;
+
+        let written: HashSet<&str> = result.files.iter().map(String::as_str).collect();
+        let listed = store
+            .list(&folder)
+            .await
+            .map_err(|e| UnitError::io("listing export folder", e))?;
+        let mut files = Vec::with_capacity(written.len());
+        for object in listed {
+            if written.contains(object.key.as_str()) {
+                files.push(ExportedFile {
+                    key: object.key,
+                    bytes: object.size,
+                });
+            } else {
+                store
+                    .delete(&object.key)
+                    .await
+                    .map_err(|e| UnitError::io("deleting stale object", e))?;
+            }
+        }
+        if files.len() != written.len() {
+            return Err(UnitError::transient(
+                "backendError",
+                format!(
+                    "export reported {} files but {} are in {folder}",
+                    written.len(),
+                    files.len()
+                ),
+            ));
+        }
+        let manifest = TableManifest {
+            v: SCHEMA_VERSION,
+            run_id: msg.run_id.clone(),
+            unit: unit.clone(),
+            bytes: files.iter().map(|f| f.bytes).sum(),
+            files,
+            rows: result.rows,
+            finished_at: Utc::now(),
+            delivery_attempt: attempt,
+            task: self.task.to_string(),
+        };
+        let body = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
+        let io = |e| UnitError::io("writing manifest", e);
+        store
+            .write(&format!("{folder}{}", layout::TABLE_MANIFEST), &body)
+            .await
+            .map_err(io)?;
+        if store.write_if_absent(&done_key, &body).await.map_err(io)? {
+            tracing::info!(
+                run_id = %msg.run_id, unit, files = manifest.files.len(), bytes = manifest.bytes,
+                rows = manifest.rows, seconds = started.elapsed().as_secs_f64(), "exported"
+            );
+            let _ = store.delete(&layout::dead_record(&msg.run_id, &unit)).await;
+        } else {
+            tracing::info!(run_id = %msg.run_id, unit, "another task committed this unit first");
+        }
+        self.remove_superseded(msg, store).await
+    }
+
+    /// Deletes the folders of this unit's older runs, now that this run's
+    /// export is committed. Newer runs are left alone, and so are runs whose
+    /// age cannot be told (no run manifest).
+    async fn remove_superseded(
+        &self,
+        msg: &WorkMessage,
+        store: &dyn ObjectStore,
+    ) -> Result<(), UnitError> {
+        let unit_folder = layout::unit_folder(&msg.source);
+        let listed = store
+            .list(&unit_folder)
+            .await
+            .map_err(|e| UnitError::io("listing unit folder", e))?;
+        let mut runs: Vec<&str> = listed
+            .iter()
+            .filter_map(|o| o.key[unit_folder.len()..].strip_prefix(RUN_FOLDER_PREFIX))
+            .filter_map(|rest| rest.split_once('/').map(|(run, _)| run))
+            .filter(|run| *run != msg.run_id)
+            .collect();
+        runs.dedup();
+        for run in runs {
+            let other = store
+                .read(&layout::run_manifest(run))
+                .await
+                .map_err(|e| UnitError::io("reading run manifest", e))?
+                .and_then(|b| serde_json::from_slice::<RunManifest>(&b).ok());
+            let older = match &other {
+                Some(m) => {
+                    (m.created_at, m.run_id.as_str()) < (msg.enqueued_at, msg.run_id.as_str())
+                }
+                None => {
+                    tracing::warn!(
+                        unit_folder,
+                        run,
+                        "leaving a folder of a run with no manifest"
+                    );
+                    false
+                }
+            };
+            if older {
+                let prefix = format!("{unit_folder}{RUN_FOLDER_PREFIX}{run}/");
+                for object in listed.iter().filter(|o| o.key.starts_with(&prefix)) {
+                    store
+                        .delete(&object.key)
+                        .await
+                        .map_err(|e| UnitError::io("deleting superseded export", e))?;
+                }
+                tracing::info!(unit_folder, run, "deleted superseded export");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Handler for ExportHandler {
+    async fn handle(&self, delivery: &Delivery, cancel: Cancel) -> Disposition {
+        let msg = match WorkMessage::decode(&delivery.data) {
+            Ok(msg) => msg,
+            Err(err) => return Disposition::DeadLetter(err),
+        };
+        let store = match self.store_for(&msg) {
+            Ok(store) => store,
+            Err(err) => return Disposition::DeadLetter(err),
+        };
+        self.runs.observe(&msg.run_id, Arc::clone(&store));
+        match self
+            .export(&msg, store.as_ref(), delivery.delivery_attempt, cancel)
+            .await
+        {
+            Ok(()) => Disposition::Ack,
+            Err(err) if err.is_transient() => Disposition::Retry(err),
+            Err(err) => Disposition::DeadLetter(err),
+        }
+    }
+
+    async fn dead_lettered(&self, delivery: &Delivery, error: &UnitError) {
+        let Ok(msg) = WorkMessage::decode(&delivery.data) else {
+            return;
+        };
+        let Ok(store) = self.store_for(&msg) else {
+            return;
+        };
+        let unit = msg.source.unit();
+        let record = DeadRecord {
+            v: SCHEMA_VERSION,
+            run_id: msg.run_id.clone(),
+            unit: unit.clone(),
+            reason: error.reason.clone(),
+            message: error.message.clone(),
+            delivery_attempt: delivery.delivery_attempt,
+            at: Utc::now(),
+        };
+        let body = serde_json::to_vec_pretty(&record).expect("records serialize");
+        if let Err(err) = store
+            .write(&layout::dead_record(&msg.run_id, &unit), &body)
+            .await
+        {
+            tracing::error!(run_id = %msg.run_id, unit, error = %format!("{err:#}"), "cannot write dead-letter record");
+        }
+    }
+
+    async fn drained(&self) -> bool {
+        self.runs.all_complete().await
+    }
+}

@@ -1,0 +1,190 @@
+//! A folder as an object store: `file://PATH`.
+//!
+//! Writes go to a hidden temporary file first and are renamed into place,
+//! so a reader never sees half an object; write-if-absent links the
+//! temporary file to its key, which the file system refuses atomically when
+//! the key exists.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use async_trait::async_trait;
+
+use super::{absolute, LocalUri};
+use crate::error::ConfigError;
+use crate::store::{ObjectInfo, ObjectStore};
+
+pub struct FsStore {
+    uri: String,
+    root: PathBuf,
+}
+
+impl FsStore {
+    pub fn is_local(uri: &str) -> bool {
+        uri.starts_with("file://")
+    }
+
+    /// The folder a `file://` URI names.
+    pub fn root_of(uri: &str, flag: &str) -> Result<PathBuf, ConfigError> {
+        let parsed = LocalUri::parse(uri, "file").ok_or_else(|| {
+            ConfigError::new(
+                flag,
+                format!("{uri:?} is not a file:// URI"),
+                "write it as file://PATH, e.g. file://demo/exports",
+            )
+        })?;
+        Ok(absolute(&parsed.path))
+    }
+
+    pub fn open(uri: &str, flag: &str) -> Result<FsStore, ConfigError> {
+        let root = Self::root_of(uri, flag)?;
+        Ok(FsStore {
+            uri: format!("file://{}", root.display()),
+            root,
+        })
+    }
+
+    fn path_of(&self, key: &str) -> anyhow::Result<PathBuf> {
+        anyhow::ensure!(
+            !key.split('/').any(|s| s == ".." || s == "."),
+            "object key {key:?} has a relative segment"
+        );
+        Ok(self.root.join(key))
+    }
+}
+
+/// A hidden sibling of `path` to write into before renaming.
+pub(crate) fn temp_sibling(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{:016x}", fastrand::u64(..)))
+}
+
+fn write_temp(path: &Path, data: &[u8]) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = temp_sibling(path);
+    std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
+    Ok(tmp)
+}
+
+fn walk(dir: &Path, root: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let path = entry.path();
+        if kind.is_dir() {
+            walk(&path, root, prefix, out)?;
+        } else if kind.is_file() {
+            let key = path
+                .strip_prefix(root)
+                .expect("walked paths lie under the root")
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            if key.starts_with(prefix) {
+                let size = entry.metadata()?.len();
+                out.push(ObjectInfo { key, size });
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f).await?
+}
+
+#[async_trait]
+impl ObjectStore for FsStore {
+    fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    async fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectInfo>> {
+        // Walk only the folder the prefix lies in.
+        let dir_key = prefix.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        let dir = self.path_of(dir_key)?;
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        blocking(move || {
+            let mut out = Vec::new();
+            walk(&dir, &root, &prefix, &mut out)
+                .with_context(|| format!("listing {}", dir.display()))?;
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn read(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let path = self.path_of(key)?;
+        blocking(move || match std::fs::read(&path) {
+            Ok(data) => Ok(Some(data)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        })
+        .await
+    }
+
+    async fn write(&self, key: &str, data: &[u8]) -> anyhow::Result<()> {
+        let path = self.path_of(key)?;
+        let data = data.to_vec();
+        blocking(move || {
+            let tmp = write_temp(&path, &data)?;
+            std::fs::rename(&tmp, &path)
+                .with_context(|| format!("renaming into {}", path.display()))
+        })
+        .await
+    }
+
+    async fn write_if_absent(&self, key: &str, data: &[u8]) -> anyhow::Result<bool> {
+        let path = self.path_of(key)?;
+        let data = data.to_vec();
+        blocking(move || {
+            let tmp = write_temp(&path, &data)?;
+            let linked = std::fs::hard_link(&tmp, &path);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e).with_context(|| format!("linking {}", path.display())),
+            }
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> anyhow::Result<()> {
+        let path = self.path_of(key)?;
+        let root = self.root.clone();
+        blocking(move || {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("deleting {}", path.display())),
+            }
+            // Object stores have no folders: drop the ones left empty.
+            let mut dir = path.parent();
+            while let Some(d) = dir {
+                if d == root || std::fs::remove_dir(d).is_err() {
+                    break;
+                }
+                dir = d.parent();
+            }
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,525 @@
+//! A SQLite database as a dataset: `sqlite://PATH?shard_bytes=N`.
+//!
+//! Its tables are the dataset's tables, its views are views and its virtual
+//! tables count as external. Exports write CSV or newline-delimited JSON,
+//! optionally gzip-compressed, into shards of at most `shard_bytes`
+//! uncompressed bytes named like BigQuery's wildcard output. A control table
+//! (see [`super::dataset`]) can make chosen tables fail or stall, which is
+//! how the demo and the tests show retries and dead-lettering.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use flate2::write::GzEncoder;
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use super::dataset::{Fault, FAULTS_TABLE};
+use super::store::{temp_sibling, FsStore};
+use super::{absolute, LocalUri};
+use crate::error::{ConfigError, UnitError};
+use crate::message::{Compression, ExportOptions, Format};
+use crate::warehouse::{Cancel, ExportRequest, ExportResult, TableInfo, TableKind, Warehouse};
+
+/// BigQuery's own limit on one exported file.
+const DEFAULT_SHARD_BYTES: u64 = 1 << 30;
+
+pub struct LocalWarehouse {
+    uri: String,
+    path: PathBuf,
+    dataset: String,
+    shard_bytes: u64,
+}
+
+impl LocalWarehouse {
+    pub fn is_local(uri: &str) -> bool {
+        uri.starts_with("sqlite://")
+    }
+
+    pub fn open(uri: &str, flag: &str) -> Result<LocalWarehouse, ConfigError> {
+        let fix = "write it as sqlite://PATH, e.g. sqlite://demo/warehouse.db";
+        let parsed = LocalUri::parse(uri, "sqlite").ok_or_else(|| {
+            ConfigError::new(flag, format!("{uri:?} is not a sqlite:// URI"), fix)
+        })?;
+        let mut shard_bytes = DEFAULT_SHARD_BYTES;
+        for (key, value) in &parsed.query {
+            match (key.as_str(), value.parse::<u64>()) {
+                ("shard_bytes", Ok(n)) if n > 0 => shard_bytes = n,
+                _ => {
+                    return Err(ConfigError::new(
+                        flag,
+                        format!("{key}={value:?} in {uri:?} is not a known setting"),
+                        "the one setting is shard_bytes=N (N > 0)",
+                    ))
+                }
+            }
+        }
+        let path = absolute(&parsed.path);
+        if !path.is_file() {
+            return Err(ConfigError::new(
+                flag,
+                format!("no dataset file at {}", path.display()),
+                "check the path, or run `bqdrain demo` to make one",
+            ));
+        }
+        let dataset = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let query = if shard_bytes == DEFAULT_SHARD_BYTES {
+            String::new()
+        } else {
+            format!("?shard_bytes={shard_bytes}")
+        };
+        Ok(LocalWarehouse {
+            uri: format!("sqlite://{}{}", path.display(), query),
+            path,
+            dataset,
+            shard_bytes,
+        })
+    }
+}
+
+fn connect(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    Ok(conn)
+}
+
+fn sqlite_error(context: &str, e: rusqlite::Error) -> UnitError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            UnitError::transient("backendError", format!("{context}: {e}"))
+        }
+        _ => UnitError::permanent("invalid", format!("{context}: {e}")),
+    }
+}
+
+#[async_trait]
+impl Warehouse for LocalWarehouse {
+    fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    fn project(&self) -> &str {
+        "local"
+    }
+
+    fn dataset(&self) -> &str {
+        &self.dataset
+    }
+
+    fn check_export(
+        &self,
+        options: &ExportOptions,
+        destination_root: &str,
+    ) -> Result<(), ConfigError> {
+        if !matches!(options.format, Format::Csv | Format::Json) {
+            return Err(ConfigError::new(
+                "--format",
+                format!("the local warehouse cannot write {}", options.format.name()),
+                "use csv or json locally; avro and parquet need BigQuery",
+            ));
+        }
+        if !matches!(options.compression, Compression::None | Compression::Gzip) {
+            return Err(ConfigError::new(
+                "--compression",
+                format!(
+                    "the local warehouse cannot write {} compression",
+                    options.compression.name()
+                ),
+                "use none or gzip",
+            ));
+        }
+        if !FsStore::is_local(destination_root) {
+            return Err(ConfigError::new(
+                "--destination",
+                format!(
+                    "the local warehouse exports only to file:// folders, not {destination_root:?}"
+                ),
+                "give --destination file://PATH",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn list_tables(&self) -> anyhow::Result<Vec<TableInfo>> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = connect(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            let mut stmt = conn.prepare(
+                "SELECT name, type, sql FROM sqlite_master
+                 WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+                   AND name NOT LIKE '\\_bqdrain\\_%' ESCAPE '\\'
+                 ORDER BY name",
+            )?;
+            let listed = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut tables = Vec::with_capacity(listed.len());
+            for (name, kind, sql) in listed {
+                let virtual_table = sql
+                    .unwrap_or_default()
+                    .to_ascii_uppercase()
+                    .starts_with("CREATE VIRTUAL");
+                let kind = match kind.as_str() {
+                    "view" => TableKind::View,
+                    _ if virtual_table => TableKind::External,
+                    _ => TableKind::Table,
+                };
+                let rows = if kind == TableKind::Table {
+                    Some(conn.query_row(
+                        &format!("SELECT count(*) FROM {}", quote_ident(&name)),
+                        [],
+                        |r| r.get::<_, u64>(0),
+                    )?)
+                } else {
+                    None
+                };
+                tables.push(TableInfo {
+                    name,
+                    kind,
+                    bytes: None,
+                    rows,
+                });
+            }
+            Ok(tables)
+        })
+        .await?
+    }
+
+    async fn export(
+        &self,
+        request: &ExportRequest,
+        cancel: Cancel,
+    ) -> Result<ExportResult, UnitError> {
+        if request.source.partition.is_some() {
+            return Err(UnitError::permanent(
+                "invalid",
+                "the local warehouse has no partitions",
+            ));
+        }
+        let root = FsStore::root_of(&request.destination_root, "destination")
+            .map_err(|e| UnitError::permanent("invalid", e.to_string()))?;
+        let path = self.path.clone();
+        let shard_bytes = self.shard_bytes;
+        let request = request.clone();
+        tokio::task::spawn_blocking(move || {
+            export_blocking(&path, &root, shard_bytes, &request, &cancel)
+        })
+        .await
+        .map_err(|e| UnitError::transient("backendError", format!("export task failed: {e}")))?
+    }
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn export_blocking(
+    db: &Path,
+    root: &Path,
+    shard_bytes: u64,
+    request: &ExportRequest,
+    cancel: &Cancel,
+) -> Result<ExportResult, UnitError> {
+    let table = &request.source.table;
+    let conn = connect(db, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(|e| sqlite_error("opening dataset", e))?;
+    let stall = Fault::take(&conn, table).map_err(|e| sqlite_error("reading faults", e))??;
+    let exists: Option<String> = conn
+        .query_row(
+            "SELECT type FROM sqlite_master WHERE name = ?1 AND type = 'table'",
+            [table],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|e| sqlite_error("looking up table", e))?;
+    if exists.is_none() || table.starts_with(FAULTS_TABLE) {
+        return Err(UnitError::permanent(
+            "notFound",
+            format!(
+                "Not found: Table local:{}.{}",
+                request.source.dataset, table
+            ),
+        ));
+    }
+    let mut stmt = conn
+        .prepare(&format!("SELECT * FROM {}", quote_ident(table)))
+        .map_err(|e| sqlite_error("reading table", e))?;
+    let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
+    let mut shards = ShardWriter::new(root, request, shard_bytes, stall, cancel, &columns)?;
+    let mut rows = stmt
+        .query([])
+        .map_err(|e| sqlite_error("reading table", e))?;
+    let mut line = Vec::with_capacity(256);
+    let mut count = 0u64;
+    while let Some(row) = rows.next().map_err(|e| sqlite_error("reading table", e))? {
+        line.clear();
+        match request.options.format {
+            Format::Json => render_json(row, &columns, &mut line)?,
+            _ => render_csv(
+                row,
+                columns.len(),
+                request.options.field_delimiter.as_bytes(),
+                &mut line,
+            )?,
+        }
+        shards.write_row(&line)?;
+        count += 1;
+        if count % 4096 == 0 && cancel.load(Ordering::Relaxed) {
+            return Err(UnitError::transient(
+                "cancelled",
+                "export cancelled by shutdown",
+            ));
+        }
+    }
+    Ok(ExportResult {
+        files: shards.finish()?,
+        rows: Some(count),
+    })
+}
+
+fn blob_error(column: &str) -> UnitError {
+    UnitError::permanent(
+        "invalid",
+        format!("column {column} holds BLOB values, which the local warehouse does not export"),
+    )
+}
+
+fn render_csv(
+    row: &rusqlite::Row,
+    columns: usize,
+    delimiter: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), UnitError> {
+    for i in 0..columns {
+        if i > 0 {
+            out.extend_from_slice(delimiter);
+        }
+        match row.get_ref(i).map_err(|e| sqlite_error("reading row", e))? {
+            ValueRef::Null => {}
+            ValueRef::Integer(v) => out.extend_from_slice(v.to_string().as_bytes()),
+            ValueRef::Real(v) => out.extend_from_slice(v.to_string().as_bytes()),
+            ValueRef::Text(t) => {
+                let needs_quotes = t.iter().any(|&b| b == b'"' || b == b'\n' || b == b'\r')
+                    || t.windows(delimiter.len()).any(|w| w == delimiter);
+                if needs_quotes {
+                    out.push(b'"');
+                    for &b in t {
+                        if b == b'"' {
+                            out.push(b'"');
+                        }
+                        out.push(b);
+                    }
+                    out.push(b'"');
+                } else {
+                    out.extend_from_slice(t);
+                }
+            }
+            ValueRef::Blob(_) => return Err(blob_error(&i.to_string())),
+        }
+    }
+    out.push(b'\n');
+    Ok(())
+}
+
+fn render_json(
+    row: &rusqlite::Row,
+    columns: &[String],
+    out: &mut Vec<u8>,
+) -> Result<(), UnitError> {
+    let mut object = serde_json::Map::with_capacity(columns.len());
+    for (i, name) in columns.iter().enumerate() {
+        let value = match row.get_ref(i).map_err(|e| sqlite_error("reading row", e))? {
+            ValueRef::Null => serde_json::Value::Null,
+            ValueRef::Integer(v) => v.into(),
+            ValueRef::Real(v) => v.into(),
+            ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned().into(),
+            ValueRef::Blob(_) => return Err(blob_error(name)),
+        };
+        object.insert(name.clone(), value);
+    }
+    serde_json::to_writer(&mut *out, &object).expect("writing JSON to memory cannot fail");
+    out.push(b'\n');
+    Ok(())
+}
+
+/// Writes rows into numbered shards, each renamed into place when complete.
+struct ShardWriter<'a> {
+    root: &'a Path,
+    request: &'a ExportRequest,
+    shard_bytes: u64,
+    stall: Option<Duration>,
+    cancel: &'a Cancel,
+    header: Option<Vec<u8>>,
+    open: Option<OpenShard>,
+    written: Vec<String>,
+}
+
+struct OpenShard {
+    key: String,
+    tmp: PathBuf,
+    sink: Sink,
+    bytes: u64,
+    rows: u64,
+}
+
+enum Sink {
+    Plain(BufWriter<File>),
+    Gzip(GzEncoder<BufWriter<File>>),
+}
+
+impl Sink {
+    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.write_all(data),
+            Sink::Gzip(w) => w.write_all(data),
+        }
+    }
+
+    /// Writes the gzip trailer and flushes, reporting what `Drop` would hide.
+    fn finish(self) -> std::io::Result<()> {
+        let mut file = match self {
+            Sink::Plain(w) => w,
+            Sink::Gzip(w) => w.finish()?,
+        };
+        file.flush()
+    }
+}
+
+fn io_error(context: &str, path: &Path, e: std::io::Error) -> UnitError {
+    UnitError::io(&format!("{context} {}", path.display()), e)
+}
+
+impl<'a> ShardWriter<'a> {
+    fn new(
+        root: &'a Path,
+        request: &'a ExportRequest,
+        shard_bytes: u64,
+        stall: Option<Duration>,
+        cancel: &'a Cancel,
+        columns: &[String],
+    ) -> Result<Self, UnitError> {
+        let o = &request.options;
+        let header = (o.format == Format::Csv && o.header).then(|| {
+            let mut h = columns.join(&o.field_delimiter).into_bytes();
+            h.push(b'\n');
+            h
+        });
+        let mut writer = ShardWriter {
+            root,
+            request,
+            shard_bytes,
+            stall,
+            cancel,
+            header,
+            open: None,
+            written: Vec::new(),
+        };
+        writer.start_shard()?;
+        Ok(writer)
+    }
+
+    fn start_shard(&mut self) -> Result<(), UnitError> {
+        if let Some(stall) = self.stall {
+            let until = std::time::Instant::now() + stall;
+            while std::time::Instant::now() < until {
+                if self.cancel.load(Ordering::Relaxed) {
+                    return Err(UnitError::transient(
+                        "cancelled",
+                        "export cancelled by shutdown",
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let key = self.request.shard_key(self.written.len() as u64);
+        let path = self.root.join(&key);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, e))?;
+        }
+        let tmp = temp_sibling(&path);
+        let file = BufWriter::with_capacity(
+            256 * 1024,
+            File::create(&tmp).map_err(|e| io_error("creating", &tmp, e))?,
+        );
+        let mut sink = match self.request.options.compression {
+            Compression::Gzip => Sink::Gzip(GzEncoder::new(file, flate2::Compression::default())),
+            _ => Sink::Plain(file),
+        };
+        let mut bytes = 0;
+        if let Some(h) = &self.header {
+            sink.write_all(h)
+                .map_err(|e| io_error("writing", &tmp, e))?;
+            bytes = h.len() as u64;
+        }
+        self.open = Some(OpenShard {
+            key,
+            tmp,
+            sink,
+            bytes,
+            rows: 0,
+        });
+        Ok(())
+    }
+
+    fn write_row(&mut self, line: &[u8]) -> Result<(), UnitError> {
+        let full = self
+            .open
+            .as_ref()
+            .is_some_and(|s| s.rows > 0 && s.bytes + line.len() as u64 > self.shard_bytes);
+        if full {
+            self.close_shard()?;
+            self.start_shard()?;
+        }
+        let shard = self
+            .open
+            .as_mut()
+            .expect("a shard is always open while writing");
+        shard
+            .sink
+            .write_all(line)
+            .map_err(|e| io_error("writing", &shard.tmp, e))?;
+        shard.bytes += line.len() as u64;
+        shard.rows += 1;
+        Ok(())
+    }
+
+    fn close_shard(&mut self) -> Result<(), UnitError> {
+        if let Some(shard) = self.open.take() {
+            shard
+                .sink
+                .finish()
+                .map_err(|e| io_error("finishing", &shard.tmp, e))?;
+            let path = self.root.join(&shard.key);
+            std::fs::rename(&shard.tmp, &path).map_err(|e| io_error("renaming", &path, e))?;
+            self.written.push(shard.key);
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<Vec<String>, UnitError> {
+        self.close_shard()?;
+        Ok(std::mem::take(&mut self.written))
+    }
+}
+
+impl Drop for ShardWriter<'_> {
+    fn drop(&mut self) {
+        if let Some(shard) = self.open.take() {
+            drop(shard.sink);
+            let _ = std::fs::remove_file(&shard.tmp);
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! The work message contract: one message per unit of work (a table, or one
+//! partition of it). Producers and workers of different versions meet here,
+//! so the body carries a schema version and decoding is strict about it.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::UnitError;
+
+/// The body schema version this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Attribute names. `run_id` and `table` let replay and subscription filters
+/// select messages without parsing bodies.
+pub const ATTR_RUN_ID: &str = "run_id";
+pub const ATTR_TABLE: &str = "table";
+pub const ATTR_PARTITION: &str = "partition";
+
+/// The JSON body of a work message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkMessage {
+    /// Schema version; a worker rejects versions it does not know.
+    pub v: u32,
+    pub run_id: String,
+    pub source: SourceTable,
+    /// URI of the export root (`file:///...`, `gs://BUCKET/PREFIX`).
+    pub destination: String,
+    pub options: ExportOptions,
+    /// When the producer started the run; orders runs of the same table.
+    pub enqueued_at: DateTime<Utc>,
+}
+
+/// The table (or partition) to export.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceTable {
+    /// URI of the dataset, so a worker needs no flag naming the warehouse.
+    pub dataset_uri: String,
+    pub project: String,
+    pub dataset: String,
+    pub table: String,
+    /// A partition decorator such as `20240101`, exported as `table$20240101`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+}
+
+impl SourceTable {
+    /// The unit's name: `table` or `table$partition`.
+    pub fn unit(&self) -> String {
+        match &self.partition {
+            Some(p) => format!("{}${}", self.table, p),
+            None => self.table.clone(),
+        }
+    }
+}
+
+/// How the files are written. The defaults are BigQuery's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportOptions {
+    pub format: Format,
+    pub compression: Compression,
+    /// Print a header row (CSV only).
+    pub header: bool,
+    /// Field delimiter (CSV only).
+    pub field_delimiter: String,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        ExportOptions {
+            format: Format::Csv,
+            compression: Compression::None,
+            header: true,
+            field_delimiter: ",".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Csv,
+    Json,
+    Avro,
+    Parquet,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    Gzip,
+    Deflate,
+    Snappy,
+    Zstd,
+}
+
+impl Format {
+    /// Compressions BigQuery accepts for this format.
+    pub fn compressions(self) -> &'static [Compression] {
+        use Compression::*;
+        match self {
+            Format::Csv | Format::Json => &[None, Gzip],
+            Format::Avro => &[None, Deflate, Snappy],
+            Format::Parquet => &[None, Snappy, Gzip, Zstd],
+        }
+    }
+
+    /// File extension of the shards, as BigQuery users name them.
+    pub fn extension(self, compression: Compression) -> &'static str {
+        match (self, compression) {
+            (Format::Csv, Compression::Gzip) => "csv.gz",
+            (Format::Csv, _) => "csv",
+            (Format::Json, Compression::Gzip) => "json.gz",
+            (Format::Json, _) => "json",
+            (Format::Avro, _) => "avro",
+            (Format::Parquet, _) => "parquet",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Json => "json",
+            Format::Avro => "avro",
+            Format::Parquet => "parquet",
+        }
+    }
+}
+
+impl Compression {
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Deflate => "deflate",
+            Compression::Snappy => "snappy",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+impl ExportOptions {
+    /// Checks the combination the way BigQuery would, but before anything is
+    /// published. Returns the problem and its fix.
+    pub fn validate(&self) -> Result<(), crate::error::ConfigError> {
+        use crate::error::ConfigError;
+        let allowed = self.format.compressions();
+        if !allowed.contains(&self.compression) {
+            let names: Vec<_> = allowed.iter().map(|c| c.name()).collect();
+            return Err(ConfigError::new(
+                "--compression",
+                format!(
+                    "{} cannot be written with {} compression",
+                    self.format.name(),
+                    self.compression.name()
+                ),
+                format!("use one of: {}", names.join(", ")),
+            ));
+        }
+        if self.format == Format::Csv && self.field_delimiter.chars().count() != 1 {
+            return Err(ConfigError::new(
+                "--field-delimiter",
+                format!("{:?} is not a single character", self.field_delimiter),
+                "give one character, such as ',' or '|' or a tab",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A message as it travels: body plus attributes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub data: Vec<u8>,
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl WorkMessage {
+    pub fn to_envelope(&self) -> Envelope {
+        let mut attributes = BTreeMap::new();
+        attributes.insert(ATTR_RUN_ID.to_string(), self.run_id.clone());
+        attributes.insert(ATTR_TABLE.to_string(), self.source.table.clone());
+        if let Some(p) = &self.source.partition {
+            attributes.insert(ATTR_PARTITION.to_string(), p.clone());
+        }
+        Envelope {
+            data: serde_json::to_vec(self).expect("a work message always serializes"),
+            attributes,
+        }
+    }
+
+    /// Decodes and checks a body. Every failure is permanent: the same bytes
+    /// will fail the same way on every delivery, so they go to the dead-letter
+    /// queue at once with the reason.
+    pub fn decode(data: &[u8]) -> Result<WorkMessage, UnitError> {
+        let value: serde_json::Value = serde_json::from_slice(data)
+            .map_err(|e| UnitError::permanent("malformed", format!("body is not JSON: {e}")))?;
+        match value.get("v").and_then(|v| v.as_u64()) {
+            Some(v) if v == u64::from(SCHEMA_VERSION) => {}
+            Some(v) => {
+                return Err(UnitError::permanent(
+                    "unsupportedVersion",
+                    format!(
+                        "schema version {v} is not supported by this worker (it reads v{SCHEMA_VERSION}); \
+                         upgrade the worker or replay with a matching one"
+                    ),
+                ))
+            }
+            None => {
+                return Err(UnitError::permanent(
+                    "malformed",
+                    "body has no numeric \"v\" (schema version) field",
+                ))
+            }
+        }
+        let msg: WorkMessage = serde_json::from_value(value).map_err(|e| {
+            UnitError::permanent("malformed", format!("body does not match schema v1: {e}"))
+        })?;
+        msg.check_names()?;
+        Ok(msg)
+    }
+
+    /// Names become object keys: refuse anything that could escape a folder.
+    fn check_names(&self) -> Result<(), UnitError> {
+        let fields = [
+            ("run_id", Some(&self.run_id)),
+            ("source.table", Some(&self.source.table)),
+            ("source.partition", self.source.partition.as_ref()),
+        ];
+        for (field, value) in fields {
+            if let Some(value) = value {
+                if let Err(problem) = check_path_segment(value) {
+                    return Err(UnitError::permanent(
+                        "malformed",
+                        format!("{field} {value:?} {problem}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A name used as one path segment: non-empty, no separators, not `.`/`..`.
+pub fn check_path_segment(value: &str) -> Result<(), &'static str> {
+    if value.is_empty() {
+        Err("is empty")
+    } else if value == "." || value == ".." {
+        Err("is a relative path")
+    } else if value.contains(['/', '\\', '\n', '\r', '\0']) {
+        Err("contains a path separator or control character")
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> WorkMessage {
+        WorkMessage {
+            v: 1,
+            run_id: "r1".into(),
+            source: SourceTable {
+                dataset_uri: "sqlite:///tmp/d.db".into(),
+                project: "local".into(),
+                dataset: "d".into(),
+                table: "t".into(),
+                partition: None,
+            },
+            destination: "file:///tmp/out".into(),
+            options: ExportOptions::default(),
+            enqueued_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn round_trips_with_attributes() {
+        let m = sample();
+        let env = m.to_envelope();
+        assert_eq!(env.attributes["run_id"], "r1");
+        assert_eq!(env.attributes["table"], "t");
+        assert_eq!(WorkMessage::decode(&env.data).unwrap(), m);
+    }
+
+    #[test]
+    fn rejects_unknown_version_and_garbage() {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["v"] = 2.into();
+        let err = WorkMessage::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert_eq!(err.reason, "unsupportedVersion");
+        assert!(!err.is_transient());
+        assert_eq!(
+            WorkMessage::decode(b"{nope").unwrap_err().reason,
+            "malformed"
+        );
+        assert_eq!(
+            WorkMessage::decode(b"{\"v\":1}").unwrap_err().reason,
+            "malformed"
+        );
+    }
+
+    #[test]
+    fn rejects_names_that_escape_folders() {
+        let mut m = sample();
+        m.source.table = "../etc".into();
+        let err = WorkMessage::decode(&serde_json::to_vec(&m).unwrap()).unwrap_err();
+        assert!(err.message.contains("source.table"), "{}", err.message);
+    }
+
+    #[test]
+    fn compression_follows_bigquery_rules() {
+        let mut o = ExportOptions {
+            format: Format::Avro,
+            compression: Compression::Gzip,
+            ..Default::default()
+        };
+        assert!(o
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("deflate, snappy"));
+        o.compression = Compression::Snappy;
+        o.validate().unwrap();
+        o.format = Format::Parquet;
+        o.compression = Compression::Zstd;
+        o.validate().unwrap();
+    }
+}

@@ -1,0 +1,171 @@
+//! `bqdrain replay`: moves dead-lettered messages back to the work topic.
+//!
+//! Each matching message is republished and acked on the dead-letter
+//! subscription only once the republish is confirmed, so a crash in between
+//! duplicates a message (harmless: exports are idempotent) but never loses
+//! one. Messages that do not match are given back untouched at the end.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::drain::{
+    ATTR_DELIVERY_ATTEMPT, ATTR_ERROR_MESSAGE, ATTR_ERROR_REASON, ATTR_FAILED_AT, ATTR_SUBSCRIPTION,
+};
+use crate::error::ConfigError;
+use crate::layout;
+use crate::message::{Envelope, WorkMessage, ATTR_RUN_ID, ATTR_TABLE};
+use crate::queue::{Delivery, Subscription, Topic};
+
+/// How long an empty pull waits before replay concludes the queue is empty.
+const EMPTY_WAIT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Default)]
+pub struct ReplayFilter {
+    pub run_id: Option<String>,
+    pub table: Option<String>,
+    pub dry_run: bool,
+    pub max: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayedMessage {
+    pub run_id: Option<String>,
+    pub table: Option<String>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayReport {
+    pub replayed: usize,
+    pub matched: usize,
+    pub left: usize,
+    pub dry_run: bool,
+    pub messages: Vec<ReplayedMessage>,
+    pub seconds: f64,
+}
+
+fn is_dead_letter_attribute(name: &str) -> bool {
+    name.starts_with("CloudPubSubDeadLetter")
+        || [
+            ATTR_ERROR_REASON,
+            ATTR_ERROR_MESSAGE,
+            ATTR_DELIVERY_ATTEMPT,
+            ATTR_FAILED_AT,
+            ATTR_SUBSCRIPTION,
+        ]
+        .contains(&name)
+}
+
+fn matches(d: &Delivery, run_id: Option<&str>, table: Option<&glob::Pattern>) -> bool {
+    run_id.is_none_or(|r| d.attributes.get(ATTR_RUN_ID).map(String::as_str) == Some(r))
+        && table.is_none_or(|p| d.attributes.get(ATTR_TABLE).is_some_and(|t| p.matches(t)))
+}
+
+pub async fn replay(
+    from: &dyn Subscription,
+    to: &dyn Topic,
+    filter: &ReplayFilter,
+) -> anyhow::Result<ReplayReport> {
+    let started = Instant::now();
+    let table = filter
+        .table
+        .as_deref()
+        .map(|g| {
+            glob::Pattern::new(g).map_err(|e| {
+                ConfigError::new(
+                    "--table",
+                    format!("{g:?} is not a glob: {e}"),
+                    "use *, ? and [abc]",
+                )
+            })
+        })
+        .transpose()?;
+    let max = filter.max.unwrap_or(usize::MAX);
+    let mut seen = HashSet::new();
+    let mut held = Vec::new();
+    let mut report = ReplayReport {
+        replayed: 0,
+        matched: 0,
+        left: 0,
+        dry_run: filter.dry_run,
+        messages: Vec::new(),
+        seconds: 0.0,
+    };
+
+    'pulling: while report.matched < max {
+        let batch = from.pull(100, EMPTY_WAIT).await?;
+        // Held messages whose lease lapsed come back: once all are old, stop.
+        if batch.iter().all(|d| seen.contains(&d.message_id)) {
+            held.extend(batch);
+            break;
+        }
+        for d in batch {
+            if !seen.insert(d.message_id.clone())
+                || report.matched >= max
+                || !matches(&d, filter.run_id.as_deref(), table.as_ref())
+            {
+                held.push(d);
+                continue;
+            }
+            report.matched += 1;
+            report.messages.push(ReplayedMessage {
+                run_id: d.attributes.get(ATTR_RUN_ID).cloned(),
+                table: d.attributes.get(ATTR_TABLE).cloned(),
+                reason: d.attributes.get(ATTR_ERROR_REASON).cloned(),
+            });
+            if filter.dry_run {
+                held.push(d);
+                continue;
+            }
+            let attributes: BTreeMap<String, String> = d
+                .attributes
+                .iter()
+                .filter(|(k, _)| !is_dead_letter_attribute(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if let Err(err) = to
+                .publish(vec![Envelope {
+                    data: d.data.clone(),
+                    attributes,
+                }])
+                .await
+            {
+                held.push(d);
+                for h in &held {
+                    let _ = from.nack(&h.ack_id).await;
+                }
+                return Err(err.context("republishing to the work topic"));
+            }
+            forget_dead_record(&d).await;
+            from.ack(std::slice::from_ref(&d.ack_id)).await?;
+            report.replayed += 1;
+            if report.matched >= max {
+                break 'pulling;
+            }
+        }
+    }
+    report.left = seen.len() - report.replayed;
+    for d in &held {
+        from.nack(&d.ack_id).await?;
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Removes the unit's dead-letter record, so `status` shows it pending again.
+async fn forget_dead_record(d: &Delivery) {
+    let Ok(msg) = WorkMessage::decode(&d.data) else {
+        return;
+    };
+    let Ok(store) = crate::backends::open_store(&msg.destination, "destination") else {
+        return;
+    };
+    if let Err(err) = store
+        .delete(&layout::dead_record(&msg.run_id, &msg.source.unit()))
+        .await
+    {
+        tracing::warn!(error = %format!("{err:#}"), "cannot remove the dead-letter record");
+    }
+}
