@@ -44,6 +44,7 @@ pub struct DemoReport {
     pub destination: String,
     pub dead_letter_subscription: String,
     pub work_topic: String,
+    pub subscription: String,
     /// Every table exported or dead-lettered as asked, every task exited 0.
     pub ok: bool,
 }
@@ -194,6 +195,7 @@ pub async fn run(opts: &DemoOptions, worker_exe: &Path) -> anyhow::Result<DemoRe
         destination,
         dead_letter_subscription,
         work_topic,
+        subscription,
         ok,
     })
 }
@@ -224,10 +226,16 @@ impl DemoReport {
             self.destination, self.run_id
         );
         if self.dead_lettered > 0 {
+            out += "to fix the dead-lettered tables, export them and see the dead-letter queue empty:\n";
             out += &format!(
-                "replay:  bqdrain replay --from '{}' --to '{}' --run-id {}  (after fixing the cause)\n",
+                "  bqdrain fault --source sqlite://{} --table TABLE --kind clear\n",
+                self.dir.join("warehouse.db").display()
+            );
+            out += &format!(
+                "  bqdrain replay --from '{}' --to '{}' --run-id {}\n",
                 self.dead_letter_subscription, self.work_topic, self.run_id
             );
+            out += &format!("  bqdrain work --subscription '{}'\n", self.subscription);
         }
         if self.failed_tasks > 0 {
             out += &format!(

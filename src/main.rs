@@ -12,6 +12,8 @@ use bqdrain::cli::{fail, peak_rss_bytes, print_json};
 use bqdrain::drain::{drain, DrainConfig, DrainReport, ExitReason};
 use bqdrain::error::ConfigError;
 use bqdrain::export::ExportHandler;
+use bqdrain::local::dataset::{self, Fault};
+use bqdrain::local::warehouse::LocalWarehouse;
 use bqdrain::logging::{self, LogFormat};
 use bqdrain::retry::RetryPolicy;
 use bqdrain::task::TaskIdentity;
@@ -47,6 +49,35 @@ enum Command {
     Status(StatusArgs),
     /// Run the whole flow locally: dummy tables, producer, worker processes.
     Demo(DemoArgs),
+    /// Make a table of a local sqlite:// dataset fail or stall, or clear that.
+    Fault(FaultArgs),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FaultKind {
+    /// Remove the table's fault: exports work again.
+    Clear,
+    /// Every export fails with a permanent error.
+    Permanent,
+    /// The next --times exports fail with a transient error (every one without --times).
+    Transient,
+    /// Each shard waits --delay-ms before it is written.
+    Slow,
+}
+
+#[derive(Args)]
+struct FaultArgs {
+    /// A local dataset, e.g. sqlite://bqdrain-demo/warehouse.db.
+    #[arg(long, env = "BQDRAIN_SOURCE")]
+    source: String,
+    #[arg(long, env = "BQDRAIN_TABLE")]
+    table: String,
+    #[arg(long, env = "BQDRAIN_FAULT", value_enum)]
+    kind: FaultKind,
+    #[arg(long, env = "BQDRAIN_FAULT_TIMES")]
+    times: Option<u32>,
+    #[arg(long, env = "BQDRAIN_FAULT_DELAY_MS", default_value_t = 1000)]
+    delay_ms: u64,
 }
 
 #[derive(Args)]
@@ -269,6 +300,22 @@ async fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Fault(args) => {
+            let path = LocalWarehouse::path_of(&args.source, "--source")?;
+            let fault = match args.kind {
+                FaultKind::Clear => None,
+                FaultKind::Permanent => Some(Fault::Permanent),
+                FaultKind::Transient => Some(Fault::Transient { times: args.times }),
+                FaultKind::Slow => Some(Fault::Slow {
+                    per_shard: Duration::from_millis(args.delay_ms),
+                }),
+            };
+            match fault {
+                None => dataset::clear_fault(&path, &args.table)?,
+                Some(fault) => dataset::set_fault(&path, &args.table, fault)?,
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

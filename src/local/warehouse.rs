@@ -40,6 +40,11 @@ impl LocalWarehouse {
         uri.starts_with("sqlite://")
     }
 
+    /// The dataset file a `sqlite://` URI names; it must exist.
+    pub fn path_of(uri: &str, flag: &str) -> Result<PathBuf, ConfigError> {
+        Ok(Self::open(uri, flag)?.path)
+    }
+
     pub fn open(uri: &str, flag: &str) -> Result<LocalWarehouse, ConfigError> {
         let fix = "write it as sqlite://PATH, e.g. sqlite://demo/warehouse.db";
         let parsed = LocalUri::parse(uri, "sqlite").ok_or_else(|| {
