@@ -1,0 +1,204 @@
+//! A sandbox per test: a local dataset, a queue file and an export folder in
+//! a temporary directory, plus helpers to run real worker processes and to
+//! read back what they exported.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bqdrain::backends;
+use bqdrain::layout::TableManifest;
+use bqdrain::local::dataset;
+use bqdrain::local::queue::LocalSubscription;
+use bqdrain::message::Envelope;
+use bqdrain::producer::{produce, ProduceReport, RunPlan};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_bqdrain");
+
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        Sandbox { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn warehouse(&self) -> PathBuf {
+        self.path("warehouse.db")
+    }
+
+    /// The dataset URI, with an optional query such as `shard_bytes=2000`.
+    pub fn source(&self, query: &str) -> String {
+        let q = if query.is_empty() { String::new() } else { format!("?{query}") };
+        format!("sqlite://{}{}", self.warehouse().display(), q)
+    }
+
+    pub fn queue(&self, name: &str) -> String {
+        format!("queue://{}#{name}", self.path("queue.db").display())
+    }
+
+    /// The work subscription with a dead-letter policy; `extra` adds settings.
+    pub fn subscription(&self, extra: &str) -> String {
+        let extra = if extra.is_empty() { String::new() } else { format!("&{extra}") };
+        format!("queue://{}?dead_letter=dead{extra}#work", self.path("queue.db").display())
+    }
+
+    pub fn destination(&self) -> String {
+        format!("file://{}", self.exports().display())
+    }
+
+    pub fn exports(&self) -> PathBuf {
+        self.path("exports")
+    }
+
+    pub fn make_tables(&self, count: usize, rows: u64) -> Vec<String> {
+        let names: Vec<String> = (1..=count).map(|i| format!("t_{i:03}")).collect();
+        dataset::create_dummy_tables(&self.warehouse(), &names, rows).unwrap();
+        names
+    }
+
+    pub async fn produce(&self, source_query: &str, run_id: &str) -> ProduceReport {
+        let plan = RunPlan { run_id: Some(run_id.to_string()), include: vec![], exclude: vec![], options: Default::default() };
+        let warehouse = backends::open_warehouse(&self.source(source_query), "--source").unwrap();
+        let topic = backends::open_topic(&self.queue("work"), "--topic").unwrap();
+        let store = backends::open_store(&self.destination(), "--destination").unwrap();
+        produce(&plan, warehouse.as_ref(), topic.as_ref(), store.as_ref()).await.unwrap()
+    }
+
+    pub async fn publish_raw(&self, queue: &str, envelopes: Vec<Envelope>) {
+        let topic = backends::open_topic(&self.queue(queue), "--topic").unwrap();
+        topic.publish(envelopes).await.unwrap();
+    }
+
+    pub async fn depth(&self, queue: &str) -> u64 {
+        LocalSubscription::open(&self.queue(queue), "q").unwrap().depth().await.unwrap()
+    }
+
+    /// Starts `bqdrain work` on the work subscription; its log goes to logs/.
+    pub fn spawn_worker(&self, subscription: &str, args: &[&str]) -> Child {
+        let n = std::fs::read_dir(self.path("logs")).unwrap().count();
+        let log = std::fs::File::create(self.path("logs").join(format!("worker-{n}.log"))).unwrap();
+        Command::new(BIN)
+            .args(["--log-format", "json", "work", "--subscription", subscription, "--json"])
+            .args(args)
+            .env("CLOUD_RUN_TASK_INDEX", n.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start worker")
+    }
+
+    /// Every worker log so far, for assertion messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(self.path("logs")).unwrap() {
+            out += &std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+        }
+        out
+    }
+
+    pub fn manifest(&self, run_id: &str, unit: &str) -> Option<TableManifest> {
+        let path = self.exports().join(format!("_bqdrain/runs/{run_id}/done/{unit}.json"));
+        std::fs::read(path).ok().map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    pub fn dead_record(&self, run_id: &str, unit: &str) -> Option<serde_json::Value> {
+        let path = self.exports().join(format!("_bqdrain/runs/{run_id}/dead/{unit}.json"));
+        std::fs::read(path).ok().map(|b| serde_json::from_slice(&b).unwrap())
+    }
+
+    /// Every file under a table's folder, relative to the export root.
+    pub fn files_of(&self, table: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        walk(&self.exports().join(table), &self.exports(), &mut out);
+        out.sort();
+        out
+    }
+}
+
+fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            walk(&p, root, out);
+        } else {
+            out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+        }
+    }
+}
+
+/// Waits for a worker and parses the JSON outcome it printed.
+pub fn finish(mut child: Child, limit: Duration) -> (ExitStatus, serde_json::Value) {
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("worker did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let json = serde_json::from_str(out.trim()).unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+/// Data rows in CSV shards (each shard has a header line), gzip-aware.
+pub fn csv_rows(root: &Path, keys: &[String]) -> u64 {
+    keys.iter()
+        .map(|k| {
+            let bytes = std::fs::read(root.join(k)).unwrap();
+            let text = if k.ends_with(".gz") {
+                let mut s = String::new();
+                flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut s).unwrap();
+                s
+            } else {
+                String::from_utf8(bytes).unwrap()
+            };
+            let mut lines = text.lines();
+            assert_eq!(lines.next(), Some("id,name,age"), "{k} starts with the header");
+            lines.count() as u64
+        })
+        .sum()
+}
+
+/// Asserts a unit was exported exactly once for the run: a completion
+/// record, its manifest beside the shards, nothing else in the folder, and
+/// the right number of rows read back from the files.
+pub fn assert_exported(sb: &Sandbox, run_id: &str, table: &str, rows: u64) -> TableManifest {
+    let m = sb.manifest(run_id, table).unwrap_or_else(|| panic!("{table} has no completion record\n{}", sb.logs()));
+    let keys: Vec<String> = m.files.iter().map(|f| f.key.clone()).collect();
+    let mut expected = keys.clone();
+    expected.push(format!("{table}/run={run_id}/_MANIFEST.json"));
+    expected.sort();
+    assert_eq!(sb.files_of(table), expected, "{table}: exactly the shards of this run and its manifest");
+    assert_eq!(csv_rows(&sb.exports(), &keys), rows, "{table}: rows read back");
+    assert_eq!(m.rows, Some(rows));
+    for f in &m.files {
+        assert_eq!(std::fs::metadata(sb.exports().join(&f.key)).unwrap().len(), f.bytes, "{}: size", f.key);
+    }
+    m
+}
+
+/// Polls until `cond` holds, or panics after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

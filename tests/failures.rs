@@ -1,0 +1,191 @@
+//! Crashes, signals, poison messages and tables that keep failing: nothing
+//! is lost, nothing is acked that was not exported or dead-lettered.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bqdrain::local::dataset::{self, Fault};
+use bqdrain::local::queue::peek;
+use bqdrain::message::Envelope;
+use common::*;
+
+fn first_shard_written(sb: &Sandbox, table: &str, run: &str) -> bool {
+    sb.files_of(table).iter().any(|f| f.starts_with(&format!("{table}/run={run}/{table}_0")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_export_is_redelivered_and_exported_once() {
+    let sb = Sandbox::new();
+    sb.make_tables(1, 3000);
+    // About 8 shards of ~16 KiB, each delayed: the export takes seconds,
+    // longer than the 2 s ack deadline, so leases must be extended too.
+    dataset::set_fault(&sb.warehouse(), "t_001", Fault::Slow { per_shard: Duration::from_millis(400) }).unwrap();
+    sb.produce("shard_bytes=6000", "r1").await;
+    let sub = sb.subscription("ack_deadline=2");
+
+    let victim = sb.spawn_worker(&sub, &[]);
+    wait_until(Duration::from_secs(20), "the first shard", || first_shard_written(&sb, "t_001", "r1"));
+    let mut victim = victim;
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    assert!(sb.manifest("r1", "t_001").is_none(), "killed before it could commit");
+
+    let survivor = sb.spawn_worker(&sub, &[]);
+    let (status, json) = finish(survivor, Duration::from_secs(60));
+    assert!(status.success(), "{}", sb.logs());
+    assert_eq!(json["acked"], 1);
+    let m = assert_exported(&sb, "r1", "t_001", 3000);
+    assert_eq!(m.delivery_attempt, 2, "redelivered after the lapsed lease");
+    assert!(m.files.len() >= 5, "the export is sharded: {} files", m.files.len());
+    assert_eq!(sb.depth("work").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_dead_lettered_with_their_reason() {
+    let sb = Sandbox::new();
+    sb.make_tables(1, 10);
+    let run = sb.produce("", "r1").await;
+    assert_eq!(run.published, 1);
+    let valid = peek(&sb.queue("work")).await.unwrap().remove(0);
+    let mut future: serde_json::Value = serde_json::from_slice(&valid.data).unwrap();
+    future["v"] = 99.into();
+    let attrs = BTreeMap::from([("run_id".to_string(), "r1".to_string())]);
+    sb.publish_raw(
+        "work",
+        vec![
+            Envelope { data: b"{not json".to_vec(), attributes: attrs.clone() },
+            Envelope { data: serde_json::to_vec(&future).unwrap(), attributes: attrs },
+        ],
+    )
+    .await;
+
+    let (status, json) = finish(sb.spawn_worker(&sb.subscription(""), &["--idle-timeout", "2"]), Duration::from_secs(30));
+    assert!(status.success(), "{}", sb.logs());
+    assert_eq!(json["acked"], 1);
+    assert_eq!(json["dead_lettered"], 2);
+    assert_eq!(json["nacked"], 0, "no pointless redeliveries");
+    let dead = peek(&sb.queue("dead")).await.unwrap();
+    let reasons: Vec<_> = dead.iter().map(|e| e.attributes["bqdrain_error_reason"].as_str()).collect();
+    assert_eq!(reasons, ["malformed", "unsupportedVersion"]);
+    for e in &dead {
+        assert_eq!(e.attributes["bqdrain_delivery_attempt"], "1", "dead-lettered on the first delivery");
+        assert!(!e.attributes["bqdrain_error_message"].is_empty());
+    }
+    assert_eq!(dead[0].data, b"{not json", "the body is kept as it was");
+    assert_eq!(sb.depth("work").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_that_always_fails_is_dead_lettered_then_replayed() {
+    let sb = Sandbox::new();
+    sb.make_tables(3, 100);
+    dataset::set_fault(&sb.warehouse(), "t_002", Fault::Transient { times: None }).unwrap();
+    sb.produce("", "r1").await;
+    let sub = sb.subscription("max_attempts=3");
+    let retries = ["--max-retries", "1", "--retry-delay", "0.01"];
+
+    let (status, json) = finish(sb.spawn_worker(&sub, &retries), Duration::from_secs(60));
+    assert!(status.success(), "{}", sb.logs());
+    assert_eq!(json["exit"], "drained", "a dead-lettered unit settles the run");
+    assert_eq!(json["nacked"], 2, "attempts 1 and 2 go back to the queue");
+    assert_eq!(json["dead_lettered"], 1, "attempt 3 is the last");
+    let dead = peek(&sb.queue("dead")).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attributes["table"], "t_002");
+    assert_eq!(dead[0].attributes["bqdrain_error_reason"], "backendError");
+    assert_eq!(dead[0].attributes["bqdrain_delivery_attempt"], "3");
+    let record = sb.dead_record("r1", "t_002").expect("a dead-letter record for status");
+    assert!(record["message"].as_str().unwrap().contains("gave up after 3 delivery attempts"));
+
+    let status_out = Command::new(BIN).args(["status", "--destination", &sb.destination(), "--run-id", "r1", "--json"]).output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&status_out.stdout).unwrap();
+    assert_eq!(report["totals"], serde_json::json!({"expected": 3, "exported": 2, "dead_lettered": 1, "pending": 0}));
+
+    // The cause is fixed; replay a dry run first, then for real.
+    dataset::clear_fault(&sb.warehouse(), "t_002").unwrap();
+    let replay = |run_id: &str, extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["replay", "--from", &sb.queue("dead"), "--to", &sb.queue("work"), "--run-id", run_id, "--table", "t_*", "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let dry = replay("r1", &["--dry-run"]);
+    assert_eq!((dry["matched"].as_u64(), dry["replayed"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(sb.depth("dead").await, 1, "a dry run moves nothing");
+    let other_run = replay("r2", &[]);
+    assert_eq!(other_run["matched"], 0, "the run filter holds");
+    let real = replay("r1", &[]);
+    assert_eq!(real["replayed"], 1);
+    assert_eq!(sb.depth("dead").await, 0, "the dead-letter queue ends empty");
+    let replayed = peek(&sb.queue("work")).await.unwrap();
+    assert!(!replayed[0].attributes.contains_key("bqdrain_error_reason"), "replayed messages are clean");
+
+    let (status, json) = finish(sb.spawn_worker(&sub, &retries), Duration::from_secs(60));
+    assert!(status.success());
+    assert_eq!(json["acked"], 1);
+    assert_exported(&sb, "r1", "t_002", 100);
+    assert!(sb.dead_record("r1", "t_002").is_none());
+}
+
+fn sigterm(pid: u32) {
+    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_gives_back_unfinished_work_within_the_grace_period() {
+    let sb = Sandbox::new();
+    sb.make_tables(2, 2000);
+    for t in ["t_001", "t_002"] {
+        dataset::set_fault(&sb.warehouse(), t, Fault::Slow { per_shard: Duration::from_millis(1500) }).unwrap();
+    }
+    sb.produce("shard_bytes=4000", "r1").await;
+    let sub = sb.subscription("");
+    let worker = sb.spawn_worker(&sub, &["--concurrency", "2", "--grace-period", "1"]);
+    wait_until(Duration::from_secs(20), "both exports to start", || {
+        first_shard_written(&sb, "t_001", "r1") && first_shard_written(&sb, "t_002", "r1")
+    });
+    let pid = worker.id();
+    let signalled = Instant::now();
+    sigterm(pid);
+    let (status, json) = finish(worker, Duration::from_secs(10));
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(143), "128 + SIGTERM");
+    assert!(took < Duration::from_secs(4), "exited {took:?} after SIGTERM, grace is 1 s");
+    assert_eq!(json["exit"], "signal");
+    assert_eq!(json["nacked"], 2, "both in-flight messages given back");
+    assert_eq!(json["acked"], 0);
+    assert_eq!(sb.depth("work").await, 2, "nothing lost");
+
+    // Another task picks the work up at once (nack means redeliver now).
+    for t in ["t_001", "t_002"] {
+        dataset::clear_fault(&sb.warehouse(), t).unwrap();
+    }
+    let (status, json) = finish(sb.spawn_worker(&sub, &["--concurrency", "2"]), Duration::from_secs(60));
+    assert!(status.success(), "{}", sb.logs());
+    assert_eq!(json["acked"], 2);
+    for t in ["t_001", "t_002"] {
+        assert_exported(&sb, "r1", t, 2000);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_short_work_finish() {
+    let sb = Sandbox::new();
+    sb.make_tables(1, 500);
+    dataset::set_fault(&sb.warehouse(), "t_001", Fault::Slow { per_shard: Duration::from_millis(400) }).unwrap();
+    sb.produce("shard_bytes=3000", "r1").await;
+    let worker = sb.spawn_worker(&sb.subscription(""), &["--grace-period", "10"]);
+    wait_until(Duration::from_secs(20), "the first shard", || first_shard_written(&sb, "t_001", "r1"));
+    sigterm(worker.id());
+    let (status, json) = finish(worker, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(143));
+    assert_eq!(json["acked"], 1, "in-flight export finished within the grace period");
+    assert_exported(&sb, "r1", "t_001", 500);
+    assert_eq!(sb.depth("work").await, 0);
+}

@@ -1,0 +1,85 @@
+//! What lands in the destination: duplicates are harmless, a failed
+//! re-export keeps the previous export, and a new run replaces the old one
+//! without leaving stale shards.
+
+mod common;
+
+use std::time::Duration;
+
+use bqdrain::local::dataset::{self, Fault};
+use bqdrain::local::queue::peek;
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_deliveries_exported_concurrently_commit_once() {
+    let sb = Sandbox::new();
+    sb.make_tables(1, 2000);
+    // Slow shards make the two exports of the same table overlap.
+    dataset::set_fault(&sb.warehouse(), "t_001", Fault::Slow { per_shard: Duration::from_millis(200) }).unwrap();
+    sb.produce("shard_bytes=8000", "r1").await;
+    let original = peek(&sb.queue("work")).await.unwrap();
+    sb.publish_raw("work", vec![original[0].clone(), original[0].clone()]).await;
+    assert_eq!(sb.depth("work").await, 3, "the same unit three times");
+
+    let sub = sb.subscription("");
+    let workers: Vec<_> = (0..3).map(|_| sb.spawn_worker(&sub, &["--concurrency", "1"])).collect();
+    let mut acked = 0;
+    for w in workers {
+        let (status, json) = finish(w, Duration::from_secs(60));
+        assert!(status.success(), "{}", sb.logs());
+        acked += json["acked"].as_u64().unwrap();
+    }
+    assert_eq!(acked, 3, "every copy acked");
+    assert_exported(&sb, "r1", "t_001", 2000);
+    let done = std::fs::read_dir(sb.exports().join("_bqdrain/runs/r1/done")).unwrap().count();
+    assert_eq!(done, 1);
+    let logs = sb.logs();
+    assert_eq!(logs.matches("\"message\":\"exported\"").count(), 1, "one export committed\n{logs}");
+    assert_eq!(sb.depth("work").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_reexport_keeps_the_previous_export() {
+    let sb = Sandbox::new();
+    sb.make_tables(2, 300);
+    sb.produce("", "r1").await;
+    let sub = sb.subscription("");
+    let (status, _) = finish(sb.spawn_worker(&sub, &[]), Duration::from_secs(60));
+    assert!(status.success());
+    let before = assert_exported(&sb, "r1", "t_001", 300);
+
+    dataset::set_fault(&sb.warehouse(), "t_001", Fault::Permanent).unwrap();
+    sb.produce("", "r2").await;
+    let (status, json) = finish(sb.spawn_worker(&sub, &[]), Duration::from_secs(60));
+    assert!(status.success());
+    assert_eq!((json["acked"].as_u64(), json["dead_lettered"].as_u64()), (Some(1), Some(1)));
+    assert!(sb.dead_record("r2", "t_001").is_some());
+    assert_eq!(assert_exported(&sb, "r1", "t_001", 300), before, "run 1's export of t_001 is untouched");
+    assert_exported(&sb, "r2", "t_002", 300);
+    assert!(sb.files_of("t_002").iter().all(|f| f.contains("run=r2/")), "t_002's old export was replaced");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_run_replaces_the_old_export_even_with_fewer_files() {
+    let sb = Sandbox::new();
+    sb.make_tables(1, 1000);
+    sb.produce("shard_bytes=2000", "r1").await;
+    let sub = sb.subscription("");
+    let (status, _) = finish(sb.spawn_worker(&sub, &[]), Duration::from_secs(60));
+    assert!(status.success());
+    let first = assert_exported(&sb, "r1", "t_001", 1000);
+    assert!(first.files.len() > 5);
+
+    // A partial export of run 2 left behind by a crash must not count either.
+    let stale = sb.exports().join("t_001/run=r2/t_001_000000000099.csv");
+    std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+    std::fs::write(&stale, "id,name,age\n1,x,1\n").unwrap();
+
+    sb.produce("", "r2").await;
+    let (status, _) = finish(sb.spawn_worker(&sub, &[]), Duration::from_secs(60));
+    assert!(status.success());
+    let second = assert_exported(&sb, "r2", "t_001", 1000);
+    assert_eq!(second.files.len(), 1);
+    assert!(!stale.exists());
+    // assert_exported checked the table folder holds run 2's files only.
+}
