@@ -123,6 +123,10 @@ pub async fn run(opts: &DemoOptions, worker_exe: &Path) -> anyhow::Result<DemoRe
                 "work",
                 "--subscription",
                 &subscription,
+                "--run-id",
+                &produced.run_id,
+                "--destination",
+                &destination,
                 "--log-format",
                 "json",
             ])

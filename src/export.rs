@@ -45,6 +45,11 @@ impl ExportHandler {
         }
     }
 
+    /// Counts a run as seen before any of its messages arrives.
+    pub fn watch(&self, run_id: &str, store: Arc<dyn ObjectStore>) {
+        self.runs.observe(run_id, store);
+    }
+
     fn store_for(&self, msg: &WorkMessage) -> Result<Arc<dyn ObjectStore>, UnitError> {
         self.backends
             .store(&msg.destination)

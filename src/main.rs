@@ -88,6 +88,13 @@ struct WorkArgs {
     /// Where permanent failures go; defaults to the subscription's dead-letter policy.
     #[arg(long, env = "BQDRAIN_DEAD_LETTER_TOPIC")]
     dead_letter_topic: Option<String>,
+    /// Watch this run from the start: exit once it is complete, even if this
+    /// task received none of its messages (needs --destination).
+    #[arg(long, env = "BQDRAIN_RUN_ID", requires = "destination")]
+    run_id: Option<String>,
+    /// Export root of the watched run.
+    #[arg(long, env = "BQDRAIN_DESTINATION", requires = "run_id")]
+    destination: Option<String>,
     /// Units exported at once by this task.
     #[arg(long, env = "BQDRAIN_CONCURRENCY", default_value_t = 4)]
     concurrency: usize,
@@ -212,7 +219,11 @@ async fn work(args: WorkArgs, started: Instant) -> anyhow::Result<ExitCode> {
     tracing::info!(%task, subscription = %args.subscription, concurrency = args.concurrency, idle_timeout_s = idle_timeout.as_secs_f64(), "worker started");
     let (trigger, shutdown) = shutdown::channel();
     let mut signal = shutdown::on_signals(trigger, grace);
-    let handler = Arc::new(ExportHandler::new(retry, task.clone()));
+    let handler = ExportHandler::new(retry, task.clone());
+    if let (Some(run_id), Some(destination)) = (&args.run_id, &args.destination) {
+        handler.watch(run_id, backends::open_store(destination, "--destination")?);
+    }
+    let handler = Arc::new(handler);
     let config = DrainConfig {
         concurrency: args.concurrency,
         idle_timeout,

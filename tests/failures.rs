@@ -13,7 +13,9 @@ use bqdrain::message::Envelope;
 use common::*;
 
 fn first_shard_written(sb: &Sandbox, table: &str, run: &str) -> bool {
-    sb.files_of(table).iter().any(|f| f.starts_with(&format!("{table}/run={run}/{table}_0")))
+    sb.files_of(table)
+        .iter()
+        .any(|f| f.starts_with(&format!("{table}/run={run}/{table}_0")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,16 +24,28 @@ async fn sigkill_mid_export_is_redelivered_and_exported_once() {
     sb.make_tables(1, 3000);
     // About 8 shards of ~16 KiB, each delayed: the export takes seconds,
     // longer than the 2 s ack deadline, so leases must be extended too.
-    dataset::set_fault(&sb.warehouse(), "t_001", Fault::Slow { per_shard: Duration::from_millis(400) }).unwrap();
+    dataset::set_fault(
+        &sb.warehouse(),
+        "t_001",
+        Fault::Slow {
+            per_shard: Duration::from_millis(400),
+        },
+    )
+    .unwrap();
     sb.produce("shard_bytes=6000", "r1").await;
     let sub = sb.subscription("ack_deadline=2");
 
     let victim = sb.spawn_worker(&sub, &[]);
-    wait_until(Duration::from_secs(20), "the first shard", || first_shard_written(&sb, "t_001", "r1"));
+    wait_until(Duration::from_secs(20), "the first shard", || {
+        first_shard_written(&sb, "t_001", "r1")
+    });
     let mut victim = victim;
     victim.kill().unwrap();
     victim.wait().unwrap();
-    assert!(sb.manifest("r1", "t_001").is_none(), "killed before it could commit");
+    assert!(
+        sb.manifest("r1", "t_001").is_none(),
+        "killed before it could commit"
+    );
 
     let survivor = sb.spawn_worker(&sub, &[]);
     let (status, json) = finish(survivor, Duration::from_secs(60));
@@ -39,7 +53,11 @@ async fn sigkill_mid_export_is_redelivered_and_exported_once() {
     assert_eq!(json["acked"], 1);
     let m = assert_exported(&sb, "r1", "t_001", 3000);
     assert_eq!(m.delivery_attempt, 2, "redelivered after the lapsed lease");
-    assert!(m.files.len() >= 5, "the export is sharded: {} files", m.files.len());
+    assert!(
+        m.files.len() >= 5,
+        "the export is sharded: {} files",
+        m.files.len()
+    );
     assert_eq!(sb.depth("work").await, 0);
 }
 
@@ -56,22 +74,37 @@ async fn poison_messages_are_dead_lettered_with_their_reason() {
     sb.publish_raw(
         "work",
         vec![
-            Envelope { data: b"{not json".to_vec(), attributes: attrs.clone() },
-            Envelope { data: serde_json::to_vec(&future).unwrap(), attributes: attrs },
+            Envelope {
+                data: b"{not json".to_vec(),
+                attributes: attrs.clone(),
+            },
+            Envelope {
+                data: serde_json::to_vec(&future).unwrap(),
+                attributes: attrs,
+            },
         ],
     )
     .await;
 
-    let (status, json) = finish(sb.spawn_worker(&sb.subscription(""), &["--idle-timeout", "2"]), Duration::from_secs(30));
+    let (status, json) = finish(
+        sb.spawn_worker(&sb.subscription(""), &["--idle-timeout", "2"]),
+        Duration::from_secs(30),
+    );
     assert!(status.success(), "{}", sb.logs());
     assert_eq!(json["acked"], 1);
     assert_eq!(json["dead_lettered"], 2);
     assert_eq!(json["nacked"], 0, "no pointless redeliveries");
     let dead = peek(&sb.queue("dead")).await.unwrap();
-    let reasons: Vec<_> = dead.iter().map(|e| e.attributes["bqdrain_error_reason"].as_str()).collect();
+    let reasons: Vec<_> = dead
+        .iter()
+        .map(|e| e.attributes["bqdrain_error_reason"].as_str())
+        .collect();
     assert_eq!(reasons, ["malformed", "unsupportedVersion"]);
     for e in &dead {
-        assert_eq!(e.attributes["bqdrain_delivery_attempt"], "1", "dead-lettered on the first delivery");
+        assert_eq!(
+            e.attributes["bqdrain_delivery_attempt"], "1",
+            "dead-lettered on the first delivery"
+        );
         assert!(!e.attributes["bqdrain_error_message"].is_empty());
     }
     assert_eq!(dead[0].data, b"{not json", "the body is kept as it was");
@@ -89,7 +122,10 @@ async fn a_table_that_always_fails_is_dead_lettered_then_replayed() {
 
     let (status, json) = finish(sb.spawn_worker(&sub, &retries), Duration::from_secs(60));
     assert!(status.success(), "{}", sb.logs());
-    assert_eq!(json["exit"], "drained", "a dead-lettered unit settles the run");
+    assert_eq!(
+        json["exit"], "drained",
+        "a dead-lettered unit settles the run"
+    );
     assert_eq!(json["nacked"], 2, "attempts 1 and 2 go back to the queue");
     assert_eq!(json["dead_lettered"], 1, "attempt 3 is the last");
     let dead = peek(&sb.queue("dead")).await.unwrap();
@@ -97,34 +133,77 @@ async fn a_table_that_always_fails_is_dead_lettered_then_replayed() {
     assert_eq!(dead[0].attributes["table"], "t_002");
     assert_eq!(dead[0].attributes["bqdrain_error_reason"], "backendError");
     assert_eq!(dead[0].attributes["bqdrain_delivery_attempt"], "3");
-    let record = sb.dead_record("r1", "t_002").expect("a dead-letter record for status");
-    assert!(record["message"].as_str().unwrap().contains("gave up after 3 delivery attempts"));
+    let record = sb
+        .dead_record("r1", "t_002")
+        .expect("a dead-letter record for status");
+    assert!(record["message"]
+        .as_str()
+        .unwrap()
+        .contains("gave up after 3 delivery attempts"));
 
-    let status_out = Command::new(BIN).args(["status", "--destination", &sb.destination(), "--run-id", "r1", "--json"]).output().unwrap();
+    let status_out = Command::new(BIN)
+        .args([
+            "status",
+            "--destination",
+            &sb.destination(),
+            "--run-id",
+            "r1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
     let report: serde_json::Value = serde_json::from_slice(&status_out.stdout).unwrap();
-    assert_eq!(report["totals"], serde_json::json!({"expected": 3, "exported": 2, "dead_lettered": 1, "pending": 0}));
+    assert_eq!(
+        report["totals"],
+        serde_json::json!({"expected": 3, "exported": 2, "dead_lettered": 1, "pending": 0})
+    );
 
     // The cause is fixed; replay a dry run first, then for real.
     dataset::clear_fault(&sb.warehouse(), "t_002").unwrap();
     let replay = |run_id: &str, extra: &[&str]| {
         let out = Command::new(BIN)
-            .args(["replay", "--from", &sb.queue("dead"), "--to", &sb.queue("work"), "--run-id", run_id, "--table", "t_*", "--json"])
+            .args([
+                "replay",
+                "--from",
+                &sb.queue("dead"),
+                "--to",
+                &sb.queue("work"),
+                "--run-id",
+                run_id,
+                "--table",
+                "t_*",
+                "--json",
+            ])
             .args(extra)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
     let dry = replay("r1", &["--dry-run"]);
-    assert_eq!((dry["matched"].as_u64(), dry["replayed"].as_u64()), (Some(1), Some(0)));
+    assert_eq!(
+        (dry["matched"].as_u64(), dry["replayed"].as_u64()),
+        (Some(1), Some(0))
+    );
     assert_eq!(sb.depth("dead").await, 1, "a dry run moves nothing");
     let other_run = replay("r2", &[]);
     assert_eq!(other_run["matched"], 0, "the run filter holds");
     let real = replay("r1", &[]);
     assert_eq!(real["replayed"], 1);
-    assert_eq!(sb.depth("dead").await, 0, "the dead-letter queue ends empty");
+    assert_eq!(
+        sb.depth("dead").await,
+        0,
+        "the dead-letter queue ends empty"
+    );
     let replayed = peek(&sb.queue("work")).await.unwrap();
-    assert!(!replayed[0].attributes.contains_key("bqdrain_error_reason"), "replayed messages are clean");
+    assert!(
+        !replayed[0].attributes.contains_key("bqdrain_error_reason"),
+        "replayed messages are clean"
+    );
 
     let (status, json) = finish(sb.spawn_worker(&sub, &retries), Duration::from_secs(60));
     assert!(status.success());
@@ -134,7 +213,11 @@ async fn a_table_that_always_fails_is_dead_lettered_then_replayed() {
 }
 
 fn sigterm(pid: u32) {
-    assert!(Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +225,14 @@ async fn sigterm_gives_back_unfinished_work_within_the_grace_period() {
     let sb = Sandbox::new();
     sb.make_tables(2, 2000);
     for t in ["t_001", "t_002"] {
-        dataset::set_fault(&sb.warehouse(), t, Fault::Slow { per_shard: Duration::from_millis(1500) }).unwrap();
+        dataset::set_fault(
+            &sb.warehouse(),
+            t,
+            Fault::Slow {
+                per_shard: Duration::from_millis(1500),
+            },
+        )
+        .unwrap();
     }
     sb.produce("shard_bytes=4000", "r1").await;
     let sub = sb.subscription("");
@@ -156,7 +246,10 @@ async fn sigterm_gives_back_unfinished_work_within_the_grace_period() {
     let (status, json) = finish(worker, Duration::from_secs(10));
     let took = signalled.elapsed();
     assert_eq!(status.code(), Some(143), "128 + SIGTERM");
-    assert!(took < Duration::from_secs(4), "exited {took:?} after SIGTERM, grace is 1 s");
+    assert!(
+        took < Duration::from_secs(4),
+        "exited {took:?} after SIGTERM, grace is 1 s"
+    );
     assert_eq!(json["exit"], "signal");
     assert_eq!(json["nacked"], 2, "both in-flight messages given back");
     assert_eq!(json["acked"], 0);
@@ -166,7 +259,10 @@ async fn sigterm_gives_back_unfinished_work_within_the_grace_period() {
     for t in ["t_001", "t_002"] {
         dataset::clear_fault(&sb.warehouse(), t).unwrap();
     }
-    let (status, json) = finish(sb.spawn_worker(&sub, &["--concurrency", "2"]), Duration::from_secs(60));
+    let (status, json) = finish(
+        sb.spawn_worker(&sub, &["--concurrency", "2"]),
+        Duration::from_secs(60),
+    );
     assert!(status.success(), "{}", sb.logs());
     assert_eq!(json["acked"], 2);
     for t in ["t_001", "t_002"] {
@@ -178,14 +274,26 @@ async fn sigterm_gives_back_unfinished_work_within_the_grace_period() {
 async fn sigterm_lets_short_work_finish() {
     let sb = Sandbox::new();
     sb.make_tables(1, 500);
-    dataset::set_fault(&sb.warehouse(), "t_001", Fault::Slow { per_shard: Duration::from_millis(400) }).unwrap();
+    dataset::set_fault(
+        &sb.warehouse(),
+        "t_001",
+        Fault::Slow {
+            per_shard: Duration::from_millis(400),
+        },
+    )
+    .unwrap();
     sb.produce("shard_bytes=3000", "r1").await;
     let worker = sb.spawn_worker(&sb.subscription(""), &["--grace-period", "10"]);
-    wait_until(Duration::from_secs(20), "the first shard", || first_shard_written(&sb, "t_001", "r1"));
+    wait_until(Duration::from_secs(20), "the first shard", || {
+        first_shard_written(&sb, "t_001", "r1")
+    });
     sigterm(worker.id());
     let (status, json) = finish(worker, Duration::from_secs(15));
     assert_eq!(status.code(), Some(143));
-    assert_eq!(json["acked"], 1, "in-flight export finished within the grace period");
+    assert_eq!(
+        json["acked"], 1,
+        "in-flight export finished within the grace period"
+    );
     assert_exported(&sb, "r1", "t_001", 500);
     assert_eq!(sb.depth("work").await, 0);
 }

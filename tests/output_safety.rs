@@ -15,14 +15,24 @@ async fn duplicate_deliveries_exported_concurrently_commit_once() {
     let sb = Sandbox::new();
     sb.make_tables(1, 2000);
     // Slow shards make the two exports of the same table overlap.
-    dataset::set_fault(&sb.warehouse(), "t_001", Fault::Slow { per_shard: Duration::from_millis(200) }).unwrap();
+    dataset::set_fault(
+        &sb.warehouse(),
+        "t_001",
+        Fault::Slow {
+            per_shard: Duration::from_millis(200),
+        },
+    )
+    .unwrap();
     sb.produce("shard_bytes=8000", "r1").await;
     let original = peek(&sb.queue("work")).await.unwrap();
-    sb.publish_raw("work", vec![original[0].clone(), original[0].clone()]).await;
+    sb.publish_raw("work", vec![original[0].clone(), original[0].clone()])
+        .await;
     assert_eq!(sb.depth("work").await, 3, "the same unit three times");
 
     let sub = sb.subscription("");
-    let workers: Vec<_> = (0..3).map(|_| sb.spawn_worker(&sub, &["--concurrency", "1"])).collect();
+    let workers: Vec<_> = (0..3)
+        .map(|_| sb.spawn_worker(&sub, &["--concurrency", "1"]))
+        .collect();
     let mut acked = 0;
     for w in workers {
         let (status, json) = finish(w, Duration::from_secs(60));
@@ -31,10 +41,16 @@ async fn duplicate_deliveries_exported_concurrently_commit_once() {
     }
     assert_eq!(acked, 3, "every copy acked");
     assert_exported(&sb, "r1", "t_001", 2000);
-    let done = std::fs::read_dir(sb.exports().join("_bqdrain/runs/r1/done")).unwrap().count();
+    let done = std::fs::read_dir(sb.exports().join("_bqdrain/runs/r1/done"))
+        .unwrap()
+        .count();
     assert_eq!(done, 1);
     let logs = sb.logs();
-    assert_eq!(logs.matches("\"message\":\"exported\"").count(), 1, "one export committed\n{logs}");
+    assert_eq!(
+        logs.matches("\"message\":\"exported\"").count(),
+        1,
+        "one export committed\n{logs}"
+    );
     assert_eq!(sb.depth("work").await, 0);
 }
 
@@ -52,11 +68,21 @@ async fn a_failed_reexport_keeps_the_previous_export() {
     sb.produce("", "r2").await;
     let (status, json) = finish(sb.spawn_worker(&sub, &[]), Duration::from_secs(60));
     assert!(status.success());
-    assert_eq!((json["acked"].as_u64(), json["dead_lettered"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (json["acked"].as_u64(), json["dead_lettered"].as_u64()),
+        (Some(1), Some(1))
+    );
     assert!(sb.dead_record("r2", "t_001").is_some());
-    assert_eq!(assert_exported(&sb, "r1", "t_001", 300), before, "run 1's export of t_001 is untouched");
+    assert_eq!(
+        assert_exported(&sb, "r1", "t_001", 300),
+        before,
+        "run 1's export of t_001 is untouched"
+    );
     assert_exported(&sb, "r2", "t_002", 300);
-    assert!(sb.files_of("t_002").iter().all(|f| f.contains("run=r2/")), "t_002's old export was replaced");
+    assert!(
+        sb.files_of("t_002").iter().all(|f| f.contains("run=r2/")),
+        "t_002's old export was replaced"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,11 +71,9 @@ pub fn create_dummy_tables(path: &Path, names: &[String], rows: u64) -> anyhow::
     Ok(())
 }
 
-pub fn drop_table(path: &Path, name: &str) -> anyhow::Result<()> {
-    open(path)?.execute_batch(&format!(
-        "DROP TABLE IF EXISTS \"{}\"",
-        name.replace('"', "\"\"")
-    ))?;
+/// Runs SQL against the dataset: views, dropped tables, odd schemas.
+pub fn execute(path: &Path, sql: &str) -> anyhow::Result<()> {
+    open(path)?.execute_batch(sql)?;
     Ok(())
 }
 

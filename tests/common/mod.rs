@@ -38,7 +38,11 @@ impl Sandbox {
 
     /// The dataset URI, with an optional query such as `shard_bytes=2000`.
     pub fn source(&self, query: &str) -> String {
-        let q = if query.is_empty() { String::new() } else { format!("?{query}") };
+        let q = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
         format!("sqlite://{}{}", self.warehouse().display(), q)
     }
 
@@ -48,8 +52,15 @@ impl Sandbox {
 
     /// The work subscription with a dead-letter policy; `extra` adds settings.
     pub fn subscription(&self, extra: &str) -> String {
-        let extra = if extra.is_empty() { String::new() } else { format!("&{extra}") };
-        format!("queue://{}?dead_letter=dead{extra}#work", self.path("queue.db").display())
+        let extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!("&{extra}")
+        };
+        format!(
+            "queue://{}?dead_letter=dead{extra}#work",
+            self.path("queue.db").display()
+        )
     }
 
     pub fn destination(&self) -> String {
@@ -67,11 +78,18 @@ impl Sandbox {
     }
 
     pub async fn produce(&self, source_query: &str, run_id: &str) -> ProduceReport {
-        let plan = RunPlan { run_id: Some(run_id.to_string()), include: vec![], exclude: vec![], options: Default::default() };
+        let plan = RunPlan {
+            run_id: Some(run_id.to_string()),
+            include: vec![],
+            exclude: vec![],
+            options: Default::default(),
+        };
         let warehouse = backends::open_warehouse(&self.source(source_query), "--source").unwrap();
         let topic = backends::open_topic(&self.queue("work"), "--topic").unwrap();
         let store = backends::open_store(&self.destination(), "--destination").unwrap();
-        produce(&plan, warehouse.as_ref(), topic.as_ref(), store.as_ref()).await.unwrap()
+        produce(&plan, warehouse.as_ref(), topic.as_ref(), store.as_ref())
+            .await
+            .unwrap()
     }
 
     pub async fn publish_raw(&self, queue: &str, envelopes: Vec<Envelope>) {
@@ -80,7 +98,11 @@ impl Sandbox {
     }
 
     pub async fn depth(&self, queue: &str) -> u64 {
-        LocalSubscription::open(&self.queue(queue), "q").unwrap().depth().await.unwrap()
+        LocalSubscription::open(&self.queue(queue), "q")
+            .unwrap()
+            .depth()
+            .await
+            .unwrap()
     }
 
     /// Starts `bqdrain work` on the work subscription; its log goes to logs/.
@@ -88,7 +110,14 @@ impl Sandbox {
         let n = std::fs::read_dir(self.path("logs")).unwrap().count();
         let log = std::fs::File::create(self.path("logs").join(format!("worker-{n}.log"))).unwrap();
         Command::new(BIN)
-            .args(["--log-format", "json", "work", "--subscription", subscription, "--json"])
+            .args([
+                "--log-format",
+                "json",
+                "work",
+                "--subscription",
+                subscription,
+                "--json",
+            ])
             .args(args)
             .env("CLOUD_RUN_TASK_INDEX", n.to_string())
             .stdin(Stdio::null())
@@ -108,13 +137,21 @@ impl Sandbox {
     }
 
     pub fn manifest(&self, run_id: &str, unit: &str) -> Option<TableManifest> {
-        let path = self.exports().join(format!("_bqdrain/runs/{run_id}/done/{unit}.json"));
-        std::fs::read(path).ok().map(|b| serde_json::from_slice(&b).unwrap())
+        let path = self
+            .exports()
+            .join(format!("_bqdrain/runs/{run_id}/done/{unit}.json"));
+        std::fs::read(path)
+            .ok()
+            .map(|b| serde_json::from_slice(&b).unwrap())
     }
 
     pub fn dead_record(&self, run_id: &str, unit: &str) -> Option<serde_json::Value> {
-        let path = self.exports().join(format!("_bqdrain/runs/{run_id}/dead/{unit}.json"));
-        std::fs::read(path).ok().map(|b| serde_json::from_slice(&b).unwrap())
+        let path = self
+            .exports()
+            .join(format!("_bqdrain/runs/{run_id}/dead/{unit}.json"));
+        std::fs::read(path)
+            .ok()
+            .map(|b| serde_json::from_slice(&b).unwrap())
     }
 
     /// Every file under a table's folder, relative to the export root.
@@ -127,7 +164,9 @@ impl Sandbox {
 }
 
 fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries {
         let p = e.unwrap().path();
         if p.is_dir() {
@@ -152,7 +191,12 @@ pub fn finish(mut child: Child, limit: Duration) -> (ExitStatus, serde_json::Val
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     let json = serde_json::from_str(out.trim()).unwrap_or(serde_json::Value::Null);
     (status, json)
 }
@@ -164,13 +208,19 @@ pub fn csv_rows(root: &Path, keys: &[String]) -> u64 {
             let bytes = std::fs::read(root.join(k)).unwrap();
             let text = if k.ends_with(".gz") {
                 let mut s = String::new();
-                flate2::read::GzDecoder::new(&bytes[..]).read_to_string(&mut s).unwrap();
+                flate2::read::GzDecoder::new(&bytes[..])
+                    .read_to_string(&mut s)
+                    .unwrap();
                 s
             } else {
                 String::from_utf8(bytes).unwrap()
             };
             let mut lines = text.lines();
-            assert_eq!(lines.next(), Some("id,name,age"), "{k} starts with the header");
+            assert_eq!(
+                lines.next(),
+                Some("id,name,age"),
+                "{k} starts with the header"
+            );
             lines.count() as u64
         })
         .sum()
@@ -180,16 +230,31 @@ pub fn csv_rows(root: &Path, keys: &[String]) -> u64 {
 /// record, its manifest beside the shards, nothing else in the folder, and
 /// the right number of rows read back from the files.
 pub fn assert_exported(sb: &Sandbox, run_id: &str, table: &str, rows: u64) -> TableManifest {
-    let m = sb.manifest(run_id, table).unwrap_or_else(|| panic!("{table} has no completion record\n{}", sb.logs()));
+    let m = sb
+        .manifest(run_id, table)
+        .unwrap_or_else(|| panic!("{table} has no completion record\n{}", sb.logs()));
     let keys: Vec<String> = m.files.iter().map(|f| f.key.clone()).collect();
     let mut expected = keys.clone();
     expected.push(format!("{table}/run={run_id}/_MANIFEST.json"));
     expected.sort();
-    assert_eq!(sb.files_of(table), expected, "{table}: exactly the shards of this run and its manifest");
-    assert_eq!(csv_rows(&sb.exports(), &keys), rows, "{table}: rows read back");
+    assert_eq!(
+        sb.files_of(table),
+        expected,
+        "{table}: exactly the shards of this run and its manifest"
+    );
+    assert_eq!(
+        csv_rows(&sb.exports(), &keys),
+        rows,
+        "{table}: rows read back"
+    );
     assert_eq!(m.rows, Some(rows));
     for f in &m.files {
-        assert_eq!(std::fs::metadata(sb.exports().join(&f.key)).unwrap().len(), f.bytes, "{}: size", f.key);
+        assert_eq!(
+            std::fs::metadata(sb.exports().join(&f.key)).unwrap().len(),
+            f.bytes,
+            "{}: size",
+            f.key
+        );
     }
     m
 }

@@ -1,0 +1,96 @@
+//! The producer's contract: filters, skipped kinds, order, and refusing bad
+//! options before anything is published.
+
+use std::process::Command;
+
+use bqdrain::local::dataset;
+use bqdrain::local::queue::peek;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bqdrain-producer");
+
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("wh.db");
+        dataset::create_dummy_tables(&db, &["a_1".into(), "b_1".into()], 5).unwrap();
+        dataset::create_dummy_tables(&db, &["a_2".into()], 50).unwrap();
+        dataset::create_dummy_tables(&db, &["a_3".into()], 20).unwrap();
+        dataset::execute(&db, "CREATE VIEW a_view AS SELECT * FROM a_1").unwrap();
+        Setup { dir }
+    }
+
+    fn queue(&self) -> String {
+        format!("queue://{}#work", self.dir.path().join("q.db").display())
+    }
+
+    fn produce(&self, args: &[&str]) -> std::process::Output {
+        let source = format!("sqlite://{}", self.dir.path().join("wh.db").display());
+        let dest = format!("file://{}", self.dir.path().join("out").display());
+        Command::new(BIN)
+            .args([
+                "--source",
+                &source,
+                "--topic",
+                &self.queue(),
+                "--destination",
+                &dest,
+                "--json",
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn publishes_matching_tables_largest_first_and_skips_views() {
+    let s = Setup::new();
+    let out = s.produce(&["--include", "a_*", "--exclude", "a_3", "--run-id", "r1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["run_id"], "r1");
+    assert_eq!(report["published"], 2);
+    assert_eq!(report["excluded"], 2, "b_1 and a_3");
+    assert_eq!(report["skipped"][0]["table"], "a_view");
+    let published: Vec<String> = peek(&s.queue())
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.attributes["table"].clone())
+        .collect();
+    assert_eq!(published, ["a_2", "a_1"], "largest first");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(s.dir.path().join("out/_bqdrain/runs/r1/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["units"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn bad_options_exit_2_and_publish_nothing() {
+    let s = Setup::new();
+    for (args, flag) in [
+        (
+            &["--format", "avro", "--compression", "gzip"][..],
+            "--compression",
+        ),
+        (&["--format", "avro"][..], "--format"),
+        (&["--field-delimiter", "ab"][..], "--field-delimiter"),
+        (&["--include", "[a"][..], "--include"),
+        (&["--run-id", "a/b"][..], "--run-id"),
+    ] {
+        let out = s.produce(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+    assert!(peek(&s.queue()).await.unwrap().is_empty());
+}

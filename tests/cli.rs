@@ -1,0 +1,150 @@
+//! The command-line contract: the demo, exit codes, help, log format.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+#[test]
+fn demo_exports_every_table_with_its_defaults() {
+    let sb = Sandbox::new();
+    let dir = sb.path("demo");
+    let out = run(&["demo", "--json", "--dir", dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["tables"], 30);
+    assert_eq!(report["exported"], 30);
+    assert_eq!(report["dead_lettered"], 0);
+    assert_eq!(report["files"], 30);
+    assert_eq!(report["rows"], 30_000);
+    assert_eq!(report["tasks"], 4);
+    assert!(report["seconds"].as_f64().unwrap() > 0.0);
+    let run_id = report["run_id"].as_str().unwrap();
+    let csv = std::fs::read_to_string(dir.join(format!(
+        "exports/dummy_01/run={run_id}/dummy_01_000000000000.csv"
+    )))
+    .unwrap();
+    assert_eq!(csv.lines().count(), 1001);
+    assert_eq!(csv.lines().nth(1), Some("1,user_1,19"));
+}
+
+#[test]
+fn demo_dead_letters_the_tables_asked_to_fail() {
+    let sb = Sandbox::new();
+    let dir = sb.path("demo");
+    let out = run(&[
+        "demo",
+        "--json",
+        "--tables",
+        "5",
+        "--rows",
+        "10",
+        "--tasks",
+        "2",
+        "--fail",
+        "dummy_02",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            report["exported"].as_u64(),
+            report["dead_lettered"].as_u64()
+        ),
+        (Some(4), Some(1))
+    );
+    assert_eq!(report["ok"], true);
+}
+
+#[test]
+fn bad_input_exits_2_naming_the_flag() {
+    let sb = Sandbox::new();
+    let dir = sb.path("demo");
+    let out = run(&["demo", "--fail", "nope", "--dir", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--fail"));
+
+    let out = run(&["work", "--subscription", &sb.queue("work")]);
+    assert_eq!(out.status.code(), Some(2), "no dead-letter topic anywhere");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--dead-letter-topic"));
+
+    let out = run(&[
+        "work",
+        "--subscription",
+        "queue://x.db?ack_deadline=9000#work",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ack_deadline"));
+
+    let out = run(&[
+        "status",
+        "--destination",
+        &sb.destination(),
+        "--run-id",
+        "missing",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--run-id"));
+
+    let out = run(&[
+        "work",
+        "--subscription",
+        "pubsub://projects/p/subscriptions/s",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn every_flag_has_an_environment_twin() {
+    for cmd in ["work", "replay", "status", "demo", "fault"] {
+        let help = String::from_utf8(run(&[cmd, "--help"]).stdout).unwrap();
+        let flags = help
+            .lines()
+            .filter(|l| l.trim_start().starts_with("--") && !l.contains("--help"))
+            .count();
+        let twins = help.matches("[env: BQDRAIN_").count();
+        assert_eq!(
+            flags, twins,
+            "{cmd}: every option shows its BQDRAIN_ variable\n{help}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_json_lines_with_severity_when_not_on_a_terminal() {
+    let sb = Sandbox::new();
+    sb.make_tables(1, 5);
+    sb.produce("", "r1").await;
+    let out = Command::new(BIN)
+        .args(["work", "--subscription", &sb.subscription("")])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() >= 2);
+    assert!(lines
+        .iter()
+        .all(|l| l["severity"].is_string() && l["message"].is_string()));
+    assert!(lines
+        .iter()
+        .any(|l| l["message"] == "exported" && l["unit"] == "t_001"));
+}
