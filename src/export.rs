@@ -151,8 +151,9 @@ impl ExportHandler {
     }
 
     /// Deletes the folders of this unit's older runs, now that this run's
-    /// export is committed. Newer runs are left alone, and so are runs whose
-    /// age cannot be told (no run manifest).
+    /// export is committed; and this run's own folder if a newer run has
+    /// already committed the unit (runs that overlapped). Runs whose age
+    /// cannot be told (no run manifest) are left alone.
     async fn remove_superseded(
         &self,
         msg: &WorkMessage,
@@ -167,38 +168,42 @@ impl ExportHandler {
             .iter()
             .filter_map(|o| o.key[unit_folder.len()..].strip_prefix(RUN_FOLDER_PREFIX))
             .filter_map(|rest| rest.split_once('/').map(|(run, _)| run))
-            .filter(|run| *run != msg.run_id)
             .collect();
         runs.dedup();
-        for run in runs {
+        let ours = (msg.enqueued_at, msg.run_id.as_str());
+        let mut doomed = Vec::new();
+        for run in runs.into_iter().filter(|r| *r != msg.run_id) {
             let other = store
                 .read(&layout::run_manifest(run))
                 .await
                 .map_err(|e| UnitError::io("reading run manifest", e))?
                 .and_then(|b| serde_json::from_slice::<RunManifest>(&b).ok());
-            let older = match &other {
-                Some(m) => {
-                    (m.created_at, m.run_id.as_str()) < (msg.enqueued_at, msg.run_id.as_str())
-                }
-                None => {
-                    tracing::warn!(
-                        unit_folder,
-                        run,
-                        "leaving a folder of a run with no manifest"
-                    );
-                    false
-                }
+            let Some(other) = other else {
+                tracing::warn!(
+                    unit_folder,
+                    run,
+                    "leaving a folder of a run with no manifest"
+                );
+                continue;
             };
-            if older {
-                let prefix = format!("{unit_folder}{RUN_FOLDER_PREFIX}{run}/");
-                for object in listed.iter().filter(|o| o.key.starts_with(&prefix)) {
-                    store
-                        .delete(&object.key)
-                        .await
-                        .map_err(|e| UnitError::io("deleting superseded export", e))?;
-                }
-                tracing::info!(unit_folder, run, "deleted superseded export");
+            let folder = format!("{unit_folder}{RUN_FOLDER_PREFIX}{run}/");
+            if (other.created_at, other.run_id.as_str()) < ours {
+                doomed.push(folder);
+            } else if listed
+                .iter()
+                .any(|o| o.key == format!("{folder}{}", layout::TABLE_MANIFEST))
+            {
+                doomed.push(layout::export_folder(&msg.source, &msg.run_id));
             }
+        }
+        for folder in doomed {
+            for object in listed.iter().filter(|o| o.key.starts_with(&folder)) {
+                store
+                    .delete(&object.key)
+                    .await
+                    .map_err(|e| UnitError::io("deleting superseded export", e))?;
+            }
+            tracing::info!(folder, "deleted superseded export");
         }
         Ok(())
     }

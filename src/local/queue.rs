@@ -410,3 +410,136 @@ pub async fn peek(uri: &str) -> anyhow::Result<Vec<Envelope>> {
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn envelope(body: &str) -> Envelope {
+        Envelope {
+            data: body.as_bytes().to_vec(),
+            attributes: BTreeMap::from([("k".into(), "v".into())]),
+        }
+    }
+
+    fn open(dir: &Path, query: &str) -> (LocalTopic, LocalSubscription) {
+        let base = format!("queue://{}", dir.join("q.db").display());
+        (
+            LocalTopic::open(&format!("{base}#work"), "t").unwrap(),
+            LocalSubscription::open(&format!("{base}?{query}#work"), "s").unwrap(),
+        )
+    }
+
+    const NOW: Duration = Duration::ZERO;
+
+    #[tokio::test]
+    async fn leases_lapse_and_redeliver_with_a_rising_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (topic, sub) = open(dir.path(), "ack_deadline=1");
+        topic
+            .publish(vec![envelope("a"), envelope("b")])
+            .await
+            .unwrap();
+        let first = sub.pull(10, NOW).await.unwrap();
+        assert_eq!(first.len(), 2);
+        assert_eq!(first[0].data, b"a");
+        assert_eq!(first[0].attributes["k"], "v");
+        assert_eq!(first[0].delivery_attempt, 1);
+        assert!(
+            sub.pull(10, NOW).await.unwrap().is_empty(),
+            "leased messages are not handed out twice"
+        );
+
+        sub.extend_lease(&first[1].ack_id, Duration::from_secs(30))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let again = sub.pull(10, NOW).await.unwrap();
+        assert_eq!(
+            again.len(),
+            1,
+            "only the lease that was not extended lapsed"
+        );
+        assert_eq!(
+            (again[0].data.as_slice(), again[0].delivery_attempt),
+            (&b"a"[..], 2)
+        );
+
+        sub.ack(std::slice::from_ref(&first[0].ack_id))
+            .await
+            .unwrap();
+        assert_eq!(
+            sub.depth().await.unwrap(),
+            2,
+            "an ack under a lapsed lease is ignored"
+        );
+        sub.ack(&[again[0].ack_id.clone(), first[1].ack_id.clone()])
+            .await
+            .unwrap();
+        assert_eq!(sub.depth().await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn nack_redelivers_now_and_the_policy_dead_letters_after_max_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (topic, sub) = open(dir.path(), "max_attempts=2&dead_letter=dead");
+        assert_eq!(sub.max_delivery_attempts(), Some(2));
+        assert!(sub.dead_letter_topic().unwrap().ends_with("q.db#dead"));
+        topic.publish(vec![envelope("x")]).await.unwrap();
+        for attempt in 1..=2 {
+            let d = sub.pull(1, NOW).await.unwrap().remove(0);
+            assert_eq!(d.delivery_attempt, attempt);
+            sub.nack(&d.ack_id).await.unwrap();
+        }
+        assert!(
+            sub.pull(1, NOW).await.unwrap().is_empty(),
+            "moved away after its last attempt"
+        );
+        let dead = peek(&sub.dead_letter_topic().unwrap()).await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].data, b"x");
+        assert_eq!(
+            dead[0].attributes["bqdrain_error_reason"],
+            "maxDeliveryAttempts"
+        );
+        assert_eq!(
+            dead[0].attributes["CloudPubSubDeadLetterSourceDeliveryCount"],
+            "2"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pull_waits_for_messages_published_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let (topic, sub) = open(dir.path(), "");
+        let publisher = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            topic.publish(vec![envelope("late")]).await.unwrap();
+        });
+        let got = sub.pull(5, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(got.len(), 1);
+        publisher.await.unwrap();
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        for bad in [
+            "queue://q.db",
+            "queue://q.db?ack_deadline=0#w",
+            "queue://q.db?bogus=1#w",
+            "file://q.db#w",
+        ] {
+            assert!(QueueUri::parse(bad, "--subscription").is_err(), "{bad}");
+        }
+        let q = QueueUri::parse(
+            "queue:///tmp/q.db?ack_deadline=30&max_attempts=7&dead_letter=d#w",
+            "s",
+        )
+        .unwrap();
+        assert_eq!(
+            (q.ack_deadline, q.max_attempts, q.dead_letter.as_deref()),
+            (Duration::from_secs(30), 7, Some("d"))
+        );
+    }
+}

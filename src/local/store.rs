@@ -188,3 +188,63 @@ impl ObjectStore for FsStore {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn write_if_absent_has_exactly_one_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(FsStore::open(&format!("file://{}", dir.path().display()), "d").unwrap());
+        let racers: Vec<_> = (0..16)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    store
+                        .write_if_absent("a/done.json", format!("{i}").as_bytes())
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut winners = 0;
+        for r in racers {
+            winners += usize::from(r.await.unwrap());
+        }
+        assert_eq!(winners, 1);
+        assert_eq!(
+            store.list("a/").await.unwrap().len(),
+            1,
+            "no temporary files left behind"
+        );
+    }
+
+    #[tokio::test]
+    async fn lists_by_prefix_and_deletes_empty_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(&format!("file://{}", dir.path().display()), "d").unwrap();
+        for key in ["t/run=1/a.csv", "t/run=2/b.csv", "t2/run=1/c.csv"] {
+            store.write(key, b"x").await.unwrap();
+        }
+        let keys: Vec<_> = store
+            .list("t/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(keys, ["t/run=1/a.csv", "t/run=2/b.csv"]);
+        assert_eq!(
+            store.read("t/run=1/a.csv").await.unwrap().as_deref(),
+            Some(&b"x"[..])
+        );
+        assert_eq!(store.read("nope").await.unwrap(), None);
+        store.delete("t/run=1/a.csv").await.unwrap();
+        store.delete("t/run=1/a.csv").await.unwrap();
+        assert!(!dir.path().join("t/run=1").exists());
+        assert!(store.read("../escape").await.is_err());
+    }
+}

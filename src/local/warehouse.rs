@@ -528,3 +528,200 @@ impl Drop for ShardWriter<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::dataset;
+    use crate::message::SourceTable;
+    use std::io::Read;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    fn request(out: &Path, table: &str, options: ExportOptions) -> ExportRequest {
+        ExportRequest {
+            job_key: "j".into(),
+            source: SourceTable {
+                dataset_uri: String::new(),
+                project: "local".into(),
+                dataset: "wh".into(),
+                table: table.into(),
+                partition: None,
+            },
+            destination_root: format!("file://{}", out.display()),
+            folder: format!("{table}/run=r/"),
+            options,
+        }
+    }
+
+    async fn export(
+        wh: &LocalWarehouse,
+        out: &Path,
+        table: &str,
+        options: ExportOptions,
+    ) -> Result<(ExportResult, Vec<String>), UnitError> {
+        let result = wh
+            .export(
+                &request(out, table, options),
+                Arc::new(AtomicBool::new(false)),
+            )
+            .await?;
+        let texts = result
+            .files
+            .iter()
+            .map(|f| {
+                let bytes = std::fs::read(out.join(f)).unwrap();
+                let mut s = String::new();
+                if f.ends_with(".gz") {
+                    flate2::read::GzDecoder::new(&bytes[..])
+                        .read_to_string(&mut s)
+                        .unwrap();
+                } else {
+                    s = String::from_utf8(bytes).unwrap();
+                }
+                s
+            })
+            .collect();
+        Ok((result, texts))
+    }
+
+    fn setup() -> (tempfile::TempDir, LocalWarehouse) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("wh.db");
+        dataset::create_dummy_tables(&db, &["big".into()], 100).unwrap();
+        dataset::execute(
+            &db,
+            "CREATE TABLE odd (a INTEGER, b TEXT, c REAL);
+             INSERT INTO odd VALUES (1, 'x|y', 1.5), (NULL, 'say \"hi\"', NULL), (3, 'two
+lines', -2.0);
+             CREATE TABLE empty (a INTEGER);
+             CREATE VIEW v AS SELECT * FROM big;",
+        )
+        .unwrap();
+        let wh = LocalWarehouse::open(&format!("sqlite://{}?shard_bytes=500", db.display()), "s")
+            .unwrap();
+        (dir, wh)
+    }
+
+    #[tokio::test]
+    async fn lists_tables_with_kind_and_rows() {
+        let (_dir, wh) = setup();
+        let tables = wh.list_tables().await.unwrap();
+        let summary: Vec<_> = tables
+            .iter()
+            .map(|t| (t.name.as_str(), t.kind, t.rows))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("big", TableKind::Table, Some(100)),
+                ("empty", TableKind::Table, Some(0)),
+                ("odd", TableKind::Table, Some(3)),
+                ("v", TableKind::View, None)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn shards_csv_with_a_header_in_each_and_bigquery_names() {
+        let (dir, wh) = setup();
+        let out = dir.path().join("out");
+        let (result, texts) = export(&wh, &out, "big", ExportOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(result.rows, Some(100));
+        assert!(result.files.len() > 2, "500-byte shards");
+        assert_eq!(result.files[0], "big/run=r/big_000000000000.csv");
+        assert_eq!(result.files[1], "big/run=r/big_000000000001.csv");
+        let mut rows = 0;
+        for (file, text) in result.files.iter().zip(&texts) {
+            assert!(std::fs::metadata(out.join(file)).unwrap().len() <= 500);
+            assert!(text.starts_with("id,name,age\n"));
+            rows += text.lines().count() - 1;
+        }
+        assert_eq!(rows, 100);
+        let leftovers = std::fs::read_dir(out.join("big/run=r")).unwrap().count();
+        assert_eq!(leftovers, result.files.len(), "no temporary files left");
+    }
+
+    #[tokio::test]
+    async fn quotes_csv_and_types_json_and_compresses() {
+        let (dir, wh) = setup();
+        let out = dir.path().join("out");
+        let piped = ExportOptions {
+            field_delimiter: "|".into(),
+            header: false,
+            ..Default::default()
+        };
+        let (_, texts) = export(&wh, &out, "odd", piped).await.unwrap();
+        assert_eq!(
+            texts.concat(),
+            "1|\"x|y\"|1.5\n|\"say \"\"hi\"\"\"|\n3|\"two\nlines\"|-2\n"
+        );
+
+        let json = ExportOptions {
+            format: Format::Json,
+            compression: Compression::Gzip,
+            ..Default::default()
+        };
+        let (result, texts) = export(&wh, &out, "odd", json).await.unwrap();
+        assert!(result.files[0].ends_with("odd_000000000000.json.gz"));
+        let rows: Vec<serde_json::Value> = texts
+            .concat()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(rows[0], serde_json::json!({"a": 1, "b": "x|y", "c": 1.5}));
+        assert_eq!(
+            rows[1],
+            serde_json::json!({"a": null, "b": "say \"hi\"", "c": null})
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_table_gives_one_file_and_a_missing_one_not_found() {
+        let (dir, wh) = setup();
+        let out = dir.path().join("out");
+        let (result, texts) = export(&wh, &out, "empty", ExportOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            (result.files.len(), texts[0].as_str(), result.rows),
+            (1, "a\n", Some(0))
+        );
+        let err = export(&wh, &out, "gone", ExportOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.reason.as_str(), err.is_transient()),
+            ("notFound", false)
+        );
+    }
+
+    #[tokio::test]
+    async fn injected_faults_fail_as_asked() {
+        let (dir, wh) = setup();
+        let out = dir.path().join("out");
+        let db = dir.path().join("wh.db");
+        dataset::set_fault(&db, "big", Fault::Transient { times: Some(1) }).unwrap();
+        assert!(export(&wh, &out, "big", ExportOptions::default())
+            .await
+            .unwrap_err()
+            .is_transient());
+        export(&wh, &out, "big", ExportOptions::default())
+            .await
+            .expect("the fault was used up");
+        dataset::set_fault(&db, "big", Fault::Permanent).unwrap();
+        assert_eq!(
+            export(&wh, &out, "big", ExportOptions::default())
+                .await
+                .unwrap_err()
+                .reason,
+            "invalid"
+        );
+        dataset::clear_fault(&db, "big").unwrap();
+        export(&wh, &out, "big", ExportOptions::default())
+            .await
+            .unwrap();
+    }
+}

@@ -78,6 +78,10 @@ impl Sandbox {
     }
 
     pub async fn produce(&self, source_query: &str, run_id: &str) -> ProduceReport {
+        self.produce_to("work", source_query, run_id).await
+    }
+
+    pub async fn produce_to(&self, queue: &str, source_query: &str, run_id: &str) -> ProduceReport {
         let plan = RunPlan {
             run_id: Some(run_id.to_string()),
             include: vec![],
@@ -85,7 +89,7 @@ impl Sandbox {
             options: Default::default(),
         };
         let warehouse = backends::open_warehouse(&self.source(source_query), "--source").unwrap();
-        let topic = backends::open_topic(&self.queue("work"), "--topic").unwrap();
+        let topic = backends::open_topic(&self.queue(queue), "--topic").unwrap();
         let store = backends::open_store(&self.destination(), "--destination").unwrap();
         produce(&plan, warehouse.as_ref(), topic.as_ref(), store.as_ref())
             .await
