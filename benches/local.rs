@@ -1,1 +1,389 @@
-fn main() {}
+//! Figures for the embedded backends: `cargo bench --bench local`.
+//!
+//! Prints one JSON line per measurement, each followed by a human line, and
+//! asserts nothing about speed: machines differ too much for a threshold to
+//! mean anything, so the figures are for people and for comparing commits.
+//! It does check that each measurement did its work (every message acked,
+//! every table exported), since a fast run that dropped work proves nothing.
+//!
+//! - `queue_noop`: publish small messages to a fresh SQLite queue, then drain
+//!   them in-process with a handler that acks at once (queue + loop cost).
+//! - `export`: one big table exported to CSV and to gzip CSV.
+//! - `demo`: `bqdrain demo` end to end with worker processes.
+//! - `worker_rss`: peak RSS of one `bqdrain work` process exporting a run.
+//!
+//! `BQDRAIN_BENCH_QUICK=1` shrinks every size and runs each once, to check
+//! the bench itself quickly.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use bqdrain::drain::{drain, DrainConfig};
+use bqdrain::local::dataset::create_dummy_tables;
+use bqdrain::local::queue::LocalTopic;
+use bqdrain::local::warehouse::LocalWarehouse;
+use bqdrain::message::{Compression, Envelope, ExportOptions, Format, SourceTable};
+use bqdrain::noop::AckEverything;
+use bqdrain::producer::{produce, RunPlan};
+use bqdrain::queue::Topic;
+use bqdrain::warehouse::{Cancel, ExportRequest, Warehouse};
+
+const BIN: &str = env!("CARGO_BIN_EXE_bqdrain");
+const BODY_BYTES: usize = 200;
+const PUBLISH_BATCH: usize = 1000;
+
+struct Sizes {
+    quick: bool,
+    messages: usize,
+    queue_reps: usize,
+    export_rows: u64,
+    export_reps: usize,
+    demo_tables: usize,
+    demo_reps: usize,
+    rss_tables: usize,
+}
+
+impl Sizes {
+    fn from_env() -> Sizes {
+        let quick = std::env::var("BQDRAIN_BENCH_QUICK").is_ok_and(|v| v == "1");
+        if quick {
+            Sizes {
+                quick,
+                messages: 2_000,
+                queue_reps: 1,
+                export_rows: 100_000,
+                export_reps: 1,
+                demo_tables: 100,
+                demo_reps: 1,
+                rss_tables: 50,
+            }
+        } else {
+            Sizes {
+                quick,
+                messages: 20_000,
+                queue_reps: 5,
+                export_rows: 1_000_000,
+                export_reps: 3,
+                demo_tables: 1000,
+                demo_reps: 3,
+                rss_tables: 200,
+            }
+        }
+    }
+}
+
+/// Median, min and max of a non-empty sample.
+fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (median, v[0], v[n - 1])
+}
+
+fn spread_json(v: Vec<f64>) -> Value {
+    let (median, min, max) = spread(v);
+    json!({"median": median, "min": min, "max": max})
+}
+
+fn median(v: Vec<f64>) -> f64 {
+    spread(v).0
+}
+
+fn emit(figure: Value, human: String) {
+    println!("{figure}");
+    println!("  {human}");
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// One fresh queue: publish `n` messages, drain them. Returns publish and
+/// drain seconds.
+async fn noop_once(db: &Path, n: usize, concurrency: usize) -> (f64, f64) {
+    let uri = format!("queue://{}#work", db.display());
+    let topic = LocalTopic::open(&uri, "bench").expect("open topic");
+    let started = Instant::now();
+    let mut left = n;
+    while left > 0 {
+        let batch = left.min(PUBLISH_BATCH);
+        let messages = (0..batch)
+            .map(|_| Envelope {
+                data: vec![b'x'; BODY_BYTES],
+                attributes: BTreeMap::new(),
+            })
+            .collect();
+        topic.publish(messages).await.expect("publish");
+        left -= batch;
+    }
+    let publish_s = started.elapsed().as_secs_f64();
+
+    let subscription = bqdrain::backends::open_subscription(&uri, "bench").expect("open sub");
+    let handler = Arc::new(AckEverything::new(Some(n as u64)));
+    let config = DrainConfig {
+        concurrency,
+        idle_timeout: Duration::from_secs(10),
+        started: Instant::now(),
+    };
+    let (_trigger, shutdown) = bqdrain::shutdown::channel();
+    let report = drain(subscription, None, handler, config, shutdown).await;
+    assert_eq!(report.acked, n as u64, "not every message was acked");
+    (publish_s, report.seconds)
+}
+
+fn queue_noop(rt: &tokio::runtime::Runtime, s: &Sizes) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for concurrency in [1, 16] {
+        let mut drain_rates = Vec::new();
+        let mut publish_rates = Vec::new();
+        for rep in 0..s.queue_reps {
+            let db = dir.path().join(format!("queue-c{concurrency}-{rep}.db"));
+            let (publish_s, drain_s) = rt.block_on(noop_once(&db, s.messages, concurrency));
+            publish_rates.push(s.messages as f64 / publish_s);
+            drain_rates.push(s.messages as f64 / drain_s);
+        }
+        let (med, min, max) = spread(drain_rates.clone());
+        emit(
+            json!({
+                "bench": "queue_noop",
+                "concurrency": concurrency,
+                "messages": s.messages,
+                "body_bytes": BODY_BYTES,
+                "reps": s.queue_reps,
+                "msgs_per_s": spread_json(drain_rates),
+                "publish_msgs_per_s": spread_json(publish_rates),
+            }),
+            format!(
+                "queue no-op drain, concurrency {concurrency}: {med:.0} msg/s median (min {min:.0}, max {max:.0}) over {} x {} messages",
+                s.queue_reps, s.messages
+            ),
+        );
+    }
+}
+
+fn export(rt: &tokio::runtime::Runtime, s: &Sizes) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("warehouse.db");
+    let started = Instant::now();
+    create_dummy_tables(&db, &["big".to_string()], s.export_rows).expect("dummy table");
+    let create_s = started.elapsed().as_secs_f64();
+    let warehouse =
+        LocalWarehouse::open(&format!("sqlite://{}", db.display()), "bench").expect("warehouse");
+
+    // CSV first: its size is the uncompressed size the gzip rate is given in.
+    let mut csv_bytes = 0u64;
+    for (label, compression) in [("csv", Compression::None), ("csv_gzip", Compression::Gzip)] {
+        let mut seconds = Vec::new();
+        let mut out_bytes = 0u64;
+        for rep in 0..s.export_reps {
+            let root = dir.path().join(format!("out-{label}-{rep}"));
+            let request = ExportRequest {
+                job_key: format!("bench-{label}-{rep}"),
+                source: SourceTable {
+                    dataset_uri: warehouse.uri().to_string(),
+                    project: warehouse.project().to_string(),
+                    dataset: warehouse.dataset().to_string(),
+                    table: "big".into(),
+                    partition: None,
+                },
+                destination_root: format!("file://{}", root.display()),
+                folder: "big/".into(),
+                options: ExportOptions {
+                    format: Format::Csv,
+                    compression,
+                    ..Default::default()
+                },
+            };
+            let cancel: Cancel = Arc::new(AtomicBool::new(false));
+            let started = Instant::now();
+            let result = rt
+                .block_on(warehouse.export(&request, cancel))
+                .expect("export");
+            seconds.push(started.elapsed().as_secs_f64());
+            assert_eq!(result.rows, Some(s.export_rows), "not every row exported");
+            out_bytes = result
+                .files
+                .iter()
+                .map(|key| std::fs::metadata(root.join(key)).expect("shard").len())
+                .sum();
+            std::fs::remove_dir_all(&root).expect("clean up");
+        }
+        if compression == Compression::None {
+            csv_bytes = out_bytes;
+        }
+        let secs = median(seconds.clone());
+        let mb_s = csv_bytes as f64 / 1e6 / secs;
+        let rows_s = s.export_rows as f64 / secs;
+        emit(
+            json!({
+                "bench": "export",
+                "format": label,
+                "rows": s.export_rows,
+                "reps": s.export_reps,
+                "seconds": spread_json(seconds),
+                "csv_bytes": csv_bytes,
+                "output_bytes": out_bytes,
+                "uncompressed_mb_per_s": mb_s,
+                "rows_per_s": rows_s,
+                "table_create_seconds": create_s,
+            }),
+            format!(
+                "export {label}: {} rows in {secs:.2} s median -> {mb_s:.1} MB/s of CSV, {rows_s:.0} rows/s; output {:.1} MiB ({:.1} MiB as CSV)",
+                s.export_rows,
+                mib(out_bytes),
+                mib(csv_bytes)
+            ),
+        );
+    }
+}
+
+/// Runs the binary, returning its one JSON line and the wall time; shows
+/// its stderr and stops the bench if it failed.
+fn run_json(args: &[&str]) -> (Value, f64) {
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--log-format", "json"])
+        .output()
+        .expect("start bqdrain");
+    let wall = started.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bqdrain {args:?} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout.lines().last().unwrap_or_default();
+    let value = serde_json::from_str(line).expect("bqdrain printed JSON");
+    (value, wall)
+}
+
+fn demo(s: &Sizes) {
+    let tables = s.demo_tables.to_string();
+    let mut seconds = Vec::new();
+    let mut walls = Vec::new();
+    for _ in 0..s.demo_reps {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dir_arg = dir.path().to_string_lossy().into_owned();
+        let (report, wall) = run_json(&[
+            "demo", "--tables", &tables, "--tasks", "8", "--json", "--dir", &dir_arg,
+        ]);
+        assert_eq!(
+            report["ok"], true,
+            "demo did not export everything: {report}"
+        );
+        seconds.push(report["seconds"].as_f64().expect("seconds"));
+        walls.push(wall);
+    }
+    let (secs, wall) = (median(seconds.clone()), median(walls.clone()));
+    emit(
+        json!({
+            "bench": "demo",
+            "tables": s.demo_tables,
+            "tasks": 8,
+            "reps": s.demo_reps,
+            "seconds": spread_json(seconds),
+            "wall_seconds": spread_json(walls),
+        }),
+        format!(
+            "demo, {} tables x 1000 rows, 8 tasks: {secs:.2} s median by its report, {wall:.2} s wall",
+            s.demo_tables
+        ),
+    );
+}
+
+fn worker_rss(rt: &tokio::runtime::Runtime, s: &Sizes) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse_db = dir.path().join("warehouse.db");
+    let queue = format!("queue://{}", dir.path().join("queue.db").display());
+    let names: Vec<String> = (1..=s.rss_tables).map(|i| format!("t_{i:04}")).collect();
+    create_dummy_tables(&warehouse_db, &names, 1000).expect("dummy tables");
+    rt.block_on(async {
+        let warehouse = bqdrain::backends::open_warehouse(
+            &format!("sqlite://{}", warehouse_db.display()),
+            "bench",
+        )
+        .expect("warehouse");
+        let topic =
+            bqdrain::backends::open_topic(&format!("{queue}#work"), "bench").expect("topic");
+        let store = bqdrain::backends::open_store(
+            &format!("file://{}", dir.path().join("exports").display()),
+            "bench",
+        )
+        .expect("store");
+        let plan = RunPlan {
+            run_id: None,
+            include: vec![],
+            exclude: vec![],
+            options: Default::default(),
+        };
+        let produced = produce(&plan, warehouse.as_ref(), topic.as_ref(), store.as_ref())
+            .await
+            .expect("produce");
+        assert_eq!(produced.published, s.rss_tables);
+    });
+    let subscription = format!("{queue}?dead_letter=dead#work");
+    let (report, wall) = run_json(&[
+        "work",
+        "--subscription",
+        &subscription,
+        "--json",
+        "--concurrency",
+        "16",
+    ]);
+    assert_eq!(
+        report["acked"].as_u64(),
+        Some(s.rss_tables as u64),
+        "worker did not export every table: {report}"
+    );
+    let rss = report["peak_rss_bytes"].as_u64().expect("peak_rss_bytes");
+    emit(
+        json!({
+            "bench": "worker_rss",
+            "tables": s.rss_tables,
+            "rows_per_table": 1000,
+            "concurrency": 16,
+            "peak_rss_bytes": rss,
+            "peak_rss_mib": mib(rss),
+            "seconds": report["seconds"],
+            "wall_seconds": wall,
+            "exit": report["exit"],
+        }),
+        format!(
+            "worker, {} tables x 1000 rows at concurrency 16: peak RSS {:.1} MiB, {:.2} s ({} exit)",
+            s.rss_tables,
+            mib(rss),
+            report["seconds"].as_f64().unwrap_or(f64::NAN),
+            report["exit"].as_str().unwrap_or("?")
+        ),
+    );
+}
+
+fn main() {
+    let s = Sizes::from_env();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    emit(
+        json!({"bench": "machine", "nproc": nproc, "quick": s.quick}),
+        format!("{nproc} CPUs{}", if s.quick { ", quick sizes" } else { "" }),
+    );
+    queue_noop(&rt, &s);
+    export(&rt, &s);
+    demo(&s);
+    worker_rss(&rt, &s);
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::Serialize;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::error::UnitError;
@@ -103,6 +103,7 @@ struct Counters {
 
 struct Context {
     subscription: Arc<dyn Subscription>,
+    acks: Acker,
     dead_letter: Option<Arc<dyn Topic>>,
     handler: Arc<dyn Handler>,
     counters: Counters,
@@ -118,6 +119,7 @@ pub async fn drain(
 ) -> DrainReport {
     let began = Instant::now();
     let ctx = Arc::new(Context {
+        acks: Acker::spawn(Arc::clone(&subscription)),
         subscription,
         dead_letter,
         handler,
@@ -261,11 +263,7 @@ async fn process(ctx: &Context, delivery: Delivery, mut shutdown: Shutdown) {
 }
 
 async fn ack(ctx: &Context, delivery: &Delivery) {
-    match ctx
-        .subscription
-        .ack(std::slice::from_ref(&delivery.ack_id))
-        .await
-    {
+    match ctx.acks.ack(&delivery.ack_id).await {
         Ok(()) => {
             ctx.counters.acked.fetch_add(1, Ordering::Relaxed);
             let _ = ctx.counters.first_ack.set(ctx.started.elapsed());
@@ -275,6 +273,50 @@ async fn ack(ctx: &Context, delivery: &Delivery) {
         Err(err) => {
             tracing::error!(message_id = %delivery.message_id, error = %format!("{err:#}"), "ack failed")
         }
+    }
+}
+
+/// Sends acks in batches: whatever gathered while the previous call ran
+/// goes in the next one (group commit), so concurrent acks share one round
+/// trip or one transaction.
+struct Acker {
+    requests: mpsc::UnboundedSender<(String, oneshot::Sender<Result<(), String>>)>,
+}
+
+/// The most acks sent in one call (Pub/Sub accepts up to 2,500 ack ids).
+const MAX_ACK_BATCH: usize = 1000;
+
+impl Acker {
+    fn spawn(subscription: Arc<dyn Subscription>) -> Acker {
+        let (requests, mut incoming) =
+            mpsc::unbounded_channel::<(String, oneshot::Sender<Result<(), String>>)>();
+        tokio::spawn(async move {
+            while let Some(first) = incoming.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_ACK_BATCH {
+                    match incoming.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+                let result = subscription.ack(&ids).await.map_err(|e| format!("{e:#}"));
+                for (_, reply) in batch {
+                    let _ = reply.send(result.clone());
+                }
+            }
+        });
+        Acker { requests }
+    }
+
+    async fn ack(&self, ack_id: &str) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send((ack_id.to_string(), reply))
+            .map_err(|_| "the acker has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the acker has stopped".to_string())?
     }
 }
 
@@ -317,12 +359,9 @@ async fn dead_letter(ctx: &Context, delivery: &Delivery, err: UnitError) {
     let envelope = dead_letter_envelope(delivery, &err, ctx.subscription.uri());
     match topic.publish(vec![envelope]).await {
         Ok(_) => {
-            if ctx
-                .subscription
-                .ack(std::slice::from_ref(&delivery.ack_id))
-                .await
-                .is_ok()
-            {
+            if let Err(err) = ctx.acks.ack(&delivery.ack_id).await {
+                tracing::error!(message_id = %delivery.message_id, error = %err, "ack after dead-lettering failed; it may be dead-lettered twice");
+            } else {
                 ctx.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
             }
         }

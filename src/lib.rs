@@ -21,6 +21,7 @@ pub mod layout;
 pub mod local;
 pub mod logging;
 pub mod message;
+pub mod noop;
 pub mod producer;
 pub mod queue;
 pub mod replay;

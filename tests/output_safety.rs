@@ -117,12 +117,21 @@ async fn an_older_run_finishing_late_does_not_replace_a_newer_export() {
     sb.produce_to("old", "", "r1").await;
     sb.produce("", "r2").await;
     // The newer run commits first, then the older one finishes late.
-    let (status, _) = finish(sb.spawn_worker(&sb.subscription(""), &[]), Duration::from_secs(60));
+    let (status, _) = finish(
+        sb.spawn_worker(&sb.subscription(""), &[]),
+        Duration::from_secs(60),
+    );
     assert!(status.success());
-    let late = format!("queue://{}?dead_letter=dead#old", sb.path("queue.db").display());
+    let late = format!(
+        "queue://{}?dead_letter=dead#old",
+        sb.path("queue.db").display()
+    );
     let (status, json) = finish(sb.spawn_worker(&late, &[]), Duration::from_secs(60));
     assert!(status.success());
     assert_eq!(json["acked"], 1);
-    assert!(sb.manifest("r1", "t_001").is_some(), "run 1 still records its unit as exported");
+    assert!(
+        sb.manifest("r1", "t_001").is_some(),
+        "run 1 still records its unit as exported"
+    );
     assert_exported(&sb, "r2", "t_001", 200);
 }

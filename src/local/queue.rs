@@ -39,6 +39,9 @@ CREATE TABLE IF NOT EXISTS messages (
     -- the current lease; an ack or nack must name it to count
     lease INTEGER NOT NULL DEFAULT 0
 );
+-- delivery order: pulls walk a queue by id, skipping leased messages
+CREATE INDEX IF NOT EXISTS messages_order ON messages(queue, id);
+-- leased or redelivered messages, for the dead-letter policy
 CREATE INDEX IF NOT EXISTS messages_ready ON messages(queue, visible_at, id);
 ";
 
@@ -238,11 +241,11 @@ impl LocalSubscription {
 /// dead-letter policy first.
 fn pull_now(s: &QueueUri, conn: &mut Connection, max: usize) -> anyhow::Result<Vec<Delivery>> {
     let now = now_millis();
-    let ready: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM messages WHERE queue = ?1 AND visible_at <= ?2)",
-        params![s.name, now],
-        |r| r.get(0),
-    )?;
+    let ready: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE queue = ?1 AND visible_at <= ?2)",
+        )?
+        .query_row(params![s.name, now], |r| r.get(0))?;
     if !ready {
         return Ok(Vec::new());
     }
@@ -250,22 +253,23 @@ fn pull_now(s: &QueueUri, conn: &mut Connection, max: usize) -> anyhow::Result<V
     if let Some(dead) = &s.dead_letter {
         // The subscription's dead-letter policy: a message whose last
         // allowed lease lapsed (its worker crashed or stalled) leaves.
-        tx.execute(
+        // Never-delivered messages (visible_at 0) are skipped cheaply.
+        tx.prepare_cached(
                 "UPDATE messages SET queue = ?3, delivery_attempt = 0, visible_at = 0, lease = 0,
                     attributes = json_set(attributes,
                         '$.CloudPubSubDeadLetterSourceDeliveryCount', CAST(delivery_attempt AS TEXT),
                         '$.bqdrain_error_reason', 'maxDeliveryAttempts',
                         '$.bqdrain_error_message', 'delivered ' || delivery_attempt || ' times without an ack')
-                 WHERE queue = ?1 AND visible_at <= ?2 AND delivery_attempt >= ?4",
-                params![s.name, now, dead, s.max_attempts],
-            )?;
+                 WHERE queue = ?1 AND visible_at BETWEEN 1 AND ?2 AND delivery_attempt >= ?4",
+            )?
+            .execute(params![s.name, now, dead, s.max_attempts])?;
     }
     let lease = fastrand::i64(1..i64::MAX);
     let visible_at = now + s.ack_deadline.as_millis() as i64;
     let mut deliveries = {
         let mut stmt = tx.prepare_cached(
                 "UPDATE messages SET delivery_attempt = delivery_attempt + 1, visible_at = ?3, lease = ?4
-                 WHERE id IN (SELECT id FROM messages WHERE queue = ?1 AND visible_at <= ?2 ORDER BY id LIMIT ?5)
+                 WHERE id IN (SELECT id FROM messages WHERE queue = ?1 AND +visible_at <= ?2 ORDER BY id LIMIT ?5)
                  RETURNING id, data, attributes, published_at, delivery_attempt",
             )?;
         let rows = stmt.query_map(params![s.name, now, visible_at, lease, max as i64], |r| {
