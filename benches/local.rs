@@ -382,8 +382,23 @@ fn main() {
         json!({"bench": "machine", "nproc": nproc, "quick": s.quick}),
         format!("{nproc} CPUs{}", if s.quick { ", quick sizes" } else { "" }),
     );
-    queue_noop(&rt, &s);
-    export(&rt, &s);
-    demo(&s);
-    worker_rss(&rt, &s);
+    // `cargo bench --bench local -- export` runs only the measurements whose
+    // name contains a given word.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| name.contains(o.as_str()));
+    if wanted("queue_noop") {
+        queue_noop(&rt, &s);
+    }
+    if wanted("export") {
+        export(&rt, &s);
+    }
+    if wanted("demo") {
+        demo(&s);
+    }
+    if wanted("worker_rss") {
+        worker_rss(&rt, &s);
+    }
 }

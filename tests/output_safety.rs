@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use bqdrain::local::dataset::{self, Fault};
+use bqdrain::local::dataset::Fault;
 use bqdrain::local::queue::peek;
 use common::*;
 
@@ -15,14 +15,7 @@ async fn duplicate_deliveries_exported_concurrently_commit_once() {
     let sb = Sandbox::new();
     sb.make_tables(1, 2000);
     // Slow shards make the two exports of the same table overlap.
-    dataset::set_fault(
-        &sb.warehouse(),
-        "t_001",
-        Fault::Slow {
-            per_shard: Duration::from_millis(200),
-        },
-    )
-    .unwrap();
+    sb.slow("t_001", 200);
     sb.produce("shard_bytes=8000", "r1").await;
     let original = peek(&sb.queue("work")).await.unwrap();
     sb.publish_raw("work", vec![original[0].clone(), original[0].clone()])
@@ -64,7 +57,7 @@ async fn a_failed_reexport_keeps_the_previous_export() {
     assert!(status.success());
     let before = assert_exported(&sb, "r1", "t_001", 300);
 
-    dataset::set_fault(&sb.warehouse(), "t_001", Fault::Permanent).unwrap();
+    sb.fault("t_001", Fault::Permanent);
     sb.produce("", "r2").await;
     let (status, json) = finish(sb.spawn_worker(&sub, &[]), Duration::from_secs(60));
     assert!(status.success());

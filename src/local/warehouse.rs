@@ -382,7 +382,7 @@ struct OpenShard {
 
 enum Sink {
     Plain(BufWriter<File>),
-    Gzip(GzEncoder<BufWriter<File>>),
+    Gzip(Box<GzEncoder<BufWriter<File>>>),
 }
 
 impl Sink {
@@ -397,7 +397,7 @@ impl Sink {
     fn finish(self) -> std::io::Result<()> {
         let mut file = match self {
             Sink::Plain(w) => w,
-            Sink::Gzip(w) => w.finish()?,
+            Sink::Gzip(w) => (*w).finish()?,
         };
         file.flush()
     }
@@ -460,7 +460,10 @@ impl<'a> ShardWriter<'a> {
             File::create(&tmp).map_err(|e| io_error("creating", &tmp, e))?,
         );
         let mut sink = match self.request.options.compression {
-            Compression::Gzip => Sink::Gzip(GzEncoder::new(file, flate2::Compression::default())),
+            Compression::Gzip => Sink::Gzip(Box::new(GzEncoder::new(
+                file,
+                flate2::Compression::default(),
+            ))),
             _ => Sink::Plain(file),
         };
         let mut bytes = 0;

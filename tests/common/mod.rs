@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bqdrain::backends;
 use bqdrain::layout::TableManifest;
-use bqdrain::local::dataset;
+use bqdrain::local::dataset::{self, Fault};
 use bqdrain::local::queue::LocalSubscription;
 use bqdrain::message::Envelope;
 use bqdrain::producer::{produce, ProduceReport, RunPlan};
@@ -69,6 +69,20 @@ impl Sandbox {
 
     pub fn exports(&self) -> PathBuf {
         self.path("exports")
+    }
+
+    pub fn fault(&self, table: &str, fault: Fault) {
+        dataset::set_fault(&self.warehouse(), table, fault).unwrap();
+    }
+
+    /// Makes each shard of `table` wait `ms` before it is written.
+    pub fn slow(&self, table: &str, ms: u64) {
+        self.fault(
+            table,
+            Fault::Slow {
+                per_shard: Duration::from_millis(ms),
+            },
+        );
     }
 
     pub fn make_tables(&self, count: usize, rows: u64) -> Vec<String> {
