@@ -65,19 +65,6 @@ impl ExportHandler {
     ) -> Result<(), UnitError> {
         let unit = msg.source.unit();
         let done_key = layout::done_record(&msg.run_id, &unit);
-        if store
-            .read(&done_key)
-            .await
-            .map_err(|e| UnitError::io("reading completion record", e))?
-            .is_some()
-        {
-            tracing::info!(run_id = %msg.run_id, unit, "already exported: acking the duplicate");
-            return self.remove_superseded(msg, store).await;
-        }
-        let warehouse = self
-            .backends
-            .warehouse(&msg.source.dataset_uri)
-            .map_err(|e| UnitError::permanent("invalid", format!("{e:#}")))?;
         let folder = layout::export_folder(&msg.source, &msg.run_id);
         let request = ExportRequest {
             job_key: format!("bqdrain_{}_{}", msg.run_id, unit),
@@ -87,12 +74,35 @@ impl ExportHandler {
             options: msg.options.clone(),
         };
         let started = std::time::Instant::now();
-        let result = self
+        // Every try first looks for a completion record: a duplicate, or a
+        // task that won a race while this one was backing off, ends here.
+        let outcome = self
             .retry
-            .run("export", || warehouse.export(&request, Arc::clone(&cancel)))
+            .run("export", || async {
+                let done = store
+                    .read(&done_key)
+                    .await
+                    .map_err(|e| UnitError::io("reading completion record", e))?;
+                if done.is_some() {
+                    return Ok(None);
+                }
+                let warehouse = self
+                    .backends
+                    .warehouse(&msg.source.dataset_uri)
+                    .map_err(|e| UnitError::permanent("invalid", format!("{e:#}")))?;
+                warehouse
+                    .export(&request, Arc::clone(&cancel))
+                    .await
+                    .map(Some)
+            })
             .await?;
+        let Some(result) = outcome else {
+            tracing::info!(run_id = %msg.run_id, unit, "already exported: acking the duplicate");
+            return self.remove_superseded(msg, store).await;
+        };
 
         let written: HashSet<&str> = result.files.iter().map(String::as_str).collect();
+        let manifest_key = format!("{folder}{}", layout::TABLE_MANIFEST);
         let listed = store
             .list(&folder)
             .await
@@ -104,6 +114,9 @@ impl ExportHandler {
                     key: object.key,
                     bytes: object.size,
                 });
+            } else if object.key == manifest_key {
+                // Rewritten below; deleting it could leave a committed
+                // export without its manifest if this task then died.
             } else {
                 store
                     .delete(&object.key)
@@ -134,10 +147,7 @@ impl ExportHandler {
         };
         let body = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
         let io = |e| UnitError::io("writing manifest", e);
-        store
-            .write(&format!("{folder}{}", layout::TABLE_MANIFEST), &body)
-            .await
-            .map_err(io)?;
+        store.write(&manifest_key, &body).await.map_err(io)?;
         if store.write_if_absent(&done_key, &body).await.map_err(io)? {
             tracing::info!(
                 run_id = %msg.run_id, unit, files = manifest.files.len(), bytes = manifest.bytes,

@@ -7,6 +7,7 @@
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -39,6 +40,7 @@ impl FsStore {
 
     pub fn open(uri: &str, flag: &str) -> Result<FsStore, ConfigError> {
         let root = Self::root_of(uri, flag)?;
+        sweep_staging(&root);
         Ok(FsStore {
             uri: format!("file://{}", root.display()),
             root,
@@ -54,20 +56,44 @@ impl FsStore {
     }
 }
 
-/// A hidden sibling of `path` to write into before renaming.
-pub(crate) fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{:016x}", fastrand::u64(..)))
+/// Where files are written before they are renamed into place: outside every
+/// folder that is listed, so a listing never sees half-written files and
+/// concurrent writers never delete each other's.
+const STAGING: &str = ".bqdrain-tmp";
+
+/// Staged files older than this were left by a crashed process.
+const STAGING_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// A fresh staging file under `root` (the folder exists once this returns).
+pub(crate) fn staging_file(root: &Path) -> std::io::Result<PathBuf> {
+    let dir = root.join(STAGING);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir.join(format!("{:016x}.tmp", fastrand::u64(..))))
 }
 
-fn write_temp(path: &Path, data: &[u8]) -> anyhow::Result<PathBuf> {
+/// Deletes what crashed writers left in the staging folder long ago.
+fn sweep_staging(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root.join(STAGING)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STAGING_MAX_AGE);
+        if old {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn write_temp(root: &Path, path: &Path, data: &[u8]) -> anyhow::Result<PathBuf> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let tmp = temp_sibling(path);
+    let tmp = staging_file(root)?;
     std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
     Ok(tmp)
 }
@@ -83,7 +109,9 @@ fn walk(dir: &Path, root: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> std
         let kind = entry.file_type()?;
         let path = entry.path();
         if kind.is_dir() {
-            walk(&path, root, prefix, out)?;
+            if entry.file_name() != STAGING {
+                walk(&path, root, prefix, out)?;
+            }
         } else if kind.is_file() {
             let key = path
                 .strip_prefix(root)
@@ -142,8 +170,9 @@ impl ObjectStore for FsStore {
     async fn write(&self, key: &str, data: &[u8]) -> anyhow::Result<()> {
         let path = self.path_of(key)?;
         let data = data.to_vec();
+        let root = self.root.clone();
         blocking(move || {
-            let tmp = write_temp(&path, &data)?;
+            let tmp = write_temp(&root, &path, &data)?;
             std::fs::rename(&tmp, &path)
                 .with_context(|| format!("renaming into {}", path.display()))
         })
@@ -153,8 +182,9 @@ impl ObjectStore for FsStore {
     async fn write_if_absent(&self, key: &str, data: &[u8]) -> anyhow::Result<bool> {
         let path = self.path_of(key)?;
         let data = data.to_vec();
+        let root = self.root.clone();
         blocking(move || {
-            let tmp = write_temp(&path, &data)?;
+            let tmp = write_temp(&root, &path, &data)?;
             let linked = std::fs::hard_link(&tmp, &path);
             let _ = std::fs::remove_file(&tmp);
             match linked {

@@ -19,7 +19,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::dataset::{Fault, FAULTS_TABLE};
-use super::store::{temp_sibling, FsStore};
+use super::store::{staging_file, FsStore};
 use super::{absolute, LocalUri};
 use crate::error::{ConfigError, UnitError};
 use crate::message::{Compression, ExportOptions, Format};
@@ -454,7 +454,7 @@ impl<'a> ShardWriter<'a> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, e))?;
         }
-        let tmp = temp_sibling(&path);
+        let tmp = staging_file(self.root).map_err(|e| io_error("staging", self.root, e))?;
         let file = BufWriter::with_capacity(
             256 * 1024,
             File::create(&tmp).map_err(|e| io_error("creating", &tmp, e))?,
