@@ -44,7 +44,10 @@ async fn sigkill_mid_export_is_redelivered_and_exported_once() {
     let (status, json) = finish(survivor, Duration::from_secs(60));
     assert!(status.success(), "{}", sb.logs());
     assert_eq!(json["acked"], 1);
-    assert_eq!(json["received"], 1, "its lease was extended: no redelivery during the long export");
+    assert_eq!(
+        json["received"], 1,
+        "its lease was extended: no redelivery during the long export"
+    );
     let m = assert_exported(&sb, "r1", "t_001", 3000);
     assert_eq!(m.delivery_attempt, 2, "redelivered after the lapsed lease");
     assert!(

@@ -65,7 +65,7 @@ async fn a_failed_reexport_keeps_the_previous_export() {
         (json["acked"].as_u64(), json["dead_lettered"].as_u64()),
         (Some(1), Some(1))
     );
-    assert!(sb.dead_record("r2", "t_001").is_some());
+    assert!(sb.dead_record("r2", "t_001").is_some(), "{}", sb.logs());
     assert_eq!(
         assert_exported(&sb, "r1", "t_001", 300),
         before,

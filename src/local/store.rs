@@ -89,6 +89,28 @@ fn sweep_staging(root: &Path) {
     }
 }
 
+/// Moves a staged file to its key with `op` (rename or link). Another
+/// process may drop a folder it just emptied between our creating it and
+/// moving into it, so a missing folder is made again and the move retried.
+pub(crate) fn place(
+    tmp: &Path,
+    path: &Path,
+    op: fn(&Path, &Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match op(tmp, path) {
+            Err(e) if e.kind() == ErrorKind::NotFound && tries < 5 => {
+                tries += 1;
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
 fn write_temp(root: &Path, path: &Path, data: &[u8]) -> anyhow::Result<PathBuf> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -173,7 +195,7 @@ impl ObjectStore for FsStore {
         let root = self.root.clone();
         blocking(move || {
             let tmp = write_temp(&root, &path, &data)?;
-            std::fs::rename(&tmp, &path)
+            place(&tmp, &path, |from, to| std::fs::rename(from, to))
                 .with_context(|| format!("renaming into {}", path.display()))
         })
         .await
@@ -185,7 +207,7 @@ impl ObjectStore for FsStore {
         let root = self.root.clone();
         blocking(move || {
             let tmp = write_temp(&root, &path, &data)?;
-            let linked = std::fs::hard_link(&tmp, &path);
+            let linked = place(&tmp, &path, |from, to| std::fs::hard_link(from, to));
             let _ = std::fs::remove_file(&tmp);
             match linked {
                 Ok(()) => Ok(true),
@@ -202,7 +224,7 @@ impl ObjectStore for FsStore {
         blocking(move || {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
                 Err(e) => return Err(e).with_context(|| format!("deleting {}", path.display())),
             }
             // Object stores have no folders: drop the ones left empty.

@@ -19,7 +19,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::dataset::{Fault, FAULTS_TABLE};
-use super::store::{staging_file, FsStore};
+use super::store::{place, staging_file, FsStore};
 use super::{absolute, LocalUri};
 use crate::error::{ConfigError, UnitError};
 use crate::message::{Compression, ExportOptions, Format};
@@ -511,7 +511,8 @@ impl<'a> ShardWriter<'a> {
                 .finish()
                 .map_err(|e| io_error("finishing", &shard.tmp, e))?;
             let path = self.root.join(&shard.key);
-            std::fs::rename(&shard.tmp, &path).map_err(|e| io_error("renaming", &path, e))?;
+            place(&shard.tmp, &path, |from, to| std::fs::rename(from, to))
+                .map_err(|e| io_error("renaming", &path, e))?;
             self.written.push(shard.key);
         }
         Ok(())
