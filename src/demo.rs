@@ -160,8 +160,9 @@ pub async fn run(opts: &DemoOptions, worker_exe: &Path) -> anyhow::Result<DemoRe
             if let Ok(Some(state)) = RunState::load(store.as_ref(), &produced.run_id, false).await {
                 let t = state.totals();
                 eprint!(
-                    "\r{} tasks running: {}/{} exported, {} dead-lettered, {:.1} s   ",
+                    "\rtasks running: {}/{}; units exported: {}/{}, dead-lettered: {}; {:.1} s   ",
                     waiting,
+                    opts.tasks,
                     t.exported,
                     t.expected,
                     t.dead_lettered,
