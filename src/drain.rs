@@ -133,7 +133,8 @@ pub async fn drain(
     let mut pull_failures = 0u32;
 
     let exit = loop {
-        while in_flight.try_join_next().is_some() {
+        while let Some(joined) = in_flight.try_join_next() {
+            report_panic(joined);
             last_activity = Instant::now();
             last_drained_check = None;
         }
@@ -154,7 +155,10 @@ pub async fn drain(
         let free = permits.available_permits();
         if free == 0 {
             tokio::select! {
-                _ = in_flight.join_next() => {
+                joined = in_flight.join_next() => {
+                    if let Some(joined) = joined {
+                        report_panic(joined);
+                    }
                     last_activity = Instant::now();
                     last_drained_check = None;
                 }
@@ -197,7 +201,9 @@ pub async fn drain(
     if !in_flight.is_empty() {
         tracing::info!(in_flight = in_flight.len(), "waiting for in-flight work");
     }
-    while in_flight.join_next().await.is_some() {}
+    while let Some(joined) = in_flight.join_next().await {
+        report_panic(joined);
+    }
 
     let c = &ctx.counters;
     DrainReport {
@@ -208,6 +214,14 @@ pub async fn drain(
         seconds: began.elapsed().as_secs_f64(),
         first_ack_after_start_s: c.first_ack.get().map(Duration::as_secs_f64),
         exit,
+    }
+}
+
+/// A panicking handler leaves its message unsettled: its lease lapses and
+/// the queue redelivers it. Say so, rather than lose the panic.
+fn report_panic(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(err) = joined {
+        tracing::error!(error = %err, "a message handler panicked; the message will be redelivered when its lease lapses");
     }
 }
 

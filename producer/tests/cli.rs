@@ -94,3 +94,16 @@ async fn bad_options_exit_2_and_publish_nothing() {
     }
     assert!(peek(&s.queue()).await.unwrap().is_empty());
 }
+
+#[test]
+fn every_flag_has_an_environment_twin() {
+    let help = String::from_utf8(Command::new(BIN).arg("--help").output().unwrap().stdout).unwrap();
+    let flags = help
+        .lines()
+        .filter(|l| {
+            l.trim_start().starts_with("--") && !l.contains("--help") && !l.contains("--version")
+        })
+        .count();
+    assert!(flags >= 12, "{help}");
+    assert_eq!(help.matches("[env: BQDRAIN_").count(), flags, "{help}");
+}
