@@ -98,7 +98,7 @@ impl ExportHandler {
             .await?;
         let Some(result) = outcome else {
             tracing::info!(run_id = %msg.run_id, unit, "already exported: acking the duplicate");
-            return self.remove_superseded(msg, store).await;
+            return self.finish_committed(msg, store).await;
         };
 
         let written: HashSet<&str> = result.files.iter().map(String::as_str).collect();
@@ -115,8 +115,7 @@ impl ExportHandler {
                     bytes: object.size,
                 });
             } else if object.key == manifest_key {
-                // Rewritten below; deleting it could leave a committed
-                // export without its manifest if this task then died.
+                // Only ever a copy of the completion record: keep it.
             } else {
                 store
                     .delete(&object.key)
@@ -146,9 +145,11 @@ impl ExportHandler {
             task: self.task.to_string(),
         };
         let body = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
-        let io = |e| UnitError::io("writing manifest", e);
-        store.write(&manifest_key, &body).await.map_err(io)?;
-        if store.write_if_absent(&done_key, &body).await.map_err(io)? {
+        let committed = store
+            .write_if_absent(&done_key, &body)
+            .await
+            .map_err(|e| UnitError::io("writing completion record", e))?;
+        if committed {
             tracing::info!(
                 run_id = %msg.run_id, unit, files = manifest.files.len(), bytes = manifest.bytes,
                 rows = manifest.rows, seconds = started.elapsed().as_secs_f64(), "exported"
@@ -156,6 +157,32 @@ impl ExportHandler {
             let _ = store.delete(&layout::dead_record(&msg.run_id, &unit)).await;
         } else {
             tracing::info!(run_id = %msg.run_id, unit, "another task committed this unit first");
+        }
+        self.finish_committed(msg, store).await
+    }
+
+    /// What follows a commit, safe to repeat (a redelivered duplicate does it
+    /// again): the export's folder gets the completion record as its
+    /// manifest, and older runs' folders go.
+    async fn finish_committed(
+        &self,
+        msg: &WorkMessage,
+        store: &dyn ObjectStore,
+    ) -> Result<(), UnitError> {
+        let io = |e| UnitError::io("writing the export manifest", e);
+        let manifest_key = format!(
+            "{}{}",
+            layout::export_folder(&msg.source, &msg.run_id),
+            layout::TABLE_MANIFEST
+        );
+        if store.read(&manifest_key).await.map_err(io)?.is_none() {
+            let done_key = layout::done_record(&msg.run_id, &msg.source.unit());
+            if let Some(record) = store.read(&done_key).await.map_err(io)? {
+                store
+                    .write_if_absent(&manifest_key, &record)
+                    .await
+                    .map_err(io)?;
+            }
         }
         self.remove_superseded(msg, store).await
     }

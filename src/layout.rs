@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! TABLE/run=RUN_ID/TABLE_000000000000.csv     shards of one run's export
-//! TABLE/run=RUN_ID/_MANIFEST.json             that export's manifest
+//! TABLE/run=RUN_ID/_MANIFEST.json             that export's manifest (a copy of its completion record)
 //! TABLE/partition=P/run=RUN_ID/...            the same, per partition
 //! _bqdrain/runs/RUN_ID/manifest.json          the run manifest (expected units)
 //! _bqdrain/runs/RUN_ID/done/UNIT.json         completion record, written if absent

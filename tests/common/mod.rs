@@ -266,6 +266,20 @@ pub fn assert_exported(sb: &Sandbox, run_id: &str, table: &str, rows: u64) -> Ta
         "{table}: rows read back"
     );
     assert_eq!(m.rows, Some(rows));
+    let folder_manifest = std::fs::read(
+        sb.exports()
+            .join(format!("{table}/run={run_id}/_MANIFEST.json")),
+    )
+    .unwrap();
+    let record = std::fs::read(
+        sb.exports()
+            .join(format!("_bqdrain/runs/{run_id}/done/{table}.json")),
+    )
+    .unwrap();
+    assert_eq!(
+        folder_manifest, record,
+        "{table}: the export's manifest is its completion record"
+    );
     for f in &m.files {
         assert_eq!(
             std::fs::metadata(sb.exports().join(&f.key)).unwrap().len(),
