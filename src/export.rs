@@ -98,11 +98,11 @@ impl ExportHandler {
             .await?;
         let Some(result) = outcome else {
             tracing::info!(run_id = %msg.run_id, unit, "already exported: acking the duplicate");
-            return self.finish_committed(msg, store).await;
+            return self.finish_committed(msg, store, None).await;
         };
 
         let written: HashSet<&str> = result.files.iter().map(String::as_str).collect();
-        let manifest_key = format!("{folder}{}", layout::TABLE_MANIFEST);
+        let manifest_key = layout::export_manifest(&msg.source, &msg.run_id);
         let listed = store
             .list(&folder)
             .await
@@ -149,6 +149,7 @@ impl ExportHandler {
             .write_if_absent(&done_key, &body)
             .await
             .map_err(|e| UnitError::io("writing completion record", e))?;
+        let known_record = committed.then_some(body.as_slice());
         if committed {
             tracing::info!(
                 run_id = %msg.run_id, unit, files = manifest.files.len(), bytes = manifest.bytes,
@@ -158,24 +159,27 @@ impl ExportHandler {
         } else {
             tracing::info!(run_id = %msg.run_id, unit, "another task committed this unit first");
         }
-        self.finish_committed(msg, store).await
+        self.finish_committed(msg, store, known_record).await
     }
 
     /// What follows a commit, safe to repeat (a redelivered duplicate does it
     /// again): the export's folder gets the completion record as its
-    /// manifest, and older runs' folders go.
+    /// manifest, and older runs' folders go. `record` is the completion
+    /// record when this task has just written it, sparing two reads.
     async fn finish_committed(
         &self,
         msg: &WorkMessage,
         store: &dyn ObjectStore,
+        record: Option<&[u8]>,
     ) -> Result<(), UnitError> {
         let io = |e| UnitError::io("writing the export manifest", e);
-        let manifest_key = format!(
-            "{}{}",
-            layout::export_folder(&msg.source, &msg.run_id),
-            layout::TABLE_MANIFEST
-        );
-        if store.read(&manifest_key).await.map_err(io)?.is_none() {
+        let manifest_key = layout::export_manifest(&msg.source, &msg.run_id);
+        if let Some(record) = record {
+            store
+                .write_if_absent(&manifest_key, record)
+                .await
+                .map_err(io)?;
+        } else if store.read(&manifest_key).await.map_err(io)?.is_none() {
             let done_key = layout::done_record(&msg.run_id, &msg.source.unit());
             if let Some(record) = store.read(&done_key).await.map_err(io)? {
                 store
@@ -209,6 +213,7 @@ impl ExportHandler {
         runs.dedup();
         let ours = (msg.enqueued_at, msg.run_id.as_str());
         let mut doomed = Vec::new();
+        let mut superseded = false;
         for run in runs.into_iter().filter(|r| *r != msg.run_id) {
             let other = store
                 .read(&layout::run_manifest(run))
@@ -223,15 +228,15 @@ impl ExportHandler {
                 );
                 continue;
             };
-            let folder = format!("{unit_folder}{RUN_FOLDER_PREFIX}{run}/");
             if (other.created_at, other.run_id.as_str()) < ours {
-                doomed.push(folder);
-            } else if listed
-                .iter()
-                .any(|o| o.key == format!("{folder}{}", layout::TABLE_MANIFEST))
-            {
-                doomed.push(layout::export_folder(&msg.source, &msg.run_id));
+                doomed.push(layout::export_folder(&msg.source, run));
+            } else {
+                let committed = layout::export_manifest(&msg.source, run);
+                superseded |= listed.iter().any(|o| o.key == committed);
             }
+        }
+        if superseded {
+            doomed.push(layout::export_folder(&msg.source, &msg.run_id));
         }
         for folder in doomed {
             for object in listed.iter().filter(|o| o.key.starts_with(&folder)) {

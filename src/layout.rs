@@ -20,7 +20,7 @@ use crate::message::{ExportOptions, SourceTable};
 
 /// Reserved top-level folder for bqdrain's own records.
 pub const META: &str = "_bqdrain";
-pub const TABLE_MANIFEST: &str = "_MANIFEST.json";
+const TABLE_MANIFEST: &str = "_MANIFEST.json";
 pub const RUN_FOLDER_PREFIX: &str = "run=";
 
 /// The folder of a unit across runs: `TABLE/` or `TABLE/partition=P/`.
@@ -34,6 +34,11 @@ pub fn unit_folder(source: &SourceTable) -> String {
 /// The folder of one run's export of a unit.
 pub fn export_folder(source: &SourceTable, run_id: &str) -> String {
     format!("{}{RUN_FOLDER_PREFIX}{run_id}/", unit_folder(source))
+}
+
+/// The manifest inside one run's export folder of a unit.
+pub fn export_manifest(source: &SourceTable, run_id: &str) -> String {
+    format!("{}{TABLE_MANIFEST}", export_folder(source, run_id))
 }
 
 pub fn run_manifest(run_id: &str) -> String {
