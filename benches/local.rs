@@ -128,7 +128,13 @@ async fn noop_once(db: &Path, n: usize, concurrency: usize) -> (f64, f64) {
     }
     let publish_s = started.elapsed().as_secs_f64();
 
-    let subscription = bqdrain::backends::open_subscription(&uri, "bench").expect("open sub");
+    let subscription = bqdrain::backends::open_subscription(
+        &uri,
+        "bench",
+        &bqdrain::queue::ReceiveSettings::new(concurrency),
+    )
+    .await
+    .expect("open sub");
     let handler = Arc::new(AckEverything::new(Some(n as u64)));
     let config = DrainConfig {
         concurrency,
@@ -314,13 +320,16 @@ fn worker_rss(rt: &tokio::runtime::Runtime, s: &Sizes) {
             &format!("sqlite://{}", warehouse_db.display()),
             "bench",
         )
+        .await
         .expect("warehouse");
-        let topic =
-            bqdrain::backends::open_topic(&format!("{queue}#work"), "bench").expect("topic");
+        let topic = bqdrain::backends::open_topic(&format!("{queue}#work"), "bench")
+            .await
+            .expect("topic");
         let store = bqdrain::backends::open_store(
             &format!("file://{}", dir.path().join("exports").display()),
             "bench",
         )
+        .await
         .expect("store");
         let plan = RunPlan {
             run_id: None,

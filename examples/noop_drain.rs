@@ -38,7 +38,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let subscription = bqdrain::backends::open_subscription(&args.subscription, "--subscription")?;
+    let receive = bqdrain::queue::ReceiveSettings::new(args.concurrency);
+    let subscription =
+        bqdrain::backends::open_subscription(&args.subscription, "--subscription", &receive)
+            .await?;
     let handler = Arc::new(AckEverything::new(args.expect));
     let config = DrainConfig {
         concurrency: args.concurrency,

@@ -2,52 +2,90 @@
 //! here; nothing else in the engine changes.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
 
 use crate::error::ConfigError;
+use crate::gcp::bigquery::{self, BigQueryWarehouse};
+use crate::gcp::pubsub::{self, PubSubSubscription, PubSubTopic};
+use crate::gcp::storage::{self, GcsStore};
 use crate::local::queue::{LocalSubscription, LocalTopic, QueueUri};
 use crate::local::store::FsStore;
 use crate::local::warehouse::LocalWarehouse;
-use crate::queue::{Subscription, Topic};
+use crate::queue::{ReceiveSettings, Subscription, Topic};
 use crate::store::ObjectStore;
 use crate::warehouse::Warehouse;
 
-fn unsupported(flag: &str, uri: &str, local: &str) -> ConfigError {
-    let cloud = ["bigquery://", "pubsub://", "gs://"];
-    let problem = if cloud.iter().any(|s| uri.starts_with(s)) {
-        format!("{uri:?} needs the Google Cloud adapters, which this build does not have yet")
+fn unknown(flag: &str, uri: &str, examples: &str) -> anyhow::Error {
+    ConfigError::new(
+        flag,
+        format!("{uri:?} has a scheme bqdrain does not know"),
+        format!("use a URI such as {examples}"),
+    )
+    .into()
+}
+
+pub async fn open_topic(uri: &str, flag: &str) -> anyhow::Result<Arc<dyn Topic>> {
+    if QueueUri::is_local(uri) {
+        Ok(Arc::new(LocalTopic::open(uri, flag)?))
+    } else if pubsub::is_pubsub(uri) {
+        Ok(Arc::new(PubSubTopic::open(uri, flag).await?))
     } else {
-        format!("{uri:?} has a scheme bqdrain does not know")
-    };
-    ConfigError::new(flag, problem, format!("use a local URI such as {local}"))
-}
-
-pub fn open_topic(uri: &str, flag: &str) -> anyhow::Result<Arc<dyn Topic>> {
-    if QueueUri::is_local(uri) {
-        return Ok(Arc::new(LocalTopic::open(uri, flag)?));
+        Err(unknown(
+            flag,
+            uri,
+            "pubsub://projects/P/topics/T or queue://demo/queue.db#work",
+        ))
     }
-    Err(unsupported(flag, uri, "queue://demo/queue.db#work").into())
 }
 
-pub fn open_subscription(uri: &str, flag: &str) -> anyhow::Result<Arc<dyn Subscription>> {
+pub async fn open_subscription(
+    uri: &str,
+    flag: &str,
+    settings: &ReceiveSettings,
+) -> anyhow::Result<Arc<dyn Subscription>> {
     if QueueUri::is_local(uri) {
-        return Ok(Arc::new(LocalSubscription::open(uri, flag)?));
+        Ok(Arc::new(LocalSubscription::open(uri, flag)?))
+    } else if pubsub::is_pubsub(uri) {
+        Ok(Arc::new(
+            PubSubSubscription::open(uri, flag, settings).await?,
+        ))
+    } else {
+        Err(unknown(
+            flag,
+            uri,
+            "pubsub://projects/P/subscriptions/S or queue://demo/queue.db?dead_letter=dead#work",
+        ))
     }
-    Err(unsupported(flag, uri, "queue://demo/queue.db?dead_letter=dead#work").into())
 }
 
-pub fn open_warehouse(uri: &str, flag: &str) -> anyhow::Result<Arc<dyn Warehouse>> {
+pub async fn open_warehouse(uri: &str, flag: &str) -> anyhow::Result<Arc<dyn Warehouse>> {
     if LocalWarehouse::is_local(uri) {
-        return Ok(Arc::new(LocalWarehouse::open(uri, flag)?));
+        Ok(Arc::new(LocalWarehouse::open(uri, flag)?))
+    } else if bigquery::is_bigquery(uri) {
+        Ok(Arc::new(BigQueryWarehouse::open(uri, flag).await?))
+    } else {
+        Err(unknown(
+            flag,
+            uri,
+            "bigquery://PROJECT/DATASET or sqlite://demo/warehouse.db",
+        ))
     }
-    Err(unsupported(flag, uri, "sqlite://demo/warehouse.db").into())
 }
 
-pub fn open_store(uri: &str, flag: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+pub async fn open_store(uri: &str, flag: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
     if FsStore::is_local(uri) {
-        return Ok(Arc::new(FsStore::open(uri, flag)?));
+        Ok(Arc::new(FsStore::open(uri, flag)?))
+    } else if storage::is_gcs(uri) {
+        Ok(Arc::new(GcsStore::open(uri, flag).await?))
+    } else {
+        Err(unknown(
+            flag,
+            uri,
+            "gs://BUCKET/PREFIX or file://demo/exports",
+        ))
     }
-    Err(unsupported(flag, uri, "file://demo/exports").into())
 }
 
 /// Warehouses and stores a worker has opened, by URI: messages name them,
@@ -58,28 +96,31 @@ pub struct OpenBackends {
     stores: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
 }
 
-fn cached<T: ?Sized>(
+async fn cached<T: ?Sized>(
     cache: &Mutex<HashMap<String, Arc<T>>>,
     uri: &str,
-    open: impl FnOnce() -> anyhow::Result<Arc<T>>,
+    open: impl std::future::Future<Output = anyhow::Result<Arc<T>>>,
 ) -> anyhow::Result<Arc<T>> {
-    let mut cache = cache.lock().expect("backend cache lock poisoned");
+    let mut cache = cache.lock().await;
     if let Some(found) = cache.get(uri) {
         return Ok(Arc::clone(found));
     }
-    let opened = open()?;
+    let opened = open.await?;
     cache.insert(uri.to_string(), Arc::clone(&opened));
     Ok(opened)
 }
 
 impl OpenBackends {
-    pub fn warehouse(&self, uri: &str) -> anyhow::Result<Arc<dyn Warehouse>> {
-        cached(&self.warehouses, uri, || {
-            open_warehouse(uri, "source.dataset_uri")
-        })
+    pub async fn warehouse(&self, uri: &str) -> anyhow::Result<Arc<dyn Warehouse>> {
+        cached(
+            &self.warehouses,
+            uri,
+            open_warehouse(uri, "source.dataset_uri"),
+        )
+        .await
     }
 
-    pub fn store(&self, uri: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
-        cached(&self.stores, uri, || open_store(uri, "destination"))
+    pub async fn store(&self, uri: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+        cached(&self.stores, uri, open_store(uri, "destination")).await
     }
 }

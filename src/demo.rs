@@ -99,12 +99,11 @@ pub async fn run(opts: &DemoOptions, worker_exe: &Path) -> anyhow::Result<DemoRe
     let subscription = format!("{queue}?dead_letter=dead#work");
     let dead_letter_subscription = format!("{queue}#dead");
     let destination = format!("file://{}", dir.join("exports").display());
-    let warehouse = crate::backends::open_warehouse(
-        &format!("sqlite://{}", warehouse_path.display()),
-        "--dir",
-    )?;
-    let topic = crate::backends::open_topic(&work_topic, "--dir")?;
-    let store = crate::backends::open_store(&destination, "--dir")?;
+    let warehouse =
+        crate::backends::open_warehouse(&format!("sqlite://{}", warehouse_path.display()), "--dir")
+            .await?;
+    let topic = crate::backends::open_topic(&work_topic, "--dir").await?;
+    let store = crate::backends::open_store(&destination, "--dir").await?;
     let plan = RunPlan {
         run_id: None,
         include: vec![],

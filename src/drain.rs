@@ -204,6 +204,9 @@ pub async fn drain(
     while let Some(joined) = in_flight.join_next().await {
         report_panic(joined);
     }
+    if let Err(err) = ctx.subscription.close().await {
+        tracing::warn!(error = %format!("{err:#}"), "closing the subscription failed; unsent acks mean redeliveries");
+    }
 
     let c = &ctx.counters;
     DrainReport {

@@ -50,10 +50,11 @@ impl ExportHandler {
         self.runs.observe(run_id, store);
     }
 
-    fn store_for(&self, msg: &WorkMessage) -> Result<Arc<dyn ObjectStore>, UnitError> {
+    async fn store_for(&self, msg: &WorkMessage) -> Result<Arc<dyn ObjectStore>, UnitError> {
         self.backends
             .store(&msg.destination)
-            .map_err(|e| UnitError::permanent("invalid", format!("{e:#}")))
+            .await
+            .map_err(|e| open_failure("destination", e))
     }
 
     async fn export(
@@ -89,7 +90,8 @@ impl ExportHandler {
                 let warehouse = self
                     .backends
                     .warehouse(&msg.source.dataset_uri)
-                    .map_err(|e| UnitError::permanent("invalid", format!("{e:#}")))?;
+                    .await
+                    .map_err(|e| open_failure("source.dataset_uri", e))?;
                 warehouse
                     .export(&request, Arc::clone(&cancel))
                     .await
@@ -251,6 +253,16 @@ impl ExportHandler {
     }
 }
 
+/// A URI the message names that no adapter accepts is the message's fault;
+/// a client that cannot start (credentials, network) is not.
+fn open_failure(field: &str, err: anyhow::Error) -> UnitError {
+    if err.is::<crate::error::ConfigError>() {
+        UnitError::permanent("invalid", format!("{err:#}"))
+    } else {
+        UnitError::transient("backendError", format!("opening {field}: {err:#}"))
+    }
+}
+
 #[async_trait]
 impl Handler for ExportHandler {
     async fn handle(&self, delivery: &Delivery, cancel: Cancel) -> Disposition {
@@ -258,7 +270,7 @@ impl Handler for ExportHandler {
             Ok(msg) => msg,
             Err(err) => return Disposition::DeadLetter(err),
         };
-        let store = match self.store_for(&msg) {
+        let store = match self.store_for(&msg).await {
             Ok(store) => store,
             Err(err) => return Disposition::DeadLetter(err),
         };
@@ -277,7 +289,7 @@ impl Handler for ExportHandler {
         let Ok(msg) = WorkMessage::decode(&delivery.data) else {
             return;
         };
-        let Ok(store) = self.store_for(&msg) else {
+        let Ok(store) = self.store_for(&msg).await else {
             return;
         };
         let unit = msg.source.unit();

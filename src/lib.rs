@@ -3,7 +3,8 @@
 //! The core is ports and adapters. The ports are [`queue`] (topics and
 //! subscriptions), [`warehouse`] (list tables, export one) and [`store`]
 //! (objects by key); [`local`] holds the embedded adapters that need no
-//! service, and [`backends`] opens any adapter from its URI.
+//! service, [`gcp`] the Pub/Sub, BigQuery and Cloud Storage ones, and
+//! [`backends`] opens any adapter from its URI.
 //!
 //! The engine is written once against the ports: [`producer`] publishes one
 //! [`message`] per table, [`drain`] pulls with bounded concurrency, leases and
@@ -17,6 +18,7 @@ pub mod demo;
 pub mod drain;
 pub mod error;
 pub mod export;
+pub mod gcp;
 pub mod layout;
 pub mod local;
 pub mod logging;

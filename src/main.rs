@@ -15,6 +15,7 @@ use bqdrain::export::ExportHandler;
 use bqdrain::local::dataset::{self, Fault};
 use bqdrain::local::warehouse::LocalWarehouse;
 use bqdrain::logging::{self, LogFormat};
+use bqdrain::queue::ReceiveSettings;
 use bqdrain::retry::RetryPolicy;
 use bqdrain::task::TaskIdentity;
 use bqdrain::{backends, demo, replay, shutdown, status};
@@ -105,6 +106,10 @@ struct WorkArgs {
     /// Seconds after SIGTERM/SIGINT to finish in-flight work before giving it back.
     #[arg(long, env = "BQDRAIN_GRACE_PERIOD", default_value_t = 8.0)]
     grace_period: f64,
+    /// Seconds a message may be held, lease extensions included: the task
+    /// timeout of the Cloud Run job, after which the task is killed anyway.
+    #[arg(long, env = "BQDRAIN_TASK_TIMEOUT", default_value_t = 3600.0)]
+    task_timeout: f64,
     /// In-process retries of a transient export failure before the queue redelivers.
     #[arg(long, env = "BQDRAIN_MAX_RETRIES", default_value_t = 3)]
     max_retries: usize,
@@ -196,7 +201,12 @@ async fn work(args: WorkArgs, started: Instant) -> anyhow::Result<ExitCode> {
     if args.concurrency == 0 {
         return Err(ConfigError::new("--concurrency", "is 0", "give at least 1").into());
     }
-    let subscription = backends::open_subscription(&args.subscription, "--subscription")?;
+    let receive = ReceiveSettings {
+        max_outstanding: args.concurrency,
+        max_lease: seconds("--task-timeout", args.task_timeout)?,
+    };
+    let subscription =
+        backends::open_subscription(&args.subscription, "--subscription", &receive).await?;
     let dead_letter_uri = args.dead_letter_topic.clone().or_else(|| subscription.dead_letter_topic()).ok_or_else(|| {
         ConfigError::new(
             "--dead-letter-topic",
@@ -204,7 +214,7 @@ async fn work(args: WorkArgs, started: Instant) -> anyhow::Result<ExitCode> {
             "pass --dead-letter-topic (or add dead_letter=NAME to a queue:// subscription), so failures are kept, not lost",
         )
     })?;
-    let dead_letter = backends::open_topic(&dead_letter_uri, "--dead-letter-topic")?;
+    let dead_letter = backends::open_topic(&dead_letter_uri, "--dead-letter-topic").await?;
     let idle_timeout = match args.idle_timeout {
         Some(s) => seconds("--idle-timeout", s)?,
         None => subscription.ack_deadline() + Duration::from_secs(10),
@@ -221,7 +231,10 @@ async fn work(args: WorkArgs, started: Instant) -> anyhow::Result<ExitCode> {
     let mut signal = shutdown::on_signals(trigger, grace);
     let handler = ExportHandler::new(retry, task.clone());
     if let (Some(run_id), Some(destination)) = (&args.run_id, &args.destination) {
-        handler.watch(run_id, backends::open_store(destination, "--destination")?);
+        handler.watch(
+            run_id,
+            backends::open_store(destination, "--destination").await?,
+        );
     }
     let handler = Arc::new(handler);
     let config = DrainConfig {
@@ -249,8 +262,10 @@ async fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Work(args) => work(args, started).await,
         Command::Replay(args) => {
-            let from = backends::open_subscription(&args.from, "--from")?;
-            let to = backends::open_topic(&args.to, "--to")?;
+            let from =
+                backends::open_subscription(&args.from, "--from", &ReceiveSettings::new(100))
+                    .await?;
+            let to = backends::open_topic(&args.to, "--to").await?;
             let filter = replay::ReplayFilter {
                 run_id: args.run_id,
                 table: args.table,
@@ -282,7 +297,7 @@ async fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status(args) => {
-            let store = backends::open_store(&args.destination, "--destination")?;
+            let store = backends::open_store(&args.destination, "--destination").await?;
             let report = status::run_status(store.as_ref(), &args.run_id).await?;
             if args.json {
                 print_json(&report);

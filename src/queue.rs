@@ -31,6 +31,26 @@ impl Delivery {
     }
 }
 
+/// How a worker wants to receive. Adapters that stream messages (Pub/Sub)
+/// size their flow control and lease management from it; others ignore it.
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiveSettings {
+    /// Messages leased at once: the worker's concurrency, so that a task
+    /// never hoards messages it cannot start.
+    pub max_outstanding: usize,
+    /// How long a message's lease may be extended in all: the task timeout.
+    pub max_lease: Duration,
+}
+
+impl ReceiveSettings {
+    pub fn new(max_outstanding: usize) -> ReceiveSettings {
+        ReceiveSettings {
+            max_outstanding,
+            max_lease: Duration::from_secs(3600),
+        }
+    }
+}
+
 #[async_trait]
 pub trait Topic: Send + Sync {
     fn uri(&self) -> &str;
@@ -66,4 +86,10 @@ pub trait Subscription: Send + Sync {
 
     /// Keeps a lease for `by` from now.
     async fn extend_lease(&self, ack_id: &str, by: Duration) -> anyhow::Result<()>;
+
+    /// Returns once every ack and nack given so far has reached the queue.
+    /// Messages still leased are given back.
+    async fn close(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }

@@ -136,6 +136,7 @@ pub async fn replay(
                 for h in &held {
                     let _ = from.nack(&h.ack_id).await;
                 }
+                let _ = from.close().await;
                 return Err(err.context("republishing to the work topic"));
             }
             forget_dead_record(&d).await;
@@ -150,6 +151,7 @@ pub async fn replay(
     for d in &held {
         from.nack(&d.ack_id).await?;
     }
+    from.close().await?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -159,7 +161,7 @@ async fn forget_dead_record(d: &Delivery) {
     let Ok(msg) = WorkMessage::decode(&d.data) else {
         return;
     };
-    let Ok(store) = crate::backends::open_store(&msg.destination, "destination") else {
+    let Ok(store) = crate::backends::open_store(&msg.destination, "destination").await else {
         return;
     };
     if let Err(err) = store

@@ -101,12 +101,9 @@ fn bad_input_exits_2_naming_the_flag() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--run-id"));
 
-    let out = run(&[
-        "work",
-        "--subscription",
-        "pubsub://projects/p/subscriptions/s",
-    ]);
-    assert_eq!(out.status.code(), Some(2));
+    let out = run(&["work", "--subscription", "pubsub://projects/p/topics/t"]);
+    assert_eq!(out.status.code(), Some(2), "a topic is no subscription");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("projects/PROJECT/subscriptions/NAME"));
 }
 
 #[test]

@@ -56,9 +56,9 @@ struct Cli {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let warehouse = backends::open_warehouse(&cli.source, "--source")?;
-    let topic = backends::open_topic(&cli.topic, "--topic")?;
-    let store = backends::open_store(&cli.destination, "--destination")?;
+    let warehouse = backends::open_warehouse(&cli.source, "--source").await?;
+    let topic = backends::open_topic(&cli.topic, "--topic").await?;
+    let store = backends::open_store(&cli.destination, "--destination").await?;
     let plan = RunPlan {
         run_id: cli.run_id,
         include: cli.include,

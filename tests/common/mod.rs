@@ -102,16 +102,24 @@ impl Sandbox {
             exclude: vec![],
             options: Default::default(),
         };
-        let warehouse = backends::open_warehouse(&self.source(source_query), "--source").unwrap();
-        let topic = backends::open_topic(&self.queue(queue), "--topic").unwrap();
-        let store = backends::open_store(&self.destination(), "--destination").unwrap();
+        let warehouse = backends::open_warehouse(&self.source(source_query), "--source")
+            .await
+            .unwrap();
+        let topic = backends::open_topic(&self.queue(queue), "--topic")
+            .await
+            .unwrap();
+        let store = backends::open_store(&self.destination(), "--destination")
+            .await
+            .unwrap();
         produce(&plan, warehouse.as_ref(), topic.as_ref(), store.as_ref())
             .await
             .unwrap()
     }
 
     pub async fn publish_raw(&self, queue: &str, envelopes: Vec<Envelope>) {
-        let topic = backends::open_topic(&self.queue(queue), "--topic").unwrap();
+        let topic = backends::open_topic(&self.queue(queue), "--topic")
+            .await
+            .unwrap();
         topic.publish(envelopes).await.unwrap();
     }
 
