@@ -20,6 +20,8 @@ use crate::queue::{Delivery, Subscription, Topic};
 
 /// How long an empty pull waits before replay concludes the queue is empty.
 const EMPTY_WAIT: Duration = Duration::from_secs(1);
+/// The first pull waits longer: a streaming pull needs a moment to open.
+const FIRST_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Default)]
 pub struct ReplayFilter {
@@ -95,7 +97,12 @@ pub async fn replay(
     };
 
     'pulling: while report.matched < max {
-        let batch = from.pull(100, EMPTY_WAIT).await?;
+        let wait = if seen.is_empty() {
+            FIRST_WAIT
+        } else {
+            EMPTY_WAIT
+        };
+        let batch = from.pull(100, wait).await?;
         // Held messages whose lease lapsed come back: once all are old, stop.
         if batch.iter().all(|d| seen.contains(&d.message_id)) {
             held.extend(batch);

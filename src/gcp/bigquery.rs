@@ -3,8 +3,8 @@
 //!
 //! Job ids are derived from the run and the unit, so a redelivered message
 //! re-attaches to the job an earlier delivery started instead of starting a
-//! second one. A job that failed transiently is followed by a numbered
-//! successor (`…_r1`, `…_r2`), found the same way by later deliveries.
+//! second one. A failed job is followed by a numbered successor (`…_r1`,
+//! `…_r2`), found the same way by later deliveries.
 
 use std::time::Duration;
 
@@ -237,17 +237,23 @@ impl BigQueryWarehouse {
         Ok(job)
     }
 
+    /// The row count for the manifest; the export stands without it.
     async fn table_rows(&self, table: &str) -> Option<u64> {
-        let table = self
+        let found = self
             .tables
             .get_table()
             .set_project_id(&self.project)
             .set_dataset_id(&self.dataset)
             .set_table_id(table)
             .send()
-            .await
-            .ok()?;
-        table.num_rows
+            .await;
+        match found {
+            Ok(found) => found.num_rows,
+            Err(e) => {
+                tracing::warn!(table, error = %e, "cannot read the row count");
+                None
+            }
+        }
     }
 }
 
@@ -255,10 +261,12 @@ fn state(job: &Job) -> &str {
     job.status.as_ref().map_or("", |s| s.state.as_str())
 }
 
-/// `[A-Za-z0-9_-]` only, as BigQuery requires, plus a hash of the key so
-/// that names differing only in replaced characters stay apart.
-fn job_id(key: &str, successor: u32) -> String {
-    let mut id: String = key
+/// The request's job key in `[A-Za-z0-9_-]`, as BigQuery requires, plus a
+/// hash of everything the job does: job ids are unique per project, and
+/// runs of other datasets or to other destinations may share a run id.
+fn job_id(request: &ExportRequest, successor: u32) -> String {
+    let mut id: String = request
+        .job_key
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' {
@@ -269,7 +277,15 @@ fn job_id(key: &str, successor: u32) -> String {
         })
         .take(900)
         .collect();
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+    let identity = serde_json::to_vec(&(
+        &request.job_key,
+        &request.source,
+        &request.destination_root,
+        &request.folder,
+        &request.options,
+    ))
+    .expect("requests serialize");
+    let hash = identity.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     });
     id.push_str(&format!("_{hash:016x}"));
@@ -439,16 +455,16 @@ impl Warehouse for BigQueryWarehouse {
     ) -> Result<ExportResult, UnitError> {
         let location = self.location().await?;
         for successor in 0..MAX_JOBS_PER_UNIT {
-            let id = job_id(&request.job_key, successor);
+            let id = job_id(request, successor);
             let (job, created) = self.start_or_attach(&id, location, request).await?;
             let job = self.wait_done(job, &id, location, &cancel).await?;
             let status = job.status.as_ref();
             if let Some(error) = status.and_then(|s| s.error_result.as_ref()) {
-                let failure = job_failure(&id, error);
-                if created || !failure.is_transient() {
-                    return Err(failure);
+                if created {
+                    return Err(job_failure(&id, error));
                 }
-                // An earlier delivery's job failed transiently: try its successor.
+                // An earlier delivery's job failed: this delivery (a retry,
+                // or a replay after the cause was fixed) runs its successor.
                 continue;
             }
             let files: u64 = job
@@ -481,17 +497,36 @@ impl Warehouse for BigQueryWarehouse {
 #[cfg(test)]
 mod tests {
     use super::job_id;
+    use crate::message::SourceTable;
+    use crate::warehouse::ExportRequest;
+
+    fn request(key: &str, dataset: &str) -> ExportRequest {
+        ExportRequest {
+            job_key: key.to_string(),
+            source: SourceTable {
+                dataset_uri: format!("bigquery://p/{dataset}"),
+                project: "p".into(),
+                dataset: dataset.into(),
+                table: "events".into(),
+                partition: Some("20240101".into()),
+            },
+            destination_root: "gs://b/x".into(),
+            folder: "events/partition=20240101/run=run:1/".into(),
+            options: Default::default(),
+        }
+    }
 
     #[test]
     fn job_ids_are_valid_stable_and_distinct() {
-        let a = job_id("bqdrain_run:1_events$20240101", 0);
-        assert!(
-            a.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)),
-            "{a}"
-        );
-        assert_eq!(a, job_id("bqdrain_run:1_events$20240101", 0));
-        assert_ne!(a, job_id("bqdrain_run_1_events_20240101", 0));
-        assert_eq!(job_id("k", 2), format!("{}_r2", job_id("k", 0)));
+        let id = |key, dataset, successor| job_id(&request(key, dataset), successor);
+        let a = id("bqdrain_run:1_events$20240101", "d", 0);
+        assert!(a.starts_with("bqdrain_run_1_events_20240101_"), "{a}");
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c)));
+        assert_eq!(a, id("bqdrain_run:1_events$20240101", "d", 0));
+        assert_ne!(a, id("bqdrain_run_1_events_20240101", "d", 0));
+        assert_ne!(a, id("bqdrain_run:1_events$20240101", "other", 0));
+        assert_eq!(id("k", "d", 2), format!("{}_r2", id("k", "d", 0)));
     }
 }

@@ -27,6 +27,8 @@ use crate::queue::{Delivery, ReceiveSettings, Subscription, Topic};
 
 pub const SCHEME: &str = "pubsub://";
 const EMULATOR: &str = "PUBSUB_EMULATOR_HOST";
+/// Time for a cancelled stream's reset to go out before the process exits.
+const STREAM_CLOSE: Duration = Duration::from_millis(50);
 /// Pub/Sub's own limit on messages per publish request.
 const MAX_BATCH: u32 = 1000;
 
@@ -122,6 +124,8 @@ pub struct PubSubSubscription {
     dead_letter_topic: Option<String>,
     received: tokio::sync::Mutex<mpsc::Receiver<Received>>,
     stop: ShutdownToken,
+    /// The task that owns the stream; it ends once the stream is dropped.
+    forwarder: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Handlers of the messages the engine holds, by the ack id it was given.
     leased: Mutex<HashMap<String, Handler>>,
     next_ack_id: AtomicU64,
@@ -160,7 +164,7 @@ impl PubSubSubscription {
             .build();
         let stop = stream.shutdown_token();
         let (tx, rx) = mpsc::channel(settings.max_outstanding.max(1));
-        tokio::spawn(forward(stream, tx));
+        let forwarder = tokio::spawn(forward(stream, tx));
         let policy = config
             .dead_letter_policy
             .filter(|p| !p.dead_letter_topic.is_empty());
@@ -173,6 +177,7 @@ impl PubSubSubscription {
             dead_letter_topic: policy.map(|p| format!("{SCHEME}{}", p.dead_letter_topic)),
             received: tokio::sync::Mutex::new(rx),
             stop,
+            forwarder: Mutex::new(Some(forwarder)),
             leased: Mutex::new(HashMap::new()),
             next_ack_id: AtomicU64::new(0),
         })
@@ -289,6 +294,18 @@ impl Subscription for PubSubSubscription {
             }
         }
         self.stop.shutdown().await;
+        // Drop the stream and let its cancellation reach the server before
+        // the process exits: the emulator otherwise goes on sending new
+        // messages into the dead stream until their leases lapse.
+        let forwarder = self
+            .forwarder
+            .lock()
+            .expect("forwarder lock poisoned")
+            .take();
+        if let Some(forwarder) = forwarder {
+            let _ = forwarder.await;
+            tokio::time::sleep(STREAM_CLOSE).await;
+        }
         Ok(())
     }
 }

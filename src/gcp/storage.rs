@@ -7,7 +7,8 @@ use gcloud_storage::http::objects::delete::DeleteObjectRequest;
 use gcloud_storage::http::objects::download::Range;
 use gcloud_storage::http::objects::get::GetObjectRequest;
 use gcloud_storage::http::objects::list::ListObjectsRequest;
-use gcloud_storage::http::objects::upload::{Media, UploadObjectRequest, UploadType};
+use gcloud_storage::http::objects::upload::{UploadObjectRequest, UploadType};
+use gcloud_storage::http::objects::Object;
 use gcloud_storage::http::Error as GcsError;
 
 use super::{emulator_endpoint, startup_error};
@@ -98,15 +99,24 @@ impl GcsStore {
             if_generation_match: if_absent.then_some(0),
             ..Default::default()
         };
-        let mut media = Media::new(self.name(key));
-        media.content_type = if key.ends_with(".json") {
+        let content_type = if key.ends_with(".json") {
             "application/json"
         } else {
             "application/octet-stream"
-        }
-        .into();
+        };
+        // Multipart rather than media: fake-gcs-server honours
+        // ifGenerationMatch only there; Cloud Storage does in both.
+        let object = Object {
+            name: self.name(key),
+            content_type: Some(content_type.to_string()),
+            ..Default::default()
+        };
         self.client
-            .upload_object(&request, data.to_vec(), &UploadType::Simple(media))
+            .upload_object(
+                &request,
+                data.to_vec(),
+                &UploadType::Multipart(Box::new(object)),
+            )
             .await
             .map(drop)
     }

@@ -3,6 +3,9 @@
 //! read back what they exported.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
+pub mod gcp;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -230,26 +233,20 @@ pub fn finish(mut child: Child, limit: Duration) -> (ExitStatus, serde_json::Val
 /// Data rows in CSV shards (each shard has a header line), gzip-aware.
 pub fn csv_rows(root: &Path, keys: &[String]) -> u64 {
     keys.iter()
-        .map(|k| {
-            let bytes = std::fs::read(root.join(k)).unwrap();
-            let text = if k.ends_with(".gz") {
-                let mut s = String::new();
-                flate2::read::GzDecoder::new(&bytes[..])
-                    .read_to_string(&mut s)
-                    .unwrap();
-                s
-            } else {
-                String::from_utf8(bytes).unwrap()
-            };
-            let mut lines = text.lines();
-            assert_eq!(
-                lines.next(),
-                Some("id,name,age"),
-                "{k} starts with the header"
-            );
-            lines.count() as u64
-        })
+        .map(|k| csv_data_rows(k, &std::fs::read(root.join(k)).unwrap()))
         .sum()
+}
+
+/// Data rows of one CSV shard named `key`, after its `id,name,age` header.
+pub fn csv_data_rows(key: &str, bytes: &[u8]) -> u64 {
+    let text = String::from_utf8(gcp::maybe_gunzip(key, bytes)).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("id,name,age"),
+        "{key} starts with the header"
+    );
+    lines.count() as u64
 }
 
 /// Asserts a unit was exported exactly once for the run: a completion

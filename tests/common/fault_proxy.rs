@@ -1,0 +1,153 @@
+//! An HTTP proxy that misbehaves on purpose, in front of the BigQuery
+//! emulator: the first matching requests get an error status, a dropped
+//! connection or a delay; all others pass through.
+//!
+//! Every forwarded request is sent upstream with `Connection: close`, so the
+//! client opens a new connection per request and each one is inspected.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    /// Answer with this status (503, 429, ...) and close.
+    Status(u16),
+    /// Close the connection without answering.
+    Drop,
+    /// Forward, but only after this long.
+    Delay(Duration),
+}
+
+pub struct FaultProxy {
+    /// `127.0.0.1:PORT`, for `BIGQUERY_EMULATOR_HOST`.
+    pub addr: String,
+    served: Arc<AtomicUsize>,
+}
+
+struct Plan {
+    upstream: String,
+    /// Requests whose request line contains this are eligible for faults.
+    matching: String,
+    faults: Mutex<VecDeque<Fault>>,
+    served: Arc<AtomicUsize>,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: &str, matching: &str, faults: Vec<Fault>) -> FaultProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let served = Arc::new(AtomicUsize::new(0));
+        let plan = Arc::new(Plan {
+            upstream: upstream.to_string(),
+            matching: matching.to_string(),
+            faults: Mutex::new(faults.into()),
+            served: Arc::clone(&served),
+        });
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = TcpListener::from_std(listener).unwrap();
+                while let Ok((client, _)) = listener.accept().await {
+                    tokio::spawn(serve(client, Arc::clone(&plan)));
+                }
+            });
+        });
+        FaultProxy { addr, served }
+    }
+
+    /// Faults served so far.
+    pub fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve(mut client: TcpStream, plan: Arc<Plan>) -> std::io::Result<()> {
+    let Some((head, body)) = read_request(&mut client).await? else {
+        return Ok(());
+    };
+    let request_line = head.lines().next().unwrap_or_default().to_string();
+    let fault = if request_line.contains(&plan.matching) {
+        plan.faults.lock().unwrap().pop_front()
+    } else {
+        None
+    };
+    if fault.is_some() {
+        plan.served.fetch_add(1, Ordering::SeqCst);
+    }
+    match fault {
+        Some(Fault::Status(code)) => {
+            let body = format!(
+                r#"{{"error":{{"code":{code},"message":"injected by the test proxy","errors":[{{"reason":"{}","message":"injected"}}]}}}}"#,
+                if code == 429 {
+                    "rateLimitExceeded"
+                } else {
+                    "backendError"
+                }
+            );
+            let response = format!(
+                "HTTP/1.1 {code} Injected\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            client.write_all(response.as_bytes()).await?;
+            return client.shutdown().await;
+        }
+        Some(Fault::Drop) => return Ok(()),
+        Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+        None => {}
+    }
+    let mut upstream = TcpStream::connect(&plan.upstream).await?;
+    let head: String = head
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    upstream
+        .write_all(format!("{head}Connection: close\r\n\r\n").as_bytes())
+        .await?;
+    upstream.write_all(&body).await?;
+    tokio::io::copy(&mut upstream, &mut client).await?;
+    client.shutdown().await
+}
+
+/// The request head (without its final blank line) and its body.
+async fn read_request(client: &mut TcpStream) -> std::io::Result<Option<(String, Vec<u8>)>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < length {
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Ok(Some((head, body)))
+}

@@ -1,0 +1,535 @@
+//! The emulator stack (Pub/Sub, BigQuery, Cloud Storage) for end-to-end
+//! tests, started once per test binary by the project's own scripts, and a
+//! sandbox per test: its own dataset, bucket, topics and subscriptions.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use bqdrain::layout::TableManifest;
+
+use super::BIN;
+
+pub const PROJECT: &str = "test-project";
+/// Rows of a test table, spread over several shards by the emulator.
+pub const SHARD_THRESHOLD_BYTES: &str = "8000";
+
+/// Where the three emulators listen, as `127.0.0.1:PORT`.
+#[derive(Debug, serde::Deserialize)]
+pub struct Emulators {
+    pub pubsub: String,
+    pub bigquery: String,
+    pub storage: String,
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Installs what is missing (`scripts/emulators/install.sh`) and starts the
+/// stack. It stops by itself when this test process exits: it watches the
+/// pipe this process holds open to its stdin.
+pub fn emulators() -> &'static Emulators {
+    static STACK: OnceLock<Emulators> = OnceLock::new();
+    STACK.get_or_init(|| {
+        let install = Command::new("bash")
+            .arg(repo().join("scripts/emulators/install.sh"))
+            .status()
+            .expect("run scripts/emulators/install.sh");
+        assert!(install.success(), "scripts/emulators/install.sh failed");
+        let logs = repo()
+            .join("target/emulator-logs")
+            .join(std::process::id().to_string());
+        let mut child = Command::new(repo().join(".venv/emulators/bin/python"))
+            .arg(repo().join("scripts/emulators/stack.py"))
+            .arg("--log-dir")
+            .arg(&logs)
+            .env("BQEMU_EXPORT_SHARD_THRESHOLD_BYTES", SHARD_THRESHOLD_BYTES)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start scripts/emulators/stack.py");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        if line.trim().is_empty() {
+            let status = child.wait().unwrap();
+            panic!(
+                "the emulator stack did not start ({status}); see its message above and {logs:?}"
+            );
+        }
+        // Never dropped: the stdin pipe stays open until this process ends.
+        std::mem::forget(child);
+        serde_json::from_str(&line).expect("stack.py prints its endpoints as JSON")
+    })
+}
+
+/// A message pulled from a subscription through the emulator's REST API.
+#[derive(Debug)]
+pub struct Pulled {
+    pub ack_id: String,
+    pub data: Vec<u8>,
+    pub attributes: serde_json::Map<String, Value>,
+    pub delivery_attempt: u64,
+}
+
+impl Pulled {
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes.get(name).and_then(Value::as_str)
+    }
+}
+
+pub struct GcpSandbox {
+    pub name: String,
+    pub emulators: &'static Emulators,
+    pub dataset: String,
+    pub bucket: String,
+    pub dir: tempfile::TempDir,
+    http: reqwest::Client,
+    /// Role of the subscription workers drain (see `resubscribe`).
+    work: std::sync::Mutex<String>,
+    max_attempts: u32,
+}
+
+impl GcpSandbox {
+    /// A dataset, a bucket, a work topic and subscription (ack deadline
+    /// 10 s, dead-letter policy with `max_attempts`), a dead-letter topic
+    /// and its subscription, all named after the test.
+    pub async fn new(name: &str, max_attempts: u32) -> GcpSandbox {
+        let sb = GcpSandbox {
+            name: name.to_string(),
+            emulators: emulators(),
+            dataset: format!("ds_{name}"),
+            bucket: format!("bqdrain-{}", name.replace('_', "-")),
+            dir: tempfile::tempdir().unwrap(),
+            http: reqwest::Client::new(),
+            work: std::sync::Mutex::new("work".into()),
+            max_attempts,
+        };
+        std::fs::create_dir_all(sb.dir.path().join("logs")).unwrap();
+        let ds = format!("projects/{PROJECT}/datasets");
+        sb.bq_call(
+            "POST",
+            &ds,
+            Some(json!({"datasetReference": {"projectId": PROJECT, "datasetId": sb.dataset}, "location": "US"})),
+        )
+        .await;
+        sb.call(
+            "POST",
+            &format!(
+                "http://{}/storage/v1/b?project={PROJECT}",
+                sb.emulators.storage
+            ),
+            Some(json!({"name": sb.bucket})),
+        )
+        .await;
+        for topic in [sb.topic_name("work"), sb.topic_name("dead")] {
+            sb.pubsub_call("PUT", &topic, None).await;
+        }
+        sb.create_work_subscription("work").await;
+        sb.pubsub_call(
+            "PUT",
+            &sb.subscription_name("dead"),
+            Some(json!({"topic": sb.topic_name("dead"), "ackDeadlineSeconds": 10})),
+        )
+        .await;
+        sb
+    }
+
+    async fn create_work_subscription(&self, role: &str) {
+        let body = json!({
+            "topic": self.topic_name("work"),
+            "ackDeadlineSeconds": 10,
+            "deadLetterPolicy": {"deadLetterTopic": self.topic_name("dead"), "maxDeliveryAttempts": self.max_attempts},
+        });
+        self.pubsub_call("PUT", &self.subscription_name(role), Some(body))
+            .await;
+    }
+
+    /// Workers drain a new subscription of the work topic from now on.
+    ///
+    /// The Pub/Sub emulator goes on streaming new messages to a subscriber
+    /// that has just exited, where they wait 10-70 s for their lease to
+    /// lapse; a test that starts workers again after others exited uses a
+    /// fresh subscription instead of waiting.
+    pub async fn resubscribe(&self, role: &str) {
+        self.create_work_subscription(role).await;
+        *self.work.lock().unwrap() = role.to_string();
+    }
+
+    fn work_role(&self) -> String {
+        self.work.lock().unwrap().clone()
+    }
+
+    async fn call(&self, method: &str, url: &str, body: Option<Value>) -> Value {
+        let mut request = self.http.request(method.parse().unwrap(), url);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert!(status.is_success(), "{method} {url}: {status}: {text}");
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    async fn bq_call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let url = format!("http://{}/bigquery/v2/{path}", self.emulators.bigquery);
+        self.call(method, &url, body).await
+    }
+
+    async fn pubsub_call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let url = format!("http://{}/v1/{path}", self.emulators.pubsub);
+        self.call(method, &url, body).await
+    }
+
+    fn topic_name(&self, role: &str) -> String {
+        format!("projects/{PROJECT}/topics/{role}-{}", self.name)
+    }
+
+    fn subscription_name(&self, role: &str) -> String {
+        format!("projects/{PROJECT}/subscriptions/{role}-{}", self.name)
+    }
+
+    pub fn source(&self) -> String {
+        format!("bigquery://{PROJECT}/{}", self.dataset)
+    }
+
+    pub fn topic(&self) -> String {
+        format!("pubsub://{}", self.topic_name("work"))
+    }
+
+    pub fn subscription(&self) -> String {
+        format!("pubsub://{}", self.subscription_name(&self.work_role()))
+    }
+
+    pub fn dead_letter_topic(&self) -> String {
+        format!("pubsub://{}", self.topic_name("dead"))
+    }
+
+    pub fn dead_letter_subscription(&self) -> String {
+        format!("pubsub://{}", self.subscription_name("dead"))
+    }
+
+    /// The export root; `folder` keeps runs of different tests apart.
+    pub fn destination(&self, folder: &str) -> String {
+        format!("gs://{}/{folder}", self.bucket)
+    }
+
+    /// Creates `table` (id, name, age) holding `rows` rows.
+    pub async fn create_table(&self, table: &str, rows: u64) {
+        let tables = format!("projects/{PROJECT}/datasets/{}/tables", self.dataset);
+        self.bq_call(
+            "POST",
+            &tables,
+            Some(json!({
+                "tableReference": {"projectId": PROJECT, "datasetId": self.dataset, "tableId": table},
+                "schema": {"fields": [
+                    {"name": "id", "type": "INTEGER"},
+                    {"name": "name", "type": "STRING"},
+                    {"name": "age", "type": "INTEGER"},
+                ]},
+            })),
+        )
+        .await;
+        let rows: Vec<Value> = (1..=rows)
+            .map(|i| json!({"insertId": i.to_string(), "json": {"id": i, "name": format!("name_{i}"), "age": i % 90}}))
+            .collect();
+        for chunk in rows.chunks(5000) {
+            let body = self
+                .bq_call(
+                    "POST",
+                    &format!("{tables}/{table}/insertAll"),
+                    Some(json!({"rows": chunk})),
+                )
+                .await;
+            let errors = body["insertErrors"].as_array().map_or(0, Vec::len);
+            assert_eq!(errors, 0, "insertAll: {body}");
+        }
+    }
+
+    pub async fn make_tables(&self, count: usize, rows: u64) -> Vec<String> {
+        let names: Vec<String> = (1..=count).map(|i| format!("t_{i:03}")).collect();
+        for name in &names {
+            self.create_table(name, rows).await;
+        }
+        names
+    }
+
+    /// Every job the BigQuery emulator ran in the project.
+    pub async fn extract_jobs(&self) -> Vec<Value> {
+        let list = self
+            .bq_call(
+                "GET",
+                &format!("projects/{PROJECT}/jobs?maxResults=1000"),
+                None,
+            )
+            .await;
+        list["jobs"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn drop_table(&self, table: &str) {
+        let path = format!(
+            "projects/{PROJECT}/datasets/{}/tables/{table}",
+            self.dataset
+        );
+        self.bq_call("DELETE", &path, None).await;
+    }
+
+    /// The emulator variables, with BigQuery reached through `bigquery`.
+    pub fn env(&self, bigquery: Option<&str>) -> Vec<(&'static str, String)> {
+        vec![
+            ("PUBSUB_EMULATOR_HOST", self.emulators.pubsub.clone()),
+            (
+                "BIGQUERY_EMULATOR_HOST",
+                bigquery.unwrap_or(&self.emulators.bigquery).to_string(),
+            ),
+            ("STORAGE_EMULATOR_HOST", self.emulators.storage.clone()),
+        ]
+    }
+
+    /// Runs `bqdrain-producer` from this dataset to the work topic.
+    pub fn produce(&self, folder: &str, args: &[&str]) -> Output {
+        let producer = Path::new(BIN).with_file_name("bqdrain-producer");
+        assert!(
+            producer.exists(),
+            "{producer:?} is missing: run the tests with `cargo test --workspace`"
+        );
+        Command::new(producer)
+            .args(["--source", &self.source(), "--topic", &self.topic()])
+            .args(["--destination", &self.destination(folder), "--json"])
+            .args(args)
+            .envs(self.env(None))
+            .output()
+            .expect("run bqdrain-producer")
+    }
+
+    /// Runs a `bqdrain` command to completion.
+    pub fn bqdrain(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .envs(self.env(None))
+            .output()
+            .expect("run bqdrain")
+    }
+
+    /// Starts `bqdrain work` on the work subscription; its log goes to logs/.
+    pub fn spawn_worker(&self, args: &[&str], bigquery: Option<&str>) -> Child {
+        let logs = self.dir.path().join("logs");
+        let n = std::fs::read_dir(&logs).unwrap().count();
+        let log = std::fs::File::create(logs.join(format!("worker-{n}.log"))).unwrap();
+        Command::new(BIN)
+            .args(["--log-format", "json", "work", "--json"])
+            .args(["--subscription", &self.subscription()])
+            .args(args)
+            .envs(self.env(bigquery))
+            .env("CLOUD_RUN_TASK_INDEX", n.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start worker")
+    }
+
+    /// Every worker log so far, for assertion messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(self.dir.path().join("logs")).unwrap() {
+            out += &std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+        }
+        out
+    }
+
+    /// Names and sizes of the bucket's objects under `prefix`, sorted.
+    pub async fn objects(&self, prefix: &str) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let mut url = reqwest::Url::parse(&format!(
+                "http://{}/storage/v1/b/{}/o",
+                self.emulators.storage, self.bucket
+            ))
+            .unwrap();
+            url.query_pairs_mut().append_pair("prefix", prefix);
+            if !page_token.is_empty() {
+                url.query_pairs_mut().append_pair("pageToken", &page_token);
+            }
+            let page = self.call("GET", url.as_str(), None).await;
+            for item in page["items"].as_array().into_iter().flatten() {
+                let size = item["size"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                out.push((item["name"].as_str().unwrap().to_string(), size));
+            }
+            match page["nextPageToken"].as_str() {
+                Some(t) if !t.is_empty() => page_token = t.to_string(),
+                _ => break,
+            }
+        }
+        out.sort();
+        out
+    }
+
+    pub async fn download(&self, object: &str) -> Option<Vec<u8>> {
+        let mut url = reqwest::Url::parse(&format!(
+            "http://{}/storage/v1/b/{}/o/",
+            self.emulators.storage, self.bucket
+        ))
+        .unwrap();
+        url.path_segments_mut().unwrap().pop().push(object);
+        url.query_pairs_mut().append_pair("alt", "media");
+        let response = self.http.get(url).send().await.unwrap();
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return None;
+        }
+        assert!(
+            response.status().is_success(),
+            "download {object}: {}",
+            response.status()
+        );
+        Some(response.bytes().await.unwrap().to_vec())
+    }
+
+    pub async fn done_record(
+        &self,
+        folder: &str,
+        run_id: &str,
+        unit: &str,
+    ) -> Option<TableManifest> {
+        let key = format!("{folder}/_bqdrain/runs/{run_id}/done/{unit}.json");
+        let bytes = self.download(&key).await?;
+        Some(serde_json::from_slice(&bytes).unwrap())
+    }
+
+    pub async fn dead_record(&self, folder: &str, run_id: &str, unit: &str) -> Option<Value> {
+        let key = format!("{folder}/_bqdrain/runs/{run_id}/dead/{unit}.json");
+        let bytes = self.download(&key).await?;
+        Some(serde_json::from_slice(&bytes).unwrap())
+    }
+
+    /// Publishes one raw message to the work topic.
+    pub async fn publish_raw(&self, data: &[u8], attributes: Value) {
+        let data = base64::engine::general_purpose::STANDARD.encode(data);
+        let path = format!("{}:publish", self.topic_name("work"));
+        self.pubsub_call(
+            "POST",
+            &path,
+            Some(json!({"messages": [{"data": data, "attributes": attributes}]})),
+        )
+        .await;
+    }
+
+    /// Pulls (without waiting) up to `max` messages of the work or dead
+    /// subscription, and acks them when `ack`.
+    pub async fn pull(&self, role: &str, max: u32, ack: bool) -> Vec<Pulled> {
+        let role = if role == "work" {
+            self.work_role()
+        } else {
+            role.to_string()
+        };
+        let sub = self.subscription_name(&role);
+        let body = self
+            .pubsub_call(
+                "POST",
+                &format!("{sub}:pull"),
+                Some(json!({"maxMessages": max, "returnImmediately": true})),
+            )
+            .await;
+        let pulled: Vec<Pulled> = body["receivedMessages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| Pulled {
+                ack_id: m["ackId"].as_str().unwrap().to_string(),
+                data: base64::engine::general_purpose::STANDARD
+                    .decode(m["message"]["data"].as_str().unwrap_or_default())
+                    .unwrap(),
+                attributes: m["message"]["attributes"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+                delivery_attempt: m["deliveryAttempt"].as_u64().unwrap_or(0),
+            })
+            .collect();
+        if ack && !pulled.is_empty() {
+            let ids: Vec<&str> = pulled.iter().map(|p| p.ack_id.as_str()).collect();
+            self.pubsub_call(
+                "POST",
+                &format!("{sub}:acknowledge"),
+                Some(json!({"ackIds": ids})),
+            )
+            .await;
+        }
+        pulled
+    }
+
+    /// Asserts a table was exported exactly once by the run: its completion
+    /// record, the same document beside the shards as `_MANIFEST.json`,
+    /// nothing else in the table's folder, sizes as listed, and `rows` CSV
+    /// rows read back from the downloaded shards.
+    pub async fn assert_exported(
+        &self,
+        folder: &str,
+        run_id: &str,
+        table: &str,
+        rows: u64,
+    ) -> TableManifest {
+        let record = self
+            .done_record(folder, run_id, table)
+            .await
+            .unwrap_or_else(|| panic!("{table} has no completion record\n{}", self.logs()));
+        let mut expected: Vec<(String, u64)> = record
+            .files
+            .iter()
+            .map(|f| (format!("{folder}/{}", f.key), f.bytes))
+            .collect();
+        let manifest_key = format!("{folder}/{table}/run={run_id}/_MANIFEST.json");
+        let manifest = self
+            .download(&manifest_key)
+            .await
+            .expect("the export's manifest");
+        expected.push((manifest_key, manifest.len() as u64));
+        expected.sort();
+        assert_eq!(
+            self.objects(&format!("{folder}/{table}/")).await,
+            expected,
+            "{table}: exactly the shards of this run and its manifest"
+        );
+        let done_key = format!("{folder}/_bqdrain/runs/{run_id}/done/{table}.json");
+        assert_eq!(
+            self.download(&done_key).await.unwrap(),
+            manifest,
+            "{table}: the export's manifest is its completion record"
+        );
+        let mut read_back = 0;
+        for f in &record.files {
+            let bytes = self.download(&format!("{folder}/{}", f.key)).await.unwrap();
+            read_back += super::csv_data_rows(&f.key, &bytes);
+        }
+        assert_eq!(read_back, rows, "{table}: rows read back from its shards");
+        assert_eq!(record.rows, Some(rows), "{table}: rows in the manifest");
+        record
+    }
+}
+
+/// Decompresses a gzip shard, or returns the bytes as they are.
+pub fn maybe_gunzip(name: &str, bytes: &[u8]) -> Vec<u8> {
+    if !name.ends_with(".gz") {
+        return bytes.to_vec();
+    }
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}

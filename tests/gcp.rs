@@ -1,0 +1,412 @@
+//! End to end against the emulators: real `bqdrain-producer` and `bqdrain
+//! work` processes, the official Pub/Sub emulator, bqemulator (through the
+//! project's launcher) and fake-gcs-server, all started by
+//! `scripts/emulators/stack.py`. Files are downloaded and their rows counted.
+
+mod common;
+
+use std::process::Child;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use common::fault_proxy::{Fault, FaultProxy};
+use common::gcp::GcpSandbox;
+use common::{csv_data_rows, finish};
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+fn produced(out: &std::process::Output) -> Value {
+    assert!(
+        out.status.success(),
+        "producer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("producer prints JSON")
+}
+
+/// Starts `count` workers that exit once `run_id` is complete.
+fn workers(sb: &GcpSandbox, count: usize, folder: &str, run_id: &str) -> Vec<Child> {
+    let destination = sb.destination(folder);
+    (0..count)
+        .map(|_| sb.spawn_worker(&["--run-id", run_id, "--destination", &destination], None))
+        .collect()
+}
+
+/// Waits for every worker; each must exit 0 with the run drained. Returns
+/// their JSON outcomes.
+fn all_drained(sb: &GcpSandbox, workers: Vec<Child>) -> Vec<Value> {
+    workers
+        .into_iter()
+        .map(|w| {
+            let (status, outcome) = finish(w, LIMIT);
+            assert!(status.success(), "worker exit {status}\n{}", sb.logs());
+            assert_eq!(outcome["exit"], "drained", "{outcome}\n{}", sb.logs());
+            outcome
+        })
+        .collect()
+}
+
+fn total(outcomes: &[Value], field: &str) -> u64 {
+    outcomes.iter().map(|o| o[field].as_u64().unwrap()).sum()
+}
+
+async fn assert_queues_empty(sb: &GcpSandbox) {
+    assert!(
+        sb.pull("work", 10, false).await.is_empty(),
+        "work subscription is empty"
+    );
+    assert!(
+        sb.pull("dead", 10, false).await.is_empty(),
+        "dead-letter subscription is empty"
+    );
+}
+
+#[tokio::test]
+async fn thirty_tables_three_workers_export_every_row() {
+    let sb = GcpSandbox::new("thirty", 5).await;
+    let tables = sb.make_tables(30, 1000).await;
+    let report = produced(&sb.produce("exports", &["--run-id", "r1"]));
+    assert_eq!(report["published"], 30);
+
+    let outcomes = all_drained(&sb, workers(&sb, 3, "exports", "r1"));
+    assert_eq!(total(&outcomes, "acked"), 30, "{outcomes:?}");
+    assert_eq!(total(&outcomes, "dead_lettered"), 0);
+    let mut shards = 0;
+    for table in &tables {
+        let record = sb.assert_exported("exports", "r1", table, 1000).await;
+        assert_eq!(record.delivery_attempt, 1);
+        shards += record.files.len();
+    }
+    assert!(
+        shards > 30,
+        "the emulator splits tables into several shards ({shards})"
+    );
+    assert_queues_empty(&sb).await;
+}
+
+#[tokio::test]
+async fn task_count_independent_of_table_count() {
+    for (name, tables, tasks) in [("few", 10, 30), ("many", 30, 10)] {
+        let sb = GcpSandbox::new(name, 5).await;
+        let names = sb.make_tables(tables, 200).await;
+        produced(&sb.produce("exports", &["--run-id", "r1"]));
+        let outcomes = all_drained(&sb, workers(&sb, tasks, "exports", "r1"));
+        assert_eq!(
+            total(&outcomes, "acked"),
+            tables as u64,
+            "{name}: {outcomes:?}"
+        );
+        for table in &names {
+            sb.assert_exported("exports", "r1", table, 200).await;
+        }
+        assert_queues_empty(&sb).await;
+    }
+}
+
+#[tokio::test]
+async fn dropped_table_is_dead_lettered_then_replayed() {
+    let sb = GcpSandbox::new("dropped", 5).await;
+    sb.make_tables(3, 1000).await;
+    produced(&sb.produce("exports", &["--run-id", "r1"]));
+    sb.drop_table("t_002").await;
+
+    let outcomes = all_drained(&sb, workers(&sb, 1, "exports", "r1"));
+    assert_eq!(total(&outcomes, "acked"), 2);
+    assert_eq!(total(&outcomes, "dead_lettered"), 1);
+    assert_eq!(total(&outcomes, "nacked"), 0, "notFound is not retried");
+    let dead = sb
+        .dead_record("exports", "r1", "t_002")
+        .await
+        .expect("dead record");
+    assert_eq!(dead["reason"], "notFound", "{dead}");
+    assert_eq!(
+        dead["delivery_attempt"], 1,
+        "dead-lettered on its first attempt"
+    );
+    for table in ["t_001", "t_003"] {
+        sb.assert_exported("exports", "r1", table, 1000).await;
+    }
+
+    // No dry run here: the emulator keeps the messages a closed stream held
+    // leased far past their deadline, nacked or not (tests/failures.rs covers
+    // dry runs on the local queue).
+    sb.create_table("t_002", 1000).await;
+    sb.resubscribe("work2").await;
+    let (from, to) = (sb.dead_letter_subscription(), sb.topic());
+    let replay = sb.bqdrain(&["replay", "--from", &from, "--to", &to, "--json"]);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let replay: Value = serde_json::from_slice(&replay.stdout).unwrap();
+    assert_eq!(replay["replayed"], 1, "{replay}");
+    assert_eq!(replay["messages"][0]["reason"], "notFound", "{replay}");
+
+    let outcomes = all_drained(&sb, workers(&sb, 1, "exports", "r1"));
+    assert_eq!(total(&outcomes, "acked"), 1, "{outcomes:?}\n{}", sb.logs());
+    sb.assert_exported("exports", "r1", "t_002", 1000).await;
+    assert!(sb.dead_record("exports", "r1", "t_002").await.is_none());
+    assert_queues_empty(&sb).await;
+}
+
+#[tokio::test]
+async fn transient_bigquery_errors_are_retried_with_backoff() {
+    let sb = GcpSandbox::new("transient", 5).await;
+    sb.make_tables(2, 1000).await;
+    produced(&sb.produce("exports", &["--run-id", "r1"]));
+    let faults = vec![
+        Fault::Status(503),
+        Fault::Status(429),
+        Fault::Drop,
+        Fault::Status(503),
+    ];
+    let proxy = FaultProxy::start(&sb.emulators.bigquery, "", faults);
+    let destination = sb.destination("exports");
+    let worker = sb.spawn_worker(
+        &[
+            "--run-id",
+            "r1",
+            "--destination",
+            &destination,
+            "--retry-delay",
+            "0.2",
+            "--max-retries",
+            "6",
+        ],
+        Some(&proxy.addr),
+    );
+    let outcomes = all_drained(&sb, vec![worker]);
+    assert_eq!(proxy.served(), 4, "every injected fault reached the worker");
+    assert_eq!(total(&outcomes, "acked"), 2);
+    assert_eq!(total(&outcomes, "dead_lettered"), 0);
+    assert_eq!(
+        total(&outcomes, "nacked"),
+        0,
+        "retried in process, not redelivered"
+    );
+    let retries = sb.logs().matches("transient failure, retrying").count();
+    assert!(retries >= 4, "{retries} retries logged\n{}", sb.logs());
+    for table in ["t_001", "t_002"] {
+        sb.assert_exported("exports", "r1", table, 1000).await;
+    }
+    assert_queues_empty(&sb).await;
+}
+
+#[tokio::test]
+async fn worker_killed_during_an_export_is_redelivered_and_reattached() {
+    let sb = GcpSandbox::new("killed", 5).await;
+    sb.make_tables(1, 1000).await;
+    produced(&sb.produce("exports", &["--run-id", "r1"]));
+    // The extract job request reaches the emulator 3 s after it was sent.
+    let proxy = FaultProxy::start(
+        &sb.emulators.bigquery,
+        "POST /bigquery/v2/projects/test-project/jobs",
+        vec![Fault::Delay(Duration::from_secs(3))],
+    );
+    let destination = sb.destination("exports");
+    let mut doomed = sb.spawn_worker(
+        &["--run-id", "r1", "--destination", &destination],
+        Some(&proxy.addr),
+    );
+    let waited = std::time::Instant::now();
+    while proxy.served() == 0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "the export never started\n{}",
+            sb.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    doomed.kill().unwrap(); // SIGKILL while the job request is in flight
+    doomed.wait().unwrap();
+    // By now the job exists in BigQuery; the redelivery must find it.
+    std::thread::sleep(Duration::from_secs(5));
+
+    // The emulator takes 10-70 s to redeliver what a killed subscriber held.
+    let survivor = sb.spawn_worker(
+        &[
+            "--run-id",
+            "r1",
+            "--destination",
+            &destination,
+            "--idle-timeout",
+            "150",
+        ],
+        None,
+    );
+    let outcomes = all_drained(&sb, vec![survivor]);
+    assert_eq!(total(&outcomes, "acked"), 1);
+    let record = sb.assert_exported("exports", "r1", "t_001", 1000).await;
+    // 2, or 3 when the emulator first offered it to the dead subscriber.
+    assert!(
+        record.delivery_attempt >= 2,
+        "redelivered after the kill: {}",
+        record.delivery_attempt
+    );
+    let logs = sb.logs();
+    assert!(logs.contains("re-attaching to the extract job"), "{logs}");
+    assert_eq!(
+        logs.matches("\"exported\"").count(),
+        1,
+        "exported once\n{logs}"
+    );
+    assert_queues_empty(&sb).await;
+}
+
+#[tokio::test]
+async fn poison_message_is_dead_lettered_on_first_delivery() {
+    let sb = GcpSandbox::new("poison", 5).await;
+    sb.publish_raw(b"{this is not json", json!({"run_id": "r1"}))
+        .await;
+    let worker = sb.spawn_worker(&["--idle-timeout", "3"], None);
+    let (status, outcome) = finish(worker, LIMIT);
+    assert!(status.success(), "{}", sb.logs());
+    assert_eq!(outcome["dead_lettered"], 1, "{outcome}");
+    assert_eq!(outcome["acked"], 0);
+    let dead = sb.pull("dead", 10, true).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].data, b"{this is not json", "the body is kept");
+    assert_eq!(dead[0].attribute("bqdrain_error_reason"), Some("malformed"));
+    assert_eq!(dead[0].attribute("bqdrain_delivery_attempt"), Some("1"));
+    assert_eq!(dead[0].attribute("run_id"), Some("r1"));
+    assert_queues_empty(&sb).await;
+}
+
+#[tokio::test]
+async fn every_format_and_compression_and_invalid_ones_refused() {
+    let sb = GcpSandbox::new("formats", 5).await;
+    sb.make_tables(1, 1000).await;
+
+    let invalid = sb.produce("bad", &["--format", "avro", "--compression", "gzip"]);
+    assert_eq!(invalid.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&invalid.stderr).contains("--compression"));
+    assert!(
+        sb.pull("work", 10, false).await.is_empty(),
+        "nothing published"
+    );
+
+    let combos = [
+        ("csv", "none"),
+        ("csv", "gzip"),
+        ("json", "none"),
+        ("json", "gzip"),
+        ("avro", "none"),
+        ("avro", "deflate"),
+        ("avro", "snappy"),
+        ("parquet", "none"),
+        ("parquet", "snappy"),
+        ("parquet", "gzip"),
+        ("parquet", "zstd"),
+    ];
+    for (format, compression) in combos {
+        let folder = format!("{format}-{compression}");
+        let run = [
+            "--run-id",
+            &folder,
+            "--format",
+            format,
+            "--compression",
+            compression,
+        ];
+        produced(&sb.produce(&folder, &run));
+    }
+    let worker = sb.spawn_worker(&["--concurrency", "4", "--idle-timeout", "15"], None);
+    let (status, outcome) = finish(worker, LIMIT);
+    assert!(status.success(), "{}", sb.logs());
+    assert_eq!(outcome["acked"], combos.len(), "{outcome}\n{}", sb.logs());
+    assert_eq!(outcome["exit"], "drained", "{outcome}");
+
+    let jobs = sb.extract_jobs().await;
+    for (format, compression) in combos {
+        let folder = format!("{format}-{compression}");
+        let record = sb
+            .done_record(&folder, &folder, "t_001")
+            .await
+            .expect("exported");
+        let mut rows = 0;
+        for file in &record.files {
+            let ext = file.key.rsplit_once("_000000").unwrap().1;
+            let bytes = sb
+                .download(&format!("{folder}/{}", file.key))
+                .await
+                .unwrap();
+            match format {
+                "csv" => rows += csv_data_rows(&file.key, &bytes),
+                "json" => {
+                    let text = common::gcp::maybe_gunzip(&file.key, &bytes);
+                    for line in String::from_utf8(text).unwrap().lines() {
+                        let row: Value = serde_json::from_str(line).unwrap();
+                        assert!(row["id"].is_number() || row["id"].is_string(), "{line}");
+                        rows += 1;
+                    }
+                }
+                "avro" => {
+                    // bqemulator writes Avro uncompressed whatever the job
+                    // asks; the job's configuration is checked below.
+                    assert!(bytes.starts_with(b"Obj\x01"), "{folder}: an Avro container");
+                }
+                _ => {
+                    assert!(
+                        bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"),
+                        "{folder}: a Parquet file"
+                    );
+                }
+            }
+            let gz = compression == "gzip" && matches!(format, "csv" | "json");
+            assert_eq!(ext.ends_with(".gz"), gz, "{folder}: {ext}");
+            if gz {
+                assert!(bytes.starts_with(&[0x1f, 0x8b]), "{folder}: gzip data");
+            }
+        }
+        if matches!(format, "csv" | "json") {
+            assert_eq!(rows, 1000, "{folder}: rows read back");
+        }
+        let job = jobs
+            .iter()
+            .find(|j| {
+                j["configuration"]["extract"]["destinationUris"][0]
+                    .as_str()
+                    .is_some_and(|u| u.contains(&format!("/{folder}/")))
+            })
+            .unwrap_or_else(|| panic!("{folder}: no extract job"));
+        let extract = &job["configuration"]["extract"];
+        let bq_format = match format {
+            "json" => "NEWLINE_DELIMITED_JSON",
+            f => &f.to_ascii_uppercase(),
+        };
+        assert_eq!(extract["destinationFormat"], bq_format, "{folder}");
+        assert_eq!(
+            extract["compression"],
+            compression.to_ascii_uppercase(),
+            "{folder}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn second_run_replaces_the_first_without_stale_shards() {
+    let sb = GcpSandbox::new("rerun", 5).await;
+    sb.create_table("t_001", 3000).await;
+    produced(&sb.produce("exports", &["--run-id", "r1"]));
+    all_drained(&sb, workers(&sb, 1, "exports", "r1"));
+    let first = sb.assert_exported("exports", "r1", "t_001", 3000).await;
+
+    sb.drop_table("t_001").await;
+    sb.create_table("t_001", 300).await;
+    sb.resubscribe("work2").await;
+    produced(&sb.produce("exports", &["--run-id", "r2"]));
+    all_drained(&sb, workers(&sb, 1, "exports", "r2"));
+    let second = sb.assert_exported("exports", "r2", "t_001", 300).await;
+    assert!(
+        second.files.len() < first.files.len(),
+        "the second export has fewer files ({} < {})",
+        second.files.len(),
+        first.files.len()
+    );
+    assert!(
+        sb.done_record("exports", "r1", "t_001").await.is_some(),
+        "run records are history"
+    );
+}
