@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+mod support;
+
 use bqdrain::drain::{drain, DrainConfig};
 use bqdrain::local::dataset::create_dummy_tables;
 use bqdrain::local::queue::LocalTopic;
@@ -33,6 +35,7 @@ use bqdrain::noop::AckEverything;
 use bqdrain::producer::{produce, RunPlan};
 use bqdrain::queue::Topic;
 use bqdrain::warehouse::{Cancel, ExportRequest, Warehouse};
+use support::{emit, median, mib, spread, spread_json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bqdrain");
 const BODY_BYTES: usize = 200;
@@ -76,36 +79,6 @@ impl Sizes {
             }
         }
     }
-}
-
-/// Median, min and max of a non-empty sample.
-fn spread(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    (median, v[0], v[n - 1])
-}
-
-fn spread_json(v: Vec<f64>) -> Value {
-    let (median, min, max) = spread(v);
-    json!({"median": median, "min": min, "max": max})
-}
-
-fn median(v: Vec<f64>) -> f64 {
-    spread(v).0
-}
-
-fn emit(figure: Value, human: String) {
-    println!("{figure}");
-    println!("  {human}");
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
 }
 
 /// One fresh queue: publish `n` messages, drain them. Returns publish and

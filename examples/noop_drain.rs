@@ -4,19 +4,18 @@
 //! ```text
 //! cargo run --release --example noop_drain -- \
 //!     --subscription 'queue:///tmp/q.db#work' --concurrency 16 --expect 20000
+//! cargo run --release --example noop_drain -- \
+//!     --subscription pubsub://projects/P/subscriptions/S --concurrency 10 --expect 2000
 //! ```
 //!
-//! Prints one JSON line, `{"acked":N,"seconds":S}`, where `seconds` is the
-//! drain loop's own time. Without `--expect` the loop can only stop on the
-//! idle timeout, which is then part of `seconds`.
+//! Prints one JSON line, `{"acked":N,"seconds":S,...}`, where `seconds` is
+//! the drain loop's own time and `first_ack_after_start_s` runs from process
+//! start. Without `--expect` the loop can only stop on the idle timeout,
+//! which is then part of `seconds`.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-
-use bqdrain::drain::{drain, DrainConfig};
-use bqdrain::noop::AckEverything;
 
 #[derive(Parser)]
 #[command(about = "Ack every message of a subscription without doing any work")]
@@ -37,24 +36,24 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let started = Instant::now();
     let args = Args::parse();
-    let receive = bqdrain::queue::ReceiveSettings::new(args.concurrency);
-    let subscription =
-        bqdrain::backends::open_subscription(&args.subscription, "--subscription", &receive)
-            .await?;
-    let handler = Arc::new(AckEverything::new(args.expect));
-    let config = DrainConfig {
-        concurrency: args.concurrency,
-        idle_timeout: Duration::try_from_secs_f64(args.idle_timeout)?,
-        started: Instant::now(),
-    };
-    // Nothing here shuts down early; the trigger is held for the whole drain
-    // so that stays explicit rather than resting on how a closed channel acts.
-    let (_trigger, shutdown) = bqdrain::shutdown::channel();
-    let report = drain(subscription, None, handler, config, shutdown).await;
+    let report = bqdrain::noop::drain_noop(
+        &args.subscription,
+        args.concurrency,
+        args.expect,
+        Duration::try_from_secs_f64(args.idle_timeout)?,
+        started,
+    )
+    .await?;
     println!(
         "{}",
-        serde_json::json!({"acked": report.acked, "seconds": report.seconds})
+        serde_json::json!({
+            "acked": report.acked,
+            "seconds": report.seconds,
+            "first_ack_after_start_s": report.first_ack_after_start_s,
+            "peak_rss_bytes": bqdrain::cli::peak_rss_bytes(),
+        })
     );
     Ok(())
 }

@@ -23,6 +23,9 @@ use crate::warehouse::Cancel;
 
 /// How long one pull waits for messages before the loop looks around again.
 const PULL_WAIT: Duration = Duration::from_millis(500);
+/// The same while work is in flight, so that its end (and perhaps the end of
+/// the run) is noticed soon.
+const BUSY_PULL_WAIT: Duration = Duration::from_millis(50);
 /// How often an idle worker asks whether its runs are complete.
 const DRAINED_CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -166,8 +169,13 @@ pub async fn drain(
             }
             continue;
         }
+        let wait = if in_flight.is_empty() {
+            PULL_WAIT
+        } else {
+            BUSY_PULL_WAIT
+        };
         let pulled = tokio::select! {
-            pulled = ctx.subscription.pull(free, PULL_WAIT) => pulled,
+            pulled = ctx.subscription.pull(free, wait) => pulled,
             _ = shutdown.draining() => continue,
         };
         match pulled {

@@ -2,11 +2,14 @@
 //! drain loop apart from any export (the `noop_drain` example, the benchmark).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::drain::{Disposition, Handler};
-use crate::queue::Delivery;
+use crate::backends::open_subscription;
+use crate::drain::{drain, Disposition, DrainConfig, DrainReport, Handler};
+use crate::queue::{Delivery, ReceiveSettings};
 use crate::warehouse::Cancel;
 
 pub struct AckEverything {
@@ -37,4 +40,27 @@ impl Handler for AckEverything {
         self.expect
             .is_some_and(|n| self.handled.load(Ordering::Relaxed) >= n)
     }
+}
+
+/// Drains `subscription` acking every message: the queue path alone.
+/// Stops once `expect` messages were handled, or after `idle_timeout`.
+pub async fn drain_noop(
+    subscription: &str,
+    concurrency: usize,
+    expect: Option<u64>,
+    idle_timeout: Duration,
+    started: Instant,
+) -> anyhow::Result<DrainReport> {
+    let receive = ReceiveSettings::new(concurrency);
+    let subscription = open_subscription(subscription, "--subscription", &receive).await?;
+    let config = DrainConfig {
+        concurrency,
+        idle_timeout,
+        started,
+    };
+    // Nothing here shuts down early; the trigger is held for the whole drain
+    // so that stays explicit rather than resting on how a closed channel acts.
+    let (_trigger, shutdown) = crate::shutdown::channel();
+    let handler = Arc::new(AckEverything::new(expect));
+    Ok(drain(subscription, None, handler, config, shutdown).await)
 }

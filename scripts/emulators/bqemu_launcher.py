@@ -275,13 +275,17 @@ async def get_table(project_id: str, dataset_id: str, table_id: str, ctx: _Ctx) 
     body = tables_routes.get_table(project_id, dataset_id, table_id, ctx)  # stock; 404s itself
     if body.get("type") == "TABLE" and not dataset_id.startswith("_bqemu"):
         try:
-            # Test-sized tables: materialising to Arrow is cheap; nbytes ~ BigQuery logical bytes.
-            # Async and under the engine's lock: DuckDB's shared connection is not
-            # safe for concurrent readers (a sync route would run in a thread pool).
+            # Rows counted; bytes estimated from the Arrow size of a sample (BigQuery
+            # reports logical bytes). Async and under the engine's lock: DuckDB's
+            # shared connection is not safe for concurrent readers (a sync route
+            # would run in a thread pool).
+            ref = quoted_table_ref(project_id, dataset_id, table_id)
             async with ctx.engine.write_lock():
-                arrow = ctx.engine.fetch_arrow(f"SELECT * FROM {quoted_table_ref(project_id, dataset_id, table_id)}")
-            body["numRows"] = str(arrow.num_rows)
-            body["numBytes"] = body["numActiveLogicalBytes"] = body["numTotalLogicalBytes"] = str(arrow.nbytes)
+                rows = ctx.engine.fetch_arrow(f"SELECT COUNT(*) AS n FROM {ref}").column(0)[0].as_py()
+                sample = ctx.engine.fetch_arrow(f"SELECT * FROM {ref} LIMIT 1000")
+            per_row = sample.nbytes / sample.num_rows if sample.num_rows else 0
+            body["numRows"] = str(rows)
+            body["numBytes"] = body["numActiveLogicalBytes"] = body["numTotalLogicalBytes"] = str(int(rows * per_row))
         except duckdb.Error:
             pass
     return body

@@ -15,8 +15,10 @@ use bqdrain::layout::TableManifest;
 use super::BIN;
 
 pub const PROJECT: &str = "test-project";
-/// Rows of a test table, spread over several shards by the emulator.
+/// The emulator's shard size, unless the variable is set: small, so that
+/// test tables are spread over several files.
 pub const SHARD_THRESHOLD_BYTES: &str = "8000";
+pub const SHARD_THRESHOLD_VARIABLE: &str = "BQEMU_EXPORT_SHARD_THRESHOLD_BYTES";
 
 /// Where the three emulators listen, as `127.0.0.1:PORT`.
 #[derive(Debug, serde::Deserialize)]
@@ -48,7 +50,10 @@ pub fn emulators() -> &'static Emulators {
             .arg(repo().join("scripts/emulators/stack.py"))
             .arg("--log-dir")
             .arg(&logs)
-            .env("BQEMU_EXPORT_SHARD_THRESHOLD_BYTES", SHARD_THRESHOLD_BYTES)
+            .env(
+                SHARD_THRESHOLD_VARIABLE,
+                std::env::var(SHARD_THRESHOLD_VARIABLE).unwrap_or(SHARD_THRESHOLD_BYTES.into()),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
