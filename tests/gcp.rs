@@ -312,7 +312,10 @@ async fn every_format_and_compression_and_invalid_ones_refused() {
         ];
         produced(&sb.produce(&folder, &run));
     }
-    let worker = sb.spawn_worker(&["--concurrency", "4", "--idle-timeout", "15"], None);
+    // A worker stops once every run it has seen is complete. With flow
+    // control above the 11 runs it receives them all at once, rather than
+    // finishing the first few and stopping with the rest unseen.
+    let worker = sb.spawn_worker(&["--concurrency", "16", "--idle-timeout", "15"], None);
     let (status, outcome) = finish(worker, LIMIT);
     assert!(status.success(), "{}", sb.logs());
     assert_eq!(outcome["acked"], combos.len(), "{outcome}\n{}", sb.logs());

@@ -17,7 +17,7 @@ use google_cloud_gax::error::rpc::StatusDetails;
 use google_cloud_gax::retry_policy::NeverRetry;
 use tokio::sync::OnceCell;
 
-use super::{anonymous_credentials, emulator_endpoint, startup_error, storage};
+use super::storage;
 use crate::error::{ConfigError, UnitError};
 use crate::message::{ExportOptions, Format};
 use crate::warehouse::{Cancel, ExportRequest, ExportResult, TableInfo, TableKind, Warehouse};
@@ -60,22 +60,6 @@ pub struct BigQueryWarehouse {
     max_poll: Duration,
 }
 
-macro_rules! connect {
-    ($client:ty) => {{
-        let builder = <$client>::builder().with_retry_policy(NeverRetry);
-        let builder = match emulator_endpoint(EMULATOR) {
-            Some(endpoint) => builder
-                .with_endpoint(endpoint)
-                .with_credentials(anonymous_credentials()),
-            None => builder,
-        };
-        builder
-            .build()
-            .await
-            .map_err(|e| startup_error("creating the BigQuery client", EMULATOR, e))?
-    }};
-}
-
 impl BigQueryWarehouse {
     pub async fn open(uri: &str, flag: &str) -> anyhow::Result<BigQueryWarehouse> {
         let rest = uri.strip_prefix(SCHEME).unwrap_or_default();
@@ -99,9 +83,21 @@ impl BigQueryWarehouse {
             uri: uri.to_string(),
             project: project.to_string(),
             dataset: dataset.to_string(),
-            datasets: connect!(DatasetService),
-            tables: connect!(TableService),
-            jobs: connect!(JobService),
+            datasets: connect!(
+                DatasetService::builder().with_retry_policy(NeverRetry),
+                "BigQuery",
+                EMULATOR
+            ),
+            tables: connect!(
+                TableService::builder().with_retry_policy(NeverRetry),
+                "BigQuery",
+                EMULATOR
+            ),
+            jobs: connect!(
+                JobService::builder().with_retry_policy(NeverRetry),
+                "BigQuery",
+                EMULATOR
+            ),
             location: OnceCell::new(),
             min_poll: Duration::from_millis(200),
             max_poll: Duration::from_secs(5),

@@ -6,6 +6,24 @@
 //! `STORAGE_EMULATOR_HOST`) the matching client talks plain HTTP to it with
 //! anonymous credentials: none of the client crates reads these itself.
 
+/// Builds a client from its builder: against the emulator named by
+/// `$variable` when it is set, with Application Default Credentials
+/// otherwise. Returns from the calling function when the client fails.
+macro_rules! connect {
+    ($builder:expr, $service:literal, $variable:expr) => {{
+        let builder = $builder;
+        let builder = match $crate::gcp::emulator_endpoint($variable) {
+            Some(endpoint) => builder
+                .with_endpoint(endpoint)
+                .with_credentials($crate::gcp::anonymous_credentials()),
+            None => builder,
+        };
+        builder.build().await.map_err(|e| {
+            $crate::gcp::startup_error(concat!("creating the ", $service, " client"), $variable, e)
+        })?
+    }};
+}
+
 pub mod bigquery;
 pub mod pubsub;
 pub mod storage;

@@ -20,7 +20,7 @@ use google_cloud_pubsub::subscriber::handler::Handler;
 use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior, ShutdownToken};
 use tokio::sync::mpsc;
 
-use super::{anonymous_credentials, emulator_endpoint, startup_error};
+use super::startup_error;
 use crate::error::ConfigError;
 use crate::message::Envelope;
 use crate::queue::{Delivery, ReceiveSettings, Subscription, Topic};
@@ -54,22 +54,6 @@ fn resource_name(uri: &str, flag: &str, collection: &str) -> Result<String, Conf
     Ok(name.to_string())
 }
 
-macro_rules! connect {
-    ($builder:expr) => {{
-        let builder = $builder;
-        let builder = match emulator_endpoint(EMULATOR) {
-            Some(endpoint) => builder
-                .with_endpoint(endpoint)
-                .with_credentials(anonymous_credentials()),
-            None => builder,
-        };
-        builder
-            .build()
-            .await
-            .map_err(|e| startup_error("creating the Pub/Sub client", EMULATOR, e))?
-    }};
-}
-
 pub struct PubSubTopic {
     uri: String,
     publisher: Publisher,
@@ -78,9 +62,10 @@ pub struct PubSubTopic {
 impl PubSubTopic {
     pub async fn open(uri: &str, flag: &str) -> anyhow::Result<PubSubTopic> {
         let name = resource_name(uri, flag, "topics")?;
-        let publisher = connect!(Publisher::builder(name)
+        let builder = Publisher::builder(name)
             .set_message_count_threshold(MAX_BATCH)
-            .set_delay_threshold(Duration::from_millis(5)));
+            .set_delay_threshold(Duration::from_millis(5));
+        let publisher = connect!(builder, "Pub/Sub", EMULATOR);
         Ok(PubSubTopic {
             uri: uri.to_string(),
             publisher,
@@ -138,7 +123,7 @@ impl PubSubSubscription {
         settings: &ReceiveSettings,
     ) -> anyhow::Result<PubSubSubscription> {
         let name = resource_name(uri, flag, "subscriptions")?;
-        let admin = connect!(SubscriptionAdmin::builder());
+        let admin = connect!(SubscriptionAdmin::builder(), "Pub/Sub", EMULATOR);
         let config = admin
             .get_subscription()
             .set_subscription(&name)
@@ -153,7 +138,7 @@ impl PubSubSubscription {
                 .into(),
                 _ => startup_error(&format!("reading subscription {name}"), EMULATOR, e),
             })?;
-        let subscriber = connect!(Subscriber::builder());
+        let subscriber = connect!(Subscriber::builder(), "Pub/Sub", EMULATOR);
         let ack_deadline = Duration::from_secs(config.ack_deadline_seconds.clamp(10, 600) as u64);
         let stream = subscriber
             .subscribe(&name)

@@ -113,7 +113,12 @@ impl GcpSandbox {
             dataset: format!("ds_{name}"),
             bucket: format!("bqdrain-{}", name.replace('_', "-")),
             dir: tempfile::tempdir().unwrap(),
-            http: reqwest::Client::new(),
+            // No pooled connections: the emulators close idle ones after a
+            // few seconds, and a request racing that close fails.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
             work: std::sync::Mutex::new("work".into()),
             max_attempts,
         };
@@ -329,29 +334,15 @@ impl GcpSandbox {
 
     /// Starts `bqdrain work` on the work subscription; its log goes to logs/.
     pub fn spawn_worker(&self, args: &[&str], bigquery: Option<&str>) -> Child {
-        let logs = self.dir.path().join("logs");
-        let n = std::fs::read_dir(&logs).unwrap().count();
-        let log = std::fs::File::create(logs.join(format!("worker-{n}.log"))).unwrap();
-        Command::new(BIN)
-            .args(["--log-format", "json", "work", "--json"])
-            .args(["--subscription", &self.subscription()])
-            .args(args)
-            .envs(self.env(bigquery))
-            .env("CLOUD_RUN_TASK_INDEX", n.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("start worker")
+        let subscription = self.subscription();
+        let mut all = vec!["--subscription", subscription.as_str()];
+        all.extend_from_slice(args);
+        super::spawn_worker(&self.dir.path().join("logs"), &all, self.env(bigquery))
     }
 
     /// Every worker log so far, for assertion messages.
     pub fn logs(&self) -> String {
-        let mut out = String::new();
-        for entry in std::fs::read_dir(self.dir.path().join("logs")).unwrap() {
-            out += &std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
-        }
-        out
+        super::read_logs(&self.dir.path().join("logs"))
     }
 
     /// Names and sizes of the bucket's objects under `prefix`, sorted.

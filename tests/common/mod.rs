@@ -136,33 +136,14 @@ impl Sandbox {
 
     /// Starts `bqdrain work` on the work subscription; its log goes to logs/.
     pub fn spawn_worker(&self, subscription: &str, args: &[&str]) -> Child {
-        let n = std::fs::read_dir(self.path("logs")).unwrap().count();
-        let log = std::fs::File::create(self.path("logs").join(format!("worker-{n}.log"))).unwrap();
-        Command::new(BIN)
-            .args([
-                "--log-format",
-                "json",
-                "work",
-                "--subscription",
-                subscription,
-                "--json",
-            ])
-            .args(args)
-            .env("CLOUD_RUN_TASK_INDEX", n.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("start worker")
+        let mut all = vec!["--subscription", subscription];
+        all.extend_from_slice(args);
+        spawn_worker(&self.path("logs"), &all, Vec::new())
     }
 
     /// Every worker log so far, for assertion messages.
     pub fn logs(&self) -> String {
-        let mut out = String::new();
-        for entry in std::fs::read_dir(self.path("logs")).unwrap() {
-            out += &std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
-        }
-        out
+        read_logs(&self.path("logs"))
     }
 
     pub fn manifest(&self, run_id: &str, unit: &str) -> Option<TableManifest> {
@@ -190,6 +171,32 @@ impl Sandbox {
         out.sort();
         out
     }
+}
+
+/// Starts `bqdrain work --json` with `args` and `envs`, as task number N
+/// where N counts the logs in `logs`; its log goes there as worker-N.log.
+pub fn spawn_worker(logs: &Path, args: &[&str], envs: Vec<(&str, String)>) -> Child {
+    let n = std::fs::read_dir(logs).unwrap().count();
+    let log = std::fs::File::create(logs.join(format!("worker-{n}.log"))).unwrap();
+    Command::new(BIN)
+        .args(["--log-format", "json", "work", "--json"])
+        .args(args)
+        .envs(envs)
+        .env("CLOUD_RUN_TASK_INDEX", n.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("start worker")
+}
+
+/// Every log file in `logs`, concatenated.
+pub fn read_logs(logs: &Path) -> String {
+    let mut out = String::new();
+    for entry in std::fs::read_dir(logs).unwrap() {
+        out += &std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+    }
+    out
 }
 
 fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
