@@ -121,14 +121,20 @@ impl BigQueryWarehouse {
             .map(String::as_str)
     }
 
-    fn extract_job(&self, job_id: &str, location: &str, request: &ExportRequest) -> Job {
+    fn extract_job(
+        &self,
+        job_id: &str,
+        location: &str,
+        request: &ExportRequest,
+    ) -> Result<Job, UnitError> {
         let source = &request.source;
         let table_id = match &source.partition {
             Some(p) => format!("{}${p}", source.table),
             None => source.table.clone(),
         };
+        // The producer checked it, but a message may come from elsewhere.
         let (bucket, prefix) = storage::parse(&request.destination_root, "destination")
-            .expect("checked before publishing");
+            .map_err(|e| UnitError::permanent("invalid", e.to_string()))?;
         let wildcard = request.shard_key(0).replace(&format!("_{:012}.", 0), "_*.");
         let options = &request.options;
         let mut extract = JobConfigurationExtract::new()
@@ -151,14 +157,14 @@ impl BigQueryWarehouse {
                 .set_print_header(options.header)
                 .set_field_delimiter(&options.field_delimiter);
         }
-        Job::new()
+        Ok(Job::new()
             .set_job_reference(
                 JobReference::new()
                     .set_project_id(&self.project)
                     .set_job_id(job_id)
                     .set_location(location),
             )
-            .set_configuration(JobConfiguration::new().set_extract(extract))
+            .set_configuration(JobConfiguration::new().set_extract(extract)))
     }
 
     async fn get_job(&self, job_id: &str, location: &str) -> Result<Job, UnitError> {
@@ -184,7 +190,7 @@ impl BigQueryWarehouse {
             .jobs
             .insert_job()
             .set_project_id(&self.project)
-            .set_job(self.extract_job(job_id, location, request))
+            .set_job(self.extract_job(job_id, location, request)?)
             .send()
             .await;
         match inserted {
@@ -353,9 +359,11 @@ impl Warehouse for BigQueryWarehouse {
 
     fn check_export(
         &self,
-        options: &ExportOptions,
+        _options: &ExportOptions,
         destination_root: &str,
     ) -> Result<(), ConfigError> {
+        // Format, compression and delimiter follow BigQuery's own rules,
+        // checked for every warehouse by `ExportOptions::validate`.
         storage::parse(destination_root, "--destination").map_err(|_| {
             ConfigError::new(
                 "--destination",
@@ -363,13 +371,6 @@ impl Warehouse for BigQueryWarehouse {
                 "give --destination gs://BUCKET/PREFIX",
             )
         })?;
-        if options.format == Format::Csv && options.field_delimiter.chars().count() != 1 {
-            return Err(ConfigError::new(
-                "--field-delimiter",
-                format!("{:?} is not one character", options.field_delimiter),
-                "give a single character such as ',' or a tab",
-            ));
-        }
         Ok(())
     }
 
