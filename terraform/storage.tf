@@ -1,0 +1,74 @@
+# The export bucket. Each run exports a table into its own folder
+# (TABLE/run=RUN_ID/), and the worker deletes older runs' folders once the
+# new export is committed, so the live objects are always the latest
+# complete export of each table plus bqdrain's run records.
+resource "google_storage_bucket" "exports" {
+  project                     = var.project_id
+  name                        = var.bucket_name
+  location                    = local.bucket_location
+  storage_class               = "STANDARD"
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = var.force_destroy
+  labels                      = local.labels
+
+  # A superseded export stays recoverable for a while after the worker
+  # deletes it.
+  versioning {
+    enabled = true
+  }
+
+  lifecycle_rule {
+    condition {
+      days_since_noncurrent_time = var.noncurrent_retention_days
+      with_state                 = "ARCHIVED"
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
+  # Run manifests and completion records. The worker needs a run's manifest
+  # to delete that run's folders once superseded, so keep them longer than
+  # any table can go without a new export.
+  lifecycle_rule {
+    condition {
+      age            = var.run_record_retention_days
+      matches_prefix = [local.run_records_prefix]
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
+  lifecycle_rule {
+    condition {
+      age = 1
+    }
+    action {
+      type = "AbortIncompleteMultipartUpload"
+    }
+  }
+
+  depends_on = [google_project_service.required]
+}
+
+# Holds the bqdrain image both jobs run.
+resource "google_artifact_registry_repository" "images" {
+  project       = var.project_id
+  location      = var.region
+  repository_id = var.artifact_repository_id
+  description   = "bqdrain container images"
+  format        = "DOCKER"
+  labels        = local.labels
+
+  cleanup_policies {
+    id     = "keep-recent"
+    action = "KEEP"
+    most_recent_versions {
+      keep_count = 10
+    }
+  }
+
+  depends_on = [google_project_service.required]
+}

@@ -1,0 +1,464 @@
+# --- where ----------------------------------------------------------------
+
+variable "project_id" {
+  type        = string
+  description = "Project that runs bqdrain: jobs, queue, bucket, image repository."
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.project_id))
+    error_message = "project_id must be a project ID (6-30 lowercase letters, digits, hyphens), not its name or number."
+  }
+}
+
+variable "region" {
+  type        = string
+  description = "Region of the Cloud Run jobs, the image repository and (by default) the bucket, e.g. europe-west1. Put the bucket where BigQuery may export the dataset: the dataset's region, or any region of its multi-region."
+
+  validation {
+    condition     = can(regex("^[a-z]+-[a-z]+[0-9]+$", var.region))
+    error_message = "region must be a Google Cloud region such as europe-west1."
+  }
+}
+
+variable "name_prefix" {
+  type        = string
+  description = "Prefix of every resource name (topics, subscriptions, jobs, service accounts); change it to run several bqdrain deployments in one project."
+  default     = "bqdrain"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,18}[a-z0-9]$", var.name_prefix))
+    error_message = "name_prefix must be 2-20 lowercase letters, digits or hyphens, starting with a letter: service account IDs add up to 10 characters and allow 30."
+  }
+}
+
+# --- what -----------------------------------------------------------------
+
+variable "dataset_id" {
+  type        = string
+  description = "BigQuery dataset whose tables are exported (it must exist; bqdrain only reads it)."
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_]+$", var.dataset_id)) && length(var.dataset_id) <= 1024
+    error_message = "dataset_id must be letters, digits and underscores, e.g. analytics (not project:dataset)."
+  }
+}
+
+variable "dataset_project_id" {
+  type        = string
+  description = "Project of the dataset, when it is not project_id."
+  default     = null
+}
+
+variable "include_tables" {
+  type        = list(string)
+  description = "Export only tables matching these globs (all tables when empty)."
+  default     = []
+}
+
+variable "exclude_tables" {
+  type        = list(string)
+  description = "Skip tables matching these globs."
+  default     = []
+}
+
+variable "export_format" {
+  type        = string
+  description = "File format of the exports: csv, json, avro or parquet."
+  default     = "csv"
+
+  validation {
+    condition     = contains(["csv", "json", "avro", "parquet"], var.export_format)
+    error_message = "export_format must be one of csv, json, avro, parquet."
+  }
+}
+
+variable "export_compression" {
+  type        = string
+  description = "Compression of the exports: none; gzip for csv and json; deflate or snappy for avro; snappy, gzip or zstd for parquet."
+  default     = "none"
+
+  validation {
+    condition = contains(
+      lookup({
+        csv     = ["none", "gzip"]
+        json    = ["none", "gzip"]
+        avro    = ["none", "deflate", "snappy"]
+        parquet = ["none", "snappy", "gzip", "zstd"]
+      }, var.export_format, []),
+      var.export_compression,
+    )
+    error_message = "export_compression does not go with export_format: gzip for csv/json; deflate, snappy for avro; snappy, gzip, zstd for parquet; or none."
+  }
+}
+
+# --- the bucket -----------------------------------------------------------
+
+variable "bucket_name" {
+  type        = string
+  description = "Name of the export bucket this module creates (globally unique)."
+
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9_.-]{1,61}[a-z0-9]$", var.bucket_name)) && !startswith(var.bucket_name, "goog")
+    error_message = "bucket_name must be 3-63 lowercase letters, digits, '-', '_' or '.', start and end with a letter or digit, and not start with goog."
+  }
+}
+
+variable "bucket_location" {
+  type        = string
+  description = "Location of the bucket [default: region]. For a dataset in the US or EU multi-region, US or EU also works."
+  default     = null
+}
+
+variable "export_prefix" {
+  type        = string
+  description = "Folder of the bucket the exports go under, ending in '/', or empty for the bucket's root."
+  default     = ""
+
+  validation {
+    condition     = var.export_prefix == "" || can(regex("^[^/].*/$", var.export_prefix))
+    error_message = "export_prefix must be empty or a folder such as exports/ (no leading '/', a trailing '/')."
+  }
+}
+
+variable "run_record_retention_days" {
+  type        = number
+  description = "Days bqdrain's run records (_bqdrain/runs/) are kept. The worker deletes a superseded export only while its run manifest exists, so keep this above the longest time a table may go without a new export."
+  default     = 400
+
+  validation {
+    condition     = var.run_record_retention_days >= 1
+    error_message = "run_record_retention_days must be at least 1."
+  }
+}
+
+variable "noncurrent_retention_days" {
+  type        = number
+  description = "Days a superseded or overwritten object stays recoverable (as a noncurrent version) before it is deleted."
+  default     = 7
+
+  validation {
+    condition     = var.noncurrent_retention_days >= 1
+    error_message = "noncurrent_retention_days must be at least 1."
+  }
+}
+
+variable "force_destroy" {
+  type        = bool
+  description = "Let terraform destroy delete the bucket with the exports in it."
+  default     = false
+}
+
+variable "artifact_repository_id" {
+  type        = string
+  description = "Artifact Registry repository created for the bqdrain image."
+  default     = "bqdrain"
+
+  validation {
+    condition     = can(regex("^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$", var.artifact_repository_id))
+    error_message = "artifact_repository_id must be lowercase letters, digits and hyphens, starting with a letter (at most 63)."
+  }
+}
+
+variable "image" {
+  type        = string
+  description = "Image both jobs run [default: REGION-docker.pkg.dev/PROJECT/REPOSITORY/bqdrain:latest]. A digest (…@sha256:…) pins a release."
+  default     = null
+}
+
+# --- the work queue -------------------------------------------------------
+
+variable "ack_deadline_seconds" {
+  type        = number
+  description = "Seconds a delivered message is reserved before redelivery. The worker extends it while an export runs, so this is how soon a crashed task's tables go to another task."
+  default     = 60
+
+  validation {
+    condition     = var.ack_deadline_seconds >= 10 && var.ack_deadline_seconds <= 600
+    error_message = "ack_deadline_seconds must be between 10 and 600 (Pub/Sub's limits)."
+  }
+}
+
+variable "max_delivery_attempts" {
+  type        = number
+  description = "Deliveries of a message before Pub/Sub forwards it to the dead-letter topic."
+  default     = 5
+
+  validation {
+    condition     = var.max_delivery_attempts >= 5 && var.max_delivery_attempts <= 100
+    error_message = "max_delivery_attempts must be between 5 and 100 (Pub/Sub's limits)."
+  }
+}
+
+variable "minimum_backoff_seconds" {
+  type        = number
+  description = "Shortest wait before Pub/Sub redelivers a message that was nacked or whose lease lapsed."
+  default     = 10
+
+  validation {
+    condition     = var.minimum_backoff_seconds >= 0 && var.minimum_backoff_seconds <= 600 && var.minimum_backoff_seconds <= var.maximum_backoff_seconds
+    error_message = "minimum_backoff_seconds must be between 0 and 600 and at most maximum_backoff_seconds."
+  }
+}
+
+variable "maximum_backoff_seconds" {
+  type        = number
+  description = "Longest wait before a redelivery (the backoff grows exponentially up to it)."
+  default     = 600
+
+  validation {
+    condition     = var.maximum_backoff_seconds >= 0 && var.maximum_backoff_seconds <= 600
+    error_message = "maximum_backoff_seconds must be between 0 and 600 (Pub/Sub's limit)."
+  }
+}
+
+variable "message_retention_seconds" {
+  type        = number
+  description = "Seconds an unacknowledged work message is kept. Keep it at least one schedule period, so a run that could not be drained is still there for the next workers."
+  default     = 604800
+
+  validation {
+    condition     = var.message_retention_seconds >= 600 && var.message_retention_seconds <= 2678400
+    error_message = "message_retention_seconds must be between 600 (10 minutes) and 2678400 (31 days)."
+  }
+}
+
+variable "dead_letter_retention_seconds" {
+  type        = number
+  description = "Seconds a dead-lettered message is kept for replay."
+  default     = 2678400
+
+  validation {
+    condition     = var.dead_letter_retention_seconds >= 600 && var.dead_letter_retention_seconds <= 2678400
+    error_message = "dead_letter_retention_seconds must be between 600 (10 minutes) and 2678400 (31 days)."
+  }
+}
+
+# --- when -----------------------------------------------------------------
+
+variable "schedule" {
+  type        = string
+  description = "When a run starts: unix-cron, five fields (minute hour day-of-month month day-of-week), e.g. \"0 3 * * *\" for 03:00 daily."
+  default     = "0 3 * * *"
+
+  validation {
+    condition     = can(regex("^\\s*(\\S+\\s+){4}\\S+\\s*$", var.schedule)) && alltrue([for f in split(" ", trimspace(replace(var.schedule, "/\\s+/", " "))) : can(regex("^(\\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?(,(\\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?)*$", f))])
+    error_message = "schedule must be a unix-cron expression of five fields, e.g. \"0 3 * * *\"."
+  }
+}
+
+variable "time_zone" {
+  type        = string
+  description = "IANA time zone the schedule is read in, e.g. Europe/Paris or Etc/UTC."
+  default     = "Etc/UTC"
+
+  validation {
+    condition     = can(regex("^(UTC|[A-Z][A-Za-z_-]+(/[A-Za-z0-9_+-]+){1,2})$", var.time_zone))
+    error_message = "time_zone must be an IANA time zone name such as Europe/Paris or Etc/UTC."
+  }
+}
+
+variable "scheduler_region" {
+  type        = string
+  description = "Region of the Cloud Scheduler jobs [default: region], for regions Cloud Scheduler does not serve."
+  default     = null
+}
+
+# --- workers --------------------------------------------------------------
+
+variable "worker_launch" {
+  type        = string
+  description = "How worker tasks start: \"producer\" (the producer starts the worker job after publishing, with a task count that follows the tables published) or \"schedule\" (a second scheduler job starts worker_task_count tasks at worker_schedule)."
+  default     = "producer"
+
+  validation {
+    condition     = contains(["producer", "schedule"], var.worker_launch)
+    error_message = "worker_launch must be \"producer\" or \"schedule\"."
+  }
+}
+
+variable "max_tasks" {
+  type        = number
+  description = "Most worker tasks the producer starts for one run."
+  default     = 50
+
+  validation {
+    condition     = var.max_tasks >= 1 && var.max_tasks <= 10000
+    error_message = "max_tasks must be between 1 and 10000 (Cloud Run's task limit)."
+  }
+}
+
+variable "units_per_task" {
+  type        = number
+  description = "Tables (units) per worker task when the producer computes the task count: ceil(units / units_per_task), at most max_tasks."
+  default     = 10
+
+  validation {
+    condition     = var.units_per_task >= 1
+    error_message = "units_per_task must be at least 1."
+  }
+}
+
+variable "worker_schedule" {
+  type        = string
+  description = "With worker_launch = \"schedule\": when worker tasks start, unix-cron; a few minutes after schedule."
+  default     = "10 3 * * *"
+
+  validation {
+    condition     = can(regex("^\\s*(\\S+\\s+){4}\\S+\\s*$", var.worker_schedule)) && alltrue([for f in split(" ", trimspace(replace(var.worker_schedule, "/\\s+/", " "))) : can(regex("^(\\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?(,(\\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?)*$", f))])
+    error_message = "worker_schedule must be a unix-cron expression of five fields, e.g. \"10 3 * * *\"."
+  }
+}
+
+variable "worker_task_count" {
+  type        = number
+  description = "With worker_launch = \"schedule\": worker tasks per execution."
+  default     = 10
+
+  validation {
+    condition     = var.worker_task_count >= 1 && var.worker_task_count <= 10000
+    error_message = "worker_task_count must be between 1 and 10000."
+  }
+}
+
+variable "worker_parallelism" {
+  type        = number
+  description = "Most worker tasks running at once [default: as many as the task count, within quota]."
+  default     = null
+
+  validation {
+    condition     = var.worker_parallelism == null ? true : var.worker_parallelism >= 1
+    error_message = "worker_parallelism must be at least 1, or null."
+  }
+}
+
+variable "worker_concurrency" {
+  type        = number
+  description = "Tables one worker task exports at once (each is a BigQuery extract job the task waits on)."
+  default     = 4
+
+  validation {
+    condition     = var.worker_concurrency >= 1 && var.worker_concurrency <= 1000
+    error_message = "worker_concurrency must be between 1 and 1000."
+  }
+}
+
+variable "worker_task_timeout_seconds" {
+  type        = number
+  description = "Longest a worker task runs; also the longest it holds a message."
+  default     = 3600
+
+  validation {
+    condition     = var.worker_task_timeout_seconds >= 60 && var.worker_task_timeout_seconds <= 86400
+    error_message = "worker_task_timeout_seconds must be between 60 and 86400."
+  }
+}
+
+variable "worker_max_retries" {
+  type        = number
+  description = "Cloud Run restarts of a failed worker task (its tables are redelivered to other tasks anyway)."
+  default     = 1
+
+  validation {
+    condition     = var.worker_max_retries >= 0 && var.worker_max_retries <= 10
+    error_message = "worker_max_retries must be between 0 and 10."
+  }
+}
+
+variable "worker_cpu" {
+  type        = string
+  description = "CPU limit of a worker task."
+  default     = "1"
+
+  validation {
+    condition     = contains(["1", "2", "4", "6", "8"], var.worker_cpu)
+    error_message = "worker_cpu must be one of 1, 2, 4, 6, 8."
+  }
+}
+
+variable "worker_memory" {
+  type        = string
+  description = "Memory limit of a worker task (a worker holds tens of MiB)."
+  default     = "512Mi"
+
+  validation {
+    condition     = can(regex("^[0-9]+(Mi|Gi)$", var.worker_memory))
+    error_message = "worker_memory must be a quantity such as 512Mi or 1Gi."
+  }
+}
+
+# --- producer -------------------------------------------------------------
+
+variable "producer_task_timeout_seconds" {
+  type        = number
+  description = "Longest the producer runs (listing, publishing, starting workers)."
+  default     = 600
+
+  validation {
+    condition     = var.producer_task_timeout_seconds >= 60 && var.producer_task_timeout_seconds <= 86400
+    error_message = "producer_task_timeout_seconds must be between 60 and 86400."
+  }
+}
+
+variable "producer_max_retries" {
+  type        = number
+  description = "Cloud Run restarts of a failed producer (a restart starts a new run id)."
+  default     = 1
+
+  validation {
+    condition     = var.producer_max_retries >= 0 && var.producer_max_retries <= 10
+    error_message = "producer_max_retries must be between 0 and 10."
+  }
+}
+
+variable "producer_cpu" {
+  type        = string
+  description = "CPU limit of the producer."
+  default     = "1"
+
+  validation {
+    condition     = contains(["1", "2", "4", "6", "8"], var.producer_cpu)
+    error_message = "producer_cpu must be one of 1, 2, 4, 6, 8."
+  }
+}
+
+variable "producer_memory" {
+  type        = string
+  description = "Memory limit of the producer."
+  default     = "512Mi"
+
+  validation {
+    condition     = can(regex("^[0-9]+(Mi|Gi)$", var.producer_memory))
+    error_message = "producer_memory must be a quantity such as 512Mi or 1Gi."
+  }
+}
+
+# --- operations -----------------------------------------------------------
+
+variable "alert_notification_channels" {
+  type        = list(string)
+  description = "Monitoring notification channel IDs (projects/P/notificationChannels/N) told when tables are dead-lettered."
+  default     = []
+}
+
+variable "alert_after_seconds" {
+  type        = number
+  description = "Seconds the dead-letter backlog stays above zero before the alert fires."
+  default     = 300
+
+  validation {
+    condition     = var.alert_after_seconds >= 0 && var.alert_after_seconds % 60 == 0
+    error_message = "alert_after_seconds must be a non-negative multiple of 60."
+  }
+}
+
+variable "deletion_protection" {
+  type        = bool
+  description = "Refuse to delete the Cloud Run jobs on terraform destroy."
+  default     = false
+}
+
+variable "labels" {
+  type        = map(string)
+  description = "Labels added to every resource that takes them."
+  default     = {}
+}
