@@ -10,7 +10,8 @@
 //! [`message`] per table, [`drain`] pulls with bounded concurrency, leases and
 //! graceful [`shutdown`], [`export`] turns one message into one committed
 //! export laid out as [`layout`] says, and [`replay`], [`status`] and [`demo`]
-//! are the operator's commands.
+//! are the operator's commands. [`launch`] starts the worker Cloud Run job
+//! for a published run, with a task count that follows its units.
 
 pub mod backends;
 pub mod cli;
@@ -19,6 +20,7 @@ pub mod drain;
 pub mod error;
 pub mod export;
 pub mod gcp;
+pub mod launch;
 pub mod layout;
 pub mod local;
 pub mod logging;

@@ -1,5 +1,6 @@
 //! `bqdrain-producer`: list a dataset's tables and publish one work message
-//! per table for a run, then write the run manifest.
+//! per table for a run, then write the run manifest; with `--launch-workers`,
+//! start the worker Cloud Run job with a task count that follows the run.
 
 use std::process::ExitCode;
 
@@ -7,6 +8,10 @@ use clap::Parser;
 
 use bqdrain::backends;
 use bqdrain::cli::{fail, print_json};
+use bqdrain::gcp::run::WorkerJobs;
+use bqdrain::launch::{
+    self, LaunchPlan, DEFAULT_ENDPOINT, DEFAULT_MAX_TASKS, DEFAULT_UNITS_PER_TASK,
+};
 use bqdrain::logging::{self, LogFormat};
 use bqdrain::message::{Compression, ExportOptions, Format};
 use bqdrain::producer::{produce, RunPlan};
@@ -47,6 +52,19 @@ struct Cli {
     /// CSV field delimiter.
     #[arg(long, env = "BQDRAIN_FIELD_DELIMITER", default_value = ",")]
     field_delimiter: String,
+    /// Once the run is published, start this Cloud Run job's workers, e.g.
+    /// projects/PROJECT/locations/REGION/jobs/bqdrain-worker.
+    #[arg(long, env = "BQDRAIN_LAUNCH_WORKERS", value_name = "JOB")]
+    launch_workers: Option<String>,
+    /// Most tasks to start (Cloud Run allows 1 to 10000).
+    #[arg(long, env = "BQDRAIN_MAX_TASKS", default_value_t = DEFAULT_MAX_TASKS, requires = "launch_workers")]
+    max_tasks: u32,
+    /// Units per task: tasks = published units / this, rounded up, at most --max-tasks.
+    #[arg(long, env = "BQDRAIN_UNITS_PER_TASK", default_value_t = DEFAULT_UNITS_PER_TASK, requires = "launch_workers")]
+    units_per_task: u32,
+    /// Cloud Run Admin API endpoint; a plain http:// one gets anonymous credentials (tests).
+    #[arg(long, env = "BQDRAIN_RUN_API_ENDPOINT", default_value = DEFAULT_ENDPOINT, requires = "launch_workers")]
+    run_api_endpoint: String,
     /// Print one JSON object with the outcome on stdout.
     #[arg(long, env = "BQDRAIN_JSON")]
     json: bool,
@@ -56,9 +74,22 @@ struct Cli {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let launch_plan = match &cli.launch_workers {
+        Some(job) => Some(LaunchPlan::new(
+            job,
+            cli.max_tasks,
+            cli.units_per_task,
+            &cli.run_api_endpoint,
+        )?),
+        None => None,
+    };
     let warehouse = backends::open_warehouse(&cli.source, "--source").await?;
     let topic = backends::open_topic(&cli.topic, "--topic").await?;
     let store = backends::open_store(&cli.destination, "--destination").await?;
+    let jobs = match &launch_plan {
+        Some(plan) => Some(WorkerJobs::connect(&plan.endpoint).await?),
+        None => None,
+    };
     let plan = RunPlan {
         run_id: cli.run_id,
         include: cli.include,
@@ -71,8 +102,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
     };
     let report = produce(&plan, warehouse.as_ref(), topic.as_ref(), store.as_ref()).await?;
+    let launched = match (&launch_plan, &jobs) {
+        (Some(plan), Some(jobs)) => Some(
+            launch::launch_workers(plan, jobs, &report.run_id, report.published, store.uri()).await,
+        ),
+        _ => None,
+    };
     if cli.json {
-        print_json(&report);
+        let mut outcome = serde_json::to_value(&report)?;
+        outcome["launch"] = serde_json::to_value(&launched)?;
+        print_json(&outcome);
     } else {
         println!(
             "run {}: published {} message(s), skipped {}, excluded {}",
@@ -84,8 +123,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         for s in &report.skipped {
             println!("  skipped {}: {}", s.table, s.reason);
         }
+        if let Some(launched) = &launched {
+            println!("{}", launched.summary());
+        }
     }
-    Ok(())
+    match launched.and_then(|l| l.error(&report.run_id, report.published)) {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
 }
 
 fn main() -> ExitCode {

@@ -1,5 +1,6 @@
 //! Google Cloud adapters behind the engine's ports: Pub/Sub queues,
-//! BigQuery warehouses, Cloud Storage stores.
+//! BigQuery warehouses, Cloud Storage stores; and the Cloud Run Admin API,
+//! through which the producer starts the worker job ([`run`]).
 //!
 //! In the cloud they use Application Default Credentials. When an emulator
 //! variable is set (`PUBSUB_EMULATOR_HOST`, `BIGQUERY_EMULATOR_HOST`,
@@ -26,6 +27,7 @@ macro_rules! connect {
 
 pub mod bigquery;
 pub mod pubsub;
+pub mod run;
 pub mod storage;
 
 use google_cloud_auth::credentials::{anonymous, Credentials};

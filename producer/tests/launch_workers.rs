@@ -1,0 +1,492 @@
+//! `--launch-workers`: after publishing a run, the producer starts the worker
+//! Cloud Run job with a task count that follows the units published.
+//!
+//! These are contract tests against the documented request shape of the
+//! Cloud Run Admin API v2 `projects.locations.jobs.run` method
+//! (<https://cloud.google.com/run/docs/reference/rest/v2/projects.locations.jobs/run>:
+//! `POST /v2/{name}:run` with a JSON `RunJobRequest` whose `overrides` hold
+//! `taskCount` and `containerOverrides[].env`, answered with a long-running
+//! `Operation` whose metadata is the `Execution`). Google ships no emulator
+//! for the Admin API, and a real call would start billed tasks in a real
+//! project, so a small HTTP/1.1 server on 127.0.0.1 stands in for it: it
+//! records every request and answers canned responses. The real
+//! `bqdrain-producer` binary runs against it (`--run-api-endpoint
+//! http://127.0.0.1:PORT`, anonymous credentials) and against the local
+//! sqlite source and queue. What these tests cannot show is that Google
+//! accepts the request; they pin down what the producer sends and how it
+//! reads the answers, including refusals and transient failures.
+
+use std::collections::{HashMap, VecDeque};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use bqdrain::local::dataset;
+use bqdrain::local::queue::peek;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bqdrain-producer");
+const JOB: &str = "projects/p/locations/europe-west1/jobs/w";
+const EXECUTION: &str = "projects/p/locations/europe-west1/jobs/w/executions/w-x7k2q";
+const OPERATION: &str = "projects/p/locations/europe-west1/operations/6f1c2d3e";
+
+/// One request as the server received it.
+#[derive(Debug, Clone)]
+struct Recorded {
+    method: String,
+    /// Without the query string.
+    path: String,
+    headers: HashMap<String, String>,
+    body: Value,
+}
+
+/// The stand-in Admin API: answers `responses` in order, the last one again
+/// once they run out.
+struct FakeRunApi {
+    endpoint: String,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl FakeRunApi {
+    async fn start(responses: Vec<(u16, Value)>) -> FakeRunApi {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let queue = Arc::new(Mutex::new(VecDeque::from(responses)));
+        let recorded = requests.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let recorded = recorded.clone();
+                let queue = queue.clone();
+                tokio::spawn(async move {
+                    serve(stream, recorded, queue).await;
+                });
+            }
+        });
+        FakeRunApi { endpoint, requests }
+    }
+
+    fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// Serves requests on one connection until the client closes it.
+async fn serve(
+    mut stream: TcpStream,
+    recorded: Arc<Mutex<Vec<Recorded>>>,
+    queue: Arc<Mutex<VecDeque<(u16, Value)>>>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        // Headers.
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let mut lines = head.split("\r\n");
+        let mut request_line = lines.next().unwrap().split(' ');
+        let method = request_line.next().unwrap().to_string();
+        let target = request_line.next().unwrap().to_string();
+        let headers: HashMap<String, String> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        assert!(
+            !headers.contains_key("transfer-encoding"),
+            "the stand-in reads Content-Length bodies only: {headers:?}"
+        );
+        let length: usize = headers
+            .get("content-length")
+            .map(|v| v.parse().unwrap())
+            .unwrap_or(0);
+        // Body.
+        while buf.len() < head_end + length {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body: Vec<u8> = buf.drain(..head_end + length).skip(head_end).collect();
+        recorded.lock().unwrap().push(Recorded {
+            method,
+            path: target.split('?').next().unwrap().to_string(),
+            headers,
+            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        });
+        let (status, answer) = {
+            let mut q = queue.lock().unwrap();
+            if q.len() > 1 {
+                q.pop_front().unwrap()
+            } else {
+                q.front().cloned().expect("a canned response")
+            }
+        };
+        let answer = answer.to_string();
+        let response = format!(
+            "HTTP/1.1 {status} {}\r\ncontent-type: application/json; charset=UTF-8\r\n\
+             content-length: {}\r\n\r\n{answer}",
+            reason(status),
+            answer.len()
+        );
+        if stream.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        403 => "Forbidden",
+        404 => "Not Found",
+        503 => "Service Unavailable",
+        _ => "Whatever",
+    }
+}
+
+/// The answer of a successful `jobs.run`: the operation, not yet done, with
+/// the new execution as its metadata.
+fn operation(task_count: u32) -> (u16, Value) {
+    (
+        200,
+        json!({
+            "name": OPERATION,
+            "metadata": {
+                "@type": "type.googleapis.com/google.cloud.run.v2.Execution",
+                "name": EXECUTION,
+                "job": "w",
+                "taskCount": task_count,
+                "createTime": "2026-01-01T00:00:00Z",
+            },
+            "done": false,
+        }),
+    )
+}
+
+/// A Google API error body (AIP-193).
+fn api_error(code: u16, status: &str, message: &str) -> (u16, Value) {
+    (
+        code,
+        json!({"error": {"code": code, "message": message, "status": status}}),
+    )
+}
+
+/// Four exportable tables (a_1, b_1, a_2, a_3) and a view, a queue, and an
+/// export root in a temporary folder.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("wh.db");
+        dataset::create_dummy_tables(&db, &["a_1".into(), "b_1".into()], 5).unwrap();
+        dataset::create_dummy_tables(&db, &["a_2".into(), "a_3".into()], 20).unwrap();
+        dataset::execute(&db, "CREATE VIEW a_view AS SELECT * FROM a_1").unwrap();
+        Setup { dir }
+    }
+
+    fn queue(&self) -> String {
+        format!("queue://{}#work", self.dir.path().join("q.db").display())
+    }
+
+    fn destination(&self) -> String {
+        format!("file://{}", self.dir.path().join("out").display())
+    }
+
+    fn produce(&self, args: &[&str]) -> Output {
+        let source = format!("sqlite://{}", self.dir.path().join("wh.db").display());
+        Command::new(BIN)
+            .args(["--source", &source, "--topic", &self.queue()])
+            .args(["--destination", &self.destination()])
+            .args(["--log-format", "text"])
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    }
+
+    async fn published(&self) -> usize {
+        peek(&self.queue()).await.unwrap().len()
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn report(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn env_of(body: &Value) -> HashMap<String, String> {
+    let overrides = &body["overrides"]["containerOverrides"];
+    assert_eq!(overrides.as_array().map(Vec::len), Some(1), "{body}");
+    overrides[0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_the_job_with_a_task_count_that_follows_the_units() {
+    // (producer flags, units published, tasks asked for)
+    let cases: [(&[&str], usize, u32); 5] = [
+        (&["--units-per-task", "1"], 4, 4),
+        (&["--units-per-task", "3"], 4, 2),
+        (&["--units-per-task", "1", "--max-tasks", "3"], 4, 3),
+        (&[], 4, 1),
+        (&["--include", "a_*", "--units-per-task", "2"], 3, 2),
+    ];
+    for (i, (flags, units, tasks)) in cases.into_iter().enumerate() {
+        let s = Setup::new();
+        let api = FakeRunApi::start(vec![operation(tasks)]).await;
+        let run_id = format!("r{i}");
+        let out = s.produce(
+            &[
+                &["--json", "--run-id", &run_id, "--launch-workers", JOB][..],
+                &["--run-api-endpoint", &api.endpoint],
+                flags,
+            ]
+            .concat(),
+        );
+        assert!(out.status.success(), "{flags:?}: {}", stderr(&out));
+        assert_eq!(s.published().await, units, "{flags:?}");
+
+        let requests = api.requests();
+        assert_eq!(requests.len(), 1, "{flags:?}: {requests:#?}");
+        let r = &requests[0];
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.path, format!("/v2/{JOB}:run"));
+        assert!(
+            r.headers["content-type"].starts_with("application/json"),
+            "{:?}",
+            r.headers
+        );
+        assert!(
+            !r.headers.contains_key("authorization"),
+            "an http:// endpoint gets anonymous credentials"
+        );
+        assert_eq!(
+            r.body["overrides"]["taskCount"], tasks,
+            "{flags:?}: {}",
+            r.body
+        );
+        let env = env_of(&r.body);
+        assert_eq!(env.len(), 2, "{env:?}");
+        assert_eq!(env["BQDRAIN_RUN_ID"], run_id);
+        assert_eq!(env["BQDRAIN_DESTINATION"], s.destination());
+        assert!(
+            r.body.get("name").is_none(),
+            "the job name travels in the path only: {}",
+            r.body
+        );
+
+        let report = report(&out);
+        assert_eq!(report["run_id"], run_id.as_str());
+        assert_eq!(report["published"], units);
+        let launch = &report["launch"];
+        assert_eq!(launch["status"], "started", "{launch}");
+        assert_eq!(launch["job"], JOB);
+        assert_eq!(launch["task_count"], tasks);
+        assert_eq!(launch["execution"], EXECUTION);
+        assert_eq!(launch["operation"], OPERATION);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_output_names_the_execution() {
+    let s = Setup::new();
+    let api = FakeRunApi::start(vec![operation(4)]).await;
+    let out = s.produce(&[
+        "--run-id",
+        "rt",
+        "--launch-workers",
+        JOB,
+        "--run-api-endpoint",
+        &api.endpoint,
+        "--units-per-task",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "workers: started {EXECUTION} with 4 task(s) (operation {OPERATION})"
+        )),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_published_starts_no_worker() {
+    let s = Setup::new();
+    let api = FakeRunApi::start(vec![operation(1)]).await;
+    let out = s.produce(&[
+        "--json",
+        "--include",
+        "nothing_*",
+        "--launch-workers",
+        JOB,
+        "--run-api-endpoint",
+        &api.endpoint,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(api.requests().is_empty());
+    let launch = &report(&out)["launch"];
+    assert_eq!(launch["status"], "skipped", "{launch}");
+    assert_eq!(launch["task_count"], 0);
+    assert_eq!(launch["reason"], "nothing was published");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_launch_fails_after_publishing_and_says_how_to_start_workers() {
+    for (status, refusal) in [
+        api_error(
+            403,
+            "PERMISSION_DENIED",
+            "Permission 'run.jobs.runWithOverrides' denied on resource",
+        ),
+        api_error(
+            404,
+            "NOT_FOUND",
+            "Resource 'w' of kind 'JOB' does not exist.",
+        ),
+    ] {
+        let s = Setup::new();
+        let api = FakeRunApi::start(vec![(status, refusal)]).await;
+        let run_id = format!("r{status}");
+        let out = s.produce(&[
+            "--json",
+            "--run-id",
+            &run_id,
+            "--launch-workers",
+            JOB,
+            "--run-api-endpoint",
+            &api.endpoint,
+            "--units-per-task",
+            "1",
+        ]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{status}: {err}");
+        assert_eq!(s.published().await, 4, "the run stays published");
+        assert_eq!(api.requests().len(), 1, "{status} is not retried");
+        assert!(
+            err.contains(&format!("run {run_id} is published (4 message(s)")),
+            "{err}"
+        );
+        let command = format!(
+            "gcloud run jobs execute w --project p --region europe-west1 --tasks 4 \
+             --update-env-vars BQDRAIN_RUN_ID={run_id},BQDRAIN_DESTINATION={}",
+            s.destination()
+        );
+        assert!(err.contains(&command), "{err}");
+        let launch = &report(&out)["launch"];
+        assert_eq!(launch["status"], "failed", "{launch}");
+        assert_eq!(launch["command"], command.as_str());
+        assert!(
+            launch["reason"]
+                .as_str()
+                .unwrap()
+                .contains(&status.to_string()),
+            "{launch}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_api_is_tried_again() {
+    let s = Setup::new();
+    let api = FakeRunApi::start(vec![
+        api_error(503, "UNAVAILABLE", "try again"),
+        operation(1),
+    ])
+    .await;
+    let out = s.produce(&[
+        "--json",
+        "--launch-workers",
+        JOB,
+        "--run-api-endpoint",
+        &api.endpoint,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let requests = api.requests();
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    assert_eq!(requests[0].body, requests[1].body, "the same request again");
+    assert_eq!(report(&out)["launch"]["execution"], EXECUTION);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_launch_options_exit_2_and_publish_nothing() {
+    let s = Setup::new();
+    let api = FakeRunApi::start(vec![operation(1)]).await;
+    for (args, flag) in [
+        (&["--launch-workers", "w"][..], "--launch-workers"),
+        (
+            &[
+                "--launch-workers",
+                "projects/p/locations/europe-west1/jobs/Bad_Name",
+            ][..],
+            "--launch-workers",
+        ),
+        (
+            &[
+                "--launch-workers",
+                "projects/p/locations/europe-west1/services/w",
+            ][..],
+            "--launch-workers",
+        ),
+        (
+            &["--launch-workers", JOB, "--max-tasks", "0"][..],
+            "--max-tasks",
+        ),
+        (
+            &["--launch-workers", JOB, "--max-tasks", "10001"][..],
+            "--max-tasks",
+        ),
+        (
+            &["--launch-workers", JOB, "--units-per-task", "0"][..],
+            "--units-per-task",
+        ),
+        (
+            &["--launch-workers", JOB, "--run-api-endpoint", "localhost:1"][..],
+            "--run-api-endpoint",
+        ),
+        // Without --launch-workers they would be ignored: refused instead.
+        (&["--max-tasks", "5"][..], "--launch-workers"),
+    ] {
+        let mut args = args.to_vec();
+        if args.contains(&"--launch-workers") && !args.contains(&"--run-api-endpoint") {
+            args.extend(["--run-api-endpoint", &api.endpoint]);
+        }
+        let out = s.produce(&args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(flag), "{args:?}: {err}");
+    }
+    assert!(peek(&s.queue()).await.unwrap().is_empty());
+    assert!(api.requests().is_empty());
+}
