@@ -1,0 +1,1 @@
+"""bqdrain's own checkov policies (CKV_BQD_*), loaded with --external-checks-dir."""

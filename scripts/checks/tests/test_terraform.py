@@ -1,0 +1,383 @@
+"""Facts about the real Terraform module (terraform/) that no scanner checks.
+
+* IAM: the grants are exactly the allow-list below, no more, no less;
+* Pub/Sub limits: the variables that feed the work subscription validate
+  Pub/Sub's ranges, and their defaults are inside them;
+* the schedule is valid unix-cron and the time zone a valid IANA name;
+* every variable has a type and a description.
+Read with python-hcl2; expressions evaluated by tests/tfconfig.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zoneinfo
+from pathlib import Path
+
+import croniter
+import pytest
+
+from conftest import ROOT
+from tfconfig import Config, Evaluator, Unsupported, load_tfvars
+
+# CHECKS_TERRAFORM_DIR: run these tests on another copy of the module (e.g. a
+# deliberately broken one, to see a test fail).
+MODULE = Path(os.environ.get("CHECKS_TERRAFORM_DIR", ROOT / "terraform"))
+EXAMPLE = MODULE / "examples" / "scheduled-export"
+TFVARS_EXAMPLE = EXAMPLE / "terraform.tfvars.example"
+
+# --- the IAM allow-list ------------------------------------------------------
+# who: the member, by the google_service_account it references (or the
+#      Pub/Sub service agent, service-<project number>@gcp-sa-pubsub...);
+# on:  what the grant's target attribute references;
+# only: None, or the var.worker_launch value under which the grant exists
+#      (created with count/for_each), e.g. "producer" = if workers are
+#      launched by the producer;
+# condition: text the IAM condition's expression must contain (None: no
+#      condition block allowed).
+ALLOW_LIST = [
+    # who            role                                   resource type                            on                                   only        condition
+    ("producer",     "roles/bigquery.metadataViewer",       "google_bigquery_dataset_iam_member",    "var.dataset_id",                    None,       None),
+    ("producer",     "roles/pubsub.publisher",              "google_pubsub_topic_iam_member",        "google_pubsub_topic.work",          None,       None),
+    ("producer",     "roles/storage.objectUser",            "google_storage_bucket_iam_member",      "google_storage_bucket.exports",     None,       "_bqdrain/runs/"),
+    ("producer",     "roles/run.jobsExecutorWithOverrides", "google_cloud_run_v2_job_iam_member",    "google_cloud_run_v2_job.worker",    "producer", None),
+    ("worker",       "roles/bigquery.dataViewer",           "google_bigquery_dataset_iam_member",    "var.dataset_id",                    None,       None),
+    ("worker",       "roles/bigquery.jobUser",              "google_project_iam_member",             "var.project_id",                    None,       None),
+    ("worker",       "roles/storage.objectUser",            "google_storage_bucket_iam_member",      "google_storage_bucket.exports",     None,       None),
+    ("worker",       "roles/pubsub.subscriber",             "google_pubsub_subscription_iam_member", "google_pubsub_subscription.work",   None,       None),
+    ("worker",       "roles/pubsub.viewer",                 "google_pubsub_subscription_iam_member", "google_pubsub_subscription.work",   None,       None),
+    ("worker",       "roles/pubsub.publisher",              "google_pubsub_topic_iam_member",        "google_pubsub_topic.dead_letter",   None,       None),
+    ("scheduler",    "roles/run.invoker",                   "google_cloud_run_v2_job_iam_member",    "google_cloud_run_v2_job.producer",  None,       None),
+    ("scheduler",    "roles/run.invoker",                   "google_cloud_run_v2_job_iam_member",    "google_cloud_run_v2_job.worker",    "schedule", None),
+    ("pubsub-agent", "roles/pubsub.publisher",              "google_pubsub_topic_iam_member",        "google_pubsub_topic.dead_letter",   None,       None),
+    ("pubsub-agent", "roles/pubsub.subscriber",             "google_pubsub_subscription_iam_member", "google_pubsub_subscription.work",   None,       None),
+]
+WORKER_LAUNCH_VALUES = ("producer", "schedule")
+
+# The attribute that names what a grant is on, per IAM resource type.
+TARGET_ATTRIBUTE = {
+    "google_bigquery_dataset_iam_member": "dataset_id",
+    "google_pubsub_topic_iam_member": "topic",
+    "google_pubsub_subscription_iam_member": "subscription",
+    "google_storage_bucket_iam_member": "bucket",
+    "google_cloud_run_v2_job_iam_member": "name",
+    "google_project_iam_member": "project",
+}
+TARGETS = sorted({row[3] for row in ALLOW_LIST}, key=len, reverse=True)
+SERVICE_ACCOUNTS = ("producer", "worker", "scheduler")
+PUBSUB_AGENT = re.compile(
+    r"serviceAccount:service-\$\{data\.google_project\.\w+\.number\}@gcp-sa-pubsub\.iam\.gserviceaccount\.com")
+
+# --- Pub/Sub limits ------------------------------------------------------------
+# variable: (lowest allowed, highest allowed)
+PUBSUB_RANGES = {
+    "ack_deadline_seconds": (10, 600),
+    "max_delivery_attempts": (5, 100),
+    "minimum_backoff_seconds": (0, 600),
+    "maximum_backoff_seconds": (0, 600),
+    "message_retention_seconds": (600, 31 * 24 * 3600),
+}
+
+
+@pytest.fixture(scope="module")
+def module():
+    assert MODULE.is_dir(), f"{MODULE} missing"
+    return Config.load(MODULE)
+
+
+@pytest.fixture(scope="module")
+def example():
+    assert EXAMPLE.is_dir(), f"{EXAMPLE} missing"
+    return Config.load(EXAMPLE)
+
+
+@pytest.fixture(scope="module")
+def tfvars():
+    assert TFVARS_EXAMPLE.is_file(), f"{TFVARS_EXAMPLE} missing"
+    return load_tfvars(TFVARS_EXAMPLE)
+
+
+# --- IAM -----------------------------------------------------------------------
+
+def refers_to(text: str, address: str) -> bool:
+    """text references address (google_x.name, not google_x.name_other)."""
+    return re.search(re.escape(address) + r"(?![\w-])", text) is not None
+
+
+def who(config: Config, member) -> str:
+    text = config.expand(member)
+    found = [sa for sa in SERVICE_ACCOUNTS if refers_to(text, f"google_service_account.{sa}")]
+    if PUBSUB_AGENT.search(text):
+        found.append("pubsub-agent")
+    return found[0] if len(found) == 1 else f"? {member}"
+
+
+def target(config: Config, rtype: str, body: dict) -> str:
+    attribute = TARGET_ATTRIBUTE.get(rtype)
+    if attribute is None:
+        return f"? no known target attribute for {rtype}"
+    text = config.expand(body.get(attribute, ""))
+    found = [t for t in TARGETS if refers_to(text, t)]
+    return found[0] if found else f"? {attribute} = {body.get(attribute)}"
+
+
+def only_when(config: Config, address: str, body: dict) -> str | None:
+    """The worker_launch values for which the grant exists, as in ALLOW_LIST."""
+    if "count" not in body and "for_each" not in body:
+        return None
+    if "for_each" in body:
+        return "? for_each (use count on var.worker_launch)"
+    exists = []
+    for launch in WORKER_LAUNCH_VALUES:
+        try:
+            count = Evaluator({"worker_launch": launch}, config).eval(body["count"])
+        except Unsupported as exc:
+            return f"? count not evaluable: {exc}"
+        if count not in (0, 1):
+            return f"? count = {count} with worker_launch = {launch}"
+        if count:
+            exists.append(launch)
+    return exists[0] if len(exists) == 1 else f"? exists for worker_launch in {exists}"
+
+
+def condition_of(config: Config, body: dict) -> str | None:
+    blocks = body.get("condition")
+    if not blocks:
+        return None
+    text = config.expand(blocks[0].get("expression", ""))
+    for row in ALLOW_LIST:
+        if row[5] and row[5] in text and "startsWith" in text:
+            return row[5]
+    return f"? {blocks[0].get('expression')}"
+
+
+def grants(config: Config) -> list[tuple]:
+    rows = []
+    for address, body in config.resources.items():
+        rtype = address.split(".")[0]
+        if rtype.endswith("_iam_member"):
+            rows.append((who(config, body.get("member")), body.get("role"), rtype,
+                         target(config, rtype, body), only_when(config, address, body),
+                         condition_of(config, body)))
+    return rows
+
+
+def test_iam_grants_are_exactly_the_allow_list(module):
+    found = sorted(grants(module), key=str)
+    want = sorted(ALLOW_LIST, key=str)
+    extra = [row for row in found if row not in want]
+    missing = [row for row in want if row not in found]
+    assert not extra and not missing, (
+        "IAM grants differ from ALLOW_LIST.\n  not in the allow-list:\n    "
+        + "\n    ".join(map(str, extra)) + "\n  missing:\n    " + "\n    ".join(map(str, missing)))
+
+
+@pytest.mark.parametrize("folder", [MODULE, EXAMPLE], ids=["module", "example"])
+def test_iam_only_through_members(folder):
+    """Bindings and policies are authoritative: they would remove grants made
+    elsewhere, and escape the allow-list's one-member-per-row view."""
+    config = Config.load(folder)
+    others = [a for a in config.resources if re.search(r"_iam_(binding|policy)\.", a)]
+    assert others == []
+    if folder == EXAMPLE:
+        assert [a for a in config.resources if "_iam_" in a] == [], "grants belong in the module"
+
+
+def test_only_one_project_level_grant(module):
+    project_level = [a for a in module.resources if a.startswith("google_project_iam_")]
+    assert len(project_level) == 1, project_level
+
+
+# --- Pub/Sub limits ------------------------------------------------------------
+
+def validations(config: Config, name: str) -> list[str]:
+    return [v["condition"] for v in config.variables[name].get("validation", [])]
+
+
+def accepts(config: Config, name: str, value, others: dict) -> bool:
+    """Whether every validation of variable `name` accepts value."""
+    values = dict(others, **{name: value})
+    return all(Evaluator(values, config).eval(cond) for cond in validations(config, name))
+
+
+def defaults(config: Config) -> dict:
+    return {n: b.get("default") for n, b in config.variables.items()}
+
+
+@pytest.mark.parametrize("name", sorted(PUBSUB_RANGES))
+def test_pubsub_variable_is_validated(module, name):
+    assert name in module.variables, f"variable {name} missing"
+    conditions = validations(module, name)
+    assert conditions, f"variable {name} has no validation block"
+    low, high = PUBSUB_RANGES[name]
+    others = defaults(module)
+    try:
+        assert accepts(module, name, low, others) and accepts(module, name, high, others), \
+            f"{name}: validation rejects a value inside {low}-{high}"
+        assert not accepts(module, name, low - 1, others), f"{name}: validation accepts {low - 1}"
+        assert not accepts(module, name, high + 1, others), f"{name}: validation accepts {high + 1}"
+    except Unsupported:
+        # Not evaluable here: at least both bounds must be in the condition.
+        text = " ".join(conditions)
+        assert str(low) in text and str(high) in text, f"{name}: bounds {low}, {high} not in {text}"
+
+
+def test_minimum_backoff_at_most_maximum(module):
+    others = defaults(module)
+    assert not accepts(module, "minimum_backoff_seconds", 300, dict(others, maximum_backoff_seconds=200)), \
+        "a minimum backoff above the maximum is accepted"
+    assert accepts(module, "minimum_backoff_seconds", 200, dict(others, maximum_backoff_seconds=300))
+
+
+@pytest.mark.parametrize("name", sorted(PUBSUB_RANGES))
+def test_pubsub_defaults_and_example_values_in_range(module, example, tfvars, name):
+    low, high = PUBSUB_RANGES[name]
+    candidates = {"module default": module.default(name)}
+    if name in example.variables:
+        candidates["example default"] = example.default(name)
+    if name in tfvars:
+        candidates["terraform.tfvars.example"] = tfvars[name]
+    for where, value in candidates.items():
+        assert value is not None and low <= value <= high, f"{name} ({where}) = {value}, want {low}-{high}"
+    assert module.default("minimum_backoff_seconds") <= module.default("maximum_backoff_seconds")
+
+
+def test_work_subscription_uses_the_validated_variables(module):
+    sub = module.resources["google_pubsub_subscription.work"]
+    uses = {
+        "ack_deadline_seconds": sub.get("ack_deadline_seconds"),
+        "max_delivery_attempts": sub["dead_letter_policy"][0].get("max_delivery_attempts"),
+        "minimum_backoff_seconds": sub["retry_policy"][0].get("minimum_backoff"),
+        "maximum_backoff_seconds": sub["retry_policy"][0].get("maximum_backoff"),
+        "message_retention_seconds": sub.get("message_retention_duration"),
+    }
+    for name, value in uses.items():
+        assert refers_to(module.expand(value), f"var.{name}"), f"work subscription: {value!r} is not var.{name}"
+
+
+# --- schedule and time zone ------------------------------------------------------
+
+CRON_FIELDS = [  # (name, low, high, names)
+    ("minute", 0, 59, []),
+    ("hour", 0, 23, []),
+    ("day of month", 1, 31, []),
+    ("month", 1, 12, "jan feb mar apr may jun jul aug sep oct nov dec".split()),
+    ("day of week", 0, 7, "sun mon tue wed thu fri sat".split()),
+]
+
+
+def cron_problem(expression: str) -> str | None:
+    """Why expression is not unix-cron as Cloud Scheduler reads it, or None.
+
+    Five fields; each a comma list of `*`, N or N-M (numbers, or month/day
+    names in their own fields), each optionally /STEP.
+    """
+    fields = expression.split()
+    if len(fields) != 5:
+        return f"{len(fields)} fields, want 5"
+    for text, (name, low, high, names) in zip(fields, CRON_FIELDS):
+        def number(token: str) -> int:
+            if token.lower() in names:
+                return names.index(token.lower()) + (1 if name == "month" else 0)
+            if not token.isdigit() or not low <= int(token) <= high:
+                raise ValueError(f"{name}: {token!r} not in {low}-{high}")
+            return int(token)
+        for item in text.split(","):
+            base, _, step = item.partition("/")
+            try:
+                if step and (not step.isdigit() or int(step) < 1):
+                    raise ValueError(f"{name}: step {step!r}")
+                if base != "*":
+                    first, _, last = base.partition("-")
+                    if last and number(first) > number(last):
+                        raise ValueError(f"{name}: range {base} runs backwards")
+                    number(first)
+            except ValueError as exc:
+                return str(exc)
+    return None
+
+
+@pytest.mark.parametrize("expression, valid", [
+    ("0 3 * * *", True), ("*/15 * * * *", True), ("0 9-17/2 * * MON-FRI", True),
+    ("30 2 1,15 JAN,jul *", True), ("0 0 * * 7", True),
+    ("60 * * * *", False), ("* * * *", False), ("0 3 * * * *", False), ("*/0 * * * *", False),
+    ("0 3 32 * *", False), ("0 17-9 * * *", False), ("0 3 * * FUNDAY", False), ("@daily", False),
+])
+def test_cron_validator_itself(expression, valid):
+    assert (cron_problem(expression) is None) == valid
+    if valid:
+        assert croniter.croniter.is_valid(expression)
+
+
+def schedule_values(module, example, tfvars) -> dict:
+    values = {"module schedule default": module.default("schedule"),
+              "module worker_schedule default": module.default("worker_schedule")}
+    if "schedule" in example.variables:
+        values["example schedule default"] = example.default("schedule")
+    values["terraform.tfvars.example schedule"] = tfvars.get("schedule")
+    if "worker_schedule" in tfvars:
+        values["terraform.tfvars.example worker_schedule"] = tfvars["worker_schedule"]
+    return values
+
+
+def test_schedules_are_unix_cron(module, example, tfvars):
+    for where, expression in schedule_values(module, example, tfvars).items():
+        assert isinstance(expression, str), f"{where} is not set"
+        assert cron_problem(expression) is None, f"{where} = {expression!r}: {cron_problem(expression)}"
+        assert croniter.croniter.is_valid(expression), f"{where} = {expression!r} (croniter)"
+
+
+def test_time_zones_are_iana(module, example, tfvars):
+    zones = zoneinfo.available_timezones()
+    assert "Europe/Paris" in zones  # tzdata is installed
+    values = {"module default": module.default("time_zone"),
+              "terraform.tfvars.example": tfvars.get("time_zone")}
+    if "time_zone" in example.variables:
+        values["example default"] = example.default("time_zone")
+    for where, zone in values.items():
+        assert zone in zones, f"time_zone ({where}) = {zone!r} is not an IANA time zone"
+
+
+@pytest.mark.parametrize("name", ["schedule", "worker_schedule", "time_zone"])
+def test_schedule_variables_are_validated(module, name):
+    conditions = validations(module, name)
+    assert conditions, f"variable {name} has no validation block"
+    assert all(refers_to(c, f"var.{name}") for c in conditions)
+
+
+def test_time_zone_validation_accepts_every_area_zone(module):
+    """The validation's regex (RE2 there, Python here: the same syntax for
+    this) must not reject a real zone such as America/Argentina/Buenos_Aires."""
+    patterns = [p for c in validations(module, "time_zone") for p in re.findall(r'regex\("((?:[^"\\]|\\.)*)"', c)]
+    if not patterns:
+        pytest.skip("time_zone validation uses no regex(): nothing to compare")
+    pattern = patterns[0].encode().decode("unicode_escape")
+    rejected = sorted(z for z in zoneinfo.available_timezones() if "/" in z and not re.search(pattern, z))
+    assert rejected == [], f"time_zone validation rejects IANA zones: {rejected[:10]}"
+
+
+# --- variables -------------------------------------------------------------------
+
+@pytest.mark.parametrize("folder", [MODULE, EXAMPLE], ids=["module", "example"])
+def test_every_variable_has_type_and_description(folder):
+    config = Config.load(folder)
+    assert config.variables, f"no variables in {folder}"
+    bad = [f"{config.files['var.' + n]}: {n}" for n, b in config.variables.items()
+           if not b.get("type") or not str(b.get("description", "")).strip()]
+    assert bad == [], "variables without type or description"
+
+
+def test_example_tfvars_sets_only_declared_variables(example, tfvars):
+    assert set(tfvars) <= set(example.variables), set(tfvars) - set(example.variables)
+
+
+def test_spec_variables_exist(module):
+    """The variables the deployment is documented with."""
+    wanted = {"project_id", "region", "dataset_id", "dataset_project_id", "bucket_name", "export_prefix",
+              "schedule", "time_zone", "ack_deadline_seconds", "max_delivery_attempts",
+              "minimum_backoff_seconds", "maximum_backoff_seconds", "message_retention_seconds",
+              "worker_launch", "worker_schedule", "max_tasks", "units_per_task", "image"}
+    assert wanted <= set(module.variables), sorted(wanted - set(module.variables))
+    assert accepts(module, "worker_launch", "producer", {}) and accepts(module, "worker_launch", "schedule", {})
+    assert not accepts(module, "worker_launch", "cron", {})
