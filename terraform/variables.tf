@@ -278,8 +278,8 @@ variable "worker_launch" {
 
 variable "max_tasks" {
   type        = number
-  description = "Most worker tasks the producer starts for one run."
-  default     = 50
+  description = "Most worker tasks the producer starts for one run (Cloud Run runs about 200 tasks of a 1 vCPU job at once and queues the rest)."
+  default     = 100
 
   validation {
     condition     = var.max_tasks >= 1 && var.max_tasks <= 10000
@@ -290,7 +290,7 @@ variable "max_tasks" {
 variable "units_per_task" {
   type        = number
   description = "Tables (units) per worker task when the producer computes the task count: ceil(units / units_per_task), at most max_tasks."
-  default     = 10
+  default     = 8
 
   validation {
     condition     = var.units_per_task >= 1

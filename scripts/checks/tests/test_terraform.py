@@ -381,3 +381,12 @@ def test_spec_variables_exist(module):
     assert wanted <= set(module.variables), sorted(wanted - set(module.variables))
     assert accepts(module, "worker_launch", "producer", {}) and accepts(module, "worker_launch", "schedule", {})
     assert not accepts(module, "worker_launch", "cron", {})
+
+
+def test_readme_documents_every_input_and_output(module):
+    """terraform/README.md's tables are written by hand: none may go missing."""
+    readme = (MODULE / "README.md").read_text(encoding="utf-8")
+    outputs = re.findall(r'^output "(\w+)"', (MODULE / "outputs.tf").read_text(encoding="utf-8"), re.M)
+    assert outputs, "no outputs found"
+    missing = [n for n in [*module.variables, *outputs] if f"| `{n}` |" not in readme]
+    assert missing == [], f"not in terraform/README.md's tables: {missing}"
