@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import zoneinfo
+from datetime import datetime
 from pathlib import Path
 
 import croniter
@@ -326,6 +327,29 @@ def test_schedules_are_unix_cron(module, example, tfvars):
         assert isinstance(expression, str), f"{where} is not set"
         assert cron_problem(expression) is None, f"{where} = {expression!r}: {cron_problem(expression)}"
         assert croniter.croniter.is_valid(expression), f"{where} = {expression!r} (croniter)"
+
+
+def longest_gap_seconds(expression: str) -> float:
+    """The longest time between two runs of a schedule, over a year of runs."""
+    runs = croniter.croniter(expression, datetime(2027, 1, 1))
+    times = [runs.get_next(datetime) for _ in range(2)]
+    while times[-1] < datetime(2028, 1, 1) and len(times) < 20000:
+        times.append(runs.get_next(datetime))
+    return max((b - a).total_seconds() for a, b in zip(times, times[1:]))
+
+
+def test_longest_gap_of_a_schedule():
+    assert longest_gap_seconds("0 3 * * *") == 86400
+    assert longest_gap_seconds("0 3 * * MON,THU") == 4 * 86400
+
+
+def test_work_messages_outlive_one_schedule_period(module, tfvars):
+    """A run no worker could drain must still be queued when the next one starts."""
+    retention = tfvars.get("message_retention_seconds", module.default("message_retention_seconds"))
+    for where, expression in {"module default": module.default("schedule"),
+                              "terraform.tfvars.example": tfvars.get("schedule")}.items():
+        gap = longest_gap_seconds(expression)
+        assert retention >= gap, f"schedule ({where}) {expression!r} runs {gap:.0f} s apart, retention is {retention} s"
 
 
 def test_time_zones_are_iana(module, example, tfvars):
