@@ -3,53 +3,23 @@
 
 use std::process::Command;
 
-use bqdrain::local::dataset;
 use bqdrain::local::queue::peek;
 
-const BIN: &str = env!("CARGO_BIN_EXE_bqdrain-producer");
-
-struct Setup {
-    dir: tempfile::TempDir,
-}
-
-impl Setup {
-    fn new() -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("wh.db");
-        dataset::create_dummy_tables(&db, &["a_1".into(), "b_1".into()], 5).unwrap();
-        dataset::create_dummy_tables(&db, &["a_2".into()], 50).unwrap();
-        dataset::create_dummy_tables(&db, &["a_3".into()], 20).unwrap();
-        dataset::execute(&db, "CREATE VIEW a_view AS SELECT * FROM a_1").unwrap();
-        Setup { dir }
-    }
-
-    fn queue(&self) -> String {
-        format!("queue://{}#work", self.dir.path().join("q.db").display())
-    }
-
-    fn produce(&self, args: &[&str]) -> std::process::Output {
-        let source = format!("sqlite://{}", self.dir.path().join("wh.db").display());
-        let dest = format!("file://{}", self.dir.path().join("out").display());
-        Command::new(BIN)
-            .args([
-                "--source",
-                &source,
-                "--topic",
-                &self.queue(),
-                "--destination",
-                &dest,
-                "--json",
-            ])
-            .args(args)
-            .output()
-            .unwrap()
-    }
-}
+mod common;
+use common::{Setup, BIN};
 
 #[tokio::test]
 async fn publishes_matching_tables_largest_first_and_skips_views() {
     let s = Setup::new();
-    let out = s.produce(&["--include", "a_*", "--exclude", "a_3", "--run-id", "r1"]);
+    let out = s.produce(&[
+        "--json",
+        "--include",
+        "a_*",
+        "--exclude",
+        "a_3",
+        "--run-id",
+        "r1",
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -92,7 +62,7 @@ async fn bad_options_exit_2_and_publish_nothing() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(flag), "{args:?}: {stderr}");
     }
-    assert!(peek(&s.queue()).await.unwrap().is_empty());
+    assert_eq!(s.published().await, 0);
 }
 
 #[test]

@@ -17,17 +17,16 @@
 //! reads the answers, including refusals and transient failures.
 
 use std::collections::{HashMap, VecDeque};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use bqdrain::local::dataset;
-use bqdrain::local::queue::peek;
+mod common;
+use common::Setup;
 
-const BIN: &str = env!("CARGO_BIN_EXE_bqdrain-producer");
 const JOB: &str = "projects/p/locations/europe-west1/jobs/w";
 const EXECUTION: &str = "projects/p/locations/europe-west1/jobs/w/executions/w-x7k2q";
 const OPERATION: &str = "projects/p/locations/europe-west1/operations/6f1c2d3e";
@@ -183,47 +182,6 @@ fn api_error(code: u16, status: &str, message: &str) -> (u16, Value) {
         code,
         json!({"error": {"code": code, "message": message, "status": status}}),
     )
-}
-
-/// Four exportable tables (a_1, b_1, a_2, a_3) and a view, a queue, and an
-/// export root in a temporary folder.
-struct Setup {
-    dir: tempfile::TempDir,
-}
-
-impl Setup {
-    fn new() -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("wh.db");
-        dataset::create_dummy_tables(&db, &["a_1".into(), "b_1".into()], 5).unwrap();
-        dataset::create_dummy_tables(&db, &["a_2".into(), "a_3".into()], 20).unwrap();
-        dataset::execute(&db, "CREATE VIEW a_view AS SELECT * FROM a_1").unwrap();
-        Setup { dir }
-    }
-
-    fn queue(&self) -> String {
-        format!("queue://{}#work", self.dir.path().join("q.db").display())
-    }
-
-    fn destination(&self) -> String {
-        format!("file://{}", self.dir.path().join("out").display())
-    }
-
-    fn produce(&self, args: &[&str]) -> Output {
-        let source = format!("sqlite://{}", self.dir.path().join("wh.db").display());
-        Command::new(BIN)
-            .args(["--source", &source, "--topic", &self.queue()])
-            .args(["--destination", &self.destination()])
-            .args(["--log-format", "text"])
-            .args(args)
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap()
-    }
-
-    async fn published(&self) -> usize {
-        peek(&self.queue()).await.unwrap().len()
-    }
 }
 
 fn stderr(out: &Output) -> String {
@@ -487,6 +445,6 @@ async fn bad_launch_options_exit_2_and_publish_nothing() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(flag), "{args:?}: {err}");
     }
-    assert!(peek(&s.queue()).await.unwrap().is_empty());
+    assert_eq!(s.published().await, 0);
     assert!(api.requests().is_empty());
 }
