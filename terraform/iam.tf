@@ -75,9 +75,10 @@ resource "google_bigquery_dataset_iam_member" "worker_reads_dataset" {
   member     = google_service_account.worker.member
 }
 
-# jobs.create exists only at project level.
+# jobs.create exists only at project level. The worker runs its extract
+# jobs in the dataset's project.
 resource "google_project_iam_member" "worker_runs_jobs" {
-  project = var.project_id
+  project = local.dataset_project_id
   role    = "roles/bigquery.jobUser"
   member  = google_service_account.worker.member
 }

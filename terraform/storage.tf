@@ -62,6 +62,17 @@ resource "google_artifact_registry_repository" "images" {
   format        = "DOCKER"
   labels        = local.labels
 
+  # Versions older than 30 days go, except the 10 most recent (a job pinned
+  # to a recent digest keeps its image).
+  cleanup_policies {
+    id     = "delete-old"
+    action = "DELETE"
+    condition {
+      tag_state  = "ANY"
+      older_than = "2592000s"
+    }
+  }
+
   cleanup_policies {
     id     = "keep-recent"
     action = "KEEP"

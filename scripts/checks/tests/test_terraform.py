@@ -44,7 +44,7 @@ ALLOW_LIST = [
     ("producer",     "roles/storage.objectUser",            "google_storage_bucket_iam_member",      "google_storage_bucket.exports",     None,       "_bqdrain/runs/"),
     ("producer",     "roles/run.jobsExecutorWithOverrides", "google_cloud_run_v2_job_iam_member",    "google_cloud_run_v2_job.worker",    "producer", None),
     ("worker",       "roles/bigquery.dataViewer",           "google_bigquery_dataset_iam_member",    "var.dataset_id",                    None,       None),
-    ("worker",       "roles/bigquery.jobUser",              "google_project_iam_member",             "var.project_id",                    None,       None),
+    ("worker",       "roles/bigquery.jobUser",              "google_project_iam_member",             "var.dataset_project_id",            None,       None),
     ("worker",       "roles/storage.objectUser",            "google_storage_bucket_iam_member",      "google_storage_bucket.exports",     None,       None),
     ("worker",       "roles/pubsub.subscriber",             "google_pubsub_subscription_iam_member", "google_pubsub_subscription.work",   None,       None),
     ("worker",       "roles/pubsub.viewer",                 "google_pubsub_subscription_iam_member", "google_pubsub_subscription.work",   None,       None),
