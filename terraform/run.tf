@@ -17,9 +17,7 @@ locals {
     length(var.include_tables) > 0 ? { BQDRAIN_INCLUDE = join(",", var.include_tables) } : {},
     length(var.exclude_tables) > 0 ? { BQDRAIN_EXCLUDE = join(",", var.exclude_tables) } : {},
     local.launched_by_producer ? {
-      # The worker job's full name, built from its parts: the job refers to
-      # the producer's account, not the other way round.
-      BQDRAIN_LAUNCH_WORKERS = "projects/${var.project_id}/locations/${var.region}/jobs/${var.name_prefix}-worker"
+      BQDRAIN_LAUNCH_WORKERS = "projects/${var.project_id}/locations/${var.region}/jobs/${google_cloud_run_v2_job.worker.name}"
       BQDRAIN_MAX_TASKS      = tostring(var.max_tasks)
       BQDRAIN_UNITS_PER_TASK = tostring(var.units_per_task)
     } : {},
