@@ -1,0 +1,64 @@
+# bqdrain container image: the worker (`bqdrain`) and the producer
+# (`bqdrain-producer`) on a distroless base, running as user 65532.
+#
+# BEFORE BUILDING, vendor the dependencies into .cargo-vendor/ (the build
+# reads crates from there only, never from a registry, so it is the same with
+# or without network):
+#
+#   scripts/image/build.sh                  # vendors, builds with buildah (no
+#                                           # Docker daemon), checks the image
+# or, where Docker is available:
+#
+#   cargo vendor --locked --versioned-dirs .cargo-vendor >/dev/null
+#   docker build -t bqdrain .
+#
+# One image serves both Cloud Run jobs. It has no ENTRYPOINT and both binaries
+# are on PATH, so a job names the one it runs:
+#   producer job: command = ["bqdrain-producer"], args = [...]
+#   worker job:   command = ["bqdrain"],          args = ["work", ...]
+# (or args alone: ["bqdrain", "work", ...]). With nothing set, it prints help.
+
+# ---- builder: compiles the two binaries, offline, from the vendored crates --
+FROM docker.io/library/rust:1.95-slim-bookworm AS builder
+
+WORKDIR /src
+
+# Source replacement: crates-io -> /src/.cargo-vendor, and net.offline.
+COPY scripts/image/cargo-config.toml /usr/local/cargo/config.toml
+
+# Dependencies first, in a layer of their own: the manifests, the lockfile,
+# the vendored crates and empty stand-ins for every declared target. This layer
+# is reused as long as Cargo.toml, Cargo.lock and the vendored crates are.
+COPY Cargo.toml Cargo.lock ./
+COPY producer/Cargo.toml producer/
+COPY scripts/image/stub-targets.sh scripts/image/
+COPY .cargo-vendor/ .cargo-vendor/
+RUN bash scripts/image/stub-targets.sh Cargo.toml producer/Cargo.toml \
+    && cargo build --release --locked --offline \
+        -p bqdrain -p bqdrain-producer --bin bqdrain --bin bqdrain-producer
+
+# The real sources. The stub build left fingerprints for the two workspace
+# crates; removing them makes cargo rebuild both, whatever the copied files'
+# timestamps.
+COPY src/ src/
+COPY producer/src/ producer/src/
+RUN rm -rf target/release/.fingerprint/bqdrain-* \
+    && cargo build --release --locked --offline \
+        -p bqdrain -p bqdrain-producer --bin bqdrain --bin bqdrain-producer \
+    && mkdir -p /out \
+    && cp target/release/bqdrain target/release/bqdrain-producer /out/
+
+# ---- runtime: glibc, libgcc, CA certificates, user nonroot (65532) ----------
+FROM gcr.io/distroless/cc-debian12:nonroot
+
+LABEL org.opencontainers.image.title="bqdrain" \
+      org.opencontainers.image.description="Exports BigQuery tables to Cloud Storage through a Pub/Sub queue: bqdrain (worker) and bqdrain-producer" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+COPY --from=builder /out/bqdrain /out/bqdrain-producer /usr/local/bin/
+
+USER 65532:65532
+WORKDIR /home/nonroot
+
+# No ENTRYPOINT: Cloud Run's `command` picks the binary (see the top).
+CMD ["bqdrain", "--help"]
