@@ -3,9 +3,10 @@
 //!
 //! This is Google's `google-cloud-run-v2` client rather than hand-written
 //! REST calls: it comes from the same generator as the BigQuery client,
-//! shares its `google-cloud-gax`/`google-cloud-auth` versions (it added one crate to the lock file and about 13 s to a cold
-//! debug build on two cores), and speaks HTTP/1.1 JSON, so a local HTTP
-//! server can stand in for the API in contract tests.
+//! shares its `google-cloud-gax`/`google-cloud-auth` versions (it added one
+//! crate to the lock file and about 13 s to a cold debug build on two
+//! cores), and speaks HTTP/1.1 JSON, so a local HTTP server can stand in for
+//! the API in contract tests.
 //!
 //! - Retries are ours, not the client's: the client never retries (a
 //!   `jobs.run` POST is not idempotent, so its default policy would not
