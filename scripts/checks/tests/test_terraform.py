@@ -1,8 +1,9 @@
 """Facts about the real Terraform module (terraform/) that no scanner checks.
 
 * IAM: the grants are exactly the allow-list below, no more, no less;
-* Pub/Sub limits: the variables that feed the work subscription validate
-  Pub/Sub's ranges, and their defaults are inside them;
+* Pub/Sub limits: the defaults and the example's values are inside Pub/Sub's
+  ranges, and the work subscription uses the variables (whose validations
+  test_terraform_validations.py has Terraform evaluate);
 * the schedule is valid unix-cron and the time zone a valid IANA name;
 * every variable has a type and a description.
 Read with python-hcl2; expressions evaluated by tests/tfconfig.py.
@@ -200,35 +201,6 @@ def accepts(config: Config, name: str, value, others: dict) -> bool:
     """Whether every validation of variable `name` accepts value."""
     values = dict(others, **{name: value})
     return all(Evaluator(values, config).eval(cond) for cond in validations(config, name))
-
-
-def defaults(config: Config) -> dict:
-    return {n: b.get("default") for n, b in config.variables.items()}
-
-
-@pytest.mark.parametrize("name", sorted(PUBSUB_RANGES))
-def test_pubsub_variable_is_validated(module, name):
-    assert name in module.variables, f"variable {name} missing"
-    conditions = validations(module, name)
-    assert conditions, f"variable {name} has no validation block"
-    low, high = PUBSUB_RANGES[name]
-    others = defaults(module)
-    try:
-        assert accepts(module, name, low, others) and accepts(module, name, high, others), \
-            f"{name}: validation rejects a value inside {low}-{high}"
-        assert not accepts(module, name, low - 1, others), f"{name}: validation accepts {low - 1}"
-        assert not accepts(module, name, high + 1, others), f"{name}: validation accepts {high + 1}"
-    except Unsupported:
-        # Not evaluable here: at least both bounds must be in the condition.
-        text = " ".join(conditions)
-        assert str(low) in text and str(high) in text, f"{name}: bounds {low}, {high} not in {text}"
-
-
-def test_minimum_backoff_at_most_maximum(module):
-    others = defaults(module)
-    assert not accepts(module, "minimum_backoff_seconds", 300, dict(others, maximum_backoff_seconds=200)), \
-        "a minimum backoff above the maximum is accepted"
-    assert accepts(module, "minimum_backoff_seconds", 200, dict(others, maximum_backoff_seconds=300))
 
 
 @pytest.mark.parametrize("name", sorted(PUBSUB_RANGES))

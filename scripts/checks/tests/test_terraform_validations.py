@@ -72,13 +72,16 @@ def test_example_values_are_accepted(variables_only):
 @pytest.mark.parametrize("name, low, high", [
     ("ack_deadline_seconds", 10, 600),
     ("max_delivery_attempts", 5, 100),
+    ("minimum_backoff_seconds", 0, 600),
     ("maximum_backoff_seconds", 0, 600),
     ("message_retention_seconds", 600, 31 * 24 * 3600),
     ("max_tasks", 1, 10000),
 ])
 def test_limits(variables_only, name, low, high):
-    # The lowest backoff, so that a low maximum is not refused for being under it.
-    others = {"minimum_backoff_seconds": 0}
+    # The lowest minimum and highest maximum backoff, so that neither bound
+    # is refused for crossing the other.
+    others = {"minimum_backoff_seconds": 0, "maximum_backoff_seconds": 600}
+    others.pop(name, None)
     assert_accepted(variables_only, **others, **{name: low})
     assert_accepted(variables_only, **others, **{name: high})
     assert_rejected(variables_only, name, **others, **{name: low - 1})
