@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use bqdrain::message::Envelope;
-use bqdrain::producer::{produce, RunPlan};
+use bqdrain::producer::{produce, RunId, RunPlan};
 use common::gcp::{emulators, GcpSandbox};
 use support::{emit, median, mib, spread_json};
 
@@ -209,7 +209,10 @@ async fn worker(sb: &GcpSandbox, s: &Sizes) {
             .unwrap();
         let run_id = format!("bench{rep}");
         let plan = RunPlan {
-            run_id: Some(run_id.clone()),
+            run: RunId::Given {
+                id: run_id.clone(),
+                resume: false,
+            },
             include: vec![],
             exclude: vec![],
             options: Default::default(),

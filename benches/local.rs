@@ -32,7 +32,7 @@ use bqdrain::local::queue::LocalTopic;
 use bqdrain::local::warehouse::LocalWarehouse;
 use bqdrain::message::{Compression, Envelope, ExportOptions, Format, SourceTable};
 use bqdrain::noop::AckEverything;
-use bqdrain::producer::{produce, RunPlan};
+use bqdrain::producer::{produce, RunId, RunPlan};
 use bqdrain::queue::Topic;
 use bqdrain::warehouse::{Cancel, ExportRequest, Warehouse};
 use support::{emit, median, mib, spread, spread_json};
@@ -305,7 +305,7 @@ fn worker_rss(rt: &tokio::runtime::Runtime, s: &Sizes) {
         .await
         .expect("store");
         let plan = RunPlan {
-            run_id: None,
+            run: RunId::New,
             include: vec![],
             exclude: vec![],
             options: Default::default(),

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::error::ConfigError;
 use crate::local::dataset::{self, Fault};
-use crate::producer::{produce, RunPlan};
+use crate::producer::{produce, RunId, RunPlan};
 use crate::runs::RunState;
 use crate::status::run_status;
 
@@ -105,7 +105,7 @@ pub async fn run(opts: &DemoOptions, worker_exe: &Path) -> anyhow::Result<DemoRe
     let topic = crate::backends::open_topic(&work_topic, "--dir").await?;
     let store = crate::backends::open_store(&destination, "--dir").await?;
     let plan = RunPlan {
-        run_id: None,
+        run: RunId::New,
         include: vec![],
         exclude: vec![],
         options: Default::default(),

@@ -1,30 +1,33 @@
 //! Turns one work message into one committed export.
 //!
-//! The order of steps is what makes retries, crashes and duplicates safe:
-//! 1. a completion record already there means the unit is done: ack;
+//! The order of steps is what makes retries, crashes, duplicates and
+//! overlapping runs safe:
+//! 1. a completion record already there means the unit is done: settle again
+//!    (step 5) and ack;
 //! 2. export into the run's own folder (older exports are untouched);
 //! 3. delete whatever else is in that folder (shards of a crashed attempt);
-//! 4. write the export's manifest, then the completion record if absent:
-//!    the first writer wins, later ones find it and ack;
-//! 5. only then delete older runs' folders of the same unit.
+//! 4. write the completion record if absent: the first writer wins;
+//! 5. settle: if a newer run has committed the unit, this run's export is
+//!    superseded: record that and delete this run's folder. Otherwise write
+//!    the folder's manifest (only over files that are all there) and delete
+//!    older runs' *committed* folders. An older run's uncommitted folder may
+//!    still be filling: that run deletes it itself when it settles.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use crate::backends::OpenBackends;
 use crate::drain::{Disposition, Handler};
 use crate::error::UnitError;
-use crate::layout::{
-    self, DeadRecord, ExportedFile, RunManifest, TableManifest, RUN_FOLDER_PREFIX,
-};
+use crate::layout::{self, DeadRecord, ExportedFile, RunManifest, SupersededRecord, TableManifest};
 use crate::message::{WorkMessage, SCHEMA_VERSION};
 use crate::queue::Delivery;
 use crate::retry::RetryPolicy;
 use crate::runs::RunTracker;
-use crate::store::ObjectStore;
+use crate::store::{ObjectInfo, ObjectStore};
 use crate::task::TaskIdentity;
 use crate::warehouse::{Cancel, ExportRequest};
 
@@ -33,6 +36,9 @@ pub struct ExportHandler {
     retry: RetryPolicy,
     runs: RunTracker,
     task: TaskIdentity,
+    /// Start times of other runs, read from their run manifests only for
+    /// completion records of earlier versions, which do not carry them.
+    run_starts: Mutex<HashMap<String, Option<DateTime<Utc>>>>,
 }
 
 impl ExportHandler {
@@ -42,6 +48,7 @@ impl ExportHandler {
             retry,
             runs: RunTracker::default(),
             task,
+            run_starts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -84,8 +91,8 @@ impl ExportHandler {
                     .read(&done_key)
                     .await
                     .map_err(|e| UnitError::io("reading completion record", e))?;
-                if done.is_some() {
-                    return Ok(None);
+                if let Some(record) = done {
+                    return Ok(Err(record));
                 }
                 let warehouse = self
                     .backends
@@ -95,36 +102,40 @@ impl ExportHandler {
                 warehouse
                     .export(&request, Arc::clone(&cancel))
                     .await
-                    .map(Some)
+                    .map(Ok)
             })
             .await?;
-        let Some(result) = outcome else {
-            tracing::info!(run_id = %msg.run_id, unit, "already exported: acking the duplicate");
-            return self.finish_committed(msg, store, None).await;
+        let result = match outcome {
+            Ok(result) => result,
+            Err(record) => {
+                tracing::info!(run_id = %msg.run_id, unit, "already exported: settling the duplicate");
+                let listed = self.list_unit(msg, store).await?;
+                return self.settle(msg, store, &listed, &record).await;
+            }
         };
 
+        // One listing serves the stale-shard cleanup and settling.
+        let mut listed = self.list_unit(msg, store).await?;
         let written: HashSet<&str> = result.files.iter().map(String::as_str).collect();
-        let manifest_key = layout::export_manifest(&msg.source, &msg.run_id);
-        let listed = store
-            .list(&folder)
-            .await
-            .map_err(|e| UnitError::io("listing export folder", e))?;
         let mut files = Vec::with_capacity(written.len());
-        for object in listed {
+        let mut stale = Vec::new();
+        for object in listed.iter().filter(|o| o.key.starts_with(&folder)) {
             if written.contains(object.key.as_str()) {
                 files.push(ExportedFile {
-                    key: object.key,
+                    key: object.key.clone(),
                     bytes: object.size,
                 });
-            } else if object.key == manifest_key {
-                // Only ever a copy of the completion record: keep it.
             } else {
-                store
-                    .delete(&object.key)
-                    .await
-                    .map_err(|e| UnitError::io("deleting stale object", e))?;
+                stale.push(object.key.clone());
             }
         }
+        for key in &stale {
+            store
+                .delete(key)
+                .await
+                .map_err(|e| UnitError::io("deleting stale object", e))?;
+        }
+        listed.retain(|o| !stale.contains(&o.key));
         if files.len() != written.len() {
             return Err(UnitError::transient(
                 "backendError",
@@ -145,84 +156,72 @@ impl ExportHandler {
             finished_at: Utc::now(),
             delivery_attempt: attempt,
             task: self.task.to_string(),
+            run_started_at: Some(msg.enqueued_at),
         };
         let body = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
         let committed = store
             .write_if_absent(&done_key, &body)
             .await
             .map_err(|e| UnitError::io("writing completion record", e))?;
-        let known_record = committed.then_some(body.as_slice());
-        if committed {
-            tracing::info!(
-                run_id = %msg.run_id, unit, files = manifest.files.len(), bytes = manifest.bytes,
-                rows = manifest.rows, seconds = started.elapsed().as_secs_f64(), "exported"
-            );
-            let _ = store.delete(&layout::dead_record(&msg.run_id, &unit)).await;
-        } else {
+        if !committed {
             tracing::info!(run_id = %msg.run_id, unit, "another task committed this unit first");
+            let record = store
+                .read(&done_key)
+                .await
+                .map_err(|e| UnitError::io("reading completion record", e))?
+                .unwrap_or_default();
+            return self.settle(msg, store, &listed, &record).await;
         }
-        self.finish_committed(msg, store, known_record).await
+        tracing::info!(
+            run_id = %msg.run_id, unit, files = manifest.files.len(), bytes = manifest.bytes,
+            rows = manifest.rows, seconds = started.elapsed().as_secs_f64(), "exported"
+        );
+        self.settle(msg, store, &listed, &body).await
+    }
+
+    async fn list_unit(
+        &self,
+        msg: &WorkMessage,
+        store: &dyn ObjectStore,
+    ) -> Result<Vec<ObjectInfo>, UnitError> {
+        store
+            .list(&layout::unit_folder(&msg.source))
+            .await
+            .map_err(|e| UnitError::io("listing unit folder", e))
     }
 
     /// What follows a commit, safe to repeat (a redelivered duplicate does it
-    /// again): the export's folder gets the completion record as its
-    /// manifest, and older runs' folders go. `record` is the completion
-    /// record when this task has just written it, sparing two reads.
-    async fn finish_committed(
+    /// again). `listed` is the unit's folder as listed after this run's
+    /// files were written; `record` is this run's completion record.
+    async fn settle(
         &self,
         msg: &WorkMessage,
         store: &dyn ObjectStore,
-        record: Option<&[u8]>,
+        listed: &[ObjectInfo],
+        record: &[u8],
     ) -> Result<(), UnitError> {
-        let io = |e| UnitError::io("writing the export manifest", e);
-        let manifest_key = layout::export_manifest(&msg.source, &msg.run_id);
-        if let Some(record) = record {
-            store
-                .write_if_absent(&manifest_key, record)
-                .await
-                .map_err(io)?;
-        } else if store.read(&manifest_key).await.map_err(io)?.is_none() {
-            let done_key = layout::done_record(&msg.run_id, &msg.source.unit());
-            if let Some(record) = store.read(&done_key).await.map_err(io)? {
-                store
-                    .write_if_absent(&manifest_key, &record)
-                    .await
-                    .map_err(io)?;
-            }
-        }
-        self.remove_superseded(msg, store).await
-    }
-
-    /// Deletes the folders of this unit's older runs, now that this run's
-    /// export is committed; and this run's own folder if a newer run has
-    /// already committed the unit (runs that overlapped). Runs whose age
-    /// cannot be told (no run manifest) are left alone.
-    async fn remove_superseded(
-        &self,
-        msg: &WorkMessage,
-        store: &dyn ObjectStore,
-    ) -> Result<(), UnitError> {
+        let io = |what| move |e| UnitError::io(what, e);
+        let unit = msg.source.unit();
         let unit_folder = layout::unit_folder(&msg.source);
-        let listed = store
-            .list(&unit_folder)
-            .await
-            .map_err(|e| UnitError::io("listing unit folder", e))?;
         let mut runs: Vec<&str> = listed
             .iter()
-            .filter_map(|o| o.key[unit_folder.len()..].strip_prefix(RUN_FOLDER_PREFIX))
-            .filter_map(|rest| rest.split_once('/').map(|(run, _)| run))
+            .filter_map(|o| layout::run_of_key(&unit_folder, &o.key))
+            .filter(|run| *run != msg.run_id)
             .collect();
         runs.dedup();
         let ours = (msg.enqueued_at, msg.run_id.as_str());
-        let mut doomed = Vec::new();
-        let mut superseded = false;
-        for run in runs.into_iter().filter(|r| *r != msg.run_id) {
-            let other = store
-                .read(&layout::run_manifest(run))
+        let mut older = Vec::new();
+        for run in runs {
+            // Only a committed export counts: an uncommitted folder may belong
+            // to a run that is still exporting, and is that run's to delete.
+            let Some(other) = store
+                .read(&layout::done_record(run, &unit))
                 .await
-                .map_err(|e| UnitError::io("reading run manifest", e))?
-                .and_then(|b| serde_json::from_slice::<RunManifest>(&b).ok());
-            let Some(other) = other else {
+                .map_err(io("reading another run's completion record"))?
+            else {
+                continue;
+            };
+            let Some(started) = self.run_started(store, run, &other).await? else {
                 tracing::warn!(
                     unit_folder,
                     run,
@@ -230,27 +229,144 @@ impl ExportHandler {
                 );
                 continue;
             };
-            if (other.created_at, other.run_id.as_str()) < ours {
-                doomed.push(layout::export_folder(&msg.source, run));
-            } else {
-                let committed = layout::export_manifest(&msg.source, run);
-                superseded |= listed.iter().any(|o| o.key == committed);
+            if (started, run) > ours {
+                return self.supersede(msg, store, listed, run).await;
             }
+            older.push(run);
         }
-        if superseded {
-            doomed.push(layout::export_folder(&msg.source, &msg.run_id));
+
+        let folder = layout::export_folder(&msg.source, &msg.run_id);
+        let manifest_key = layout::export_manifest(&msg.source, &msg.run_id);
+        let ours_listed: HashSet<&str> = listed
+            .iter()
+            .filter(|o| o.key.starts_with(&folder))
+            .map(|o| o.key.as_str())
+            .collect();
+        let committed: Option<TableManifest> = serde_json::from_slice(record).ok();
+        let intact = committed
+            .as_ref()
+            .is_some_and(|m| m.files.iter().all(|f| ours_listed.contains(f.key.as_str())));
+        if !intact {
+            // Never recreate a manifest over files that are gone.
+            tracing::warn!(run_id = %msg.run_id, unit, "this run's export is no longer complete in {folder}: leaving it as it is");
+            return Ok(());
         }
-        for folder in doomed {
-            for object in listed.iter().filter(|o| o.key.starts_with(&folder)) {
-                store
-                    .delete(&object.key)
-                    .await
-                    .map_err(|e| UnitError::io("deleting superseded export", e))?;
-            }
-            tracing::info!(folder, "deleted superseded export");
+        if !ours_listed.contains(manifest_key.as_str()) {
+            store
+                .write_if_absent(&manifest_key, record)
+                .await
+                .map_err(io("writing the export manifest"))?;
+        }
+        for run in older {
+            let doomed = layout::export_folder(&msg.source, run);
+            delete_listed(store, listed, &doomed).await?;
+            tracing::info!(folder = doomed, "deleted superseded export");
         }
         Ok(())
     }
+
+    /// A newer run committed this unit first: say so, and delete this run's
+    /// export, which must not stand beside (or be taken for) the newer one.
+    async fn supersede(
+        &self,
+        msg: &WorkMessage,
+        store: &dyn ObjectStore,
+        listed: &[ObjectInfo],
+        newer: &str,
+    ) -> Result<(), UnitError> {
+        let unit = msg.source.unit();
+        let record = SupersededRecord {
+            v: SCHEMA_VERSION,
+            run_id: msg.run_id.clone(),
+            unit: unit.clone(),
+            by_run: newer.to_string(),
+            at: Utc::now(),
+        };
+        store
+            .write(
+                &layout::superseded_record(&msg.run_id, &unit),
+                &serde_json::to_vec_pretty(&record).expect("records serialize"),
+            )
+            .await
+            .map_err(|e| UnitError::io("writing the superseded record", e))?;
+        delete_listed(
+            store,
+            listed,
+            &layout::export_folder(&msg.source, &msg.run_id),
+        )
+        .await?;
+        tracing::info!(run_id = %msg.run_id, unit, newer, "superseded by a newer run's export: deleted this run's");
+        Ok(())
+    }
+
+    /// When `run` started: from its completion record, or for records of
+    /// earlier versions from its run manifest (read once per run).
+    async fn run_started(
+        &self,
+        store: &dyn ObjectStore,
+        run: &str,
+        record: &[u8],
+    ) -> Result<Option<DateTime<Utc>>, UnitError> {
+        if let Some(at) = serde_json::from_slice::<TableManifest>(record)
+            .ok()
+            .and_then(|m| m.run_started_at)
+        {
+            return Ok(Some(at));
+        }
+        if let Some(known) = self.starts().get(run) {
+            return Ok(*known);
+        }
+        let started = store
+            .read(&layout::run_manifest(run))
+            .await
+            .map_err(|e| UnitError::io("reading run manifest", e))?
+            .and_then(|b| serde_json::from_slice::<RunManifest>(&b).ok())
+            .map(|m| m.created_at);
+        self.starts().insert(run.to_string(), started);
+        Ok(started)
+    }
+
+    fn starts(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<DateTime<Utc>>>> {
+        self.run_starts
+            .lock()
+            .expect("run start cache lock poisoned")
+    }
+}
+
+/// Deletes every listed object under `folder`.
+async fn delete_listed(
+    store: &dyn ObjectStore,
+    listed: &[ObjectInfo],
+    folder: &str,
+) -> Result<(), UnitError> {
+    for object in listed.iter().filter(|o| o.key.starts_with(folder)) {
+        store
+            .delete(&object.key)
+            .await
+            .map_err(|e| UnitError::io("deleting an export's files", e))?;
+    }
+    Ok(())
+}
+
+/// Deletes what a failed export of this run left in its folder, unless the
+/// unit was committed meanwhile (by another delivery): no file outlives a
+/// failed export.
+async fn remove_uncommitted(msg: &WorkMessage, store: &dyn ObjectStore) -> Result<(), UnitError> {
+    let done = layout::done_record(&msg.run_id, &msg.source.unit());
+    if store
+        .read(&done)
+        .await
+        .map_err(|e| UnitError::io("reading completion record", e))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let folder = layout::export_folder(&msg.source, &msg.run_id);
+    let listed = store
+        .list(&folder)
+        .await
+        .map_err(|e| UnitError::io("listing export folder", e))?;
+    delete_listed(store, &listed, &folder).await
 }
 
 /// A URI the message names that no adapter accepts is the message's fault;
@@ -272,6 +388,7 @@ impl Handler for ExportHandler {
         };
         let store = match self.store_for(&msg).await {
             Ok(store) => store,
+            Err(err) if err.is_transient() => return Disposition::Retry(err),
             Err(err) => return Disposition::DeadLetter(err),
         };
         self.runs.observe(&msg.run_id, Arc::clone(&store));
@@ -308,6 +425,9 @@ impl Handler for ExportHandler {
             .await
         {
             tracing::error!(run_id = %msg.run_id, unit, error = %format!("{err:#}"), "cannot write dead-letter record");
+        }
+        if let Err(err) = remove_uncommitted(&msg, store.as_ref()).await {
+            tracing::warn!(run_id = %msg.run_id, unit, error = %err, "cannot delete the failed export's files");
         }
     }
 

@@ -1,17 +1,20 @@
 //! Where things live in the destination store, and the records kept there.
 //!
 //! ```text
-//! TABLE/run=RUN_ID/TABLE_000000000000.csv     shards of one run's export
-//! TABLE/run=RUN_ID/_MANIFEST.json             that export's manifest (a copy of its completion record)
-//! TABLE/partition=P/run=RUN_ID/...            the same, per partition
-//! _bqdrain/runs/RUN_ID/manifest.json          the run manifest (expected units)
-//! _bqdrain/runs/RUN_ID/done/UNIT.json         completion record, written if absent
-//! _bqdrain/runs/RUN_ID/dead/UNIT.json         dead-letter record with the reason
+//! DATASET/TABLE/run=RUN_ID/TABLE_000000000000.csv   shards of one run's export
+//! DATASET/TABLE/run=RUN_ID/_MANIFEST.json           that export's manifest (a copy of its completion record)
+//! DATASET/TABLE/partition=P/run=RUN_ID/...          the same, per partition
+//! _bqdrain/runs/RUN_ID/manifest.json                the run manifest (expected units), written before publishing
+//! _bqdrain/runs/RUN_ID/published.json               written once every message of the run is confirmed
+//! _bqdrain/runs/RUN_ID/done/UNIT.json               completion record, written if absent
+//! _bqdrain/runs/RUN_ID/dead/UNIT.json               dead-letter record with the reason
+//! _bqdrain/runs/RUN_ID/superseded/UNIT.json         a newer run's export replaced this run's
 //! ```
 //!
 //! Each run exports into its own folder, so a failed or partial export never
 //! touches the previous complete one; only after a run's export of a table is
-//! committed are older runs' folders of that table deleted.
+//! committed are older runs' committed folders of that table deleted. The
+//! dataset is part of the path, so two datasets can share a destination.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -21,13 +24,14 @@ use crate::message::{ExportOptions, SourceTable};
 /// Reserved top-level folder for bqdrain's own records.
 pub const META: &str = "_bqdrain";
 const TABLE_MANIFEST: &str = "_MANIFEST.json";
-pub const RUN_FOLDER_PREFIX: &str = "run=";
+const RUN_FOLDER_PREFIX: &str = "run=";
 
-/// The folder of a unit across runs: `TABLE/` or `TABLE/partition=P/`.
+/// The folder of a unit across runs: `DATASET/TABLE/` or
+/// `DATASET/TABLE/partition=P/`.
 pub fn unit_folder(source: &SourceTable) -> String {
     match &source.partition {
-        Some(p) => format!("{}/partition={}/", source.table, p),
-        None => format!("{}/", source.table),
+        Some(p) => format!("{}/{}/partition={}/", source.dataset, source.table, p),
+        None => format!("{}/{}/", source.dataset, source.table),
     }
 }
 
@@ -45,12 +49,20 @@ pub fn run_manifest(run_id: &str) -> String {
     format!("{META}/runs/{run_id}/manifest.json")
 }
 
+pub fn run_published(run_id: &str) -> String {
+    format!("{META}/runs/{run_id}/published.json")
+}
+
 pub fn done_prefix(run_id: &str) -> String {
     format!("{META}/runs/{run_id}/done/")
 }
 
 pub fn dead_prefix(run_id: &str) -> String {
     format!("{META}/runs/{run_id}/dead/")
+}
+
+pub fn superseded_prefix(run_id: &str) -> String {
+    format!("{META}/runs/{run_id}/superseded/")
 }
 
 pub fn done_record(run_id: &str, unit: &str) -> String {
@@ -61,12 +73,25 @@ pub fn dead_record(run_id: &str, unit: &str) -> String {
     format!("{}{unit}.json", dead_prefix(run_id))
 }
 
+pub fn superseded_record(run_id: &str, unit: &str) -> String {
+    format!("{}{unit}.json", superseded_prefix(run_id))
+}
+
+/// The run whose export folder holds `key`, for a key under `unit_folder`.
+pub fn run_of_key<'a>(unit_folder: &str, key: &'a str) -> Option<&'a str> {
+    let rest = key
+        .strip_prefix(unit_folder)?
+        .strip_prefix(RUN_FOLDER_PREFIX)?;
+    rest.split_once('/').map(|(run, _)| run)
+}
+
 /// The unit named by a record key under `prefix`.
 pub fn unit_of_record<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
     key.strip_prefix(prefix)?.strip_suffix(".json")
 }
 
-/// What the producer planned: written once the run's messages are confirmed.
+/// What the producer planned: written before the first message is published,
+/// so that no published run is ever without one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunManifest {
     pub v: u32,
@@ -113,6 +138,23 @@ pub struct TableManifest {
     pub finished_at: DateTime<Utc>,
     pub delivery_attempt: u32,
     pub task: String,
+    /// When the run started (its manifest's `created_at`): orders this
+    /// export against other runs' without reading their run manifests.
+    /// Absent in records of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_started_at: Option<DateTime<Utc>>,
+}
+
+/// Written by a run that committed a unit after a newer run had: its own
+/// export was deleted, and the newer run's stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SupersededRecord {
+    pub v: u32,
+    pub run_id: String,
+    pub unit: String,
+    /// The newer run whose export replaced this run's.
+    pub by_run: String,
+    pub at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

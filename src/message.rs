@@ -226,6 +226,7 @@ impl WorkMessage {
     fn check_names(&self) -> Result<(), UnitError> {
         let fields = [
             ("run_id", Some(&self.run_id)),
+            ("source.dataset", Some(&self.source.dataset)),
             ("source.table", Some(&self.source.table)),
             ("source.partition", self.source.partition.as_ref()),
         ];

@@ -1,26 +1,74 @@
-//! The producer: plan a run (one unit per exportable table), publish one
-//! message per unit, wait for every publish to be confirmed, then write the
-//! run manifest that workers and `status` read.
+//! The producer: plan a run (one unit per exportable table), write the run
+//! manifest, publish one message per unit, and mark the run published once
+//! every publish is confirmed.
+//!
+//! The manifest comes first, so no published message ever belongs to a run
+//! without one. A run id is used once: a producer given an id that already
+//! has a manifest refuses, unless asked to resume it (publish again only its
+//! units without a completion record). On Cloud Run the default run id is
+//! the execution's name, so a retried execution resumes the run its first
+//! attempt started instead of publishing a second one.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 use crate::layout::{self, PlannedUnit, RunManifest, SkippedTable};
 use crate::message::{check_path_segment, ExportOptions, SourceTable, WorkMessage, SCHEMA_VERSION};
 use crate::queue::Topic;
+use crate::retry::RetryPolicy;
+use crate::runs;
 use crate::store::ObjectStore;
 use crate::warehouse::Warehouse;
 
 /// Messages per publish call.
 const PUBLISH_BATCH: usize = 1000;
+/// Store writes and publishes are retried this way before the producer
+/// gives up: a 503 must not turn into a half-published run.
+const RETRY: RetryPolicy = RetryPolicy {
+    max_retries: 5,
+    min_delay: Duration::from_millis(200),
+    max_delay: Duration::from_secs(10),
+};
+/// Cloud Run's name of the running job execution.
+pub const EXECUTION_VAR: &str = "CLOUD_RUN_EXECUTION";
+
+/// Which run a producer publishes, and what it does if that run exists.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunId {
+    /// A new id made from the time and a random suffix.
+    New,
+    /// The operator's `--run-id`: refused if the run exists, unless `resume`.
+    Given { id: String, resume: bool },
+    /// The Cloud Run execution's name: a retried execution continues the run
+    /// (publishing again only if the first attempt did not finish publishing).
+    Execution(String),
+}
+
+impl RunId {
+    /// From `--run-id` and `--resume`; without an id, from the Cloud Run
+    /// execution when there is one.
+    pub fn from_flags(run_id: Option<String>, resume: bool, execution: Option<String>) -> RunId {
+        match (run_id, execution.filter(|e| !e.is_empty())) {
+            (Some(id), _) => RunId::Given { id, resume },
+            (None, Some(execution)) => RunId::Execution(execution),
+            (None, None) => RunId::New,
+        }
+    }
+
+    fn given(&self) -> Option<&str> {
+        match self {
+            RunId::New => None,
+            RunId::Given { id, .. } | RunId::Execution(id) => Some(id),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct RunPlan {
-    /// `None` makes one from the time and a random suffix.
-    pub run_id: Option<String>,
+    pub run: RunId,
     pub include: Vec<String>,
     pub exclude: Vec<String>,
     pub options: ExportOptions,
@@ -29,10 +77,23 @@ pub struct RunPlan {
 #[derive(Debug, Clone, Serialize)]
 pub struct ProduceReport {
     pub run_id: String,
+    /// Messages published by this call.
     pub published: usize,
+    /// Units of the run not yet exported: what workers have to do.
+    pub pending: usize,
+    /// Whether this call continued an existing run.
+    pub resumed: bool,
     pub skipped: Vec<SkippedTable>,
     pub excluded: usize,
     pub seconds: f64,
+}
+
+/// Written once every message of a run is confirmed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PublishedMarker {
+    run_id: String,
+    messages: usize,
+    at: chrono::DateTime<Utc>,
 }
 
 pub fn new_run_id() -> String {
@@ -64,7 +125,7 @@ pub fn validate(
     warehouse: &dyn Warehouse,
     store: &dyn ObjectStore,
 ) -> Result<(), ConfigError> {
-    if let Some(id) = &plan.run_id {
+    if let Some(id) = plan.run.given() {
         let allowed = id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
@@ -90,9 +151,67 @@ pub async fn produce(
 ) -> anyhow::Result<ProduceReport> {
     let started = Instant::now();
     validate(plan, warehouse, store)?;
+    let run_id = plan.run.given().map_or_else(new_run_id, str::to_string);
+    let manifest_key = layout::run_manifest(&run_id);
+    let existing = RETRY
+        .run_any("reading the run manifest", || store.read(&manifest_key))
+        .await?;
+    let Some(existing) = existing else {
+        return publish_new(plan, run_id, warehouse, topic, store, started).await;
+    };
+    let manifest: RunManifest = serde_json::from_slice(&existing)
+        .map_err(|e| anyhow::anyhow!("parsing {manifest_key}: {e}"))?;
+    let again = match &plan.run {
+        RunId::Given { resume: true, .. } => true,
+        RunId::Execution(_) => {
+            let marker = layout::run_published(&run_id);
+            RETRY
+                .run_any("reading the run's published marker", || store.read(&marker))
+                .await?
+                .is_none()
+        }
+        RunId::Given { resume: false, .. } | RunId::New => {
+            return Err(ConfigError::new(
+                "--run-id",
+                format!(
+                "run {run_id} already exists in {} (started {}, {} units); a run id is used once, \
+                     since its exports are ordered by its start",
+                store.uri(),
+                manifest.created_at.to_rfc3339(),
+                manifest.units.len()
+            ),
+                "leave --run-id out to start a new run, or add --resume to publish again only \
+                 this run's units that have no completion record",
+            )
+            .into())
+        }
+    };
+    if manifest.source != warehouse.uri() {
+        return Err(ConfigError::new(
+            "--source",
+            format!(
+                "run {run_id} exports {}, not {}",
+                manifest.source,
+                warehouse.uri()
+            ),
+            format!("pass --source {} to resume it", manifest.source),
+        )
+        .into());
+    }
+    resume(manifest, again, topic, store, started).await
+}
+
+/// Plans a new run, writes its manifest, publishes it.
+async fn publish_new(
+    plan: &RunPlan,
+    run_id: String,
+    warehouse: &dyn Warehouse,
+    topic: &dyn Topic,
+    store: &dyn ObjectStore,
+    started: Instant,
+) -> anyhow::Result<ProduceReport> {
     let include = patterns("--include", &plan.include)?;
     let exclude = patterns("--exclude", &plan.exclude)?;
-    let run_id = plan.run_id.clone().unwrap_or_else(new_run_id);
     let created_at = Utc::now();
 
     let mut tables = warehouse.list_tables().await?;
@@ -120,33 +239,24 @@ pub async fn produce(
             .cmp(&(a.bytes, a.rows))
             .then_with(|| a.name.cmp(&b.name))
     });
-
-    let mut units = Vec::with_capacity(tables.len());
-    let mut envelopes = Vec::with_capacity(tables.len());
-    for t in &tables {
-        let source = SourceTable {
-            dataset_uri: warehouse.uri().to_string(),
-            project: warehouse.project().to_string(),
-            dataset: warehouse.dataset().to_string(),
-            table: t.name.clone(),
-            partition: None,
-        };
-        let msg = WorkMessage {
-            v: SCHEMA_VERSION,
-            run_id: run_id.clone(),
-            source: source.clone(),
-            destination: store.uri().to_string(),
-            options: plan.options.clone(),
-            enqueued_at: created_at,
-        };
-        envelopes.push(msg.to_envelope());
-        units.push(PlannedUnit {
-            unit: source.unit(),
-            source,
-            rows: t.rows,
-            bytes: t.bytes,
-        });
-    }
+    let units: Vec<PlannedUnit> = tables
+        .iter()
+        .map(|t| {
+            let source = SourceTable {
+                dataset_uri: warehouse.uri().to_string(),
+                project: warehouse.project().to_string(),
+                dataset: warehouse.dataset().to_string(),
+                table: t.name.clone(),
+                partition: None,
+            };
+            PlannedUnit {
+                unit: source.unit(),
+                source,
+                rows: t.rows,
+                bytes: t.bytes,
+            }
+        })
+        .collect();
     if units.is_empty() {
         tracing::warn!(
             listed,
@@ -154,10 +264,6 @@ pub async fn produce(
             skipped = skipped.len(),
             "nothing to export in this run"
         );
-    }
-    let mut published = 0;
-    for batch in envelopes.chunks(PUBLISH_BATCH) {
-        published += topic.publish(batch.to_vec()).await?.len();
     }
     let manifest = RunManifest {
         v: SCHEMA_VERSION,
@@ -169,12 +275,15 @@ pub async fn produce(
         units,
         skipped: skipped.clone(),
     };
-    store
-        .write(
-            &layout::run_manifest(&run_id),
-            &serde_json::to_vec_pretty(&manifest)?,
-        )
+    let body = serde_json::to_vec_pretty(&manifest)?;
+    let manifest_key = layout::run_manifest(&run_id);
+    RETRY
+        .run_any("writing the run manifest", || {
+            store.write(&manifest_key, &body)
+        })
         .await?;
+    let units: Vec<&PlannedUnit> = manifest.units.iter().collect();
+    let published = publish(&manifest, &units, topic, store).await?;
     tracing::info!(
         run_id,
         published,
@@ -185,8 +294,88 @@ pub async fn produce(
     Ok(ProduceReport {
         run_id,
         published,
+        pending: published,
+        resumed: false,
         skipped,
         excluded,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Continues an existing run as its manifest planned it: with `again`, its
+/// units without a completion record are published again (a duplicate of a
+/// message still queued is harmless: exports are idempotent).
+async fn resume(
+    manifest: RunManifest,
+    again: bool,
+    topic: &dyn Topic,
+    store: &dyn ObjectStore,
+    started: Instant,
+) -> anyhow::Result<ProduceReport> {
+    let unfinished = runs::unfinished_units(store, &manifest).await?;
+    let published = if again {
+        publish(&manifest, &unfinished, topic, store).await?
+    } else {
+        0
+    };
+    tracing::info!(
+        run_id = manifest.run_id,
+        published,
+        pending = unfinished.len(),
+        "run resumed"
+    );
+    Ok(ProduceReport {
+        pending: unfinished.len(),
+        run_id: manifest.run_id.clone(),
+        published,
+        resumed: true,
+        skipped: manifest.skipped.clone(),
+        excluded: 0,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Publishes one message per unit, in batches, each retried until
+/// confirmed; then marks the run published.
+async fn publish(
+    manifest: &RunManifest,
+    units: &[&PlannedUnit],
+    topic: &dyn Topic,
+    store: &dyn ObjectStore,
+) -> anyhow::Result<usize> {
+    let mut published = 0;
+    for batch in units.chunks(PUBLISH_BATCH) {
+        let envelopes: Vec<_> = batch
+            .iter()
+            .map(|u| {
+                WorkMessage {
+                    v: SCHEMA_VERSION,
+                    run_id: manifest.run_id.clone(),
+                    source: u.source.clone(),
+                    destination: manifest.destination.clone(),
+                    options: manifest.options.clone(),
+                    enqueued_at: manifest.created_at,
+                }
+                .to_envelope()
+            })
+            .collect();
+        published += RETRY
+            .run_any("publishing the run's messages", || {
+                topic.publish(envelopes.clone())
+            })
+            .await?
+            .len();
+    }
+    let marker = serde_json::to_vec_pretty(&PublishedMarker {
+        run_id: manifest.run_id.clone(),
+        messages: published,
+        at: Utc::now(),
+    })?;
+    let marker_key = layout::run_published(&manifest.run_id);
+    RETRY
+        .run_any("marking the run published", || {
+            store.write(&marker_key, &marker)
+        })
+        .await?;
+    Ok(published)
 }

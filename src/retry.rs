@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 
-use crate::error::UnitError;
+use crate::error::{ConfigError, UnitError};
 
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -33,16 +33,33 @@ impl RetryPolicy {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, UnitError>>,
     {
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(self.min_delay)
-            .with_max_delay(self.max_delay)
-            .with_max_times(self.max_retries)
-            .with_jitter();
         attempt
-            .retry(backoff)
+            .retry(self.backoff())
             .when(UnitError::is_transient)
             .notify(|err, delay| tracing::warn!(what, error = %err, retry_in_ms = delay.as_millis() as u64, "transient failure, retrying"))
             .await
+    }
+
+    /// The same for calls whose failures are not classified (store writes,
+    /// publishes): everything but a configuration error is retried.
+    pub async fn run_any<T, F, Fut>(&self, what: &str, attempt: F) -> anyhow::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = anyhow::Result<T>>,
+    {
+        attempt
+            .retry(self.backoff())
+            .when(|err: &anyhow::Error| !err.is::<ConfigError>())
+            .notify(|err, delay| tracing::warn!(what, error = %format!("{err:#}"), retry_in_ms = delay.as_millis() as u64, "failed, retrying"))
+            .await
+    }
+
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_max_times(self.max_retries)
+            .with_jitter()
     }
 }
 

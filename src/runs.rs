@@ -4,12 +4,18 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use crate::layout::{self, DeadRecord, RunManifest, TableManifest};
+use crate::layout::{self, DeadRecord, PlannedUnit, RunManifest, SupersededRecord, TableManifest};
 use crate::store::ObjectStore;
+
+/// Records read at once for `status`: a 10,000-unit run is read in seconds,
+/// not minutes, at object-store latencies.
+const READ_CONCURRENCY: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -23,6 +29,11 @@ pub enum UnitState {
     DeadLettered {
         #[serde(skip_serializing_if = "Option::is_none")]
         record: Option<DeadRecord>,
+    },
+    /// A newer run committed the unit first; its export stands instead.
+    Superseded {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        record: Option<SupersededRecord>,
     },
 }
 
@@ -44,6 +55,7 @@ pub struct Totals {
     pub expected: usize,
     pub exported: usize,
     pub dead_lettered: usize,
+    pub superseded: usize,
     pub pending: usize,
 }
 
@@ -59,18 +71,65 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     }
 }
 
-async fn record_units(store: &dyn ObjectStore, prefix: &str) -> anyhow::Result<HashSet<String>> {
-    Ok(store
-        .list(prefix)
-        .await?
-        .iter()
-        .filter_map(|o| layout::unit_of_record(prefix, &o.key).map(str::to_string))
-        .collect())
+/// Which units of a run have which records, from three listings.
+struct Records {
+    done: HashSet<String>,
+    dead: HashSet<String>,
+    superseded: HashSet<String>,
+}
+
+#[derive(Clone, Copy)]
+enum Settled {
+    Pending,
+    Exported,
+    DeadLettered,
+    Superseded,
+}
+
+impl Records {
+    async fn list(store: &dyn ObjectStore, run_id: &str) -> anyhow::Result<Records> {
+        let units = |prefix: String| async move {
+            anyhow::Ok(
+                store
+                    .list(&prefix)
+                    .await?
+                    .iter()
+                    .filter_map(|o| layout::unit_of_record(&prefix, &o.key).map(str::to_string))
+                    .collect::<HashSet<_>>(),
+            )
+        };
+        let (done, dead, superseded) = tokio::try_join!(
+            units(layout::done_prefix(run_id)),
+            units(layout::dead_prefix(run_id)),
+            units(layout::superseded_prefix(run_id)),
+        )?;
+        Ok(Records {
+            done,
+            dead,
+            superseded,
+        })
+    }
+
+    /// A superseded record wins (the unit was committed, then found a newer
+    /// export); then a completion record (a dead-lettered unit may have been
+    /// replayed and exported since).
+    fn of(&self, unit: &str) -> Settled {
+        if self.superseded.contains(unit) {
+            Settled::Superseded
+        } else if self.done.contains(unit) {
+            Settled::Exported
+        } else if self.dead.contains(unit) {
+            Settled::DeadLettered
+        } else {
+            Settled::Pending
+        }
+    }
 }
 
 impl RunState {
     /// `None` when the run has no manifest (yet). With `details`, reads every
-    /// record for files, rows and reasons; without, only lists them.
+    /// record for files, rows and reasons, several at a time; without, only
+    /// lists them.
     pub async fn load(
         store: &dyn ObjectStore,
         run_id: &str,
@@ -80,35 +139,40 @@ impl RunState {
         else {
             return Ok(None);
         };
-        let done = record_units(store, &layout::done_prefix(run_id)).await?;
-        let dead = record_units(store, &layout::dead_prefix(run_id)).await?;
-        let mut units = Vec::with_capacity(manifest.units.len());
-        for planned in &manifest.units {
-            let unit = &planned.unit;
-            // A completion record wins over a dead-letter record: the unit
-            // was replayed and exported since.
-            let state = if done.contains(unit) {
-                let manifest = if details {
-                    read_json(store, &layout::done_record(run_id, unit)).await?
-                } else {
-                    None
-                };
-                UnitState::Exported { manifest }
-            } else if dead.contains(unit) {
-                let record = if details {
-                    read_json(store, &layout::dead_record(run_id, unit)).await?
-                } else {
-                    None
-                };
-                UnitState::DeadLettered { record }
-            } else {
-                UnitState::Pending
-            };
-            units.push(UnitStatus {
-                unit: unit.clone(),
-                state,
-            });
-        }
+        let records = Records::list(store, run_id).await?;
+        let units = stream::iter(&manifest.units)
+            .map(|planned| {
+                let settled = records.of(&planned.unit);
+                async move {
+                    let unit = &planned.unit;
+                    let state = match settled {
+                        Settled::Pending => UnitState::Pending,
+                        Settled::Exported => UnitState::Exported {
+                            manifest: read_if(details, store, layout::done_record(run_id, unit))
+                                .await?,
+                        },
+                        Settled::DeadLettered => UnitState::DeadLettered {
+                            record: read_if(details, store, layout::dead_record(run_id, unit))
+                                .await?,
+                        },
+                        Settled::Superseded => UnitState::Superseded {
+                            record: read_if(
+                                details,
+                                store,
+                                layout::superseded_record(run_id, unit),
+                            )
+                            .await?,
+                        },
+                    };
+                    anyhow::Ok(UnitStatus {
+                        unit: unit.clone(),
+                        state,
+                    })
+                }
+            })
+            .buffered(READ_CONCURRENCY)
+            .try_collect()
+            .await?;
         Ok(Some(RunState { manifest, units }))
     }
 
@@ -122,9 +186,22 @@ impl RunState {
                 UnitState::Pending => t.pending += 1,
                 UnitState::Exported { .. } => t.exported += 1,
                 UnitState::DeadLettered { .. } => t.dead_lettered += 1,
+                UnitState::Superseded { .. } => t.superseded += 1,
             }
         }
         t
+    }
+}
+
+async fn read_if<T: serde::de::DeserializeOwned>(
+    details: bool,
+    store: &dyn ObjectStore,
+    key: String,
+) -> anyhow::Result<Option<T>> {
+    if details {
+        read_json(store, &key).await
+    } else {
+        Ok(None)
     }
 }
 
@@ -134,47 +211,58 @@ pub struct RunTracker {
     runs: Mutex<HashMap<String, TrackedRun>>,
 }
 
+/// A run's units, read from its manifest once.
+type Units = Arc<Vec<String>>;
+
 struct TrackedRun {
     store: Arc<dyn ObjectStore>,
+    units: Option<Units>,
     complete: bool,
+    /// Listing a large run's records is not free: it is not done again
+    /// before this.
+    next_check: Instant,
 }
+
+/// Seconds between two completion checks of a run, per 1,000 units.
+const CHECK_PAUSE_PER_1000_UNITS: Duration = Duration::from_secs(1);
 
 impl RunTracker {
     pub fn observe(&self, run_id: &str, store: Arc<dyn ObjectStore>) {
         let mut runs = self.runs.lock().expect("run tracker lock poisoned");
         runs.entry(run_id.to_string()).or_insert(TrackedRun {
             store,
+            units: None,
             complete: false,
+            next_check: Instant::now(),
         });
     }
 
     /// True when at least one run was seen and every run seen has each
-    /// expected unit exported or dead-lettered.
+    /// expected unit settled (exported, dead-lettered or superseded).
     pub async fn all_complete(&self) -> bool {
-        let open: Vec<(String, Arc<dyn ObjectStore>)> = {
+        let open: Vec<(String, Arc<dyn ObjectStore>, Option<Units>)> = {
             let runs = self.runs.lock().expect("run tracker lock poisoned");
             if runs.is_empty() {
                 return false;
             }
+            if runs
+                .values()
+                .any(|r| !r.complete && r.next_check > Instant::now())
+            {
+                return false;
+            }
             runs.iter()
                 .filter(|(_, r)| !r.complete)
-                .map(|(id, r)| (id.clone(), Arc::clone(&r.store)))
+                .map(|(id, r)| (id.clone(), Arc::clone(&r.store), r.units.clone()))
                 .collect()
         };
-        for (run_id, store) in open {
-            match RunState::load(store.as_ref(), &run_id, false).await {
-                Ok(Some(state)) if state.totals().pending == 0 => {
+        for (run_id, store, units) in open {
+            match self.check(&run_id, store.as_ref(), units).await {
+                Ok(true) => {
                     tracing::info!(run_id, "run complete");
-                    if let Some(entry) = self
-                        .runs
-                        .lock()
-                        .expect("run tracker lock poisoned")
-                        .get_mut(&run_id)
-                    {
-                        entry.complete = true;
-                    }
+                    self.update(&run_id, |r| r.complete = true);
                 }
-                Ok(_) => return false,
+                Ok(false) => return false,
                 Err(err) => {
                     tracing::warn!(run_id, error = %format!("{err:#}"), "cannot read run state");
                     return false;
@@ -183,4 +271,63 @@ impl RunTracker {
         }
         true
     }
+
+    async fn check(
+        &self,
+        run_id: &str,
+        store: &dyn ObjectStore,
+        units: Option<Units>,
+    ) -> anyhow::Result<bool> {
+        let units = match units {
+            Some(units) => units,
+            None => {
+                let Some(manifest) =
+                    read_json::<RunManifest>(store, &layout::run_manifest(run_id)).await?
+                else {
+                    return Ok(false);
+                };
+                let units: Units = Arc::new(manifest.units.into_iter().map(|u| u.unit).collect());
+                self.update(run_id, |r| r.units = Some(Arc::clone(&units)));
+                units
+            }
+        };
+        let records = Records::list(store, run_id).await?;
+        let pending = units
+            .iter()
+            .filter(|u| matches!(records.of(u), Settled::Pending))
+            .count();
+        let pause = CHECK_PAUSE_PER_1000_UNITS.mul_f64(units.len() as f64 / 1000.0);
+        self.update(run_id, |r| r.next_check = Instant::now() + pause);
+        Ok(pending == 0)
+    }
+
+    fn update(&self, run_id: &str, change: impl FnOnce(&mut TrackedRun)) {
+        if let Some(run) = self
+            .runs
+            .lock()
+            .expect("run tracker lock poisoned")
+            .get_mut(run_id)
+        {
+            change(run);
+        }
+    }
+}
+
+/// The units of a run that have no completion (or superseded) record: what
+/// resuming the run publishes again.
+pub async fn unfinished_units<'a>(
+    store: &dyn ObjectStore,
+    manifest: &'a RunManifest,
+) -> anyhow::Result<Vec<&'a PlannedUnit>> {
+    let records = Records::list(store, &manifest.run_id).await?;
+    Ok(manifest
+        .units
+        .iter()
+        .filter(|u| {
+            matches!(
+                records.of(&u.unit),
+                Settled::Pending | Settled::DeadLettered
+            )
+        })
+        .collect())
 }

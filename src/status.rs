@@ -85,14 +85,26 @@ impl StatusReport {
                     format!("dead-lettered  {}: {}", r.reason, r.message)
                 }
                 UnitState::DeadLettered { record: None } => "dead-lettered".to_string(),
+                UnitState::Superseded { record: Some(r) } => format!(
+                    "superseded     run {} exported it later; its export stands",
+                    r.by_run
+                ),
+                UnitState::Superseded { record: None } => "superseded".to_string(),
             };
             let _ = writeln!(out, "  {:width$}  {detail}", u.unit);
         }
         let t = &self.totals;
         let _ = writeln!(
             out,
-            "{} units: {} exported, {} dead-lettered, {} pending; {} files, {} bytes, {} rows",
-            t.expected, t.exported, t.dead_lettered, t.pending, self.files, self.bytes, self.rows
+            "{} units: {} exported, {} dead-lettered, {} superseded, {} pending; {} files, {} bytes, {} rows",
+            t.expected,
+            t.exported,
+            t.dead_lettered,
+            t.superseded,
+            t.pending,
+            self.files,
+            self.bytes,
+            self.rows
         );
         out
     }

@@ -30,7 +30,7 @@ fn demo_exports_every_table_with_its_defaults() {
     assert!(report["seconds"].as_f64().unwrap() > 0.0);
     let run_id = report["run_id"].as_str().unwrap();
     let csv = std::fs::read_to_string(dir.join(format!(
-        "exports/dummy_01/run={run_id}/dummy_01_000000000000.csv"
+        "exports/warehouse/dummy_01/run={run_id}/dummy_01_000000000000.csv"
     )))
     .unwrap();
     assert_eq!(csv.lines().count(), 1001);

@@ -413,3 +413,53 @@ async fn second_run_replaces_the_first_without_stale_shards() {
         "run records are history"
     );
 }
+
+#[tokio::test]
+async fn a_producer_failing_half_way_is_resumed_by_its_retried_execution() {
+    let sb = GcpSandbox::new("halfway", 5).await;
+    sb.make_tables(3, 100).await;
+    let execution = ("CLOUD_RUN_EXECUTION", "bqdrain-producer-h4lf".to_string());
+    // Publishing fails for good: the topic is missing.
+    let missing = format!(
+        "pubsub://projects/{}/topics/missing-halfway",
+        common::gcp::PROJECT
+    );
+    let failed = sb.produce_to(&missing, "exports", &[], vec![execution.clone()]);
+    assert_eq!(
+        failed.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+    let manifest = sb
+        .download("exports/_bqdrain/runs/bqdrain-producer-h4lf/manifest.json")
+        .await
+        .expect("the run manifest is written before anything is published");
+    let manifest: Value = serde_json::from_slice(&manifest).unwrap();
+    assert_eq!(manifest["units"].as_array().unwrap().len(), 3);
+
+    // Cloud Run retries the execution; Cloud Storage answers 503 twice.
+    let storage = FaultProxy::start(
+        &sb.emulators.storage,
+        "",
+        vec![Fault::Status(503), Fault::Status(503)],
+    );
+    let retried = produced(&sb.produce_to(
+        &sb.topic(),
+        "exports",
+        &[],
+        vec![execution, ("STORAGE_EMULATOR_HOST", storage.addr.clone())],
+    ));
+    assert_eq!(storage.served(), 2, "both 503s reached the producer");
+    assert_eq!(retried["run_id"], "bqdrain-producer-h4lf", "the same run");
+    assert_eq!(
+        (retried["published"].as_u64(), retried["resumed"].as_bool()),
+        (Some(3), Some(true))
+    );
+    all_drained(&sb, workers(&sb, 2, "exports", "bqdrain-producer-h4lf"));
+    for table in ["t_001", "t_002", "t_003"] {
+        sb.assert_exported("exports", "bqdrain-producer-h4lf", table, 100)
+            .await;
+    }
+    assert_queues_empty(&sb).await;
+}

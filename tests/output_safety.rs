@@ -90,7 +90,10 @@ async fn a_new_run_replaces_the_old_export_even_with_fewer_files() {
     assert!(first.files.len() > 5);
 
     // A partial export of run 2 left behind by a crash must not count either.
-    let stale = sb.exports().join("t_001/run=r2/t_001_000000000099.csv");
+    let stale = sb
+        .exports()
+        .join(sb.export_folder("t_001", "r2"))
+        .join("t_001_000000000099.csv");
     std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
     std::fs::write(&stale, "id,name,age\n1,x,1\n").unwrap();
 
@@ -122,9 +125,10 @@ async fn an_older_run_finishing_late_does_not_replace_a_newer_export() {
     let (status, json) = finish(sb.spawn_worker(&late, &[]), Duration::from_secs(60));
     assert!(status.success());
     assert_eq!(json["acked"], 1);
-    assert!(
-        sb.manifest("r1", "t_001").is_some(),
-        "run 1 still records its unit as exported"
+    assert_eq!(
+        sb.unit_state("r1", "t_001"),
+        "superseded",
+        "run 1 records that run 2's export stands"
     );
     assert_exported(&sb, "r2", "t_001", 200);
 }

@@ -14,7 +14,7 @@ use bqdrain::launch::{
 };
 use bqdrain::logging::{self, LogFormat};
 use bqdrain::message::{Compression, ExportOptions, Format};
-use bqdrain::producer::{produce, RunPlan};
+use bqdrain::producer::{produce, RunId, RunPlan, EXECUTION_VAR};
 
 #[derive(Parser)]
 #[command(
@@ -32,9 +32,14 @@ struct Cli {
     /// Export root, e.g. file://demo/exports.
     #[arg(long, env = "BQDRAIN_DESTINATION")]
     destination: String,
-    /// Run id [default: UTC time plus a random suffix].
+    /// Run id, used once [default: on Cloud Run the execution's name, so a
+    /// retried execution resumes its run; elsewhere UTC time plus a random suffix].
     #[arg(long, env = "BQDRAIN_RUN_ID")]
     run_id: Option<String>,
+    /// Continue the existing run --run-id: publish again only its units that
+    /// have no completion record, with the options it was planned with.
+    #[arg(long, env = "BQDRAIN_RESUME", requires = "run_id")]
+    resume: bool,
     /// Export only tables matching this glob (repeatable; comma-separated in the variable).
     #[arg(long, env = "BQDRAIN_INCLUDE", value_delimiter = ',')]
     include: Vec<String>,
@@ -91,7 +96,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         None => None,
     };
     let plan = RunPlan {
-        run_id: cli.run_id,
+        run: RunId::from_flags(cli.run_id, cli.resume, std::env::var(EXECUTION_VAR).ok()),
         include: cli.include,
         exclude: cli.exclude,
         options: ExportOptions {
@@ -104,7 +109,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let report = produce(&plan, warehouse.as_ref(), topic.as_ref(), store.as_ref()).await?;
     let launched = match (&launch_plan, &jobs) {
         (Some(plan), Some(jobs)) => Some(
-            launch::launch_workers(plan, jobs, &report.run_id, report.published, store.uri()).await,
+            launch::launch_workers(plan, jobs, &report.run_id, report.pending, store.uri()).await,
         ),
         _ => None,
     };
@@ -114,9 +119,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         print_json(&outcome);
     } else {
         println!(
-            "run {}: published {} message(s), skipped {}, excluded {}",
+            "run {}{}: published {} message(s), {} unit(s) pending, skipped {}, excluded {}",
             report.run_id,
+            if report.resumed { " (resumed)" } else { "" },
             report.published,
+            report.pending,
             report.skipped.len(),
             report.excluded
         );

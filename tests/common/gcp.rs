@@ -309,16 +309,28 @@ impl GcpSandbox {
 
     /// Runs `bqdrain-producer` from this dataset to the work topic.
     pub fn produce(&self, folder: &str, args: &[&str]) -> Output {
+        self.produce_to(&self.topic(), folder, args, Vec::new())
+    }
+
+    /// The same to any topic, with `envs` set over the emulators' variables.
+    pub fn produce_to(
+        &self,
+        topic: &str,
+        folder: &str,
+        args: &[&str],
+        envs: Vec<(&str, String)>,
+    ) -> Output {
         let producer = Path::new(BIN).with_file_name("bqdrain-producer");
         assert!(
             producer.exists(),
             "{producer:?} is missing: run the tests with `cargo test --workspace`"
         );
         Command::new(producer)
-            .args(["--source", &self.source(), "--topic", &self.topic()])
+            .args(["--source", &self.source(), "--topic", topic])
             .args(["--destination", &self.destination(folder), "--json"])
             .args(args)
             .envs(self.env(None))
+            .envs(envs)
             .output()
             .expect("run bqdrain-producer")
     }
@@ -489,7 +501,8 @@ impl GcpSandbox {
             .iter()
             .map(|f| (format!("{folder}/{}", f.key), f.bytes))
             .collect();
-        let manifest_key = format!("{folder}/{table}/run={run_id}/_MANIFEST.json");
+        let table_folder = format!("{folder}/{}/{table}/", self.dataset);
+        let manifest_key = format!("{table_folder}run={run_id}/_MANIFEST.json");
         let manifest = self
             .download(&manifest_key)
             .await
@@ -497,7 +510,7 @@ impl GcpSandbox {
         expected.push((manifest_key, manifest.len() as u64));
         expected.sort();
         assert_eq!(
-            self.objects(&format!("{folder}/{table}/")).await,
+            self.objects(&table_folder).await,
             expected,
             "{table}: exactly the shards of this run and its manifest"
         );

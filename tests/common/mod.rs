@@ -12,13 +12,15 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use bqdrain::backends;
-use bqdrain::layout::TableManifest;
+use bqdrain::layout::{self, TableManifest};
 use bqdrain::local::dataset::{self, Fault};
 use bqdrain::local::queue::LocalSubscription;
-use bqdrain::message::Envelope;
-use bqdrain::producer::{produce, ProduceReport, RunPlan};
+use bqdrain::message::{Envelope, SourceTable};
+use bqdrain::producer::{produce, ProduceReport, RunId, RunPlan};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_bqdrain");
+/// The dataset a sandbox's `warehouse.db` is: its file name's stem.
+pub const DATASET: &str = "warehouse";
 
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
@@ -100,7 +102,10 @@ impl Sandbox {
 
     pub async fn produce_to(&self, queue: &str, source_query: &str, run_id: &str) -> ProduceReport {
         let plan = RunPlan {
-            run_id: Some(run_id.to_string()),
+            run: RunId::Given {
+                id: run_id.to_string(),
+                resume: false,
+            },
             include: vec![],
             exclude: vec![],
             options: Default::default(),
@@ -141,6 +146,33 @@ impl Sandbox {
         spawn_worker(&self.path("logs"), &all, Vec::new())
     }
 
+    /// `bqdrain status --json` of a run: each unit's state and the totals.
+    pub fn status(&self, run_id: &str) -> serde_json::Value {
+        let out = Command::new(BIN)
+            .args(["status", "--json", "--destination", &self.destination()])
+            .args(["--run-id", run_id])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The state `status` reports for one unit of a run.
+    pub fn unit_state(&self, run_id: &str, unit: &str) -> String {
+        let status = self.status(run_id);
+        let found = status["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["unit"] == unit)
+            .unwrap_or_else(|| panic!("{unit} is not a unit of run {run_id}: {status}"));
+        found["state"].as_str().unwrap().to_string()
+    }
+
     /// Every worker log so far, for assertion messages.
     pub fn logs(&self) -> String {
         read_logs(&self.path("logs"))
@@ -164,10 +196,27 @@ impl Sandbox {
             .map(|b| serde_json::from_slice(&b).unwrap())
     }
 
+    /// The source of a table of this sandbox's dataset, as messages name it.
+    pub fn table_source(&self, table: &str) -> SourceTable {
+        SourceTable {
+            dataset_uri: self.source(""),
+            project: "local".into(),
+            dataset: DATASET.into(),
+            table: table.into(),
+            partition: None,
+        }
+    }
+
+    /// Where run `run_id` exports `table`, relative to the export root.
+    pub fn export_folder(&self, table: &str, run_id: &str) -> String {
+        layout::export_folder(&self.table_source(table), run_id)
+    }
+
     /// Every file under a table's folder, relative to the export root.
     pub fn files_of(&self, table: &str) -> Vec<String> {
         let mut out = Vec::new();
-        walk(&self.exports().join(table), &self.exports(), &mut out);
+        let folder = layout::unit_folder(&self.table_source(table));
+        walk(&self.exports().join(folder), &self.exports(), &mut out);
         out.sort();
         out
     }
@@ -265,7 +314,8 @@ pub fn assert_exported(sb: &Sandbox, run_id: &str, table: &str, rows: u64) -> Ta
         .unwrap_or_else(|| panic!("{table} has no completion record\n{}", sb.logs()));
     let keys: Vec<String> = m.files.iter().map(|f| f.key.clone()).collect();
     let mut expected = keys.clone();
-    expected.push(format!("{table}/run={run_id}/_MANIFEST.json"));
+    let folder_manifest_key = layout::export_manifest(&sb.table_source(table), run_id);
+    expected.push(folder_manifest_key.clone());
     expected.sort();
     assert_eq!(
         sb.files_of(table),
@@ -278,11 +328,7 @@ pub fn assert_exported(sb: &Sandbox, run_id: &str, table: &str, rows: u64) -> Ta
         "{table}: rows read back"
     );
     assert_eq!(m.rows, Some(rows));
-    let folder_manifest = std::fs::read(
-        sb.exports()
-            .join(format!("{table}/run={run_id}/_MANIFEST.json")),
-    )
-    .unwrap();
+    let folder_manifest = std::fs::read(sb.exports().join(folder_manifest_key)).unwrap();
     let record = std::fs::read(
         sb.exports()
             .join(format!("_bqdrain/runs/{run_id}/done/{table}.json")),
