@@ -74,6 +74,11 @@ pub trait Subscription: Send + Sync {
     /// The topic the subscription's dead-letter policy forwards to, if any.
     fn dead_letter_topic(&self) -> Option<String>;
 
+    /// The longest the subscription's retry policy holds a nacked message
+    /// back before redelivering it; zero without a policy (redelivery at
+    /// once). A worker waiting for a run to finish waits at least this long.
+    fn max_backoff(&self) -> Duration;
+
     /// Leases up to `max` messages, waiting at most `wait` for the first.
     async fn pull(&self, max: usize, wait: Duration) -> anyhow::Result<Vec<Delivery>>;
 
@@ -81,7 +86,7 @@ pub trait Subscription: Send + Sync {
     /// Pub/Sub ignores them.
     async fn ack(&self, ack_ids: &[String]) -> anyhow::Result<()>;
 
-    /// Gives a message back for redelivery now.
+    /// Gives a message back for redelivery, now or after the backoff.
     async fn nack(&self, ack_id: &str) -> anyhow::Result<()>;
 
     /// Keeps a lease for `by` from now.

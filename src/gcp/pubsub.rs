@@ -29,6 +29,8 @@ pub const SCHEME: &str = "pubsub://";
 const EMULATOR: &str = "PUBSUB_EMULATOR_HOST";
 /// Time for a cancelled stream's reset to go out before the process exits.
 const STREAM_CLOSE: Duration = Duration::from_millis(50);
+/// A retry policy's maximum backoff when it sets none (Pub/Sub's default).
+const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// Pub/Sub's own limit on messages per publish request.
 const MAX_BATCH: u32 = 1000;
 
@@ -107,6 +109,8 @@ pub struct PubSubSubscription {
     ack_deadline: Duration,
     max_delivery_attempts: Option<u32>,
     dead_letter_topic: Option<String>,
+    /// The retry policy's maximum backoff; zero without a retry policy.
+    max_backoff: Duration,
     received: tokio::sync::Mutex<mpsc::Receiver<Received>>,
     stop: ShutdownToken,
     /// The task that owns the stream; it ends once the stream is dropped.
@@ -150,6 +154,11 @@ impl PubSubSubscription {
         let stop = stream.shutdown_token();
         let (tx, rx) = mpsc::channel(settings.max_outstanding.max(1));
         let forwarder = tokio::spawn(forward(stream, tx));
+        let max_backoff = config.retry_policy.as_ref().map_or(Duration::ZERO, |r| {
+            r.maximum_backoff.as_ref().map_or(DEFAULT_MAX_BACKOFF, |d| {
+                Duration::from_secs(d.seconds().max(0) as u64)
+            })
+        });
         let policy = config
             .dead_letter_policy
             .filter(|p| !p.dead_letter_topic.is_empty());
@@ -160,6 +169,7 @@ impl PubSubSubscription {
                 .as_ref()
                 .map(|p| p.max_delivery_attempts.max(5) as u32),
             dead_letter_topic: policy.map(|p| format!("{SCHEME}{}", p.dead_letter_topic)),
+            max_backoff,
             received: tokio::sync::Mutex::new(rx),
             stop,
             forwarder: Mutex::new(Some(forwarder)),
@@ -222,6 +232,10 @@ impl Subscription for PubSubSubscription {
 
     fn dead_letter_topic(&self) -> Option<String> {
         self.dead_letter_topic.clone()
+    }
+
+    fn max_backoff(&self) -> Duration {
+        self.max_backoff
     }
 
     async fn pull(&self, max: usize, wait: Duration) -> anyhow::Result<Vec<Delivery>> {
