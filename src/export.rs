@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 
 use crate::backends::OpenBackends;
-use crate::drain::{Disposition, Handler};
+use crate::drain::{Disposition, Handler, Progress};
 use crate::error::UnitError;
 use crate::layout::{
     self, DeadRecord, ExportedFile, RunManifest, TableManifest, RUN_FOLDER_PREFIX,
@@ -311,7 +311,7 @@ impl Handler for ExportHandler {
         }
     }
 
-    async fn drained(&self) -> bool {
-        self.runs.all_complete().await
+    async fn progress(&self) -> Progress {
+        self.runs.progress().await
     }
 }

@@ -246,6 +246,7 @@ async fn work(args: WorkArgs, started: Instant) -> anyhow::Result<ExitCode> {
     tracing::info!(acked = report.acked, nacked = report.nacked, dead_lettered = report.dead_lettered, exit = ?report.exit, "worker done");
     let code = match report.exit {
         ExitReason::Signal => ExitCode::from(128 + signal.try_recv().unwrap_or(15) as u8),
+        exit if exit.is_failure() => ExitCode::FAILURE,
         _ => ExitCode::SUCCESS,
     };
     if args.json {

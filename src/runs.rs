@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use serde::Serialize;
 
+use crate::drain::Progress;
 use crate::layout::{self, DeadRecord, RunManifest, TableManifest};
 use crate::store::ObjectStore;
 
@@ -148,13 +149,13 @@ impl RunTracker {
         });
     }
 
-    /// True when at least one run was seen and every run seen has each
-    /// expected unit exported or dead-lettered.
-    pub async fn all_complete(&self) -> bool {
+    /// Complete when at least one run was seen and every run seen has each
+    /// expected unit exported or dead-lettered; else the first open run.
+    pub async fn progress(&self) -> Progress {
         let open: Vec<(String, Arc<dyn ObjectStore>)> = {
             let runs = self.runs.lock().expect("run tracker lock poisoned");
             if runs.is_empty() {
-                return false;
+                return Progress::NoRun;
             }
             runs.iter()
                 .filter(|(_, r)| !r.complete)
@@ -174,13 +175,19 @@ impl RunTracker {
                         entry.complete = true;
                     }
                 }
-                Ok(_) => return false,
+                Ok(state) => {
+                    let pending = state.map(|s| s.totals().pending);
+                    return Progress::Incomplete { run_id, pending };
+                }
                 Err(err) => {
                     tracing::warn!(run_id, error = %format!("{err:#}"), "cannot read run state");
-                    return false;
+                    return Progress::Incomplete {
+                        run_id,
+                        pending: None,
+                    };
                 }
             }
         }
-        true
+        Progress::Complete
     }
 }

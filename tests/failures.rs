@@ -284,3 +284,54 @@ async fn sigterm_lets_short_work_finish() {
     assert_exported(&sb, "r1", "t_001", 500);
     assert_eq!(sb.depth("work").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_waits_out_the_retry_backoff_of_its_run() {
+    let sb = Sandbox::new();
+    sb.make_tables(1, 100);
+    sb.fault("t_001", Fault::Transient { times: Some(1) });
+    sb.produce("", "r1").await;
+    // The failed first attempt comes back only after 4 s, well past the
+    // worker's idle timeout of 1 s.
+    let sub = sb.subscription("ack_deadline=1&min_backoff=4&max_backoff=4");
+    let worker = sb.spawn_worker(&sub, &["--max-retries", "0", "--idle-timeout", "1"]);
+    let (status, json) = finish(worker, Duration::from_secs(60));
+    assert!(status.success(), "{status}\n{}", sb.logs());
+    assert_eq!(json["exit"], "drained", "{json}\n{}", sb.logs());
+    assert_eq!(
+        (json["nacked"].as_u64(), json["acked"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_exported(&sb, "r1", "t_001", 100);
+    assert_eq!(sb.depth("work").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_gives_up_on_an_incomplete_run_fails() {
+    let sb = Sandbox::new();
+    sb.make_tables(2, 10);
+    // The run's messages sit in a queue this worker does not drain.
+    sb.produce_to("elsewhere", "", "r1").await;
+    let sub = sb.subscription("ack_deadline=1");
+    let destination = sb.destination();
+    let worker = sb.spawn_worker(
+        &sub,
+        &[
+            "--run-id",
+            "r1",
+            "--destination",
+            &destination,
+            "--idle-timeout",
+            "1",
+        ],
+    );
+    let (status, json) = finish(worker, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{json}\n{}", sb.logs());
+    assert_eq!(json["exit"], "incomplete", "{json}");
+    let logs = sb.logs();
+    assert!(
+        logs.contains("gave up waiting for run r1") && logs.contains("\"pending\":2"),
+        "the log names the run and its pending units\n{logs}"
+    );
+    assert_eq!(sb.depth("elsewhere").await, 2, "nothing taken");
+}
