@@ -437,10 +437,12 @@ async fn dead_letter(ctx: &Context, delivery: &Delivery, err: UnitError) {
         return nack(ctx, delivery).await;
     };
     tracing::warn!(message_id = %delivery.message_id, attempt = delivery.delivery_attempt, reason = %err.reason, error = %err.message, "dead-lettering");
-    ctx.handler.dead_lettered(delivery, &err).await;
     let envelope = dead_letter_envelope(delivery, &err, ctx.subscription.uri());
     match topic.publish(vec![envelope]).await {
         Ok(_) => {
+            // Recorded only now: a unit whose message went back to the
+            // queue must not count as settled.
+            ctx.handler.dead_lettered(delivery, &err).await;
             if let Err(err) = ctx.acks.ack(&delivery.ack_id).await {
                 tracing::error!(message_id = %delivery.message_id, error = %err, "ack after dead-lettering failed; it may be dead-lettered twice");
             } else {

@@ -12,6 +12,7 @@ use bqdrain::cli::{fail, peak_rss_bytes, print_json};
 use bqdrain::drain::{drain, DrainConfig, DrainReport, ExitReason};
 use bqdrain::error::ConfigError;
 use bqdrain::export::ExportHandler;
+use bqdrain::gcp::pubsub;
 use bqdrain::local::dataset::{self, Fault};
 use bqdrain::local::warehouse::LocalWarehouse;
 use bqdrain::logging::{self, LogFormat};
@@ -86,7 +87,8 @@ struct WorkArgs {
     /// Work subscription, e.g. queue://q.db?dead_letter=dead#work.
     #[arg(long, env = "BQDRAIN_SUBSCRIPTION")]
     subscription: String,
-    /// Where permanent failures go; defaults to the subscription's dead-letter policy.
+    /// Where permanent failures go; defaults to the subscription's dead-letter
+    /// policy, which a pubsub:// subscription must have.
     #[arg(long, env = "BQDRAIN_DEAD_LETTER_TOPIC")]
     dead_letter_topic: Option<String>,
     /// Watch this run from the start: exit once it is complete, even if this
@@ -207,6 +209,22 @@ async fn work(args: WorkArgs, started: Instant) -> anyhow::Result<ExitCode> {
     };
     let subscription =
         backends::open_subscription(&args.subscription, "--subscription", &receive).await?;
+    if pubsub::is_pubsub(&args.subscription) && subscription.max_delivery_attempts().is_none() {
+        subscription.close().await?;
+        return Err(ConfigError::new(
+            "--subscription",
+            format!(
+                "{} has no dead-letter policy, so Pub/Sub counts no delivery attempts and a \
+                 failing table would be redelivered until its message expires",
+                args.subscription
+            ),
+            "give the subscription a dead-letter policy with a topic and max delivery attempts \
+             (terraform/ does), e.g. `gcloud pubsub subscriptions update SUBSCRIPTION \
+             --dead-letter-topic TOPIC --max-delivery-attempts 5`; --dead-letter-topic alone \
+             does not do",
+        )
+        .into());
+    }
     let dead_letter_uri = args.dead_letter_topic.clone().or_else(|| subscription.dead_letter_topic()).ok_or_else(|| {
         ConfigError::new(
             "--dead-letter-topic",
@@ -263,9 +281,8 @@ async fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Work(args) => work(args, started).await,
         Command::Replay(args) => {
-            let from =
-                backends::open_subscription(&args.from, "--from", &ReceiveSettings::new(100))
-                    .await?;
+            let from = backends::open_subscription(&args.from, "--from", &ReceiveSettings::sweep())
+                .await?;
             let to = backends::open_topic(&args.to, "--to").await?;
             let filter = replay::ReplayFilter {
                 run_id: args.run_id,

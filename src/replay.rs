@@ -3,10 +3,11 @@
 //! Each matching message is republished and acked on the dead-letter
 //! subscription only once the republish is confirmed, so a crash in between
 //! duplicates a message (harmless: exports are idempotent) but never loses
-//! one. Messages that do not match are given back untouched at the end.
+//! one. Messages that do not match are held until the whole dead-letter
+//! queue has been looked at, then given back untouched.
 
-use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -16,12 +17,7 @@ use crate::drain::{
 use crate::error::ConfigError;
 use crate::layout;
 use crate::message::{Envelope, WorkMessage, ATTR_RUN_ID, ATTR_TABLE};
-use crate::queue::{Delivery, Subscription, Topic};
-
-/// How long an empty pull waits before replay concludes the queue is empty.
-const EMPTY_WAIT: Duration = Duration::from_secs(1);
-/// The first pull waits longer: a streaming pull needs a moment to open.
-const FIRST_WAIT: Duration = Duration::from_secs(5);
+use crate::queue::{Delivery, Subscription, Sweep, Topic};
 
 #[derive(Debug, Clone, Default)]
 pub struct ReplayFilter {
@@ -85,7 +81,7 @@ pub async fn replay(
         })
         .transpose()?;
     let max = filter.max.unwrap_or(usize::MAX);
-    let mut seen = HashSet::new();
+    let mut sweep = Sweep::new(from);
     let mut held = Vec::new();
     let mut report = ReplayReport {
         replayed: 0,
@@ -96,23 +92,12 @@ pub async fn replay(
         seconds: 0.0,
     };
 
-    'pulling: while report.matched < max {
-        let wait = if seen.is_empty() {
-            FIRST_WAIT
-        } else {
-            EMPTY_WAIT
-        };
-        let batch = from.pull(100, wait).await?;
-        // Held messages whose lease lapsed come back: once all are old, stop.
-        if batch.iter().all(|d| seen.contains(&d.message_id)) {
-            held.extend(batch);
+    'sweeping: while report.matched < max {
+        let Some(batch) = sweep.next().await? else {
             break;
-        }
+        };
         for d in batch {
-            if !seen.insert(d.message_id.clone())
-                || report.matched >= max
-                || !matches(&d, filter.run_id.as_deref(), table.as_ref())
-            {
+            if report.matched >= max || !matches(&d, filter.run_id.as_deref(), table.as_ref()) {
                 held.push(d);
                 continue;
             }
@@ -140,25 +125,19 @@ pub async fn replay(
                 .await
             {
                 held.push(d);
-                for h in &held {
-                    let _ = from.nack(&h.ack_id).await;
-                }
-                let _ = from.close().await;
+                let _ = sweep.release(held).await;
                 return Err(err.context("republishing to the work topic"));
             }
             forget_dead_record(&d).await;
             from.ack(std::slice::from_ref(&d.ack_id)).await?;
             report.replayed += 1;
             if report.matched >= max {
-                break 'pulling;
+                break 'sweeping;
             }
         }
     }
-    report.left = seen.len() - report.replayed;
-    for d in &held {
-        from.nack(&d.ack_id).await?;
-    }
-    from.close().await?;
+    report.left = sweep.seen() - report.replayed;
+    sweep.release(held).await?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
