@@ -17,11 +17,10 @@ use chrono::Utc;
 use crate::backends::OpenBackends;
 use crate::drain::{Disposition, Handler, Progress};
 use crate::error::UnitError;
-use crate::layout::{
-    self, DeadRecord, ExportedFile, RunManifest, TableManifest, RUN_FOLDER_PREFIX,
-};
+use crate::layout::{self, ExportedFile, RunManifest, TableManifest, RUN_FOLDER_PREFIX};
 use crate::message::{WorkMessage, SCHEMA_VERSION};
 use crate::queue::Delivery;
+use crate::reconcile::write_dead_record;
 use crate::retry::RetryPolicy;
 use crate::runs::RunTracker;
 use crate::store::ObjectStore;
@@ -292,22 +291,10 @@ impl Handler for ExportHandler {
         let Ok(store) = self.store_for(&msg).await else {
             return;
         };
-        let unit = msg.source.unit();
-        let record = DeadRecord {
-            v: SCHEMA_VERSION,
-            run_id: msg.run_id.clone(),
-            unit: unit.clone(),
-            reason: error.reason.clone(),
-            message: error.message.clone(),
-            delivery_attempt: delivery.delivery_attempt,
-            at: Utc::now(),
-        };
-        let body = serde_json::to_vec_pretty(&record).expect("records serialize");
-        if let Err(err) = store
-            .write(&layout::dead_record(&msg.run_id, &unit), &body)
-            .await
+        if let Err(err) =
+            write_dead_record(store.as_ref(), &msg, error, delivery.delivery_attempt).await
         {
-            tracing::error!(run_id = %msg.run_id, unit, error = %format!("{err:#}"), "cannot write dead-letter record");
+            tracing::error!(run_id = %msg.run_id, unit = msg.source.unit(), error = %format!("{err:#}"), "cannot write dead-letter record");
         }
     }
 

@@ -19,7 +19,7 @@ use bqdrain::logging::{self, LogFormat};
 use bqdrain::queue::ReceiveSettings;
 use bqdrain::retry::RetryPolicy;
 use bqdrain::task::TaskIdentity;
-use bqdrain::{backends, demo, replay, shutdown, status};
+use bqdrain::{backends, demo, reconcile, replay, shutdown, status};
 
 #[derive(Parser)]
 #[command(
@@ -157,6 +157,15 @@ struct StatusArgs {
     destination: String,
     #[arg(long, env = "BQDRAIN_RUN_ID")]
     run_id: String,
+    /// First read this dead-letter subscription (without consuming it) and
+    /// record the run's units that sit there unrecorded: those its
+    /// dead-letter policy took from tasks killed on every attempt.
+    #[arg(
+        long,
+        env = "BQDRAIN_RECONCILE",
+        value_name = "DEAD_LETTER_SUBSCRIPTION"
+    )]
+    reconcile: Option<String>,
     #[arg(long, env = "BQDRAIN_JSON")]
     json: bool,
 }
@@ -316,6 +325,12 @@ async fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
         }
         Command::Status(args) => {
             let store = backends::open_store(&args.destination, "--destination").await?;
+            if let Some(uri) = &args.reconcile {
+                let dead =
+                    backends::open_subscription(uri, "--reconcile", &ReceiveSettings::sweep())
+                        .await?;
+                reconcile::reconcile(dead.as_ref(), store.as_ref(), &args.run_id).await?;
+            }
             let report = status::run_status(store.as_ref(), &args.run_id).await?;
             if args.json {
                 print_json(&report);

@@ -335,3 +335,80 @@ async fn a_worker_that_gives_up_on_an_incomplete_run_fails() {
     );
     assert_eq!(sb.depth("elsewhere").await, 2, "nothing taken");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reconciles_dead_letters_without_consuming_them() {
+    let sb = Sandbox::new();
+    sb.make_tables(2, 10);
+    // As the subscription's policy leaves them: in the dead-letter queue,
+    // with no record (their tasks were killed on every attempt).
+    sb.produce_to("dead", "", "r1").await;
+    let status = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .args([
+                "status",
+                "--destination",
+                &sb.destination(),
+                "--run-id",
+                "r1",
+                "--json",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    assert_eq!(status(&[])["totals"]["pending"], 2);
+    let after = status(&["--reconcile", &sb.queue("dead")]);
+    assert_eq!(
+        after["totals"],
+        serde_json::json!({"expected": 2, "exported": 0, "dead_lettered": 2, "pending": 0})
+    );
+    let record = sb.dead_record("r1", "t_001").unwrap();
+    assert_eq!(record["reason"], "maxDeliveryAttempts");
+    assert_eq!(sb.depth("dead").await, 2, "left in the queue, for replay");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_finds_the_matching_few_behind_many_held_others() {
+    let sb = Sandbox::new();
+    let dead_letter = |run: &str, i: usize| Envelope {
+        data: format!("{run}-{i}").into_bytes(),
+        attributes: BTreeMap::from([
+            ("run_id".to_string(), run.to_string()),
+            ("table".to_string(), format!("t_{i:03}")),
+        ]),
+    };
+    let mut letters: Vec<Envelope> = (0..150).map(|i| dead_letter("other", i)).collect();
+    letters.extend((0..10).map(|i| dead_letter("r1", i)));
+    sb.publish_raw("dead", letters).await;
+    let out = Command::new(BIN)
+        .args([
+            "replay",
+            "--from",
+            &sb.queue("dead"),
+            "--to",
+            &sb.queue("work"),
+        ])
+        .args(["--run-id", "r1", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (report["replayed"].as_u64(), report["left"].as_u64()),
+        (Some(10), Some(150)),
+        "{report}"
+    );
+    assert_eq!(sb.depth("work").await, 10);
+    assert_eq!(sb.depth("dead").await, 150);
+}

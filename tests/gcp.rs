@@ -555,16 +555,14 @@ async fn status_reconciles_what_the_subscription_dead_lettered_by_itself() {
     assert_eq!(record["reason"], "maxDeliveryAttempts", "{record}");
     assert_eq!(record["delivery_attempt"], 5, "{record}");
 
-    // The messages stay in the dead-letter subscription, for replay.
-    let mut left = Vec::new();
-    for _ in 0..90 {
-        left.extend(sb.pull("dead", 10, true).await);
-        if left.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    assert_eq!(left.len(), 2, "both still in the dead-letter subscription");
+    let again = status(&sb, "exports", "r1", &["--reconcile", &dead]);
+    assert_eq!(
+        again["totals"], after["totals"],
+        "reconciling twice changes nothing"
+    );
+    // That the messages stay for replay is shown on the local queue
+    // (tests/failures.rs): the emulator keeps what a closed stream held
+    // leased for minutes, nacked or not.
 }
 
 /// `count` dead letters of `run_id` for tables named `prefix_N`.

@@ -7,6 +7,7 @@
 //! policy, as Pub/Sub keeps it on the subscription: every worker of a queue
 //! must pass the same one.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use super::{absolute, now_millis, LocalUri};
 use crate::error::ConfigError;
 use crate::message::Envelope;
-use crate::queue::{Delivery, Subscription, Topic};
+use crate::queue::{Delivery, ReceiveSettings, Subscription, Topic};
 
 const SCHEME: &str = "queue";
 const DEFAULT_ACK_DEADLINE: Duration = Duration::from_secs(10);
@@ -275,16 +276,30 @@ pub struct LocalSubscription {
     uri: String,
     db: Arc<QueueDb>,
     settings: QueueUri,
+    /// Flow control, as the Pub/Sub client's: at most this many leases
+    /// handed out and not yet acked or nacked.
+    max_outstanding: usize,
+    outstanding: Mutex<HashSet<String>>,
 }
 
 impl LocalSubscription {
-    pub fn open(uri: &str, flag: &str) -> anyhow::Result<LocalSubscription> {
+    pub fn open(
+        uri: &str,
+        flag: &str,
+        receive: &ReceiveSettings,
+    ) -> anyhow::Result<LocalSubscription> {
         let settings = QueueUri::parse(uri, flag)?;
         Ok(LocalSubscription {
             uri: uri.to_string(),
             db: QueueDb::open(&settings.path)?,
             settings,
+            max_outstanding: receive.max_outstanding.max(1),
+            outstanding: Mutex::new(HashSet::new()),
         })
+    }
+
+    fn outstanding(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.outstanding.lock().expect("flow control lock poisoned")
     }
 
     /// Messages left in this queue, leased or not.
@@ -394,8 +409,18 @@ impl Subscription for LocalSubscription {
     async fn pull(&self, max: usize, wait: Duration) -> anyhow::Result<Vec<Delivery>> {
         let deadline = Instant::now() + wait;
         loop {
-            let settings = self.settings.clone();
-            let batch = self.db.run(move |c| pull_now(&settings, c, max)).await?;
+            let room = max.min(
+                self.max_outstanding
+                    .saturating_sub(self.outstanding().len()),
+            );
+            let batch = if room == 0 {
+                Vec::new()
+            } else {
+                let settings = self.settings.clone();
+                self.db.run(move |c| pull_now(&settings, c, room)).await?
+            };
+            self.outstanding()
+                .extend(batch.iter().map(|d| d.ack_id.clone()));
             if !batch.is_empty() || Instant::now() >= deadline {
                 return Ok(batch);
             }
@@ -407,6 +432,12 @@ impl Subscription for LocalSubscription {
     }
 
     async fn ack(&self, ack_ids: &[String]) -> anyhow::Result<()> {
+        {
+            let mut outstanding = self.outstanding();
+            ack_ids.iter().for_each(|a| {
+                outstanding.remove(a);
+            });
+        }
         let ids = ack_ids
             .iter()
             .map(|a| split_ack_id(a))
@@ -429,6 +460,7 @@ impl Subscription for LocalSubscription {
 
     /// Redelivers at once, or after the retry policy's backoff.
     async fn nack(&self, ack_id: &str) -> anyhow::Result<()> {
+        self.outstanding().remove(ack_id);
         let backoff = self.settings.backoff;
         self.set_visible_in(ack_id, move |attempt| {
             backoff.map_or(Duration::ZERO, |b| b.after(attempt))
@@ -512,7 +544,12 @@ mod tests {
         let base = format!("queue://{}", dir.join("q.db").display());
         (
             LocalTopic::open(&format!("{base}#work"), "t").unwrap(),
-            LocalSubscription::open(&format!("{base}?{query}#work"), "s").unwrap(),
+            LocalSubscription::open(
+                &format!("{base}?{query}#work"),
+                "s",
+                &ReceiveSettings::new(10),
+            )
+            .unwrap(),
         )
     }
 
@@ -616,6 +653,20 @@ mod tests {
         }
         let (_, plain) = open(dir.path(), "");
         assert_eq!(plain.max_backoff(), Duration::ZERO, "no policy: at once");
+    }
+
+    #[tokio::test]
+    async fn flow_control_caps_the_leases_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let (topic, sub) = open(dir.path(), "");
+        let many: Vec<Envelope> = (0..15).map(|i| envelope(&i.to_string())).collect();
+        topic.publish(many).await.unwrap();
+        let first = sub.pull(100, NOW).await.unwrap();
+        assert_eq!(first.len(), 10, "at most 10 held");
+        assert!(sub.pull(100, NOW).await.unwrap().is_empty());
+        sub.ack(&[first[0].ack_id.clone()]).await.unwrap();
+        sub.nack(&first[1].ack_id).await.unwrap();
+        assert_eq!(sub.pull(100, NOW).await.unwrap().len(), 2, "room for two");
     }
 
     #[tokio::test]

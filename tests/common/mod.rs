@@ -17,6 +17,7 @@ use bqdrain::local::dataset::{self, Fault};
 use bqdrain::local::queue::LocalSubscription;
 use bqdrain::message::Envelope;
 use bqdrain::producer::{produce, ProduceReport, RunPlan};
+use bqdrain::queue::ReceiveSettings;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_bqdrain");
 
@@ -127,7 +128,7 @@ impl Sandbox {
     }
 
     pub async fn depth(&self, queue: &str) -> u64 {
-        LocalSubscription::open(&self.queue(queue), "q")
+        LocalSubscription::open(&self.queue(queue), "q", &ReceiveSettings::new(1))
             .unwrap()
             .depth()
             .await
