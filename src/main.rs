@@ -13,6 +13,8 @@ use bqdrain::drain::{drain, DrainConfig, DrainReport, ExitReason};
 use bqdrain::error::ConfigError;
 use bqdrain::export::ExportHandler;
 use bqdrain::gcp::pubsub;
+use bqdrain::gcp::run::WorkerJobs;
+use bqdrain::launch::{self, LaunchArgs, LaunchReport, LaunchStatus};
 use bqdrain::local::dataset::{self, Fault};
 use bqdrain::local::warehouse::LocalWarehouse;
 use bqdrain::logging::{self, LogFormat};
@@ -146,6 +148,8 @@ struct ReplayArgs {
     /// Replay at most this many messages.
     #[arg(long, env = "BQDRAIN_MAX")]
     max: Option<usize>,
+    #[command(flatten)]
+    launch: LaunchArgs,
     #[arg(long, env = "BQDRAIN_JSON")]
     json: bool,
 }
@@ -286,43 +290,88 @@ async fn work(args: WorkArgs, started: Instant) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
+#[derive(Serialize)]
+struct ReplayOutcome<'a> {
+    #[serde(flatten)]
+    report: &'a replay::ReplayReport,
+    launches: &'a [LaunchReport],
+}
+
+async fn replay_dead_letters(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let launch_plan = args.launch.plan()?;
+    let from = backends::open_subscription(&args.from, "--from", &ReceiveSettings::sweep()).await?;
+    let to = backends::open_topic(&args.to, "--to").await?;
+    let jobs = match &launch_plan {
+        Some(plan) => Some(WorkerJobs::connect(&plan.endpoint).await?),
+        None => None,
+    };
+    let filter = replay::ReplayFilter {
+        run_id: args.run_id,
+        table: args.table,
+        dry_run: args.dry_run,
+        max: args.max,
+    };
+    let report = replay::replay(from.as_ref(), to.as_ref(), &filter).await?;
+    // Every run replayed to gets its workers, as the producer starts them.
+    let mut launches = Vec::new();
+    if let (Some(plan), Some(jobs)) = (&launch_plan, &jobs) {
+        for (run_id, destination, units) in report.runs() {
+            launches.push(launch::launch_workers(plan, jobs, &run_id, units, &destination).await);
+        }
+    }
+    if args.json {
+        print_json(&ReplayOutcome {
+            report: &report,
+            launches: &launches,
+        });
+    } else {
+        let verb = if report.dry_run {
+            "would replay"
+        } else {
+            "replayed"
+        };
+        for m in &report.messages {
+            println!(
+                "{verb} run={} table={} reason={}",
+                m.run_id.as_deref().unwrap_or("?"),
+                m.table.as_deref().unwrap_or("?"),
+                m.reason.as_deref().unwrap_or("?")
+            );
+        }
+        println!(
+            "{} matched, {} replayed, {} left in the dead-letter queue",
+            report.matched, report.replayed, report.left
+        );
+        for l in &launches {
+            println!("{}", l.summary());
+        }
+    }
+    let failed: Vec<String> = launches
+        .iter()
+        .filter(|l| l.status == LaunchStatus::Failed)
+        .map(|l| {
+            format!(
+                "{}; start them by hand with: {}",
+                l.reason.as_deref().unwrap_or("unknown error"),
+                l.command.as_deref().unwrap_or("gcloud run jobs execute")
+            )
+        })
+        .collect();
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(anyhow::anyhow!(
+            "the messages are back on {} but starting their workers failed: {}",
+            args.to,
+            failed.join("; ")
+        ))
+    }
+}
+
 async fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Work(args) => work(args, started).await,
-        Command::Replay(args) => {
-            let from = backends::open_subscription(&args.from, "--from", &ReceiveSettings::sweep())
-                .await?;
-            let to = backends::open_topic(&args.to, "--to").await?;
-            let filter = replay::ReplayFilter {
-                run_id: args.run_id,
-                table: args.table,
-                dry_run: args.dry_run,
-                max: args.max,
-            };
-            let report = replay::replay(from.as_ref(), to.as_ref(), &filter).await?;
-            if args.json {
-                print_json(&report);
-            } else {
-                let verb = if report.dry_run {
-                    "would replay"
-                } else {
-                    "replayed"
-                };
-                for m in &report.messages {
-                    println!(
-                        "{verb} run={} table={} reason={}",
-                        m.run_id.as_deref().unwrap_or("?"),
-                        m.table.as_deref().unwrap_or("?"),
-                        m.reason.as_deref().unwrap_or("?")
-                    );
-                }
-                println!(
-                    "{} matched, {} replayed, {} left in the dead-letter queue",
-                    report.matched, report.replayed, report.left
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Replay(args) => replay_dead_letters(args).await,
         Command::Status(args) => {
             let store = backends::open_store(&args.destination, "--destination").await?;
             if let Some(uri) = &args.reconcile {

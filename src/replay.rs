@@ -32,6 +32,8 @@ pub struct ReplayedMessage {
     pub run_id: Option<String>,
     pub table: Option<String>,
     pub reason: Option<String>,
+    /// The export root the message names, where its run's workers look.
+    pub destination: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -59,6 +61,22 @@ fn is_dead_letter_attribute(name: &str) -> bool {
 fn matches(d: &Delivery, run_id: Option<&str>, table: Option<&glob::Pattern>) -> bool {
     run_id.is_none_or(|r| d.attributes.get(ATTR_RUN_ID).map(String::as_str) == Some(r))
         && table.is_none_or(|p| d.attributes.get(ATTR_TABLE).is_some_and(|t| p.matches(t)))
+}
+
+impl ReplayReport {
+    /// The runs replayed to, with their export root and how many messages
+    /// each got back: what `--launch-workers` starts workers for.
+    pub fn runs(&self) -> Vec<(String, String, usize)> {
+        let mut runs: BTreeMap<(String, String), usize> = BTreeMap::new();
+        if !self.dry_run {
+            for m in &self.messages {
+                if let (Some(run), Some(dest)) = (&m.run_id, &m.destination) {
+                    *runs.entry((run.clone(), dest.clone())).or_default() += 1;
+                }
+            }
+        }
+        runs.into_iter().map(|((r, d), n)| (r, d, n)).collect()
+    }
 }
 
 pub async fn replay(
@@ -106,6 +124,7 @@ pub async fn replay(
                 run_id: d.attributes.get(ATTR_RUN_ID).cloned(),
                 table: d.attributes.get(ATTR_TABLE).cloned(),
                 reason: d.attributes.get(ATTR_ERROR_REASON).cloned(),
+                destination: WorkMessage::decode(&d.data).ok().map(|m| m.destination),
             });
             if filter.dry_run {
                 held.push(d);

@@ -3,6 +3,7 @@
 //! read back what they exported.
 #![allow(dead_code)]
 
+pub mod fake_run_api;
 pub mod fault_proxy;
 pub mod gcp;
 
