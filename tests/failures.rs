@@ -142,18 +142,7 @@ async fn a_table_that_always_fails_is_dead_lettered_then_replayed() {
         .unwrap()
         .contains("gave up after 3 delivery attempts"));
 
-    let status_out = Command::new(BIN)
-        .args([
-            "status",
-            "--destination",
-            &sb.destination(),
-            "--run-id",
-            "r1",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&status_out.stdout).unwrap();
+    let report = sb.status("r1", &[]);
     assert_eq!(
         report["totals"],
         serde_json::json!({"expected": 3, "exported": 2, "dead_lettered": 1, "pending": 0})
@@ -162,28 +151,7 @@ async fn a_table_that_always_fails_is_dead_lettered_then_replayed() {
     // The cause is fixed; replay a dry run first, then for real.
     dataset::clear_fault(&sb.warehouse(), "t_002").unwrap();
     let replay = |run_id: &str, extra: &[&str]| {
-        let out = Command::new(BIN)
-            .args([
-                "replay",
-                "--from",
-                &sb.queue("dead"),
-                "--to",
-                &sb.queue("work"),
-                "--run-id",
-                run_id,
-                "--table",
-                "t_*",
-                "--json",
-            ])
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        json_of(&sb.replay(&[&["--run-id", run_id, "--table", "t_*"][..], extra].concat()))
     };
     let dry = replay("r1", &["--dry-run"]);
     assert_eq!(
@@ -343,28 +311,8 @@ async fn status_reconciles_dead_letters_without_consuming_them() {
     // As the subscription's policy leaves them: in the dead-letter queue,
     // with no record (their tasks were killed on every attempt).
     sb.produce_to("dead", "", "r1").await;
-    let status = |extra: &[&str]| {
-        let out = Command::new(BIN)
-            .args([
-                "status",
-                "--destination",
-                &sb.destination(),
-                "--run-id",
-                "r1",
-                "--json",
-            ])
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-    };
-    assert_eq!(status(&[])["totals"]["pending"], 2);
-    let after = status(&["--reconcile", &sb.queue("dead")]);
+    assert_eq!(sb.status("r1", &[])["totals"]["pending"], 2);
+    let after = sb.status("r1", &["--reconcile", &sb.queue("dead")]);
     assert_eq!(
         after["totals"],
         serde_json::json!({"expected": 2, "exported": 0, "dead_lettered": 2, "pending": 0})
@@ -387,23 +335,7 @@ async fn replay_finds_the_matching_few_behind_many_held_others() {
     let mut letters: Vec<Envelope> = (0..150).map(|i| dead_letter("other", i)).collect();
     letters.extend((0..10).map(|i| dead_letter("r1", i)));
     sb.publish_raw("dead", letters).await;
-    let out = Command::new(BIN)
-        .args([
-            "replay",
-            "--from",
-            &sb.queue("dead"),
-            "--to",
-            &sb.queue("work"),
-        ])
-        .args(["--run-id", "r1", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = json_of(&sb.replay(&["--run-id", "r1"]));
     assert_eq!(
         (report["replayed"].as_u64(), report["left"].as_u64()),
         (Some(10), Some(150)),

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use common::fault_proxy::{Fault, FaultProxy};
 use common::gcp::GcpSandbox;
-use common::{csv_data_rows, finish};
+use common::{csv_data_rows, finish, json_of};
 
 const LIMIT: Duration = Duration::from_secs(180);
 
@@ -431,12 +431,7 @@ fn status(sb: &GcpSandbox, folder: &str, run_id: &str, extra: &[&str]) -> Value 
         ]
         .concat(),
     );
-    assert!(
-        out.status.success(),
-        "status: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    json_of(&out)
 }
 
 fn state_of<'a>(report: &'a Value, unit: &str) -> &'a Value {
@@ -579,19 +574,15 @@ fn dead_letters(run_id: &str, prefix: &str, count: usize) -> Vec<(Vec<u8>, Value
 
 fn replay(sb: &GcpSandbox, extra: &[&str]) -> Value {
     let (from, to) = (sb.dead_letter_subscription(), sb.topic());
-    let out = sb.bqdrain(
-        &[
-            &["replay", "--from", &from, "--to", &to, "--json"][..],
-            extra,
-        ]
-        .concat(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    json_of(
+        &sb.bqdrain(
+            &[
+                &["replay", "--from", &from, "--to", &to, "--json"][..],
+                extra,
+            ]
+            .concat(),
+        ),
+    )
 }
 
 #[tokio::test]

@@ -5,28 +5,15 @@
 
 mod common;
 
-use std::process::{Command, Output};
-
-use serde_json::Value;
+use std::process::Output;
 
 use common::fake_run_api::{api_error, env_of, operation, FakeRunApi, JOB};
 use common::*;
 
+/// `bqdrain replay` launching against `api`.
 fn replay(sb: &Sandbox, api: &FakeRunApi, extra: &[&str]) -> Output {
-    Command::new(BIN)
-        .args([
-            "replay",
-            "--from",
-            &sb.queue("dead"),
-            "--to",
-            &sb.queue("work"),
-            "--json",
-        ])
-        .args(["--launch-workers", JOB, "--run-api-endpoint", &api.endpoint])
-        .args(extra)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
+    let launch = ["--launch-workers", JOB, "--run-api-endpoint", &api.endpoint];
+    sb.replay(&[&launch[..], extra].concat())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,12 +24,7 @@ async fn replay_starts_the_workers_of_each_replayed_run() {
     sb.produce_to("dead", "", "r2").await;
     let api = FakeRunApi::start(vec![operation(2)]).await;
     let out = replay(&sb, &api, &["--units-per-task", "2", "--table", "t_00[12]"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = json_of(&out);
     assert_eq!(report["replayed"], 4, "{report}");
     assert_eq!(sb.depth("work").await, 4);
 
@@ -86,10 +68,6 @@ async fn a_dry_run_starts_nothing() {
     sb.produce_to("dead", "", "r1").await;
     let api = FakeRunApi::start(vec![operation(1)]).await;
     let out = replay(&sb, &api, &["--dry-run"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    json_of(&out);
     assert!(api.requests().is_empty());
 }

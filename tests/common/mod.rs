@@ -148,6 +148,28 @@ impl Sandbox {
         read_logs(&self.path("logs"))
     }
 
+    /// Runs `bqdrain replay --json` from the dead queue to the work queue.
+    pub fn replay(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(["replay", "--from", &self.queue("dead")])
+            .args(["--to", &self.queue("work"), "--json"])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `bqdrain status --json` for `run_id`.
+    pub fn status(&self, run_id: &str, args: &[&str]) -> serde_json::Value {
+        json_of(
+            &Command::new(BIN)
+                .args(["status", "--destination", &self.destination()])
+                .args(["--run-id", run_id, "--json"])
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    }
+
     pub fn manifest(&self, run_id: &str, unit: &str) -> Option<TableManifest> {
         let path = self
             .exports()
@@ -213,6 +235,18 @@ fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
             out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
         }
     }
+}
+
+/// The JSON a successful `--json` command printed; panics with its stderr
+/// when it failed.
+pub fn json_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "exit {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the command prints JSON")
 }
 
 /// Waits for a worker and parses the JSON outcome it printed.
