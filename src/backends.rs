@@ -46,7 +46,7 @@ pub async fn open_subscription(
     settings: &ReceiveSettings,
 ) -> anyhow::Result<Arc<dyn Subscription>> {
     if QueueUri::is_local(uri) {
-        Ok(Arc::new(LocalSubscription::open(uri, flag)?))
+        Ok(Arc::new(LocalSubscription::open(uri, flag, settings)?))
     } else if pubsub::is_pubsub(uri) {
         Ok(Arc::new(
             PubSubSubscription::open(uri, flag, settings).await?,

@@ -28,6 +28,9 @@ const PULL_WAIT: Duration = Duration::from_millis(500);
 const BUSY_PULL_WAIT: Duration = Duration::from_millis(50);
 /// How often an idle worker asks whether its runs are complete.
 const DRAINED_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Pulls that fail in a row before the worker gives up on the queue (the
+/// backoff between them adds up to about 25 s).
+pub const MAX_PULL_FAILURES: u32 = 6;
 
 /// Attributes added to a dead-lettered message.
 pub const ATTR_ERROR_REASON: &str = "bqdrain_error_reason";
@@ -53,21 +56,38 @@ pub trait Handler: Send + Sync + 'static {
     /// Handles one message. `cancel` is set when shutdown gives up waiting.
     async fn handle(&self, delivery: &Delivery, cancel: Cancel) -> Disposition;
 
-    /// Called before a message is dead-lettered, to record why.
+    /// Called once a message's dead-letter publish is confirmed, to record why.
     async fn dead_lettered(&self, _delivery: &Delivery, _error: &UnitError) {}
 
-    /// True when all the work this worker has seen is complete, so that it
-    /// can exit without waiting for the idle timeout.
-    async fn drained(&self) -> bool {
-        false
+    /// Where the work this worker has seen stands: complete lets it exit
+    /// without waiting for the idle timeout, incomplete makes it wait longer.
+    async fn progress(&self) -> Progress {
+        Progress::NoRun
     }
+}
+
+/// What an idle worker knows of the runs it watches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// No run seen or given: nothing to wait for but the idle timeout.
+    NoRun,
+    /// Every run seen has each unit exported or dead-lettered.
+    Complete,
+    /// This run still has units pending (`None`: their number is unknown).
+    Incomplete {
+        run_id: String,
+        pending: Option<usize>,
+    },
 }
 
 #[derive(Debug, Clone)]
 pub struct DrainConfig {
     /// Messages handled at once by this process.
     pub concurrency: usize,
-    /// Exit after this long with nothing received and nothing held.
+    /// Exit after this long with nothing received and nothing held, unless
+    /// a watched run is incomplete: then wait at least the subscription's
+    /// maximum backoff plus its ack deadline, for a nacked message or a
+    /// lapsed lease to come back.
     pub idle_timeout: Duration,
     /// When the process started, for `first_ack_after_start_s`.
     pub started: Instant,
@@ -80,8 +100,21 @@ pub enum ExitReason {
     Drained,
     /// Nothing arrived for the idle timeout.
     Idle,
+    /// A watched run stayed incomplete with nothing to receive: its units
+    /// are elsewhere (another queue, the dead-letter subscription) or lost.
+    Incomplete,
+    /// The queue failed on every pull, [`MAX_PULL_FAILURES`] times in a row.
+    QueueFailed,
     /// SIGTERM or SIGINT.
     Signal,
+}
+
+impl ExitReason {
+    /// Whether the process should exit non-zero (so that Cloud Run retries
+    /// the task): it stopped with work it knows of left undone.
+    pub fn is_failure(self) -> bool {
+        matches!(self, ExitReason::Incomplete | ExitReason::QueueFailed)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -133,6 +166,10 @@ pub async fn drain(
     let mut in_flight = JoinSet::new();
     let mut last_activity = Instant::now();
     let mut last_drained_check: Option<Instant> = None;
+    let mut progress = Progress::NoRun;
+    let patience = config
+        .idle_timeout
+        .max(ctx.subscription.max_backoff() + ctx.subscription.ack_deadline());
     let mut pull_failures = 0u32;
 
     let exit = loop {
@@ -147,12 +184,25 @@ pub async fn drain(
         if in_flight.is_empty() {
             if last_drained_check.is_none_or(|t| t.elapsed() >= DRAINED_CHECK_EVERY) {
                 last_drained_check = Some(Instant::now());
-                if ctx.handler.drained().await {
+                progress = ctx.handler.progress().await;
+                if progress == Progress::Complete {
                     break ExitReason::Drained;
                 }
             }
-            if last_activity.elapsed() >= config.idle_timeout {
-                break ExitReason::Idle;
+            let idle = last_activity.elapsed();
+            if idle >= config.idle_timeout {
+                match &progress {
+                    Progress::Incomplete { .. } if idle < patience => {}
+                    Progress::Incomplete { run_id, pending } => {
+                        tracing::error!(
+                            run_id, pending, idle_s = idle.as_secs_f64(),
+                            "gave up waiting for run {run_id}: units are pending but none arrived; \
+                             look for them with `bqdrain status` (and --reconcile) and replay them"
+                        );
+                        break ExitReason::Incomplete;
+                    }
+                    _ => break ExitReason::Idle,
+                }
             }
         }
         let free = permits.available_permits();
@@ -199,6 +249,13 @@ pub async fn drain(
             }
             Err(err) => {
                 pull_failures += 1;
+                if pull_failures >= MAX_PULL_FAILURES {
+                    tracing::error!(
+                        error = %format!("{err:#}"), failures = pull_failures,
+                        "the queue failed on every pull: giving up, so that the task is retried"
+                    );
+                    break ExitReason::QueueFailed;
+                }
                 let delay = Duration::from_millis(200 * 2u64.pow(pull_failures.min(6)));
                 tracing::warn!(error = %format!("{err:#}"), retry_in_ms = delay.as_millis() as u64, "pull failed");
                 tokio::time::sleep(delay).await;
@@ -380,10 +437,12 @@ async fn dead_letter(ctx: &Context, delivery: &Delivery, err: UnitError) {
         return nack(ctx, delivery).await;
     };
     tracing::warn!(message_id = %delivery.message_id, attempt = delivery.delivery_attempt, reason = %err.reason, error = %err.message, "dead-lettering");
-    ctx.handler.dead_lettered(delivery, &err).await;
     let envelope = dead_letter_envelope(delivery, &err, ctx.subscription.uri());
     match topic.publish(vec![envelope]).await {
         Ok(_) => {
+            // Recorded only now: a unit whose message went back to the
+            // queue must not count as settled.
+            ctx.handler.dead_lettered(delivery, &err).await;
             if let Err(err) = ctx.acks.ack(&delivery.ack_id).await {
                 tracing::error!(message_id = %delivery.message_id, error = %err, "ack after dead-lettering failed; it may be dead-lettered twice");
             } else {

@@ -20,11 +20,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::backends::OpenBackends;
-use crate::drain::{Disposition, Handler};
+use crate::drain::{Disposition, Handler, Progress};
 use crate::error::UnitError;
-use crate::layout::{self, DeadRecord, ExportedFile, RunManifest, SupersededRecord, TableManifest};
+use crate::layout::{self, ExportedFile, RunManifest, SupersededRecord, TableManifest};
 use crate::message::{WorkMessage, SCHEMA_VERSION};
 use crate::queue::Delivery;
+use crate::reconcile::write_dead_record;
 use crate::retry::RetryPolicy;
 use crate::runs::RunTracker;
 use crate::store::{ObjectInfo, ObjectStore};
@@ -410,19 +411,8 @@ impl Handler for ExportHandler {
             return;
         };
         let unit = msg.source.unit();
-        let record = DeadRecord {
-            v: SCHEMA_VERSION,
-            run_id: msg.run_id.clone(),
-            unit: unit.clone(),
-            reason: error.reason.clone(),
-            message: error.message.clone(),
-            delivery_attempt: delivery.delivery_attempt,
-            at: Utc::now(),
-        };
-        let body = serde_json::to_vec_pretty(&record).expect("records serialize");
-        if let Err(err) = store
-            .write(&layout::dead_record(&msg.run_id, &unit), &body)
-            .await
+        if let Err(err) =
+            write_dead_record(store.as_ref(), &msg, error, delivery.delivery_attempt).await
         {
             tracing::error!(run_id = %msg.run_id, unit, error = %format!("{err:#}"), "cannot write dead-letter record");
         }
@@ -431,7 +421,7 @@ impl Handler for ExportHandler {
         }
     }
 
-    async fn drained(&self) -> bool {
-        self.runs.all_complete().await
+    async fn progress(&self) -> Progress {
+        self.runs.progress().await
     }
 }

@@ -31,6 +31,42 @@ pub const DEFAULT_ENDPOINT: &str = "https://run.googleapis.com";
 pub const RUN_ID_VAR: &str = "BQDRAIN_RUN_ID";
 pub const DESTINATION_VAR: &str = "BQDRAIN_DESTINATION";
 
+/// `--launch-workers` and its companions, for a command that starts the
+/// worker job.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LaunchArgs {
+    /// Start this Cloud Run job's workers for the run, e.g.
+    /// projects/PROJECT/locations/REGION/jobs/bqdrain-worker.
+    #[arg(long, env = "BQDRAIN_LAUNCH_WORKERS", value_name = "JOB")]
+    pub launch_workers: Option<String>,
+    /// Most tasks to start (Cloud Run allows 1 to 10000).
+    #[arg(long, env = "BQDRAIN_MAX_TASKS", default_value_t = DEFAULT_MAX_TASKS, requires = "launch_workers")]
+    pub max_tasks: u32,
+    /// Units per task: tasks = the run's units / this, rounded up, at most --max-tasks.
+    #[arg(long, env = "BQDRAIN_UNITS_PER_TASK", default_value_t = DEFAULT_UNITS_PER_TASK, requires = "launch_workers")]
+    pub units_per_task: u32,
+    /// Cloud Run Admin API endpoint; a plain http:// one gets anonymous credentials (tests).
+    #[arg(long, env = "BQDRAIN_RUN_API_ENDPOINT", default_value = DEFAULT_ENDPOINT, requires = "launch_workers")]
+    pub run_api_endpoint: String,
+}
+
+impl LaunchArgs {
+    /// The checked plan, `None` without `--launch-workers`.
+    pub fn plan(&self) -> Result<Option<LaunchPlan>, ConfigError> {
+        self.launch_workers
+            .as_deref()
+            .map(|job| {
+                LaunchPlan::new(
+                    job,
+                    self.max_tasks,
+                    self.units_per_task,
+                    &self.run_api_endpoint,
+                )
+            })
+            .transpose()
+    }
+}
+
 /// What `--launch-workers` and its companions asked for, checked.
 #[derive(Debug, Clone)]
 pub struct LaunchPlan {

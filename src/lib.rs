@@ -28,6 +28,7 @@ pub mod message;
 pub mod noop;
 pub mod producer;
 pub mod queue;
+pub mod reconcile;
 pub mod replay;
 pub mod retry;
 pub mod runs;

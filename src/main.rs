@@ -12,13 +12,16 @@ use bqdrain::cli::{fail, peak_rss_bytes, print_json};
 use bqdrain::drain::{drain, DrainConfig, DrainReport, ExitReason};
 use bqdrain::error::ConfigError;
 use bqdrain::export::ExportHandler;
+use bqdrain::gcp::pubsub;
+use bqdrain::gcp::run::WorkerJobs;
+use bqdrain::launch::{self, LaunchArgs, LaunchReport, LaunchStatus};
 use bqdrain::local::dataset::{self, Fault};
 use bqdrain::local::warehouse::LocalWarehouse;
 use bqdrain::logging::{self, LogFormat};
 use bqdrain::queue::ReceiveSettings;
 use bqdrain::retry::RetryPolicy;
 use bqdrain::task::TaskIdentity;
-use bqdrain::{backends, demo, replay, shutdown, status};
+use bqdrain::{backends, demo, reconcile, replay, shutdown, status};
 
 #[derive(Parser)]
 #[command(
@@ -86,7 +89,8 @@ struct WorkArgs {
     /// Work subscription, e.g. queue://q.db?dead_letter=dead#work.
     #[arg(long, env = "BQDRAIN_SUBSCRIPTION")]
     subscription: String,
-    /// Where permanent failures go; defaults to the subscription's dead-letter policy.
+    /// Where permanent failures go; defaults to the subscription's dead-letter
+    /// policy, which a pubsub:// subscription must have.
     #[arg(long, env = "BQDRAIN_DEAD_LETTER_TOPIC")]
     dead_letter_topic: Option<String>,
     /// Watch this run from the start: exit once it is complete, even if this
@@ -144,6 +148,8 @@ struct ReplayArgs {
     /// Replay at most this many messages.
     #[arg(long, env = "BQDRAIN_MAX")]
     max: Option<usize>,
+    #[command(flatten)]
+    launch: LaunchArgs,
     #[arg(long, env = "BQDRAIN_JSON")]
     json: bool,
 }
@@ -155,6 +161,15 @@ struct StatusArgs {
     destination: String,
     #[arg(long, env = "BQDRAIN_RUN_ID")]
     run_id: String,
+    /// First read this dead-letter subscription (without consuming it) and
+    /// record the run's units that sit there unrecorded: those its
+    /// dead-letter policy took from tasks killed on every attempt.
+    #[arg(
+        long,
+        env = "BQDRAIN_RECONCILE",
+        value_name = "DEAD_LETTER_SUBSCRIPTION"
+    )]
+    reconcile: Option<String>,
     #[arg(long, env = "BQDRAIN_JSON")]
     json: bool,
 }
@@ -207,6 +222,22 @@ async fn work(args: WorkArgs, started: Instant) -> anyhow::Result<ExitCode> {
     };
     let subscription =
         backends::open_subscription(&args.subscription, "--subscription", &receive).await?;
+    if pubsub::is_pubsub(&args.subscription) && subscription.max_delivery_attempts().is_none() {
+        subscription.close().await?;
+        return Err(ConfigError::new(
+            "--subscription",
+            format!(
+                "{} has no dead-letter policy, so Pub/Sub counts no delivery attempts and a \
+                 failing table would be redelivered until its message expires",
+                args.subscription
+            ),
+            "give the subscription a dead-letter policy with a topic and max delivery attempts \
+             (terraform/ does), e.g. `gcloud pubsub subscriptions update SUBSCRIPTION \
+             --dead-letter-topic TOPIC --max-delivery-attempts 5`; --dead-letter-topic alone \
+             does not do",
+        )
+        .into());
+    }
     let dead_letter_uri = args.dead_letter_topic.clone().or_else(|| subscription.dead_letter_topic()).ok_or_else(|| {
         ConfigError::new(
             "--dead-letter-topic",
@@ -246,6 +277,7 @@ async fn work(args: WorkArgs, started: Instant) -> anyhow::Result<ExitCode> {
     tracing::info!(acked = report.acked, nacked = report.nacked, dead_lettered = report.dead_lettered, exit = ?report.exit, "worker done");
     let code = match report.exit {
         ExitReason::Signal => ExitCode::from(128 + signal.try_recv().unwrap_or(15) as u8),
+        exit if exit.is_failure() => ExitCode::FAILURE,
         _ => ExitCode::SUCCESS,
     };
     if args.json {
@@ -258,46 +290,96 @@ async fn work(args: WorkArgs, started: Instant) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
+#[derive(Serialize)]
+struct ReplayOutcome<'a> {
+    #[serde(flatten)]
+    report: &'a replay::ReplayReport,
+    launches: &'a [LaunchReport],
+}
+
+async fn replay_dead_letters(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let launch_plan = args.launch.plan()?;
+    let from = backends::open_subscription(&args.from, "--from", &ReceiveSettings::sweep()).await?;
+    let to = backends::open_topic(&args.to, "--to").await?;
+    let jobs = match &launch_plan {
+        Some(plan) => Some(WorkerJobs::connect(&plan.endpoint).await?),
+        None => None,
+    };
+    let filter = replay::ReplayFilter {
+        run_id: args.run_id,
+        table: args.table,
+        dry_run: args.dry_run,
+        max: args.max,
+    };
+    let report = replay::replay(from.as_ref(), to.as_ref(), &filter).await?;
+    // Every run replayed to gets its workers, as the producer starts them.
+    let mut launches = Vec::new();
+    if let (Some(plan), Some(jobs)) = (&launch_plan, &jobs) {
+        for (run_id, destination, units) in report.runs() {
+            launches.push(launch::launch_workers(plan, jobs, &run_id, units, &destination).await);
+        }
+    }
+    if args.json {
+        print_json(&ReplayOutcome {
+            report: &report,
+            launches: &launches,
+        });
+    } else {
+        let verb = if report.dry_run {
+            "would replay"
+        } else {
+            "replayed"
+        };
+        for m in &report.messages {
+            println!(
+                "{verb} run={} table={} reason={}",
+                m.run_id.as_deref().unwrap_or("?"),
+                m.table.as_deref().unwrap_or("?"),
+                m.reason.as_deref().unwrap_or("?")
+            );
+        }
+        println!(
+            "{} matched, {} replayed, {} left in the dead-letter queue",
+            report.matched, report.replayed, report.left
+        );
+        for l in &launches {
+            println!("{}", l.summary());
+        }
+    }
+    let failed: Vec<String> = launches
+        .iter()
+        .filter(|l| l.status == LaunchStatus::Failed)
+        .map(|l| {
+            format!(
+                "{}; start them by hand with: {}",
+                l.reason.as_deref().unwrap_or("unknown error"),
+                l.command.as_deref().unwrap_or("gcloud run jobs execute")
+            )
+        })
+        .collect();
+    if failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Err(anyhow::anyhow!(
+            "the messages are back on {} but starting their workers failed: {}",
+            args.to,
+            failed.join("; ")
+        ))
+    }
+}
+
 async fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Work(args) => work(args, started).await,
-        Command::Replay(args) => {
-            let from =
-                backends::open_subscription(&args.from, "--from", &ReceiveSettings::new(100))
-                    .await?;
-            let to = backends::open_topic(&args.to, "--to").await?;
-            let filter = replay::ReplayFilter {
-                run_id: args.run_id,
-                table: args.table,
-                dry_run: args.dry_run,
-                max: args.max,
-            };
-            let report = replay::replay(from.as_ref(), to.as_ref(), &filter).await?;
-            if args.json {
-                print_json(&report);
-            } else {
-                let verb = if report.dry_run {
-                    "would replay"
-                } else {
-                    "replayed"
-                };
-                for m in &report.messages {
-                    println!(
-                        "{verb} run={} table={} reason={}",
-                        m.run_id.as_deref().unwrap_or("?"),
-                        m.table.as_deref().unwrap_or("?"),
-                        m.reason.as_deref().unwrap_or("?")
-                    );
-                }
-                println!(
-                    "{} matched, {} replayed, {} left in the dead-letter queue",
-                    report.matched, report.replayed, report.left
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Replay(args) => replay_dead_letters(args).await,
         Command::Status(args) => {
             let store = backends::open_store(&args.destination, "--destination").await?;
+            if let Some(uri) = &args.reconcile {
+                let dead =
+                    backends::open_subscription(uri, "--reconcile", &ReceiveSettings::sweep())
+                        .await?;
+                reconcile::reconcile(dead.as_ref(), store.as_ref(), &args.run_id).await?;
+            }
             let report = status::run_status(store.as_ref(), &args.run_id).await?;
             if args.json {
                 print_json(&report);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use crate::backends::open_subscription;
-use crate::drain::{drain, Disposition, DrainConfig, DrainReport, Handler};
+use crate::drain::{drain, Disposition, DrainConfig, DrainReport, Handler, Progress};
 use crate::queue::{Delivery, ReceiveSettings};
 use crate::warehouse::Cancel;
 
@@ -36,9 +36,15 @@ impl Handler for AckEverything {
 
     // The loop asks only when nothing is in flight, so every message handled
     // by then has been settled.
-    async fn drained(&self) -> bool {
-        self.expect
+    async fn progress(&self) -> Progress {
+        if self
+            .expect
             .is_some_and(|n| self.handled.load(Ordering::Relaxed) >= n)
+        {
+            Progress::Complete
+        } else {
+            Progress::NoRun
+        }
     }
 }
 

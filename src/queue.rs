@@ -1,7 +1,7 @@
 //! The work-queue port, shaped after Pub/Sub: topics take messages,
 //! subscriptions lease them out until they are acked.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -49,6 +49,85 @@ impl ReceiveSettings {
             max_lease: Duration::from_secs(3600),
         }
     }
+
+    /// For a [`Sweep`], which holds what it has looked at until it ends.
+    pub fn sweep() -> ReceiveSettings {
+        ReceiveSettings::new(SWEEP_MAX_HELD)
+    }
+}
+
+/// Messages a sweep may hold at once: far above any dead-letter backlog
+/// (a run of 10,000 tables that all failed, ten times over).
+pub const SWEEP_MAX_HELD: usize = 100_000;
+/// Messages asked for per pull of a sweep.
+const SWEEP_BATCH: usize = 1000;
+/// How long a sweep's pull waits; the first waits longer, as a streaming
+/// pull needs a moment to open.
+const SWEEP_WAIT: Duration = Duration::from_secs(1);
+const SWEEP_FIRST_WAIT: Duration = Duration::from_secs(5);
+/// Pulls in a row that bring nothing new before a sweep concludes it has
+/// seen the whole backlog: one quiet second can be a pause in delivery.
+const SWEEP_QUIET_PULLS: u32 = 3;
+
+/// One pass over a subscription's backlog (the dead-letter queue, for
+/// `replay` and `status --reconcile`): hands out every message once, while
+/// it keeps what was handed out leased, and ends once pulls stop bringing
+/// new messages. Whatever the caller does not settle, [`Sweep::release`]
+/// gives back.
+pub struct Sweep<'a> {
+    from: &'a dyn Subscription,
+    seen: HashSet<String>,
+    /// Messages handed out before whose lease lapsed and came back.
+    repeats: Vec<Delivery>,
+}
+
+impl<'a> Sweep<'a> {
+    pub fn new(from: &'a dyn Subscription) -> Sweep<'a> {
+        Sweep {
+            from,
+            seen: HashSet::new(),
+            repeats: Vec::new(),
+        }
+    }
+
+    /// The next messages not handed out before; `None` once the backlog
+    /// is through.
+    pub async fn next(&mut self) -> anyhow::Result<Option<Vec<Delivery>>> {
+        let mut quiet = 0;
+        while quiet < SWEEP_QUIET_PULLS {
+            let wait = if self.seen.is_empty() && quiet == 0 {
+                SWEEP_FIRST_WAIT
+            } else {
+                SWEEP_WAIT
+            };
+            let (new, repeats): (Vec<Delivery>, Vec<Delivery>) = self
+                .from
+                .pull(SWEEP_BATCH, wait)
+                .await?
+                .into_iter()
+                .partition(|d| !self.seen.contains(&d.message_id));
+            self.repeats.extend(repeats);
+            if !new.is_empty() {
+                self.seen.extend(new.iter().map(|d| d.message_id.clone()));
+                return Ok(Some(new));
+            }
+            quiet += 1;
+        }
+        Ok(None)
+    }
+
+    /// Messages handed out so far.
+    pub fn seen(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Gives back `held` and every repeat, and closes the subscription.
+    pub async fn release(self, held: Vec<Delivery>) -> anyhow::Result<()> {
+        for d in held.iter().chain(&self.repeats) {
+            self.from.nack(&d.ack_id).await?;
+        }
+        self.from.close().await
+    }
 }
 
 #[async_trait]
@@ -74,6 +153,11 @@ pub trait Subscription: Send + Sync {
     /// The topic the subscription's dead-letter policy forwards to, if any.
     fn dead_letter_topic(&self) -> Option<String>;
 
+    /// The longest the subscription's retry policy holds a nacked message
+    /// back before redelivering it; zero without a policy (redelivery at
+    /// once). A worker waiting for a run to finish waits at least this long.
+    fn max_backoff(&self) -> Duration;
+
     /// Leases up to `max` messages, waiting at most `wait` for the first.
     async fn pull(&self, max: usize, wait: Duration) -> anyhow::Result<Vec<Delivery>>;
 
@@ -81,7 +165,7 @@ pub trait Subscription: Send + Sync {
     /// Pub/Sub ignores them.
     async fn ack(&self, ack_ids: &[String]) -> anyhow::Result<()>;
 
-    /// Gives a message back for redelivery now.
+    /// Gives a message back for redelivery, now or after the backoff.
     async fn nack(&self, ack_id: &str) -> anyhow::Result<()>;
 
     /// Keeps a lease for `by` from now.

@@ -3,10 +3,11 @@
 //! Each matching message is republished and acked on the dead-letter
 //! subscription only once the republish is confirmed, so a crash in between
 //! duplicates a message (harmless: exports are idempotent) but never loses
-//! one. Messages that do not match are given back untouched at the end.
+//! one. Messages that do not match are held until the whole dead-letter
+//! queue has been looked at, then given back untouched.
 
-use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -16,12 +17,7 @@ use crate::drain::{
 use crate::error::ConfigError;
 use crate::layout;
 use crate::message::{Envelope, WorkMessage, ATTR_RUN_ID, ATTR_TABLE};
-use crate::queue::{Delivery, Subscription, Topic};
-
-/// How long an empty pull waits before replay concludes the queue is empty.
-const EMPTY_WAIT: Duration = Duration::from_secs(1);
-/// The first pull waits longer: a streaming pull needs a moment to open.
-const FIRST_WAIT: Duration = Duration::from_secs(5);
+use crate::queue::{Delivery, Subscription, Sweep, Topic};
 
 #[derive(Debug, Clone, Default)]
 pub struct ReplayFilter {
@@ -36,6 +32,8 @@ pub struct ReplayedMessage {
     pub run_id: Option<String>,
     pub table: Option<String>,
     pub reason: Option<String>,
+    /// The export root the message names, where its run's workers look.
+    pub destination: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -65,6 +63,22 @@ fn matches(d: &Delivery, run_id: Option<&str>, table: Option<&glob::Pattern>) ->
         && table.is_none_or(|p| d.attributes.get(ATTR_TABLE).is_some_and(|t| p.matches(t)))
 }
 
+impl ReplayReport {
+    /// The runs replayed to, with their export root and how many messages
+    /// each got back: what `--launch-workers` starts workers for.
+    pub fn runs(&self) -> Vec<(String, String, usize)> {
+        let mut runs: BTreeMap<(String, String), usize> = BTreeMap::new();
+        if !self.dry_run {
+            for m in &self.messages {
+                if let (Some(run), Some(dest)) = (&m.run_id, &m.destination) {
+                    *runs.entry((run.clone(), dest.clone())).or_default() += 1;
+                }
+            }
+        }
+        runs.into_iter().map(|((r, d), n)| (r, d, n)).collect()
+    }
+}
+
 pub async fn replay(
     from: &dyn Subscription,
     to: &dyn Topic,
@@ -85,7 +99,7 @@ pub async fn replay(
         })
         .transpose()?;
     let max = filter.max.unwrap_or(usize::MAX);
-    let mut seen = HashSet::new();
+    let mut sweep = Sweep::new(from);
     let mut held = Vec::new();
     let mut report = ReplayReport {
         replayed: 0,
@@ -96,23 +110,12 @@ pub async fn replay(
         seconds: 0.0,
     };
 
-    'pulling: while report.matched < max {
-        let wait = if seen.is_empty() {
-            FIRST_WAIT
-        } else {
-            EMPTY_WAIT
-        };
-        let batch = from.pull(100, wait).await?;
-        // Held messages whose lease lapsed come back: once all are old, stop.
-        if batch.iter().all(|d| seen.contains(&d.message_id)) {
-            held.extend(batch);
+    'sweeping: while report.matched < max {
+        let Some(batch) = sweep.next().await? else {
             break;
-        }
+        };
         for d in batch {
-            if !seen.insert(d.message_id.clone())
-                || report.matched >= max
-                || !matches(&d, filter.run_id.as_deref(), table.as_ref())
-            {
+            if report.matched >= max || !matches(&d, filter.run_id.as_deref(), table.as_ref()) {
                 held.push(d);
                 continue;
             }
@@ -121,6 +124,7 @@ pub async fn replay(
                 run_id: d.attributes.get(ATTR_RUN_ID).cloned(),
                 table: d.attributes.get(ATTR_TABLE).cloned(),
                 reason: d.attributes.get(ATTR_ERROR_REASON).cloned(),
+                destination: WorkMessage::decode(&d.data).ok().map(|m| m.destination),
             });
             if filter.dry_run {
                 held.push(d);
@@ -140,25 +144,19 @@ pub async fn replay(
                 .await
             {
                 held.push(d);
-                for h in &held {
-                    let _ = from.nack(&h.ack_id).await;
-                }
-                let _ = from.close().await;
+                let _ = sweep.release(held).await;
                 return Err(err.context("republishing to the work topic"));
             }
             forget_dead_record(&d).await;
             from.ack(std::slice::from_ref(&d.ack_id)).await?;
             report.replayed += 1;
             if report.matched >= max {
-                break 'pulling;
+                break 'sweeping;
             }
         }
     }
-    report.left = seen.len() - report.replayed;
-    for d in &held {
-        from.nack(&d.ack_id).await?;
-    }
-    from.close().await?;
+    report.left = sweep.seen() - report.replayed;
+    sweep.release(held).await?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }

@@ -10,6 +10,7 @@ use anyhow::Context;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 
+use crate::drain::Progress;
 use crate::layout::{self, DeadRecord, PlannedUnit, RunManifest, SupersededRecord, TableManifest};
 use crate::store::ObjectStore;
 
@@ -217,7 +218,8 @@ type Units = Arc<Vec<String>>;
 struct TrackedRun {
     store: Arc<dyn ObjectStore>,
     units: Option<Units>,
-    complete: bool,
+    /// Units not yet settled at the last check; `None` before the first.
+    pending: Option<usize>,
     /// Listing a large run's records is not free: it is not done again
     /// before this.
     next_check: Instant,
@@ -232,59 +234,61 @@ impl RunTracker {
         runs.entry(run_id.to_string()).or_insert(TrackedRun {
             store,
             units: None,
-            complete: false,
+            pending: None,
             next_check: Instant::now(),
         });
     }
 
-    /// True when at least one run was seen and every run seen has each
-    /// expected unit settled (exported, dead-lettered or superseded).
-    pub async fn all_complete(&self) -> bool {
-        let open: Vec<(String, Arc<dyn ObjectStore>, Option<Units>)> = {
+    /// Complete when at least one run was seen and every run seen has each
+    /// expected unit settled (exported, dead-lettered or superseded); else
+    /// the first open run.
+    pub async fn progress(&self) -> Progress {
+        let due: Vec<(String, Arc<dyn ObjectStore>, Option<Units>)> = {
             let runs = self.runs.lock().expect("run tracker lock poisoned");
             if runs.is_empty() {
-                return false;
+                return Progress::NoRun;
             }
-            if runs
-                .values()
-                .any(|r| !r.complete && r.next_check > Instant::now())
-            {
-                return false;
+            let now = Instant::now();
+            let open = runs.iter().filter(|(_, r)| r.pending != Some(0));
+            if let Some((run_id, run)) = open.clone().find(|(_, r)| r.next_check > now) {
+                return Progress::Incomplete {
+                    run_id: run_id.clone(),
+                    pending: run.pending,
+                };
             }
-            runs.iter()
-                .filter(|(_, r)| !r.complete)
-                .map(|(id, r)| (id.clone(), Arc::clone(&r.store), r.units.clone()))
+            open.map(|(id, r)| (id.clone(), Arc::clone(&r.store), r.units.clone()))
                 .collect()
         };
-        for (run_id, store, units) in open {
+        for (run_id, store, units) in due {
             match self.check(&run_id, store.as_ref(), units).await {
-                Ok(true) => {
-                    tracing::info!(run_id, "run complete");
-                    self.update(&run_id, |r| r.complete = true);
-                }
-                Ok(false) => return false,
+                Ok(Some(0)) => tracing::info!(run_id, "run complete"),
+                Ok(pending) => return Progress::Incomplete { run_id, pending },
                 Err(err) => {
                     tracing::warn!(run_id, error = %format!("{err:#}"), "cannot read run state");
-                    return false;
+                    return Progress::Incomplete {
+                        run_id,
+                        pending: None,
+                    };
                 }
             }
         }
-        true
+        Progress::Complete
     }
 
+    /// The run's pending units now; `None` while it has no manifest.
     async fn check(
         &self,
         run_id: &str,
         store: &dyn ObjectStore,
         units: Option<Units>,
-    ) -> anyhow::Result<bool> {
+    ) -> anyhow::Result<Option<usize>> {
         let units = match units {
             Some(units) => units,
             None => {
                 let Some(manifest) =
                     read_json::<RunManifest>(store, &layout::run_manifest(run_id)).await?
                 else {
-                    return Ok(false);
+                    return Ok(None);
                 };
                 let units: Units = Arc::new(manifest.units.into_iter().map(|u| u.unit).collect());
                 self.update(run_id, |r| r.units = Some(Arc::clone(&units)));
@@ -297,8 +301,11 @@ impl RunTracker {
             .filter(|u| matches!(records.of(u), Settled::Pending))
             .count();
         let pause = CHECK_PAUSE_PER_1000_UNITS.mul_f64(units.len() as f64 / 1000.0);
-        self.update(run_id, |r| r.next_check = Instant::now() + pause);
-        Ok(pending == 0)
+        self.update(run_id, |r| {
+            r.pending = Some(pending);
+            r.next_check = Instant::now() + pause;
+        });
+        Ok(Some(pending))
     }
 
     fn update(&self, run_id: &str, change: impl FnOnce(&mut TrackedRun)) {

@@ -142,18 +142,7 @@ async fn a_table_that_always_fails_is_dead_lettered_then_replayed() {
         .unwrap()
         .contains("gave up after 3 delivery attempts"));
 
-    let status_out = Command::new(BIN)
-        .args([
-            "status",
-            "--destination",
-            &sb.destination(),
-            "--run-id",
-            "r1",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&status_out.stdout).unwrap();
+    let report = sb.status("r1", &[]);
     assert_eq!(
         report["totals"],
         serde_json::json!({"expected": 3, "exported": 2, "dead_lettered": 1, "superseded": 0, "pending": 0})
@@ -162,28 +151,7 @@ async fn a_table_that_always_fails_is_dead_lettered_then_replayed() {
     // The cause is fixed; replay a dry run first, then for real.
     dataset::clear_fault(&sb.warehouse(), "t_002").unwrap();
     let replay = |run_id: &str, extra: &[&str]| {
-        let out = Command::new(BIN)
-            .args([
-                "replay",
-                "--from",
-                &sb.queue("dead"),
-                "--to",
-                &sb.queue("work"),
-                "--run-id",
-                run_id,
-                "--table",
-                "t_*",
-                "--json",
-            ])
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        json_of(&sb.replay(&[&["--run-id", run_id, "--table", "t_*"][..], extra].concat()))
     };
     let dry = replay("r1", &["--dry-run"]);
     assert_eq!(
@@ -283,4 +251,96 @@ async fn sigterm_lets_short_work_finish() {
     );
     assert_exported(&sb, "r1", "t_001", 500);
     assert_eq!(sb.depth("work").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_waits_out_the_retry_backoff_of_its_run() {
+    let sb = Sandbox::new();
+    sb.make_tables(1, 100);
+    sb.fault("t_001", Fault::Transient { times: Some(1) });
+    sb.produce("", "r1").await;
+    // The failed first attempt comes back only after 4 s, well past the
+    // worker's idle timeout of 1 s.
+    let sub = sb.subscription("ack_deadline=1&min_backoff=4&max_backoff=4");
+    let worker = sb.spawn_worker(&sub, &["--max-retries", "0", "--idle-timeout", "1"]);
+    let (status, json) = finish(worker, Duration::from_secs(60));
+    assert!(status.success(), "{status}\n{}", sb.logs());
+    assert_eq!(json["exit"], "drained", "{json}\n{}", sb.logs());
+    assert_eq!(
+        (json["nacked"].as_u64(), json["acked"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_exported(&sb, "r1", "t_001", 100);
+    assert_eq!(sb.depth("work").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_gives_up_on_an_incomplete_run_fails() {
+    let sb = Sandbox::new();
+    sb.make_tables(2, 10);
+    // The run's messages sit in a queue this worker does not drain.
+    sb.produce_to("elsewhere", "", "r1").await;
+    let sub = sb.subscription("ack_deadline=1");
+    let destination = sb.destination();
+    let worker = sb.spawn_worker(
+        &sub,
+        &[
+            "--run-id",
+            "r1",
+            "--destination",
+            &destination,
+            "--idle-timeout",
+            "1",
+        ],
+    );
+    let (status, json) = finish(worker, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{json}\n{}", sb.logs());
+    assert_eq!(json["exit"], "incomplete", "{json}");
+    let logs = sb.logs();
+    assert!(
+        logs.contains("gave up waiting for run r1") && logs.contains("\"pending\":2"),
+        "the log names the run and its pending units\n{logs}"
+    );
+    assert_eq!(sb.depth("elsewhere").await, 2, "nothing taken");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reconciles_dead_letters_without_consuming_them() {
+    let sb = Sandbox::new();
+    sb.make_tables(2, 10);
+    // As the subscription's policy leaves them: in the dead-letter queue,
+    // with no record (their tasks were killed on every attempt).
+    sb.produce_to("dead", "", "r1").await;
+    assert_eq!(sb.status("r1", &[])["totals"]["pending"], 2);
+    let after = sb.status("r1", &["--reconcile", &sb.queue("dead")]);
+    assert_eq!(
+        after["totals"],
+        serde_json::json!({"expected": 2, "exported": 0, "dead_lettered": 2, "superseded": 0, "pending": 0})
+    );
+    let record = sb.dead_record("r1", "t_001").unwrap();
+    assert_eq!(record["reason"], "maxDeliveryAttempts");
+    assert_eq!(sb.depth("dead").await, 2, "left in the queue, for replay");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_finds_the_matching_few_behind_many_held_others() {
+    let sb = Sandbox::new();
+    let dead_letter = |run: &str, i: usize| Envelope {
+        data: format!("{run}-{i}").into_bytes(),
+        attributes: BTreeMap::from([
+            ("run_id".to_string(), run.to_string()),
+            ("table".to_string(), format!("t_{i:03}")),
+        ]),
+    };
+    let mut letters: Vec<Envelope> = (0..150).map(|i| dead_letter("other", i)).collect();
+    letters.extend((0..10).map(|i| dead_letter("r1", i)));
+    sb.publish_raw("dead", letters).await;
+    let report = json_of(&sb.replay(&["--run-id", "r1"]));
+    assert_eq!(
+        (report["replayed"].as_u64(), report["left"].as_u64()),
+        (Some(10), Some(150)),
+        "{report}"
+    );
+    assert_eq!(sb.depth("work").await, 10);
+    assert_eq!(sb.depth("dead").await, 150);
 }

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use common::fault_proxy::{Fault, FaultProxy};
 use common::gcp::GcpSandbox;
-use common::{csv_data_rows, finish};
+use common::{csv_data_rows, finish, json_of};
 
 const LIMIT: Duration = Duration::from_secs(180);
 
@@ -462,4 +462,205 @@ async fn a_producer_failing_half_way_is_resumed_by_its_retried_execution() {
             .await;
     }
     assert_queues_empty(&sb).await;
+}
+
+/// Runs `bqdrain status --json` for `run_id` in `folder`, with `extra` flags.
+fn status(sb: &GcpSandbox, folder: &str, run_id: &str, extra: &[&str]) -> Value {
+    let destination = sb.destination(folder);
+    let out = sb.bqdrain(
+        &[
+            &[
+                "status",
+                "--destination",
+                &destination,
+                "--run-id",
+                run_id,
+                "--json",
+            ][..],
+            extra,
+        ]
+        .concat(),
+    );
+    json_of(&out)
+}
+
+fn state_of<'a>(report: &'a Value, unit: &str) -> &'a Value {
+    let units = report["units"].as_array().unwrap();
+    &units.iter().find(|u| u["unit"] == unit).unwrap()["state"]
+}
+
+#[tokio::test]
+async fn a_subscription_without_a_dead_letter_policy_is_refused() {
+    let sb = GcpSandbox::new("nopolicy", 5).await;
+    sb.create_subscription("plain", json!({})).await;
+    let plain = sb.subscription_of("plain");
+    let dead = sb.dead_letter_topic();
+    let out = sb.bqdrain(&[
+        "work",
+        "--subscription",
+        &plain,
+        "--dead-letter-topic",
+        &dead,
+        "--idle-timeout",
+        "1",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--subscription") && stderr.contains("no dead-letter policy"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("--max-delivery-attempts") && stderr.contains("--dead-letter-topic"),
+        "the message says what to set: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_that_fails_for_good_makes_the_worker_fail() {
+    let sb = GcpSandbox::new("streamfail", 5).await;
+    sb.resubscribe("doomed").await;
+    let worker = sb.spawn_worker(&["--idle-timeout", "40"], None);
+    std::thread::sleep(Duration::from_secs(3));
+    // The subscription goes away under the open stream: every reopening
+    // fails with NOT_FOUND.
+    sb.delete_subscription("doomed").await;
+    let (status, outcome) = finish(worker, LIMIT);
+    let logs = sb.logs();
+    assert_eq!(status.code(), Some(1), "{outcome}\n{logs}");
+    assert_eq!(outcome["exit"], "queue_failed", "{outcome}");
+    assert!(
+        logs.contains("reopening the Pub/Sub stream"),
+        "the stream was reopened before giving up\n{logs}"
+    );
+    assert!(logs.contains("the queue failed on every pull"), "{logs}");
+}
+
+#[tokio::test]
+async fn a_failed_dead_letter_publish_leaves_the_unit_pending() {
+    let sb = GcpSandbox::new("dlfail", 5).await;
+    sb.make_tables(2, 100).await;
+    produced(&sb.produce("exports", &["--run-id", "r1"]));
+    sb.drop_table("t_002").await;
+    let destination = sb.destination("exports");
+    let missing = format!("pubsub://projects/{}/topics/missing", common::gcp::PROJECT);
+    let worker = sb.spawn_worker(
+        &[
+            "--run-id",
+            "r1",
+            "--destination",
+            &destination,
+            "--dead-letter-topic",
+            &missing,
+            "--idle-timeout",
+            "3",
+        ],
+        None,
+    );
+    let (_, outcome) = finish(worker, LIMIT);
+    let logs = sb.logs();
+    assert!(logs.contains("dead-letter publish failed"), "{logs}");
+    assert_eq!(outcome["dead_lettered"], 0, "{outcome}");
+    assert!(
+        sb.dead_record("exports", "r1", "t_002").await.is_none(),
+        "no dead-letter record without a confirmed publish"
+    );
+    let report = status(&sb, "exports", "r1", &[]);
+    assert_eq!(state_of(&report, "t_002"), "pending", "{report}");
+    assert_eq!(state_of(&report, "t_001"), "exported", "{report}");
+}
+
+#[tokio::test]
+async fn status_reconciles_what_the_subscription_dead_lettered_by_itself() {
+    let sb = GcpSandbox::new("reconcile", 5).await;
+    sb.make_tables(2, 10).await;
+    produced(&sb.produce("exports", &["--run-id", "r1"]));
+    // Nack every delivery, as a task killed on every attempt would: after
+    // the 5th, the subscription's policy forwards the message.
+    let mut deliveries = 0;
+    for _ in 0..200 {
+        let pulled = sb.pull("work", 10, false).await;
+        if !pulled.is_empty() {
+            deliveries += pulled.len();
+            sb.nack("work", &pulled).await;
+        } else if deliveries >= 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(deliveries, 10, "2 messages, 5 deliveries each");
+
+    let before = status(&sb, "exports", "r1", &[]);
+    assert_eq!(before["totals"]["pending"], 2, "{before}");
+    let dead = sb.dead_letter_subscription();
+    let after = status(&sb, "exports", "r1", &["--reconcile", &dead]);
+    assert_eq!(after["totals"]["dead_lettered"], 2, "{after}");
+    assert_eq!(after["totals"]["pending"], 0, "{after}");
+    let record = sb.dead_record("exports", "r1", "t_001").await.unwrap();
+    assert_eq!(record["reason"], "maxDeliveryAttempts", "{record}");
+    assert_eq!(record["delivery_attempt"], 5, "{record}");
+
+    let again = status(&sb, "exports", "r1", &["--reconcile", &dead]);
+    assert_eq!(
+        again["totals"], after["totals"],
+        "reconciling twice changes nothing"
+    );
+    // That the messages stay for replay is shown on the local queue
+    // (tests/failures.rs): the emulator keeps what a closed stream held
+    // leased for minutes, nacked or not.
+}
+
+/// `count` dead letters of `run_id` for tables named `prefix_N`.
+fn dead_letters(run_id: &str, prefix: &str, count: usize) -> Vec<(Vec<u8>, Value)> {
+    (0..count)
+        .map(|i| {
+            let table = format!("{prefix}_{i:03}");
+            let attributes =
+                json!({"run_id": run_id, "table": table, "bqdrain_error_reason": "notFound"});
+            (table.into_bytes(), attributes)
+        })
+        .collect()
+}
+
+fn replay(sb: &GcpSandbox, extra: &[&str]) -> Value {
+    let (from, to) = (sb.dead_letter_subscription(), sb.topic());
+    json_of(
+        &sb.bqdrain(
+            &[
+                &["replay", "--from", &from, "--to", &to, "--json"][..],
+                extra,
+            ]
+            .concat(),
+        ),
+    )
+}
+
+#[tokio::test]
+async fn replay_moves_more_than_a_hundred_dead_letters() {
+    let sb = GcpSandbox::new("replay250", 5).await;
+    sb.publish_to("dead", dead_letters("r1", "t", 250)).await;
+    let report = replay(&sb, &[]);
+    assert_eq!(report["replayed"], 250, "{}", report["matched"]);
+    let work = sb.pull_all("work").await;
+    assert_eq!(work.len(), 250, "all on the work topic");
+    assert!(work
+        .iter()
+        .all(|m| m.attribute("bqdrain_error_reason").is_none()));
+}
+
+#[tokio::test]
+async fn replay_finds_the_matching_few_behind_many_others() {
+    let sb = GcpSandbox::new("replaymix", 5).await;
+    sb.publish_to("dead", dead_letters("other", "o", 150)).await;
+    sb.publish_to("dead", dead_letters("r1", "t", 10)).await;
+    let report = replay(&sb, &["--run-id", "r1"]);
+    assert_eq!(
+        (report["replayed"].as_u64(), report["left"].as_u64()),
+        (Some(10), Some(150)),
+        "{}",
+        report["matched"]
+    );
+    let work = sb.pull_all("work").await;
+    assert_eq!(work.len(), 10);
+    assert!(work.iter().all(|m| m.attribute("run_id") == Some("r1")));
 }

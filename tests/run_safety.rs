@@ -117,7 +117,7 @@ async fn resuming_a_run_publishes_only_its_unfinished_units() {
     for table in ["t_001", "t_002", "t_003"] {
         assert_exported(&sb, "r1", table, 100);
     }
-    assert_eq!(sb.status("r1")["totals"]["pending"], 0);
+    assert_eq!(sb.status("r1", &[])["totals"]["pending"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,7 +187,7 @@ async fn an_older_run_still_exporting_is_superseded_not_broken() {
         sb.logs()
     );
     assert_eq!(sb.unit_state("r1", "t_001"), "superseded");
-    assert_eq!(sb.status("r1")["units"][0]["record"]["by_run"], "r2");
+    assert_eq!(sb.status("r1", &[])["units"][0]["record"]["by_run"], "r2");
     assert_exported(&sb, "r2", "t_001", 1000);
 }
 

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -29,6 +29,12 @@ pub const SCHEME: &str = "pubsub://";
 const EMULATOR: &str = "PUBSUB_EMULATOR_HOST";
 /// Time for a cancelled stream's reset to go out before the process exits.
 const STREAM_CLOSE: Duration = Duration::from_millis(50);
+/// A retry policy's maximum backoff when it sets none (Pub/Sub's default).
+const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(600);
+/// Stream failures in a row (no message between) before giving up.
+const MAX_STREAM_FAILURES: u32 = 5;
+/// The wait before the first reopening; it doubles with each failure.
+const REOPEN_DELAY: Duration = Duration::from_secs(1);
 /// Pub/Sub's own limit on messages per publish request.
 const MAX_BATCH: u32 = 1000;
 
@@ -107,8 +113,11 @@ pub struct PubSubSubscription {
     ack_deadline: Duration,
     max_delivery_attempts: Option<u32>,
     dead_letter_topic: Option<String>,
+    /// The retry policy's maximum backoff; zero without a retry policy.
+    max_backoff: Duration,
     received: tokio::sync::Mutex<mpsc::Receiver<Received>>,
-    stop: ShutdownToken,
+    /// The current stream's token; a reopened stream brings a new one.
+    stop: Arc<Mutex<ShutdownToken>>,
     /// The task that owns the stream; it ends once the stream is dropped.
     forwarder: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Handlers of the messages the engine holds, by the ack id it was given.
@@ -140,16 +149,21 @@ impl PubSubSubscription {
             })?;
         let subscriber = connect!(Subscriber::builder(), "Pub/Sub", EMULATOR);
         let ack_deadline = Duration::from_secs(config.ack_deadline_seconds.clamp(10, 600) as u64);
-        let stream = subscriber
-            .subscribe(&name)
-            .set_max_outstanding_messages(settings.max_outstanding as i64)
-            .set_max_lease(settings.max_lease)
-            .set_max_lease_extension(ack_deadline)
-            .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
-            .build();
-        let stop = stream.shutdown_token();
+        let opener = StreamOpener {
+            subscriber,
+            name,
+            settings: *settings,
+            ack_deadline,
+        };
+        let stream = opener.open();
+        let stop = Arc::new(Mutex::new(stream.shutdown_token()));
         let (tx, rx) = mpsc::channel(settings.max_outstanding.max(1));
-        let forwarder = tokio::spawn(forward(stream, tx));
+        let forwarder = tokio::spawn(forward(opener, stream, tx, Arc::clone(&stop)));
+        let max_backoff = config.retry_policy.as_ref().map_or(Duration::ZERO, |r| {
+            r.maximum_backoff.as_ref().map_or(DEFAULT_MAX_BACKOFF, |d| {
+                Duration::from_secs(d.seconds().max(0) as u64)
+            })
+        });
         let policy = config
             .dead_letter_policy
             .filter(|p| !p.dead_letter_topic.is_empty());
@@ -160,6 +174,7 @@ impl PubSubSubscription {
                 .as_ref()
                 .map(|p| p.max_delivery_attempts.max(5) as u32),
             dead_letter_topic: policy.map(|p| format!("{SCHEME}{}", p.dead_letter_topic)),
+            max_backoff,
             received: tokio::sync::Mutex::new(rx),
             stop,
             forwarder: Mutex::new(Some(forwarder)),
@@ -195,14 +210,70 @@ impl PubSubSubscription {
     }
 }
 
+/// What it takes to open the streaming pull, again after a failure.
+struct StreamOpener {
+    subscriber: Subscriber,
+    name: String,
+    settings: ReceiveSettings,
+    ack_deadline: Duration,
+}
+
+impl StreamOpener {
+    fn open(&self) -> MessageStream {
+        self.subscriber
+            .subscribe(&self.name)
+            .set_max_outstanding_messages(self.settings.max_outstanding as i64)
+            .set_max_lease(self.settings.max_lease)
+            .set_max_lease_extension(self.ack_deadline)
+            .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
+            .build()
+    }
+}
+
 /// Moves messages from the stream into a channel, whose `recv` (unlike the
 /// stream's `next`) is safe to abandon when a pull times out.
-async fn forward(mut stream: MessageStream, tx: mpsc::Sender<Received>) {
-    while let Some(item) = stream.next().await {
-        let failed = item.is_err();
-        if tx.send(item).await.is_err() || failed {
-            break;
+///
+/// The client library retries transient errors itself; an error that
+/// reaches here ended the stream (the subscription is gone, access was
+/// revoked). The stream is reopened with backoff, in case that is
+/// repaired; after [`MAX_STREAM_FAILURES`] failures with no message in
+/// between, the error is passed on and the channel closes, so that every
+/// pull fails and the worker gives up.
+async fn forward(
+    opener: StreamOpener,
+    mut stream: MessageStream,
+    tx: mpsc::Sender<Received>,
+    stop: Arc<Mutex<ShutdownToken>>,
+) {
+    let mut failures = 0u32;
+    loop {
+        let err = match stream.next().await {
+            None => return,
+            Some(Ok(item)) => {
+                failures = 0;
+                if tx.send(Ok(item)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Some(Err(err)) => err,
+        };
+        failures += 1;
+        if failures >= MAX_STREAM_FAILURES {
+            let _ = tx.send(Err(err)).await;
+            return;
         }
+        let delay = REOPEN_DELAY * 2u32.pow(failures - 1);
+        tracing::warn!(
+            error = %err, failures, retry_in_s = delay.as_secs_f64(),
+            "the Pub/Sub stream failed: reopening the Pub/Sub stream"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = tx.closed() => return,
+        }
+        stream = opener.open();
+        *stop.lock().expect("stop token lock poisoned") = stream.shutdown_token();
     }
 }
 
@@ -224,19 +295,31 @@ impl Subscription for PubSubSubscription {
         self.dead_letter_topic.clone()
     }
 
+    fn max_backoff(&self) -> Duration {
+        self.max_backoff
+    }
+
     async fn pull(&self, max: usize, wait: Duration) -> anyhow::Result<Vec<Delivery>> {
         let mut received = self.received.lock().await;
         let first = match tokio::time::timeout(wait, received.recv()).await {
             Err(_elapsed) => return Ok(Vec::new()),
-            Ok(None) => anyhow::bail!("the stream from {} has closed", self.uri),
-            Ok(Some(item)) => item.with_context(|| format!("receiving from {}", self.uri))?,
+            Ok(None) => anyhow::bail!(
+                "the stream from {} has closed after failing {MAX_STREAM_FAILURES} times in a row",
+                self.uri
+            ),
+            Ok(Some(item)) => item.with_context(|| {
+                format!(
+                    "receiving from {} (the stream failed {MAX_STREAM_FAILURES} times in a row)",
+                    self.uri
+                )
+            })?,
         };
         let mut deliveries = vec![self.lease(first)];
         while deliveries.len() < max {
             match received.try_recv() {
                 Ok(Ok(item)) => deliveries.push(self.lease(item)),
                 Ok(Err(err)) => {
-                    tracing::warn!(error = %err, "the Pub/Sub stream failed; it is reopened on the next pull");
+                    tracing::error!(error = %err, "the Pub/Sub stream failed for good: every pull from now on fails");
                     break;
                 }
                 Err(_) => break,
@@ -278,7 +361,8 @@ impl Subscription for PubSubSubscription {
                 handler.nack();
             }
         }
-        self.stop.shutdown().await;
+        let stop = self.stop.lock().expect("stop token lock poisoned").clone();
+        stop.shutdown().await;
         // Drop the stream and let its cancellation reach the server before
         // the process exits: the emulator otherwise goes on sending new
         // messages into the dead stream until their leases lapse.

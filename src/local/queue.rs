@@ -1,24 +1,25 @@
 //! A durable SQLite work queue with Pub/Sub semantics, safe for several
 //! processes at once (WAL, immediate transactions, a busy timeout).
 //!
-//! URI: `queue://PATH?ack_deadline=SECONDS&max_attempts=N&dead_letter=NAME#NAME`.
+//! URI: `queue://PATH?ack_deadline=SECONDS&max_attempts=N&dead_letter=NAME&min_backoff=SECONDS&max_backoff=SECONDS#NAME`.
 //! One database file holds any number of named queues; a queue is both the
 //! topic and its single subscription. The query sets the subscription's
 //! policy, as Pub/Sub keeps it on the subscription: every worker of a queue
 //! must pass the same one.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{absolute, now_millis, LocalUri};
 use crate::error::ConfigError;
 use crate::message::Envelope;
-use crate::queue::{Delivery, Subscription, Topic};
+use crate::queue::{Delivery, ReceiveSettings, Subscription, Topic};
 
 const SCHEME: &str = "queue";
 const DEFAULT_ACK_DEADLINE: Duration = Duration::from_secs(10);
@@ -54,6 +55,31 @@ pub struct QueueUri {
     pub max_attempts: u32,
     /// The queue (in the same file) that the dead-letter policy forwards to.
     pub dead_letter: Option<String>,
+    /// The retry policy, as Pub/Sub's: a nacked message stays away for
+    /// `min_backoff` doubled per earlier delivery, at most `max_backoff`.
+    /// `None` (no policy) redelivers it at once.
+    pub backoff: Option<Backoff>,
+}
+
+/// A subscription's retry policy: how long a nacked message is held back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// Pub/Sub's defaults for a setting left out of a policy.
+    const DEFAULT_MIN: Duration = Duration::from_secs(10);
+    const DEFAULT_MAX: Duration = Duration::from_secs(600);
+
+    /// The delay after the `attempt`th delivery was nacked.
+    pub fn after(&self, attempt: u32) -> Duration {
+        let doubled = self
+            .min
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        doubled.min(self.max)
+    }
 }
 
 impl QueueUri {
@@ -74,7 +100,9 @@ impl QueueUri {
             ack_deadline: DEFAULT_ACK_DEADLINE,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             dead_letter: None,
+            backoff: None,
         };
+        let (mut min_backoff, mut max_backoff) = (None, None);
         for (key, value) in parsed.query {
             let bad = |what: &str| {
                 ConfigError::new(
@@ -101,8 +129,36 @@ impl QueueUri {
                     out.max_attempts = n;
                 }
                 "dead_letter" if !value.is_empty() => out.dead_letter = Some(value),
+                "min_backoff" | "max_backoff" => {
+                    let secs: u64 = value
+                        .parse()
+                        .map_err(|_| bad("is not a whole number of seconds"))?;
+                    if secs > 600 {
+                        return Err(bad("is above 600 seconds (Pub/Sub's limit)"));
+                    }
+                    let slot = if key == "min_backoff" {
+                        &mut min_backoff
+                    } else {
+                        &mut max_backoff
+                    };
+                    *slot = Some(Duration::from_secs(secs));
+                }
                 _ => return Err(bad("is not a known setting")),
             }
+        }
+        if min_backoff.is_some() || max_backoff.is_some() {
+            let backoff = Backoff {
+                min: min_backoff.unwrap_or(Backoff::DEFAULT_MIN),
+                max: max_backoff.unwrap_or(Backoff::DEFAULT_MAX),
+            };
+            if backoff.min > backoff.max {
+                return Err(ConfigError::new(
+                    flag,
+                    format!("min_backoff is above max_backoff in {uri:?}"),
+                    "make min_backoff at most max_backoff",
+                ));
+            }
+            out.backoff = Some(backoff);
         }
         Ok(out)
     }
@@ -114,7 +170,8 @@ impl QueueUri {
 }
 
 fn fix_query() -> &'static str {
-    "settings are ack_deadline=SECONDS (1-600), max_attempts=N and dead_letter=QUEUE"
+    "settings are ack_deadline=SECONDS (1-600), max_attempts=N, dead_letter=QUEUE, \
+     min_backoff=SECONDS and max_backoff=SECONDS (0-600)"
 }
 
 /// One open queue database, shared by the topics and subscriptions in it.
@@ -219,16 +276,30 @@ pub struct LocalSubscription {
     uri: String,
     db: Arc<QueueDb>,
     settings: QueueUri,
+    /// Flow control, as the Pub/Sub client's: at most this many leases
+    /// handed out and not yet acked or nacked.
+    max_outstanding: usize,
+    outstanding: Mutex<HashSet<String>>,
 }
 
 impl LocalSubscription {
-    pub fn open(uri: &str, flag: &str) -> anyhow::Result<LocalSubscription> {
+    pub fn open(
+        uri: &str,
+        flag: &str,
+        receive: &ReceiveSettings,
+    ) -> anyhow::Result<LocalSubscription> {
         let settings = QueueUri::parse(uri, flag)?;
         Ok(LocalSubscription {
             uri: uri.to_string(),
             db: QueueDb::open(&settings.path)?,
             settings,
+            max_outstanding: receive.max_outstanding.max(1),
+            outstanding: Mutex::new(HashSet::new()),
         })
+    }
+
+    fn outstanding(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.outstanding.lock().expect("flow control lock poisoned")
     }
 
     /// Messages left in this queue, leased or not.
@@ -331,11 +402,25 @@ impl Subscription for LocalSubscription {
             .map(|d| self.settings.sibling(d))
     }
 
+    fn max_backoff(&self) -> Duration {
+        self.settings.backoff.map_or(Duration::ZERO, |b| b.max)
+    }
+
     async fn pull(&self, max: usize, wait: Duration) -> anyhow::Result<Vec<Delivery>> {
         let deadline = Instant::now() + wait;
         loop {
-            let settings = self.settings.clone();
-            let batch = self.db.run(move |c| pull_now(&settings, c, max)).await?;
+            let room = max.min(
+                self.max_outstanding
+                    .saturating_sub(self.outstanding().len()),
+            );
+            let batch = if room == 0 {
+                Vec::new()
+            } else {
+                let settings = self.settings.clone();
+                self.db.run(move |c| pull_now(&settings, c, room)).await?
+            };
+            self.outstanding()
+                .extend(batch.iter().map(|d| d.ack_id.clone()));
             if !batch.is_empty() || Instant::now() >= deadline {
                 return Ok(batch);
             }
@@ -347,6 +432,12 @@ impl Subscription for LocalSubscription {
     }
 
     async fn ack(&self, ack_ids: &[String]) -> anyhow::Result<()> {
+        {
+            let mut outstanding = self.outstanding();
+            ack_ids.iter().for_each(|a| {
+                outstanding.remove(a);
+            });
+        }
         let ids = ack_ids
             .iter()
             .map(|a| split_ack_id(a))
@@ -367,25 +458,47 @@ impl Subscription for LocalSubscription {
             .await
     }
 
+    /// Redelivers at once, or after the retry policy's backoff.
     async fn nack(&self, ack_id: &str) -> anyhow::Result<()> {
-        self.set_visible_in(ack_id, Duration::ZERO).await
+        self.outstanding().remove(ack_id);
+        let backoff = self.settings.backoff;
+        self.set_visible_in(ack_id, move |attempt| {
+            backoff.map_or(Duration::ZERO, |b| b.after(attempt))
+        })
+        .await
     }
 
     async fn extend_lease(&self, ack_id: &str, by: Duration) -> anyhow::Result<()> {
-        self.set_visible_in(ack_id, by).await
+        self.set_visible_in(ack_id, move |_| by).await
     }
 }
 
 impl LocalSubscription {
-    async fn set_visible_in(&self, ack_id: &str, delay: Duration) -> anyhow::Result<()> {
+    /// Leases the message out for `delay(its delivery attempt)` from now.
+    async fn set_visible_in(
+        &self,
+        ack_id: &str,
+        delay: impl FnOnce(u32) -> Duration + Send + 'static,
+    ) -> anyhow::Result<()> {
         let (id, lease) = split_ack_id(ack_id)?;
-        let visible_at = now_millis() + delay.as_millis() as i64;
         self.db
             .run(move |c| {
-                c.execute(
-                    "UPDATE messages SET visible_at = ?3 WHERE id = ?1 AND lease = ?2",
-                    params![id, lease, visible_at],
-                )?;
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let attempt: Option<u32> = tx
+                    .query_row(
+                        "SELECT delivery_attempt FROM messages WHERE id = ?1 AND lease = ?2",
+                        params![id, lease],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(attempt) = attempt {
+                    let visible_at = now_millis() + delay(attempt).as_millis() as i64;
+                    tx.execute(
+                        "UPDATE messages SET visible_at = ?3 WHERE id = ?1 AND lease = ?2",
+                        params![id, lease, visible_at],
+                    )?;
+                }
+                tx.commit()?;
                 Ok(())
             })
             .await
@@ -431,7 +544,12 @@ mod tests {
         let base = format!("queue://{}", dir.join("q.db").display());
         (
             LocalTopic::open(&format!("{base}#work"), "t").unwrap(),
-            LocalSubscription::open(&format!("{base}?{query}#work"), "s").unwrap(),
+            LocalSubscription::open(
+                &format!("{base}?{query}#work"),
+                "s",
+                &ReceiveSettings::new(10),
+            )
+            .unwrap(),
         )
     }
 
@@ -514,6 +632,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_retry_policy_holds_a_nacked_message_back_exponentially() {
+        let dir = tempfile::tempdir().unwrap();
+        let (topic, sub) = open(dir.path(), "min_backoff=1&max_backoff=2");
+        assert_eq!(sub.max_backoff(), Duration::from_secs(2));
+        topic.publish(vec![envelope("x")]).await.unwrap();
+        let mut d = sub.pull(1, NOW).await.unwrap().remove(0);
+        // The delay after the nth delivery: 1 s, then doubled, at most 2 s.
+        for (attempt, held) in [(1, 1000), (2, 2000), (3, 2000)] {
+            assert_eq!(d.delivery_attempt, attempt);
+            sub.nack(&d.ack_id).await.unwrap();
+            let nacked = Instant::now();
+            d = sub.pull(1, Duration::from_secs(5)).await.unwrap().remove(0);
+            let waited = nacked.elapsed();
+            assert!(
+                waited >= Duration::from_millis(held - 50)
+                    && waited < Duration::from_millis(held + 900),
+                "attempt {attempt}: back after {waited:?}, backoff {held} ms"
+            );
+        }
+        let (_, plain) = open(dir.path(), "");
+        assert_eq!(plain.max_backoff(), Duration::ZERO, "no policy: at once");
+    }
+
+    #[tokio::test]
+    async fn flow_control_caps_the_leases_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let (topic, sub) = open(dir.path(), "");
+        let many: Vec<Envelope> = (0..15).map(|i| envelope(&i.to_string())).collect();
+        topic.publish(many).await.unwrap();
+        let first = sub.pull(100, NOW).await.unwrap();
+        assert_eq!(first.len(), 10, "at most 10 held");
+        assert!(sub.pull(100, NOW).await.unwrap().is_empty());
+        sub.ack(&[first[0].ack_id.clone()]).await.unwrap();
+        sub.nack(&first[1].ack_id).await.unwrap();
+        assert_eq!(sub.pull(100, NOW).await.unwrap().len(), 2, "room for two");
+    }
+
+    #[tokio::test]
     async fn a_pull_waits_for_messages_published_meanwhile() {
         let dir = tempfile::tempdir().unwrap();
         let (topic, sub) = open(dir.path(), "");
@@ -532,6 +688,8 @@ mod tests {
             "queue://q.db",
             "queue://q.db?ack_deadline=0#w",
             "queue://q.db?bogus=1#w",
+            "queue://q.db?max_backoff=601#w",
+            "queue://q.db?min_backoff=20&max_backoff=10#w",
             "file://q.db#w",
         ] {
             assert!(QueueUri::parse(bad, "--subscription").is_err(), "{bad}");

@@ -153,13 +153,34 @@ impl GcpSandbox {
     }
 
     async fn create_work_subscription(&self, role: &str) {
-        let body = json!({
-            "topic": self.topic_name("work"),
-            "ackDeadlineSeconds": 10,
-            "deadLetterPolicy": {"deadLetterTopic": self.topic_name("dead"), "maxDeliveryAttempts": self.max_attempts},
-        });
+        self.create_subscription(
+            role,
+            json!({
+                "deadLetterPolicy": {"deadLetterTopic": self.topic_name("dead"), "maxDeliveryAttempts": self.max_attempts},
+            }),
+        )
+        .await;
+    }
+
+    /// Creates subscription `role` of the work topic (ack deadline 10 s)
+    /// with the settings in `policies` (e.g. a dead-letter or retry policy).
+    pub async fn create_subscription(&self, role: &str, policies: Value) {
+        let mut body = json!({"topic": self.topic_name("work"), "ackDeadlineSeconds": 10});
+        body.as_object_mut()
+            .unwrap()
+            .extend(policies.as_object().unwrap().clone());
         self.pubsub_call("PUT", &self.subscription_name(role), Some(body))
             .await;
+    }
+
+    pub async fn delete_subscription(&self, role: &str) {
+        self.pubsub_call("DELETE", &self.subscription_name(role), None)
+            .await;
+    }
+
+    /// `pubsub://` URI of subscription `role`.
+    pub fn subscription_of(&self, role: &str) -> String {
+        format!("pubsub://{}", self.subscription_name(role))
     }
 
     /// Workers drain a new subscription of the work topic from now on.
@@ -175,6 +196,15 @@ impl GcpSandbox {
 
     fn work_role(&self) -> String {
         self.work.lock().unwrap().clone()
+    }
+
+    /// The subscription role `role` names: "work" means the current one.
+    fn resolve(&self, role: &str) -> String {
+        if role == "work" {
+            self.work_role()
+        } else {
+            role.to_string()
+        }
     }
 
     async fn call(&self, method: &str, url: &str, body: Option<Value>) -> Value {
@@ -219,7 +249,7 @@ impl GcpSandbox {
     }
 
     pub fn subscription(&self) -> String {
-        format!("pubsub://{}", self.subscription_name(&self.work_role()))
+        self.subscription_of(&self.work_role())
     }
 
     pub fn dead_letter_topic(&self) -> String {
@@ -427,25 +457,55 @@ impl GcpSandbox {
 
     /// Publishes one raw message to the work topic.
     pub async fn publish_raw(&self, data: &[u8], attributes: Value) {
-        let data = base64::engine::general_purpose::STANDARD.encode(data);
-        let path = format!("{}:publish", self.topic_name("work"));
+        self.publish_to("work", vec![(data.to_vec(), attributes)])
+            .await;
+    }
+
+    /// Publishes raw messages (body, attributes) to topic `role`.
+    pub async fn publish_to(&self, role: &str, messages: Vec<(Vec<u8>, Value)>) {
+        let path = format!("{}:publish", self.topic_name(role));
+        for chunk in messages.chunks(1000) {
+            let messages: Vec<Value> = chunk
+                .iter()
+                .map(|(data, attributes)| {
+                    let data = base64::engine::general_purpose::STANDARD.encode(data);
+                    json!({"data": data, "attributes": attributes})
+                })
+                .collect();
+            self.pubsub_call("POST", &path, Some(json!({"messages": messages})))
+                .await;
+        }
+    }
+
+    /// Gives pulled messages of subscription `role` back at once.
+    pub async fn nack(&self, role: &str, pulled: &[Pulled]) {
+        let ids: Vec<&str> = pulled.iter().map(|p| p.ack_id.as_str()).collect();
+        let sub = self.subscription_name(&self.resolve(role));
         self.pubsub_call(
             "POST",
-            &path,
-            Some(json!({"messages": [{"data": data, "attributes": attributes}]})),
+            &format!("{sub}:modifyAckDeadline"),
+            Some(json!({"ackIds": ids, "ackDeadlineSeconds": 0})),
         )
         .await;
+    }
+
+    /// Pulls and acks every message subscription `role` delivers until a
+    /// pull comes back empty; returns them.
+    pub async fn pull_all(&self, role: &str) -> Vec<Pulled> {
+        let mut all = Vec::new();
+        loop {
+            let batch = self.pull(role, 1000, true).await;
+            if batch.is_empty() {
+                return all;
+            }
+            all.extend(batch);
+        }
     }
 
     /// Pulls (without waiting) up to `max` messages of the work or dead
     /// subscription, and acks them when `ack`.
     pub async fn pull(&self, role: &str, max: u32, ack: bool) -> Vec<Pulled> {
-        let role = if role == "work" {
-            self.work_role()
-        } else {
-            role.to_string()
-        };
-        let sub = self.subscription_name(&role);
+        let sub = self.subscription_name(&self.resolve(role));
         let body = self
             .pubsub_call(
                 "POST",

@@ -3,6 +3,7 @@
 //! read back what they exported.
 #![allow(dead_code)]
 
+pub mod fake_run_api;
 pub mod fault_proxy;
 pub mod gcp;
 
@@ -17,6 +18,7 @@ use bqdrain::local::dataset::{self, Fault};
 use bqdrain::local::queue::LocalSubscription;
 use bqdrain::message::{Envelope, SourceTable};
 use bqdrain::producer::{produce, ProduceReport, RunId, RunPlan};
+use bqdrain::queue::ReceiveSettings;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_bqdrain");
 /// The dataset a sandbox's `warehouse.db` is: its file name's stem.
@@ -132,7 +134,7 @@ impl Sandbox {
     }
 
     pub async fn depth(&self, queue: &str) -> u64 {
-        LocalSubscription::open(&self.queue(queue), "q")
+        LocalSubscription::open(&self.queue(queue), "q", &ReceiveSettings::new(1))
             .unwrap()
             .depth()
             .await
@@ -146,24 +148,9 @@ impl Sandbox {
         spawn_worker(&self.path("logs"), &all, Vec::new())
     }
 
-    /// `bqdrain status --json` of a run: each unit's state and the totals.
-    pub fn status(&self, run_id: &str) -> serde_json::Value {
-        let out = Command::new(BIN)
-            .args(["status", "--json", "--destination", &self.destination()])
-            .args(["--run-id", run_id])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "status failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
     /// The state `status` reports for one unit of a run.
     pub fn unit_state(&self, run_id: &str, unit: &str) -> String {
-        let status = self.status(run_id);
+        let status = self.status(run_id, &[]);
         let found = status["units"]
             .as_array()
             .unwrap()
@@ -176,6 +163,28 @@ impl Sandbox {
     /// Every worker log so far, for assertion messages.
     pub fn logs(&self) -> String {
         read_logs(&self.path("logs"))
+    }
+
+    /// Runs `bqdrain replay --json` from the dead queue to the work queue.
+    pub fn replay(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(["replay", "--from", &self.queue("dead")])
+            .args(["--to", &self.queue("work"), "--json"])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `bqdrain status --json` for `run_id`.
+    pub fn status(&self, run_id: &str, args: &[&str]) -> serde_json::Value {
+        json_of(
+            &Command::new(BIN)
+                .args(["status", "--destination", &self.destination()])
+                .args(["--run-id", run_id, "--json"])
+                .args(args)
+                .output()
+                .unwrap(),
+        )
     }
 
     pub fn manifest(&self, run_id: &str, unit: &str) -> Option<TableManifest> {
@@ -260,6 +269,18 @@ fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
             out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
         }
     }
+}
+
+/// The JSON a successful `--json` command printed; panics with its stderr
+/// when it failed.
+pub fn json_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "exit {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the command prints JSON")
 }
 
 /// Waits for a worker and parses the JSON outcome it printed.
