@@ -41,7 +41,10 @@ resource "google_pubsub_topic_iam_member" "producer_publishes_work" {
   member  = google_service_account.producer.member
 }
 
-# The run manifest, and nothing outside the run records.
+# The run records, and nothing outside them. Listing is checked on the
+# bucket itself, not on objects, so the bucket's own name is allowed too: a
+# resumed run lists its completion records (names only; no object outside
+# the run records can be read or written).
 resource "google_storage_bucket_iam_member" "producer_run_records" {
   bucket = google_storage_bucket.exports.name
   role   = "roles/storage.objectUser"
@@ -49,8 +52,8 @@ resource "google_storage_bucket_iam_member" "producer_run_records" {
 
   condition {
     title       = "bqdrain run records only"
-    description = "Objects under ${local.run_records_prefix}"
-    expression  = "resource.name.startsWith(\"projects/_/buckets/${google_storage_bucket.exports.name}/objects/${local.run_records_prefix}\")"
+    description = "Objects under ${local.run_records_prefix}, and listing"
+    expression  = "resource.name.startsWith(\"projects/_/buckets/${google_storage_bucket.exports.name}/objects/${local.run_records_prefix}\") || resource.name == \"projects/_/buckets/${google_storage_bucket.exports.name}\""
   }
 }
 
