@@ -18,7 +18,7 @@ use google_cloud_gax::retry_policy::NeverRetry;
 use tokio::sync::OnceCell;
 
 use super::storage;
-use crate::error::{ConfigError, UnitError};
+use crate::error::{ConfigError, ErrorKind, UnitError};
 use crate::message::{ExportOptions, Format};
 use crate::warehouse::{Cancel, ExportRequest, ExportResult, TableInfo, TableKind, Warehouse};
 
@@ -30,6 +30,18 @@ const MAX_JOBS_PER_UNIT: u32 = 50;
 const METADATA_CONCURRENCY: usize = 16;
 /// Consecutive failed polls of a running job before the export gives up.
 const MAX_POLL_FAILURES: u32 = 5;
+
+/// Reasons that a later try can get past, whatever the HTTP status.
+const TRANSIENT_REASONS: &[&str] = &[
+    "backendError",
+    "internalError",
+    "jobBackendError",
+    "jobInternalError",
+    "rateLimitExceeded",
+    "jobRateLimitExceeded",
+    "quotaExceeded",
+    "tableUnavailable",
+];
 
 /// Reasons that no retry can fix. Every other job failure is retried.
 const PERMANENT_REASONS: &[&str] = &[
@@ -310,27 +322,43 @@ fn classify(context: &str, err: &google_cloud_bigquery_v2::Error) -> UnitError {
     if err.is_io() || err.is_connect() || err.is_timeout() || err.is_transport() {
         return UnitError::transient("network", message);
     }
-    let status = err.http_status_code();
-    match (reason(err), status) {
-        (Some(r), _) if PERMANENT_REASONS.contains(&r) => UnitError::permanent(r, message),
-        (Some(r), Some(code)) if code >= 500 || code == 429 || !r.is_empty() && code == 403 => {
-            UnitError::transient(r, message)
-        }
-        (_, Some(404)) => UnitError::permanent("notFound", message),
-        (_, Some(429)) => UnitError::transient("rateLimitExceeded", message),
-        (_, Some(408 | 500..=599)) => UnitError::transient("backendError", message),
-        (_, Some(_)) => UnitError::permanent(reason(err).unwrap_or("invalid"), message),
-        (_, None) => UnitError::transient(reason(err).unwrap_or("backendError"), message),
+    failure(reason(err), err.http_status_code(), message)
+}
+
+fn failure(reason: Option<&str>, status: Option<u16>, message: String) -> UnitError {
+    let (kind, reason) = decide(reason, status);
+    UnitError {
+        kind,
+        reason: reason.to_string(),
+        message,
+    }
+}
+
+/// Whether a failed call is worth retrying, and the reason to report.
+///
+/// BigQuery's reason says more than the HTTP status: it sends
+/// `backendError` or `rateLimitExceeded` with a 400 or 403 as well.
+fn decide(reason: Option<&str>, status: Option<u16>) -> (ErrorKind, &str) {
+    use ErrorKind::{Permanent, Transient};
+    match (reason, status) {
+        (Some(r), _) if PERMANENT_REASONS.contains(&r) => (Permanent, r),
+        (Some(r), _) if TRANSIENT_REASONS.contains(&r) => (Transient, r),
+        (_, Some(404)) => (Permanent, reason.unwrap_or("notFound")),
+        (_, Some(429)) => (Transient, reason.unwrap_or("rateLimitExceeded")),
+        (_, Some(408 | 500..=599)) => (Transient, reason.unwrap_or("backendError")),
+        (_, Some(_)) => (Permanent, reason.unwrap_or("invalid")),
+        (_, None) => (Transient, reason.unwrap_or("backendError")),
     }
 }
 
 fn job_failure(job_id: &str, error: &ErrorProto) -> UnitError {
+    // A job's error has no HTTP status: an unknown reason is retried.
     let message = format!("job {job_id}: {}", error.message);
-    if PERMANENT_REASONS.contains(&error.reason.as_str()) {
-        UnitError::permanent(&error.reason, message)
-    } else {
-        UnitError::transient(&error.reason, message)
-    }
+    failure(
+        Some(error.reason.as_str()).filter(|r| !r.is_empty()),
+        None,
+        message,
+    )
 }
 
 fn table_kind(kind: &str) -> TableKind {
@@ -493,7 +521,8 @@ impl Warehouse for BigQueryWarehouse {
 
 #[cfg(test)]
 mod tests {
-    use super::job_id;
+    use super::{decide, job_id};
+    use crate::error::ErrorKind::{self, Permanent, Transient};
     use crate::message::SourceTable;
     use crate::warehouse::ExportRequest;
 
@@ -525,5 +554,67 @@ mod tests {
         assert_ne!(a, id("bqdrain_run_1_events_20240101", "d", 0));
         assert_ne!(a, id("bqdrain_run:1_events$20240101", "other", 0));
         assert_eq!(id("k", "d", 2), format!("{}_r2", id("k", "d", 0)));
+    }
+
+    #[test]
+    fn failures_are_classified_by_reason_first_then_status() {
+        let cases: &[(Option<&str>, Option<u16>, ErrorKind, &str)] = &[
+            // BigQuery sends transient reasons with a 400 as well.
+            (Some("backendError"), Some(400), Transient, "backendError"),
+            (Some("internalError"), Some(400), Transient, "internalError"),
+            (
+                Some("jobBackendError"),
+                Some(400),
+                Transient,
+                "jobBackendError",
+            ),
+            (
+                Some("jobInternalError"),
+                Some(400),
+                Transient,
+                "jobInternalError",
+            ),
+            (
+                Some("rateLimitExceeded"),
+                Some(403),
+                Transient,
+                "rateLimitExceeded",
+            ),
+            (
+                Some("rateLimitExceeded"),
+                Some(400),
+                Transient,
+                "rateLimitExceeded",
+            ),
+            (Some("quotaExceeded"), Some(403), Transient, "quotaExceeded"),
+            (
+                Some("tableUnavailable"),
+                Some(400),
+                Transient,
+                "tableUnavailable",
+            ),
+            (Some("backendError"), Some(503), Transient, "backendError"),
+            // Permanent reasons stay permanent whatever the status.
+            (Some("notFound"), Some(404), Permanent, "notFound"),
+            (Some("invalid"), Some(400), Permanent, "invalid"),
+            (Some("accessDenied"), Some(403), Permanent, "accessDenied"),
+            (Some("notFound"), Some(500), Permanent, "notFound"),
+            // Without a known reason the status decides.
+            (None, Some(404), Permanent, "notFound"),
+            (None, Some(400), Permanent, "invalid"),
+            (Some("somethingNew"), Some(400), Permanent, "somethingNew"),
+            (None, Some(429), Transient, "rateLimitExceeded"),
+            (None, Some(408), Transient, "backendError"),
+            (None, Some(502), Transient, "backendError"),
+            (Some("somethingNew"), Some(503), Transient, "somethingNew"),
+            (None, None, Transient, "backendError"),
+        ];
+        for &(reason, status, kind, reported) in cases {
+            assert_eq!(
+                decide(reason, status),
+                (kind, reported),
+                "reason {reason:?}, HTTP {status:?}"
+            );
+        }
     }
 }
