@@ -413,3 +413,46 @@ async fn second_run_replaces_the_first_without_stale_shards() {
         "run records are history"
     );
 }
+
+#[tokio::test]
+async fn a_unit_exports_when_replayed_after_many_failed_jobs() {
+    let sb = GcpSandbox::new("failedjobs", 5).await;
+    sb.make_tables(1, 1000).await;
+    produced(&sb.produce("exports", &["--run-id", "r1"]));
+    sb.drop_table("t_001").await;
+    let outcomes = all_drained(&sb, workers(&sb, 1, "exports", "r1"));
+    assert_eq!(total(&outcomes, "dead_lettered"), 1, "{outcomes:?}");
+    let jobs = sb.own_extract_jobs().await;
+    assert_eq!(jobs.len(), 1, "one failed job: {jobs:?}");
+    // What a table missing through many deliveries and replays leaves.
+    sb.insert_successor_jobs(&jobs[0], 60).await;
+
+    sb.create_table("t_001", 1000).await;
+    sb.resubscribe("work2").await;
+    let (from, to) = (sb.dead_letter_subscription(), sb.topic());
+    let replay = sb.bqdrain(&["replay", "--from", &from, "--to", &to, "--json"]);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let destination = sb.destination("exports");
+    let worker = sb.spawn_worker(
+        &[
+            "--run-id",
+            "r1",
+            "--destination",
+            &destination,
+            "--max-retries",
+            "1",
+        ],
+        None,
+    );
+    let (status, outcome) = finish(worker, LIMIT);
+    assert!(status.success(), "worker exit {status}\n{}", sb.logs());
+    assert_eq!(outcome["acked"], 1, "{outcome}\n{}", sb.logs());
+    sb.assert_exported("exports", "r1", "t_001", 1000).await;
+    let jobs = sb.own_extract_jobs().await;
+    assert_eq!(jobs.len(), 62, "one more job, after the 61 failed ones");
+    assert_queues_empty(&sb).await;
+}

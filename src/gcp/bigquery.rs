@@ -4,7 +4,9 @@
 //! Job ids are derived from the run and the unit, so a redelivered message
 //! re-attaches to the job an earlier delivery started instead of starting a
 //! second one. A failed job is followed by a numbered successor (`…_r1`,
-//! `…_r2`), found the same way by later deliveries.
+//! `…_r2`), found the same way by later deliveries: a delivery skips to the
+//! latest successor with a few `jobs.get` probes, so a unit can fail and be
+//! replayed any number of times.
 
 use std::time::Duration;
 
@@ -24,8 +26,12 @@ use crate::warehouse::{Cancel, ExportRequest, ExportResult, TableInfo, TableKind
 
 pub const SCHEME: &str = "bigquery://";
 const EMULATOR: &str = "BIGQUERY_EMULATOR_HOST";
-/// Numbered successors tried after jobs that failed transiently.
-const MAX_JOBS_PER_UNIT: u32 = 50;
+/// Jobs one export attempt starts or re-attaches to before it gives up;
+/// failed jobs of earlier deliveries are skipped, not counted.
+const MAX_JOBS_PER_ATTEMPT: u32 = 5;
+/// Successor numbers probed at most: far more than retries and replays
+/// ever make, and found in about 40 probes.
+const MAX_SUCCESSOR: u32 = 1 << 20;
 /// Tables whose size is read at once while listing.
 const METADATA_CONCURRENCY: usize = 16;
 /// Consecutive failed polls of a running job before the export gives up.
@@ -249,6 +255,47 @@ impl BigQueryWarehouse {
             }
         }
         Ok(job)
+    }
+
+    /// The highest successor number that has a job, knowing that
+    /// `known` has one. Successors are started in order, so the jobs form
+    /// an unbroken sequence: probe at doubling distances, then bisect.
+    async fn latest_successor(
+        &self,
+        request: &ExportRequest,
+        location: &str,
+        known: u32,
+    ) -> Result<u32, UnitError> {
+        let exists = |successor| async move {
+            match self.get_job(&job_id(request, successor), location).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.reason == "notFound" => Ok(false),
+                Err(e) => Err(e),
+            }
+        };
+        let (mut present, mut step) = (known, 1);
+        let mut absent = loop {
+            let probe = present.saturating_add(step);
+            if probe > MAX_SUCCESSOR {
+                return Err(UnitError::permanent(
+                    "invalid",
+                    format!("more than {MAX_SUCCESSOR} extract jobs of this unit failed"),
+                ));
+            }
+            if !exists(probe).await? {
+                break probe;
+            }
+            (present, step) = (probe, step * 2);
+        };
+        while absent - present > 1 {
+            let middle = present + (absent - present) / 2;
+            if exists(middle).await? {
+                present = middle;
+            } else {
+                absent = middle;
+            }
+        }
+        Ok(present)
     }
 
     /// The row count for the manifest; the export stands without it.
@@ -479,7 +526,8 @@ impl Warehouse for BigQueryWarehouse {
         cancel: Cancel,
     ) -> Result<ExportResult, UnitError> {
         let location = self.location().await?;
-        for successor in 0..MAX_JOBS_PER_UNIT {
+        let mut successor = 0;
+        for _ in 0..MAX_JOBS_PER_ATTEMPT {
             let id = job_id(request, successor);
             let (job, created) = self.start_or_attach(&id, location, request).await?;
             let job = self.wait_done(job, &id, location, &cancel).await?;
@@ -489,7 +537,14 @@ impl Warehouse for BigQueryWarehouse {
                     return Err(job_failure(&id, error));
                 }
                 // An earlier delivery's job failed: this delivery (a retry,
-                // or a replay after the cause was fixed) runs its successor.
+                // or a replay after the cause was fixed) goes on from the
+                // latest successor, or starts the next one.
+                let latest = self.latest_successor(request, location, successor).await?;
+                successor = if latest > successor {
+                    latest
+                } else {
+                    successor + 1
+                };
                 continue;
             }
             let files: u64 = job
@@ -514,7 +569,7 @@ impl Warehouse for BigQueryWarehouse {
         }
         Err(UnitError::transient(
             "backendError",
-            format!("{MAX_JOBS_PER_UNIT} extract jobs for this unit failed"),
+            format!("{MAX_JOBS_PER_ATTEMPT} extract jobs of this export attempt failed"),
         ))
     }
 }

@@ -529,3 +529,36 @@ pub fn maybe_gunzip(name: &str, bytes: &[u8]) -> Vec<u8> {
         .unwrap();
     out
 }
+
+impl GcpSandbox {
+    /// The extract jobs whose destination is in this sandbox's bucket.
+    pub async fn own_extract_jobs(&self) -> Vec<Value> {
+        let bucket = format!("gs://{}/", self.bucket);
+        let mut jobs = self.extract_jobs().await;
+        jobs.retain(|j| {
+            j["configuration"]["extract"]["destinationUris"][0]
+                .as_str()
+                .is_some_and(|u| u.starts_with(&bucket))
+        });
+        jobs
+    }
+
+    /// Inserts jobs `JOB_r1` to `JOB_rCOUNT` configured like `job`: the
+    /// numbered successors that as many earlier deliveries would have run.
+    pub async fn insert_successor_jobs(&self, job: &Value, count: u32) {
+        let reference = &job["jobReference"];
+        let id = reference["jobId"].as_str().expect("a job id");
+        for successor in 1..=count {
+            let body = json!({
+                "jobReference": {
+                    "projectId": PROJECT,
+                    "jobId": format!("{id}_r{successor}"),
+                    "location": reference["location"],
+                },
+                "configuration": job["configuration"],
+            });
+            self.bq_call("POST", &format!("projects/{PROJECT}/jobs"), Some(body))
+                .await;
+        }
+    }
+}
