@@ -456,3 +456,97 @@ async fn a_unit_exports_when_replayed_after_many_failed_jobs() {
     assert_eq!(jobs.len(), 62, "one more job, after the 61 failed ones");
     assert_queues_empty(&sb).await;
 }
+
+/// Three tables of different sizes and a view, for the planning tests.
+async fn planning_sandbox(name: &str) -> GcpSandbox {
+    let sb = GcpSandbox::new(name, 5).await;
+    for (table, rows) in [("t_small", 100), ("t_large", 3000), ("t_medium", 1000)] {
+        sb.create_table(table, rows).await;
+    }
+    sb.create_view("v_large", "t_large").await;
+    sb
+}
+
+/// The run is planned largest first with every table's rows and bytes, and
+/// the view is skipped.
+async fn assert_planned_by_size(sb: &GcpSandbox, out: &std::process::Output) {
+    let report = produced(out);
+    assert_eq!(report["published"], 3, "{report}");
+    assert_eq!(report["skipped"][0]["table"], "v_large", "{report}");
+    let manifest = sb.run_manifest("exports", "r1").await;
+    let planned: Vec<(&str, Option<u64>)> = manifest
+        .units
+        .iter()
+        .map(|u| (u.source.table.as_str(), u.rows))
+        .collect();
+    assert_eq!(
+        planned,
+        [
+            ("t_large", Some(3000)),
+            ("t_medium", Some(1000)),
+            ("t_small", Some(100))
+        ],
+        "largest first, with rows\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        manifest
+            .units
+            .iter()
+            .all(|u| u.bytes.is_some_and(|b| b > 0)),
+        "every unit has its size: {:?}",
+        manifest.units
+    );
+}
+
+#[tokio::test]
+async fn producer_plans_a_dataset_from_one_information_schema_query() {
+    let sb = planning_sandbox("plan_query").await;
+    let proxy = FaultProxy::counting(&sb.emulators.bigquery);
+    let out = sb.produce_through(Some(&proxy.addr), "exports", &["--run-id", "r1"]);
+    assert_planned_by_size(&sb, &out).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("planned from one INFORMATION_SCHEMA query"),
+        "{stderr}"
+    );
+    assert_eq!(proxy.requests("/queries"), 1, "one query");
+    assert_eq!(proxy.requests("/tables"), 0, "no tables.list or tables.get");
+    assert!(
+        proxy.requests("") <= 3,
+        "the dataset's location, the query, nothing else: {} calls",
+        proxy.requests("")
+    );
+}
+
+#[tokio::test]
+async fn producer_falls_back_to_tables_list_and_retries_throttled_calls() {
+    let sb = planning_sandbox("plan_fallback").await;
+    let tables = format!("/datasets/{}/tables", sb.dataset);
+    let proxy = FaultProxy::with_rules(
+        &sb.emulators.bigquery,
+        vec![
+            ("/queries", vec![Fault::Status(403)]),
+            (
+                &format!("GET /bigquery/v2/projects/test-project{tables}/t_large"),
+                vec![Fault::Status(429), Fault::Status(503)],
+            ),
+            (
+                &format!("GET /bigquery/v2/projects/test-project{tables}?"),
+                vec![Fault::Status(429)],
+            ),
+        ],
+    );
+    let out = sb.produce_through(Some(&proxy.addr), "exports", &["--run-id", "r1"]);
+    assert_planned_by_size(&sb, &out).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the INFORMATION_SCHEMA query failed; planning from tables.list"),
+        "{stderr}"
+    );
+    assert_eq!(
+        proxy.served(),
+        4,
+        "every injected fault reached the producer"
+    );
+}

@@ -13,7 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use google_cloud_bigquery_v2::client::{DatasetService, JobService, TableService};
 use google_cloud_bigquery_v2::model::{
-    ErrorProto, Job, JobConfiguration, JobConfigurationExtract, JobReference, TableReference,
+    ErrorProto, Job, JobConfiguration, JobConfigurationExtract, JobReference, QueryRequest,
+    TableReference,
 };
 use google_cloud_gax::error::rpc::StatusDetails;
 use google_cloud_gax::retry_policy::NeverRetry;
@@ -22,6 +23,7 @@ use tokio::sync::OnceCell;
 use super::storage;
 use crate::error::{ConfigError, ErrorKind, UnitError};
 use crate::message::{ExportOptions, Format};
+use crate::retry::RetryPolicy;
 use crate::warehouse::{Cancel, ExportRequest, ExportResult, TableInfo, TableKind, Warehouse};
 
 pub const SCHEME: &str = "bigquery://";
@@ -32,8 +34,12 @@ const MAX_JOBS_PER_ATTEMPT: u32 = 5;
 /// Successor numbers probed at most: far more than retries and replays
 /// ever make, and found in about 40 probes.
 const MAX_SUCCESSOR: u32 = 1 << 20;
-/// Tables whose size is read at once while listing.
+/// Tables whose size is read at once when planning without the query.
 const METADATA_CONCURRENCY: usize = 16;
+/// Rows a page of the planning query's results holds.
+const QUERY_PAGE_ROWS: u32 = 10_000;
+/// How long one call waits for the planning query to finish.
+const QUERY_WAIT: Duration = Duration::from_secs(10);
 /// Consecutive failed polls of a running job before the export gives up.
 const MAX_POLL_FAILURES: u32 = 5;
 
@@ -298,6 +304,158 @@ impl BigQueryWarehouse {
         Ok(present)
     }
 
+    /// Every table of the dataset with its kind, rows and bytes, from one
+    /// query: `INFORMATION_SCHEMA.TABLES` names every table now (storage
+    /// statistics lag by minutes), `TABLE_STORAGE` of the dataset's region
+    /// adds the sizes.
+    async fn tables_from_query(&self) -> Result<Vec<TableInfo>, UnitError> {
+        let location = self.location().await?;
+        let (project, dataset) = (&self.project, &self.dataset);
+        let sql = format!(
+            "SELECT t.table_name, t.table_type, s.total_rows, s.total_logical_bytes \
+             FROM `{project}.{dataset}.INFORMATION_SCHEMA.TABLES` AS t \
+             LEFT JOIN `{project}.region-{region}.INFORMATION_SCHEMA.TABLE_STORAGE` AS s \
+             ON s.table_schema = t.table_schema AND s.table_name = t.table_name \
+             AND NOT s.deleted",
+            region = location.to_ascii_lowercase()
+        );
+        let request = QueryRequest::new()
+            .set_query(sql)
+            .set_use_legacy_sql(false)
+            .set_location(location)
+            .set_max_results(QUERY_PAGE_ROWS)
+            .set_timeout_ms(QUERY_WAIT.as_millis() as u32);
+        let first = metadata_retry()
+            .run("querying INFORMATION_SCHEMA", || {
+                let request = request.clone();
+                async move {
+                    self.jobs
+                        .query()
+                        .set_project_id(&self.project)
+                        .set_query_request(request)
+                        .send()
+                        .await
+                        .map_err(|e| classify("querying INFORMATION_SCHEMA", &e))
+                }
+            })
+            .await?;
+        let job_id = first.job_reference.map(|r| r.job_id).unwrap_or_default();
+        let mut tables = Vec::new();
+        let (mut rows, mut page_token, mut complete) = (
+            first.rows,
+            first.page_token,
+            first.job_complete.unwrap_or(false),
+        );
+        loop {
+            tables.extend(rows.iter().map(table_from_row));
+            if complete && page_token.is_empty() {
+                return Ok(tables);
+            }
+            let page = metadata_retry()
+                .run("reading the INFORMATION_SCHEMA query's results", || async {
+                    self.jobs
+                        .get_query_results()
+                        .set_project_id(&self.project)
+                        .set_job_id(&job_id)
+                        .set_location(location)
+                        .set_page_token(&page_token)
+                        .set_max_results(QUERY_PAGE_ROWS)
+                        .set_timeout_ms(QUERY_WAIT.as_millis() as u32)
+                        .send()
+                        .await
+                        .map_err(|e| classify("reading the INFORMATION_SCHEMA query's results", &e))
+                })
+                .await?;
+            if let Some(error) = page.errors.first() {
+                return Err(job_failure(&job_id, error));
+            }
+            complete = page.job_complete.unwrap_or(false);
+            // An unfinished query returns no rows yet: ask again.
+            rows = if complete { page.rows } else { Vec::new() };
+            page_token = page.page_token;
+        }
+    }
+
+    /// The fallback: `tables.list`, then one `tables.get` per table for
+    /// its size (list items carry none).
+    async fn tables_from_api(&self) -> anyhow::Result<Vec<TableInfo>> {
+        let mut tables = Vec::new();
+        let mut page_token = String::new();
+        let what = format!("listing the tables of {}", self.uri);
+        loop {
+            let page = metadata_retry()
+                .run(&what, || async {
+                    self.tables
+                        .list_tables()
+                        .set_project_id(&self.project)
+                        .set_dataset_id(&self.dataset)
+                        .set_max_results(1000u32)
+                        .set_page_token(&page_token)
+                        .send()
+                        .await
+                        .map_err(|e| classify(&what, &e))
+                })
+                .await?;
+            for table in page.tables {
+                tables.push(TableInfo {
+                    name: table
+                        .table_reference
+                        .map(|r| r.table_id)
+                        .unwrap_or_default(),
+                    kind: table_kind(&table.r#type),
+                    bytes: None,
+                    rows: None,
+                });
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+
+        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(METADATA_CONCURRENCY));
+        let mut sizes = tokio::task::JoinSet::new();
+        for (index, table) in tables.iter().enumerate() {
+            if table.kind.unexportable_reason().is_some() {
+                continue;
+            }
+            let (tables, limit, name) = (self.tables.clone(), limit.clone(), table.name.clone());
+            let (project, dataset) = (self.project.clone(), self.dataset.clone());
+            sizes.spawn(async move {
+                let _permit = limit.acquire().await;
+                let what = format!("reading the size of table {name}");
+                let found = metadata_retry()
+                    .run(&what, || async {
+                        tables
+                            .get_table()
+                            .set_project_id(&project)
+                            .set_dataset_id(&dataset)
+                            .set_table_id(&name)
+                            .send()
+                            .await
+                            .map_err(|e| classify(&what, &e))
+                    })
+                    .await;
+                (index, name, found)
+            });
+        }
+        while let Some(joined) = sizes.join_next().await {
+            let (index, name, found) = joined?;
+            match found {
+                Ok(found) => {
+                    tables[index].rows = found.num_rows;
+                    tables[index].bytes = found.num_bytes.map(|b| b.max(0) as u64);
+                }
+                // Dropped since it was listed: the worker will report it.
+                Err(e) if e.reason == "notFound" => {
+                    tracing::warn!(table = name, error = %e, "cannot read table size")
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(tables)
+    }
+
     /// The row count for the manifest; the export stands without it.
     async fn table_rows(&self, table: &str) -> Option<u64> {
         let found = self
@@ -408,10 +566,35 @@ fn job_failure(job_id: &str, error: &ErrorProto) -> UnitError {
     )
 }
 
+/// Retries of a metadata call: BigQuery throttles metadata methods, and a
+/// table whose size could not be read would be planned last.
+fn metadata_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_retries: 6,
+        min_delay: Duration::from_millis(250),
+        max_delay: Duration::from_secs(10),
+    }
+}
+
+/// One row of the planning query: name, type, rows, bytes, each `{"v": …}`.
+fn table_from_row(row: &serde_json::Map<String, serde_json::Value>) -> TableInfo {
+    let cell = |i: usize| row.get("f").and_then(|f| f.get(i)).and_then(|c| c.get("v"));
+    let text = |i| cell(i).and_then(|v| v.as_str()).unwrap_or_default();
+    let number = |i| text(i).parse::<u64>().ok();
+    TableInfo {
+        name: text(0).to_string(),
+        kind: table_kind(text(1)),
+        rows: number(2),
+        bytes: number(3),
+    }
+}
+
+/// A table type as `tables.list` (`MATERIALIZED_VIEW`) or
+/// `INFORMATION_SCHEMA` (`BASE TABLE`, `MATERIALIZED VIEW`) spells it.
 fn table_kind(kind: &str) -> TableKind {
     match kind {
         "VIEW" => TableKind::View,
-        "MATERIALIZED_VIEW" => TableKind::MaterializedView,
+        "MATERIALIZED_VIEW" | "MATERIALIZED VIEW" => TableKind::MaterializedView,
         "EXTERNAL" => TableKind::External,
         "SNAPSHOT" => TableKind::Snapshot,
         _ => TableKind::Table,
@@ -450,74 +633,24 @@ impl Warehouse for BigQueryWarehouse {
     }
 
     async fn list_tables(&self) -> anyhow::Result<Vec<TableInfo>> {
-        let mut listed = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let page = self
-                .tables
-                .list_tables()
-                .set_project_id(&self.project)
-                .set_dataset_id(&self.dataset)
-                .set_max_results(1000u32)
-                .set_page_token(&page_token)
-                .send()
-                .await
-                .map_err(|e| classify(&format!("listing the tables of {}", self.uri), &e))?;
-            for table in page.tables {
-                let name = table
-                    .table_reference
-                    .map(|r| r.table_id)
-                    .unwrap_or_default();
-                listed.push((name, table_kind(&table.r#type)));
+        match self.tables_from_query().await {
+            Ok(tables) => {
+                tracing::info!(
+                    tables = tables.len(),
+                    "planned from one INFORMATION_SCHEMA query"
+                );
+                Ok(tables)
             }
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            page_token = page.next_page_token;
-        }
-
-        // Sizes order the work (largest first); list items carry none.
-        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(METADATA_CONCURRENCY));
-        let mut sizes = tokio::task::JoinSet::new();
-        for (index, (name, kind)) in listed.iter().enumerate() {
-            if kind.unexportable_reason().is_some() {
-                continue;
-            }
-            let (tables, limit, name) = (self.tables.clone(), limit.clone(), name.clone());
-            let (project, dataset) = (self.project.clone(), self.dataset.clone());
-            sizes.spawn(async move {
-                let _permit = limit.acquire().await;
-                let table = tables
-                    .get_table()
-                    .set_project_id(project)
-                    .set_dataset_id(dataset)
-                    .set_table_id(&name)
-                    .send()
-                    .await;
-                (index, name, table)
-            });
-        }
-        let mut infos: Vec<TableInfo> = listed
-            .into_iter()
-            .map(|(name, kind)| TableInfo {
-                name,
-                kind,
-                bytes: None,
-                rows: None,
-            })
-            .collect();
-        while let Some(joined) = sizes.join_next().await {
-            let (index, name, table) = joined?;
-            match table {
-                Ok(table) => {
-                    infos[index].rows = table.num_rows;
-                    infos[index].bytes = table.num_bytes.map(|b| b.max(0) as u64);
-                }
-                // Dropped since it was listed: the worker will report it.
-                Err(e) => tracing::warn!(table = name, error = %e, "cannot read table size"),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "the INFORMATION_SCHEMA query failed; planning from tables.list and \
+                     one tables.get per table instead (allow the query with \
+                     bigquery.jobs.create and bigquery.tables.list on the project)"
+                );
+                self.tables_from_api().await
             }
         }
-        Ok(infos)
     }
 
     async fn export(

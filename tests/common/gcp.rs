@@ -309,6 +309,11 @@ impl GcpSandbox {
 
     /// Runs `bqdrain-producer` from this dataset to the work topic.
     pub fn produce(&self, folder: &str, args: &[&str]) -> Output {
+        self.produce_through(None, folder, args)
+    }
+
+    /// Runs `bqdrain-producer`, reaching BigQuery through `bigquery`.
+    pub fn produce_through(&self, bigquery: Option<&str>, folder: &str, args: &[&str]) -> Output {
         let producer = Path::new(BIN).with_file_name("bqdrain-producer");
         assert!(
             producer.exists(),
@@ -318,7 +323,7 @@ impl GcpSandbox {
             .args(["--source", &self.source(), "--topic", &self.topic()])
             .args(["--destination", &self.destination(folder), "--json"])
             .args(args)
-            .envs(self.env(None))
+            .envs(self.env(bigquery))
             .output()
             .expect("run bqdrain-producer")
     }
@@ -560,5 +565,29 @@ impl GcpSandbox {
             self.bq_call("POST", &format!("projects/{PROJECT}/jobs"), Some(body))
                 .await;
         }
+    }
+}
+
+impl GcpSandbox {
+    /// The run manifest the producer wrote under `folder`.
+    pub async fn run_manifest(&self, folder: &str, run_id: &str) -> bqdrain::layout::RunManifest {
+        let key = format!("{folder}/{}", bqdrain::layout::run_manifest(run_id));
+        let bytes = self.download(&key).await.expect("the run manifest");
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// Creates a view of `table`: a table that is not exported.
+    pub async fn create_view(&self, view: &str, table: &str) {
+        let tables = format!("projects/{PROJECT}/datasets/{}/tables", self.dataset);
+        let query = format!("SELECT * FROM `{PROJECT}.{}.{table}`", self.dataset);
+        self.bq_call(
+            "POST",
+            &tables,
+            Some(json!({
+                "tableReference": {"projectId": PROJECT, "datasetId": self.dataset, "tableId": view},
+                "view": {"query": query, "useLegacySql": false},
+            })),
+        )
+        .await;
     }
 }
