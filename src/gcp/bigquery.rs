@@ -79,8 +79,10 @@ pub struct BigQueryWarehouse {
     jobs: JobService,
     /// Read from the dataset on first use: jobs must run where the data is.
     location: OnceCell<String>,
-    /// Delay between polls of a running job, doubling up to `max_poll`.
-    min_poll: Duration,
+    /// Delay before the first poll of a running job, doubling up to
+    /// `max_poll`: extract jobs rarely finish within a second. Each delay
+    /// is jittered, so that jobs started together are not polled together.
+    first_poll: Duration,
     max_poll: Duration,
 }
 
@@ -123,7 +125,7 @@ impl BigQueryWarehouse {
                 EMULATOR
             ),
             location: OnceCell::new(),
-            min_poll: Duration::from_millis(200),
+            first_poll: Duration::from_secs(1),
             max_poll: Duration::from_secs(5),
         })
     }
@@ -237,7 +239,7 @@ impl BigQueryWarehouse {
         location: &str,
         cancel: &Cancel,
     ) -> Result<Job, UnitError> {
-        let mut delay = self.min_poll;
+        let mut delay = self.first_poll;
         let mut failures = 0;
         while state(&job) != "DONE" {
             if cancel.load(std::sync::atomic::Ordering::Relaxed) {
@@ -246,7 +248,7 @@ impl BigQueryWarehouse {
                     format!("stopped waiting for job {job_id}; a redelivery re-attaches to it"),
                 ));
             }
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(delay.mul_f64(0.5 + fastrand::f64())).await;
             delay = (delay * 2).min(self.max_poll);
             match self.get_job(job_id, location).await {
                 Ok(polled) => {
