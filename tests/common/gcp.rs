@@ -339,10 +339,15 @@ impl GcpSandbox {
 
     /// Starts `bqdrain work` on the work subscription; its log goes to logs/.
     pub fn spawn_worker(&self, args: &[&str], bigquery: Option<&str>) -> Child {
+        self.spawn_worker_with(args, self.env(bigquery))
+    }
+
+    /// Starts `bqdrain work` like `spawn_worker`, with these variables.
+    pub fn spawn_worker_with(&self, args: &[&str], env: Vec<(&'static str, String)>) -> Child {
         let subscription = self.subscription();
         let mut all = vec!["--subscription", subscription.as_str()];
         all.extend_from_slice(args);
-        super::spawn_worker(&self.dir.path().join("logs"), &all, self.env(bigquery))
+        super::spawn_worker(&self.dir.path().join("logs"), &all, env)
     }
 
     /// Every worker log so far, for assertion messages.
