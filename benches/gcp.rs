@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use bqdrain::message::Envelope;
-use bqdrain::producer::{produce, RunPlan};
+use bqdrain::producer::{produce, ProduceReport, RunPlan};
 use common::fault_proxy::FaultProxy;
 use common::gcp::{emulators, GcpSandbox};
 use support::{emit, median, mib, spread_json};
@@ -206,6 +206,22 @@ async fn noop_drain(sb: &GcpSandbox, s: &Sizes) {
     );
 }
 
+/// Plans and publishes a run of every table with the default options.
+async fn publish_run(
+    run_id: &str,
+    warehouse: &dyn bqdrain::warehouse::Warehouse,
+    topic: &dyn bqdrain::queue::Topic,
+    store: &dyn bqdrain::store::ObjectStore,
+) -> ProduceReport {
+    let plan = RunPlan {
+        run_id: Some(run_id.to_string()),
+        include: vec![],
+        exclude: vec![],
+        options: Default::default(),
+    };
+    produce(&plan, warehouse, topic, store).await.unwrap()
+}
+
 async fn worker(sb: &GcpSandbox, s: &Sizes) {
     let tables = sb.make_tables(s.tables, 1000).await;
     let warehouse = bqdrain::backends::open_warehouse(&sb.source(), "bench")
@@ -221,15 +237,7 @@ async fn worker(sb: &GcpSandbox, s: &Sizes) {
             .await
             .unwrap();
         let run_id = format!("bench{rep}");
-        let plan = RunPlan {
-            run_id: Some(run_id.clone()),
-            include: vec![],
-            exclude: vec![],
-            options: Default::default(),
-        };
-        let report = produce(&plan, warehouse.as_ref(), topic.as_ref(), store.as_ref())
-            .await
-            .unwrap();
+        let report = publish_run(&run_id, warehouse.as_ref(), topic.as_ref(), store.as_ref()).await;
         assert_eq!(report.published, tables.len());
         let destination = sb.destination("bench");
         let concurrency = CONCURRENCY.to_string();
@@ -285,22 +293,14 @@ async fn worker_storage_calls(
     let topic = bqdrain::backends::open_topic(&sb.topic(), "bench")
         .await
         .unwrap();
-    let run_id = "bench_counted".to_string();
-    let plan = RunPlan {
-        run_id: Some(run_id.clone()),
-        include: vec![],
-        exclude: vec![],
-        options: Default::default(),
-    };
-    let report = produce(&plan, warehouse, topic.as_ref(), store.as_ref())
-        .await
-        .unwrap();
+    let run_id = "bench_counted";
+    let report = publish_run(run_id, warehouse, topic.as_ref(), store.as_ref()).await;
     let proxy = FaultProxy::counting(&sb.emulators.storage);
     let mut env = sb.env(None);
     env.retain(|(name, _)| *name != "STORAGE_EMULATOR_HOST");
     env.push(("STORAGE_EMULATOR_HOST", proxy.addr.clone()));
     let destination = sb.destination("bench");
-    let child = sb.spawn_worker_with(&["--run-id", &run_id, "--destination", &destination], env);
+    let child = sb.spawn_worker_with(&["--run-id", run_id, "--destination", &destination], env);
     let (status, outcome) = common::finish(child, Duration::from_secs(300));
     assert!(
         status.success() && outcome["acked"] == report.published as u64,
@@ -345,15 +345,7 @@ async fn producer(s: &Sizes) {
     let store = bqdrain::backends::open_store(&sb.destination("scale"), "bench")
         .await
         .unwrap();
-    let plan = RunPlan {
-        run_id: Some("scale".into()),
-        include: vec![],
-        exclude: vec![],
-        options: Default::default(),
-    };
-    let report = produce(&plan, warehouse.as_ref(), topic.as_ref(), store.as_ref())
-        .await
-        .unwrap();
+    let report = publish_run("scale", warehouse.as_ref(), topic.as_ref(), store.as_ref()).await;
     let seconds = started.elapsed().as_secs_f64();
     assert_eq!(
         report.published, s.dataset_tables,

@@ -51,6 +51,33 @@ fn total(outcomes: &[Value], field: &str) -> u64 {
     outcomes.iter().map(|o| o[field].as_u64().unwrap()).sum()
 }
 
+/// Run r1 of `count` tables of 1,000 rows, `dropped` dropped after the
+/// producer listed it, drained by one worker.
+async fn run_with_a_dropped_table(
+    name: &str,
+    count: usize,
+    dropped: &str,
+) -> (GcpSandbox, Vec<Value>) {
+    let sb = GcpSandbox::new(name, 5).await;
+    sb.make_tables(count, 1000).await;
+    produced(&sb.produce("exports", &["--run-id", "r1"]));
+    sb.drop_table(dropped).await;
+    let outcomes = all_drained(&sb, workers(&sb, 1, "exports", "r1"));
+    (sb, outcomes)
+}
+
+/// Sends every dead letter back to the work topic; returns the report.
+fn replay_dead_letters(sb: &GcpSandbox) -> Value {
+    let (from, to) = (sb.dead_letter_subscription(), sb.topic());
+    let replay = sb.bqdrain(&["replay", "--from", &from, "--to", &to, "--json"]);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    serde_json::from_slice(&replay.stdout).unwrap()
+}
+
 async fn assert_queues_empty(sb: &GcpSandbox) {
     assert!(
         sb.pull("work", 10, false).await.is_empty(),
@@ -106,12 +133,7 @@ async fn task_count_independent_of_table_count() {
 
 #[tokio::test]
 async fn dropped_table_is_dead_lettered_then_replayed() {
-    let sb = GcpSandbox::new("dropped", 5).await;
-    sb.make_tables(3, 1000).await;
-    produced(&sb.produce("exports", &["--run-id", "r1"]));
-    sb.drop_table("t_002").await;
-
-    let outcomes = all_drained(&sb, workers(&sb, 1, "exports", "r1"));
+    let (sb, outcomes) = run_with_a_dropped_table("dropped", 3, "t_002").await;
     assert_eq!(total(&outcomes, "acked"), 2);
     assert_eq!(total(&outcomes, "dead_lettered"), 1);
     assert_eq!(total(&outcomes, "nacked"), 0, "notFound is not retried");
@@ -133,14 +155,7 @@ async fn dropped_table_is_dead_lettered_then_replayed() {
     // dry runs on the local queue).
     sb.create_table("t_002", 1000).await;
     sb.resubscribe("work2").await;
-    let (from, to) = (sb.dead_letter_subscription(), sb.topic());
-    let replay = sb.bqdrain(&["replay", "--from", &from, "--to", &to, "--json"]);
-    assert!(
-        replay.status.success(),
-        "{}",
-        String::from_utf8_lossy(&replay.stderr)
-    );
-    let replay: Value = serde_json::from_slice(&replay.stdout).unwrap();
+    let replay = replay_dead_letters(&sb);
     assert_eq!(replay["replayed"], 1, "{replay}");
     assert_eq!(replay["messages"][0]["reason"], "notFound", "{replay}");
 
@@ -416,11 +431,7 @@ async fn second_run_replaces_the_first_without_stale_shards() {
 
 #[tokio::test]
 async fn a_unit_exports_when_replayed_after_many_failed_jobs() {
-    let sb = GcpSandbox::new("failedjobs", 5).await;
-    sb.make_tables(1, 1000).await;
-    produced(&sb.produce("exports", &["--run-id", "r1"]));
-    sb.drop_table("t_001").await;
-    let outcomes = all_drained(&sb, workers(&sb, 1, "exports", "r1"));
+    let (sb, outcomes) = run_with_a_dropped_table("failedjobs", 1, "t_001").await;
     assert_eq!(total(&outcomes, "dead_lettered"), 1, "{outcomes:?}");
     let jobs = sb.own_extract_jobs().await;
     assert_eq!(jobs.len(), 1, "one failed job: {jobs:?}");
@@ -429,28 +440,9 @@ async fn a_unit_exports_when_replayed_after_many_failed_jobs() {
 
     sb.create_table("t_001", 1000).await;
     sb.resubscribe("work2").await;
-    let (from, to) = (sb.dead_letter_subscription(), sb.topic());
-    let replay = sb.bqdrain(&["replay", "--from", &from, "--to", &to, "--json"]);
-    assert!(
-        replay.status.success(),
-        "{}",
-        String::from_utf8_lossy(&replay.stderr)
-    );
-    let destination = sb.destination("exports");
-    let worker = sb.spawn_worker(
-        &[
-            "--run-id",
-            "r1",
-            "--destination",
-            &destination,
-            "--max-retries",
-            "1",
-        ],
-        None,
-    );
-    let (status, outcome) = finish(worker, LIMIT);
-    assert!(status.success(), "worker exit {status}\n{}", sb.logs());
-    assert_eq!(outcome["acked"], 1, "{outcome}\n{}", sb.logs());
+    replay_dead_letters(&sb);
+    let outcomes = all_drained(&sb, workers(&sb, 1, "exports", "r1"));
+    assert_eq!(total(&outcomes, "acked"), 1, "{outcomes:?}\n{}", sb.logs());
     sb.assert_exported("exports", "r1", "t_001", 1000).await;
     let jobs = sb.own_extract_jobs().await;
     assert_eq!(jobs.len(), 62, "one more job, after the 61 failed ones");
