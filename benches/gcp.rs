@@ -7,11 +7,16 @@
 //!   concurrency 10 with no export, and its start-to-first-ack time;
 //! - `worker`: one `bqdrain work` process at concurrency 10 draining a run
 //!   of 30 tables of 1,000 rows (BigQuery extract jobs, files in Cloud
-//!   Storage), its start-to-first-ack time and peak RSS.
+//!   Storage), its start-to-first-ack time and peak RSS; then one more run
+//!   with Cloud Storage behind a counting proxy, for the worker's storage
+//!   calls per unit;
+//! - `producer`: planning and publishing a dataset of 10,000 empty tables,
+//!   with BigQuery behind a counting proxy: wall time and BigQuery calls
+//!   (and how long creating the tables in the emulator took).
 //!
 //! It checks the work was done (every message acked, every table exported)
 //! and asserts nothing about speed. `BQDRAIN_BENCH_QUICK=1` runs each once
-//! with smaller sizes.
+//! with smaller sizes (500 tables for `producer`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -23,7 +28,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use bqdrain::message::Envelope;
-use bqdrain::producer::{produce, RunId, RunPlan};
+use bqdrain::producer::{produce, ProduceReport, RunId, RunPlan};
+use common::fault_proxy::FaultProxy;
 use common::gcp::{emulators, GcpSandbox};
 use support::{emit, median, mib, spread_json};
 
@@ -36,6 +42,8 @@ struct Sizes {
     publish: usize,
     noop: usize,
     tables: usize,
+    /// Tables of the dataset the producer plans.
+    dataset_tables: usize,
 }
 
 fn main() {
@@ -51,6 +59,7 @@ fn main() {
             publish: 1_000,
             noop: 500,
             tables: 5,
+            dataset_tables: 500,
         }
     } else {
         Sizes {
@@ -59,6 +68,7 @@ fn main() {
             publish: 10_000,
             noop: 2_000,
             tables: 30,
+            dataset_tables: 10_000,
         }
     };
     // BigQuery's own shard size (1 GB), not the tests' small one.
@@ -99,6 +109,9 @@ fn main() {
         }
         if wanted("worker") {
             worker(&sb, &s).await;
+        }
+        if wanted("producer") {
+            producer(&s).await;
         }
     });
 }
@@ -193,6 +206,25 @@ async fn noop_drain(sb: &GcpSandbox, s: &Sizes) {
     );
 }
 
+/// Plans and publishes a run of every table with the default options.
+async fn publish_run(
+    run_id: &str,
+    warehouse: &dyn bqdrain::warehouse::Warehouse,
+    topic: &dyn bqdrain::queue::Topic,
+    store: &dyn bqdrain::store::ObjectStore,
+) -> ProduceReport {
+    let plan = RunPlan {
+        run: RunId::Given {
+            id: run_id.to_string(),
+            resume: false,
+        },
+        include: vec![],
+        exclude: vec![],
+        options: Default::default(),
+    };
+    produce(&plan, warehouse, topic, store).await.unwrap()
+}
+
 async fn worker(sb: &GcpSandbox, s: &Sizes) {
     let tables = sb.make_tables(s.tables, 1000).await;
     let warehouse = bqdrain::backends::open_warehouse(&sb.source(), "bench")
@@ -208,18 +240,7 @@ async fn worker(sb: &GcpSandbox, s: &Sizes) {
             .await
             .unwrap();
         let run_id = format!("bench{rep}");
-        let plan = RunPlan {
-            run: RunId::Given {
-                id: run_id.clone(),
-                resume: false,
-            },
-            include: vec![],
-            exclude: vec![],
-            options: Default::default(),
-        };
-        let report = produce(&plan, warehouse.as_ref(), topic.as_ref(), store.as_ref())
-            .await
-            .unwrap();
+        let report = publish_run(&run_id, warehouse.as_ref(), topic.as_ref(), store.as_ref()).await;
         assert_eq!(report.published, tables.len());
         let destination = sb.destination("bench");
         let concurrency = CONCURRENCY.to_string();
@@ -249,14 +270,97 @@ async fn worker(sb: &GcpSandbox, s: &Sizes) {
         median(cold.clone()),
         median(rss.clone()),
     );
+    let storage_calls_per_unit = worker_storage_calls(sb, warehouse.as_ref(), &store).await;
     emit(
         json!({"bench": "worker", "tables": s.tables, "rows_per_table": 1000,
                "seconds": spread_json(seconds), "first_ack_ms": spread_json(cold),
-               "peak_rss_bytes": spread_json(rss)}),
+               "peak_rss_bytes": spread_json(rss),
+               "storage_calls_per_unit": storage_calls_per_unit}),
         format!(
-            "one worker, {} tables x 1,000 rows: {m:.2} s, first ack {c:.0} ms after start, peak RSS {:.1} MiB",
+            "one worker, {} tables x 1,000 rows: {m:.2} s, first ack {c:.0} ms after start, peak RSS {:.1} MiB, {storage_calls_per_unit:.1} storage calls per unit",
             s.tables,
             mib(r as u64)
+        ),
+    );
+}
+
+/// Runs the whole run once more with the worker's Cloud Storage behind a
+/// counting proxy (the emulator's own uploads of extract shards do not
+/// pass through it), and returns its calls per unit.
+async fn worker_storage_calls(
+    sb: &GcpSandbox,
+    warehouse: &dyn bqdrain::warehouse::Warehouse,
+    store: &std::sync::Arc<dyn bqdrain::store::ObjectStore>,
+) -> f64 {
+    sb.resubscribe("worker_counted").await;
+    let topic = bqdrain::backends::open_topic(&sb.topic(), "bench")
+        .await
+        .unwrap();
+    let run_id = "bench_counted";
+    let report = publish_run(run_id, warehouse, topic.as_ref(), store.as_ref()).await;
+    let proxy = FaultProxy::counting(&sb.emulators.storage);
+    let mut env = sb.env(None);
+    env.retain(|(name, _)| *name != "STORAGE_EMULATOR_HOST");
+    env.push(("STORAGE_EMULATOR_HOST", proxy.addr.clone()));
+    let destination = sb.destination("bench");
+    let child = sb.spawn_worker_with(&["--run-id", run_id, "--destination", &destination], env);
+    let (status, outcome) = common::finish(child, Duration::from_secs(300));
+    assert!(
+        status.success() && outcome["acked"] == report.published as u64,
+        "{outcome}\n{}",
+        sb.logs()
+    );
+    proxy.requests("") as f64 / report.published as f64
+}
+
+/// Plans and publishes a dataset of `dataset_tables` empty tables in
+/// process, BigQuery behind a counting proxy.
+async fn producer(s: &Sizes) {
+    let sb: &'static GcpSandbox = Box::leak(Box::new(GcpSandbox::new("scale", 5).await));
+    let started = Instant::now();
+    let mut creating = tokio::task::JoinSet::new();
+    // The emulator serves one request at a time; a few in flight hide the
+    // round trips.
+    for worker in 0..8 {
+        let count = s.dataset_tables;
+        creating.spawn(async move {
+            for i in (worker..count).step_by(8) {
+                sb.create_table(&format!("t_{i:05}"), 0).await;
+            }
+        });
+    }
+    while let Some(done) = creating.join_next().await {
+        done.unwrap();
+    }
+    let create_seconds = started.elapsed().as_secs_f64();
+
+    let proxy = FaultProxy::counting(&sb.emulators.bigquery);
+    // Read when the client is built: this warehouse alone goes through it.
+    std::env::set_var("BIGQUERY_EMULATOR_HOST", &proxy.addr);
+    let started = Instant::now();
+    let warehouse = bqdrain::backends::open_warehouse(&sb.source(), "bench")
+        .await
+        .unwrap();
+    std::env::set_var("BIGQUERY_EMULATOR_HOST", &sb.emulators.bigquery);
+    let topic = bqdrain::backends::open_topic(&sb.topic(), "bench")
+        .await
+        .unwrap();
+    let store = bqdrain::backends::open_store(&sb.destination("scale"), "bench")
+        .await
+        .unwrap();
+    let report = publish_run("scale", warehouse.as_ref(), topic.as_ref(), store.as_ref()).await;
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(
+        report.published, s.dataset_tables,
+        "the emulator holds every table"
+    );
+    let calls = proxy.requests("");
+    emit(
+        json!({"bench": "producer", "tables": s.dataset_tables, "seconds": seconds,
+               "bigquery_calls": calls, "create_tables_seconds": create_seconds}),
+        format!(
+            "producer, {} tables: planned and published in {seconds:.2} s with {calls} BigQuery calls (creating them in the emulator took {create_seconds:.0} s)",
+            s.dataset_tables
         ),
     );
 }

@@ -51,6 +51,33 @@ fn total(outcomes: &[Value], field: &str) -> u64 {
     outcomes.iter().map(|o| o[field].as_u64().unwrap()).sum()
 }
 
+/// Run r1 of `count` tables of 1,000 rows, `dropped` dropped after the
+/// producer listed it, drained by one worker.
+async fn run_with_a_dropped_table(
+    name: &str,
+    count: usize,
+    dropped: &str,
+) -> (GcpSandbox, Vec<Value>) {
+    let sb = GcpSandbox::new(name, 5).await;
+    sb.make_tables(count, 1000).await;
+    produced(&sb.produce("exports", &["--run-id", "r1"]));
+    sb.drop_table(dropped).await;
+    let outcomes = all_drained(&sb, workers(&sb, 1, "exports", "r1"));
+    (sb, outcomes)
+}
+
+/// Sends every dead letter back to the work topic; returns the report.
+fn replay_dead_letters(sb: &GcpSandbox) -> Value {
+    let (from, to) = (sb.dead_letter_subscription(), sb.topic());
+    let replay = sb.bqdrain(&["replay", "--from", &from, "--to", &to, "--json"]);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    serde_json::from_slice(&replay.stdout).unwrap()
+}
+
 async fn assert_queues_empty(sb: &GcpSandbox) {
     assert!(
         sb.pull("work", 10, false).await.is_empty(),
@@ -106,12 +133,7 @@ async fn task_count_independent_of_table_count() {
 
 #[tokio::test]
 async fn dropped_table_is_dead_lettered_then_replayed() {
-    let sb = GcpSandbox::new("dropped", 5).await;
-    sb.make_tables(3, 1000).await;
-    produced(&sb.produce("exports", &["--run-id", "r1"]));
-    sb.drop_table("t_002").await;
-
-    let outcomes = all_drained(&sb, workers(&sb, 1, "exports", "r1"));
+    let (sb, outcomes) = run_with_a_dropped_table("dropped", 3, "t_002").await;
     assert_eq!(total(&outcomes, "acked"), 2);
     assert_eq!(total(&outcomes, "dead_lettered"), 1);
     assert_eq!(total(&outcomes, "nacked"), 0, "notFound is not retried");
@@ -133,14 +155,7 @@ async fn dropped_table_is_dead_lettered_then_replayed() {
     // dry runs on the local queue).
     sb.create_table("t_002", 1000).await;
     sb.resubscribe("work2").await;
-    let (from, to) = (sb.dead_letter_subscription(), sb.topic());
-    let replay = sb.bqdrain(&["replay", "--from", &from, "--to", &to, "--json"]);
-    assert!(
-        replay.status.success(),
-        "{}",
-        String::from_utf8_lossy(&replay.stderr)
-    );
-    let replay: Value = serde_json::from_slice(&replay.stdout).unwrap();
+    let replay = replay_dead_letters(&sb);
     assert_eq!(replay["replayed"], 1, "{replay}");
     assert_eq!(replay["messages"][0]["reason"], "notFound", "{replay}");
 
@@ -663,4 +678,118 @@ async fn replay_finds_the_matching_few_behind_many_others() {
     let work = sb.pull_all("work").await;
     assert_eq!(work.len(), 10);
     assert!(work.iter().all(|m| m.attribute("run_id") == Some("r1")));
+}
+
+#[tokio::test]
+async fn a_unit_exports_when_replayed_after_many_failed_jobs() {
+    let (sb, outcomes) = run_with_a_dropped_table("failedjobs", 1, "t_001").await;
+    assert_eq!(total(&outcomes, "dead_lettered"), 1, "{outcomes:?}");
+    let jobs = sb.own_extract_jobs().await;
+    assert_eq!(jobs.len(), 1, "one failed job: {jobs:?}");
+    // What a table missing through many deliveries and replays leaves.
+    sb.insert_successor_jobs(&jobs[0], 60).await;
+
+    sb.create_table("t_001", 1000).await;
+    sb.resubscribe("work2").await;
+    replay_dead_letters(&sb);
+    let outcomes = all_drained(&sb, workers(&sb, 1, "exports", "r1"));
+    assert_eq!(total(&outcomes, "acked"), 1, "{outcomes:?}\n{}", sb.logs());
+    sb.assert_exported("exports", "r1", "t_001", 1000).await;
+    let jobs = sb.own_extract_jobs().await;
+    assert_eq!(jobs.len(), 62, "one more job, after the 61 failed ones");
+    assert_queues_empty(&sb).await;
+}
+
+/// Three tables of different sizes and a view, for the planning tests.
+async fn planning_sandbox(name: &str) -> GcpSandbox {
+    let sb = GcpSandbox::new(name, 5).await;
+    for (table, rows) in [("t_small", 100), ("t_large", 3000), ("t_medium", 1000)] {
+        sb.create_table(table, rows).await;
+    }
+    sb.create_view("v_large", "t_large").await;
+    sb
+}
+
+/// The run is planned largest first with every table's rows and bytes, and
+/// the view is skipped.
+async fn assert_planned_by_size(sb: &GcpSandbox, out: &std::process::Output) {
+    let report = produced(out);
+    assert_eq!(report["published"], 3, "{report}");
+    assert_eq!(report["skipped"][0]["table"], "v_large", "{report}");
+    let manifest = sb.run_manifest("exports", "r1").await;
+    let planned: Vec<(&str, Option<u64>)> = manifest
+        .units
+        .iter()
+        .map(|u| (u.source.table.as_str(), u.rows))
+        .collect();
+    assert_eq!(
+        planned,
+        [
+            ("t_large", Some(3000)),
+            ("t_medium", Some(1000)),
+            ("t_small", Some(100))
+        ],
+        "largest first, with rows\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        manifest
+            .units
+            .iter()
+            .all(|u| u.bytes.is_some_and(|b| b > 0)),
+        "every unit has its size: {:?}",
+        manifest.units
+    );
+}
+
+#[tokio::test]
+async fn producer_plans_a_dataset_from_one_information_schema_query() {
+    let sb = planning_sandbox("plan_query").await;
+    let proxy = FaultProxy::counting(&sb.emulators.bigquery);
+    let out = sb.produce_through(&proxy.addr, "exports", &["--run-id", "r1"]);
+    assert_planned_by_size(&sb, &out).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("planned from one INFORMATION_SCHEMA query"),
+        "{stderr}"
+    );
+    assert_eq!(proxy.requests("/queries"), 1, "one query");
+    assert_eq!(proxy.requests("/tables"), 0, "no tables.list or tables.get");
+    assert!(
+        proxy.requests("") <= 3,
+        "the dataset's location, the query, nothing else: {} calls",
+        proxy.requests("")
+    );
+}
+
+#[tokio::test]
+async fn producer_falls_back_to_tables_list_and_retries_throttled_calls() {
+    let sb = planning_sandbox("plan_fallback").await;
+    let tables = format!("/datasets/{}/tables", sb.dataset);
+    let proxy = FaultProxy::with_rules(
+        &sb.emulators.bigquery,
+        vec![
+            ("/queries", vec![Fault::Status(403)]),
+            (
+                &format!("GET /bigquery/v2/projects/test-project{tables}/t_large"),
+                vec![Fault::Status(429), Fault::Status(503)],
+            ),
+            (
+                &format!("GET /bigquery/v2/projects/test-project{tables}?"),
+                vec![Fault::Status(429)],
+            ),
+        ],
+    );
+    let out = sb.produce_through(&proxy.addr, "exports", &["--run-id", "r1"]);
+    assert_planned_by_size(&sb, &out).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the INFORMATION_SCHEMA query failed; planning from tables.list"),
+        "{stderr}"
+    );
+    assert_eq!(
+        proxy.served(),
+        4,
+        "every injected fault reached the producer"
+    );
 }

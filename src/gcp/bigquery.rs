@@ -4,32 +4,56 @@
 //! Job ids are derived from the run and the unit, so a redelivered message
 //! re-attaches to the job an earlier delivery started instead of starting a
 //! second one. A failed job is followed by a numbered successor (`…_r1`,
-//! `…_r2`), found the same way by later deliveries.
+//! `…_r2`), found the same way by later deliveries: a delivery skips to the
+//! latest successor with a few `jobs.get` probes, so a unit can fail and be
+//! replayed any number of times.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use google_cloud_bigquery_v2::client::{DatasetService, JobService, TableService};
 use google_cloud_bigquery_v2::model::{
-    ErrorProto, Job, JobConfiguration, JobConfigurationExtract, JobReference, TableReference,
+    ErrorProto, Job, JobConfiguration, JobConfigurationExtract, JobReference, QueryRequest,
+    TableReference,
 };
 use google_cloud_gax::error::rpc::StatusDetails;
 use google_cloud_gax::retry_policy::NeverRetry;
 use tokio::sync::OnceCell;
 
 use super::storage;
-use crate::error::{ConfigError, UnitError};
+use crate::error::{ConfigError, ErrorKind, UnitError};
 use crate::message::{ExportOptions, Format};
+use crate::retry::RetryPolicy;
 use crate::warehouse::{Cancel, ExportRequest, ExportResult, TableInfo, TableKind, Warehouse};
 
 pub const SCHEME: &str = "bigquery://";
 const EMULATOR: &str = "BIGQUERY_EMULATOR_HOST";
-/// Numbered successors tried after jobs that failed transiently.
-const MAX_JOBS_PER_UNIT: u32 = 50;
-/// Tables whose size is read at once while listing.
+/// Jobs one export attempt starts or re-attaches to before it gives up;
+/// failed jobs of earlier deliveries are skipped, not counted.
+const MAX_JOBS_PER_ATTEMPT: u32 = 5;
+/// Successor numbers probed at most: far more than retries and replays
+/// ever make, and found in about 40 probes.
+const MAX_SUCCESSOR: u32 = 1 << 20;
+/// Tables whose size is read at once when planning without the query.
 const METADATA_CONCURRENCY: usize = 16;
+/// Rows a page of the planning query's results holds.
+const QUERY_PAGE_ROWS: u32 = 10_000;
+/// How long one call waits for the planning query to finish.
+const QUERY_WAIT: Duration = Duration::from_secs(10);
 /// Consecutive failed polls of a running job before the export gives up.
 const MAX_POLL_FAILURES: u32 = 5;
+
+/// Reasons that a later try can get past, whatever the HTTP status.
+const TRANSIENT_REASONS: &[&str] = &[
+    "backendError",
+    "internalError",
+    "jobBackendError",
+    "jobInternalError",
+    "rateLimitExceeded",
+    "jobRateLimitExceeded",
+    "quotaExceeded",
+    "tableUnavailable",
+];
 
 /// Reasons that no retry can fix. Every other job failure is retried.
 const PERMANENT_REASONS: &[&str] = &[
@@ -55,8 +79,10 @@ pub struct BigQueryWarehouse {
     jobs: JobService,
     /// Read from the dataset on first use: jobs must run where the data is.
     location: OnceCell<String>,
-    /// Delay between polls of a running job, doubling up to `max_poll`.
-    min_poll: Duration,
+    /// Delay before the first poll of a running job, doubling up to
+    /// `max_poll`: extract jobs rarely finish within a second. Each delay
+    /// is jittered, so that jobs started together are not polled together.
+    first_poll: Duration,
     max_poll: Duration,
 }
 
@@ -99,7 +125,7 @@ impl BigQueryWarehouse {
                 EMULATOR
             ),
             location: OnceCell::new(),
-            min_poll: Duration::from_millis(200),
+            first_poll: Duration::from_secs(1),
             max_poll: Duration::from_secs(5),
         })
     }
@@ -213,7 +239,7 @@ impl BigQueryWarehouse {
         location: &str,
         cancel: &Cancel,
     ) -> Result<Job, UnitError> {
-        let mut delay = self.min_poll;
+        let mut delay = self.first_poll;
         let mut failures = 0;
         while state(&job) != "DONE" {
             if cancel.load(std::sync::atomic::Ordering::Relaxed) {
@@ -222,7 +248,7 @@ impl BigQueryWarehouse {
                     format!("stopped waiting for job {job_id}; a redelivery re-attaches to it"),
                 ));
             }
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(delay.mul_f64(0.5 + fastrand::f64())).await;
             delay = (delay * 2).min(self.max_poll);
             match self.get_job(job_id, location).await {
                 Ok(polled) => {
@@ -237,6 +263,199 @@ impl BigQueryWarehouse {
             }
         }
         Ok(job)
+    }
+
+    /// The highest successor number that has a job, knowing that
+    /// `known` has one. Successors are started in order, so the jobs form
+    /// an unbroken sequence: probe at doubling distances, then bisect.
+    async fn latest_successor(
+        &self,
+        request: &ExportRequest,
+        location: &str,
+        known: u32,
+    ) -> Result<u32, UnitError> {
+        let exists = |successor| async move {
+            match self.get_job(&job_id(request, successor), location).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.reason == "notFound" => Ok(false),
+                Err(e) => Err(e),
+            }
+        };
+        let (mut present, mut step) = (known, 1);
+        let mut absent = loop {
+            let probe = present.saturating_add(step);
+            if probe > MAX_SUCCESSOR {
+                return Err(UnitError::permanent(
+                    "invalid",
+                    format!("more than {MAX_SUCCESSOR} extract jobs of this unit failed"),
+                ));
+            }
+            if !exists(probe).await? {
+                break probe;
+            }
+            (present, step) = (probe, step * 2);
+        };
+        while absent - present > 1 {
+            let middle = present + (absent - present) / 2;
+            if exists(middle).await? {
+                present = middle;
+            } else {
+                absent = middle;
+            }
+        }
+        Ok(present)
+    }
+
+    /// Every table of the dataset with its kind, rows and bytes, from one
+    /// query: `INFORMATION_SCHEMA.TABLES` names every table now (storage
+    /// statistics lag by minutes), `TABLE_STORAGE` of the dataset's region
+    /// adds the sizes.
+    async fn tables_from_query(&self) -> Result<Vec<TableInfo>, UnitError> {
+        let location = self.location().await?;
+        let (project, dataset) = (&self.project, &self.dataset);
+        let sql = format!(
+            "SELECT t.table_name, t.table_type, s.total_rows, s.total_logical_bytes \
+             FROM `{project}.{dataset}.INFORMATION_SCHEMA.TABLES` AS t \
+             LEFT JOIN `{project}.region-{region}.INFORMATION_SCHEMA.TABLE_STORAGE` AS s \
+             ON s.table_schema = t.table_schema AND s.table_name = t.table_name \
+             AND NOT s.deleted",
+            region = location.to_ascii_lowercase()
+        );
+        let request = QueryRequest::new()
+            .set_query(sql)
+            .set_use_legacy_sql(false)
+            .set_location(location)
+            .set_max_results(QUERY_PAGE_ROWS)
+            .set_timeout_ms(QUERY_WAIT.as_millis() as u32);
+        let first = metadata_retry()
+            .run("querying INFORMATION_SCHEMA", || {
+                let request = request.clone();
+                async move {
+                    self.jobs
+                        .query()
+                        .set_project_id(&self.project)
+                        .set_query_request(request)
+                        .send()
+                        .await
+                        .map_err(|e| classify("querying INFORMATION_SCHEMA", &e))
+                }
+            })
+            .await?;
+        let job_id = first.job_reference.map(|r| r.job_id).unwrap_or_default();
+        let mut tables = Vec::new();
+        let (mut rows, mut page_token, mut complete) = (
+            first.rows,
+            first.page_token,
+            first.job_complete.unwrap_or(false),
+        );
+        loop {
+            tables.extend(rows.iter().map(table_from_row));
+            if complete && page_token.is_empty() {
+                return Ok(tables);
+            }
+            let page = metadata_retry()
+                .run("reading the INFORMATION_SCHEMA query's results", || async {
+                    self.jobs
+                        .get_query_results()
+                        .set_project_id(&self.project)
+                        .set_job_id(&job_id)
+                        .set_location(location)
+                        .set_page_token(&page_token)
+                        .set_max_results(QUERY_PAGE_ROWS)
+                        .set_timeout_ms(QUERY_WAIT.as_millis() as u32)
+                        .send()
+                        .await
+                        .map_err(|e| classify("reading the INFORMATION_SCHEMA query's results", &e))
+                })
+                .await?;
+            if let Some(error) = page.errors.first() {
+                return Err(job_failure(&job_id, error));
+            }
+            complete = page.job_complete.unwrap_or(false);
+            // An unfinished query returns no rows yet: ask again.
+            rows = if complete { page.rows } else { Vec::new() };
+            page_token = page.page_token;
+        }
+    }
+
+    /// The fallback: `tables.list`, then one `tables.get` per table for
+    /// its size (list items carry none).
+    async fn tables_from_api(&self) -> anyhow::Result<Vec<TableInfo>> {
+        let mut tables = Vec::new();
+        let mut page_token = String::new();
+        let what = format!("listing the tables of {}", self.uri);
+        loop {
+            let page = metadata_retry()
+                .run(&what, || async {
+                    self.tables
+                        .list_tables()
+                        .set_project_id(&self.project)
+                        .set_dataset_id(&self.dataset)
+                        .set_max_results(1000u32)
+                        .set_page_token(&page_token)
+                        .send()
+                        .await
+                        .map_err(|e| classify(&what, &e))
+                })
+                .await?;
+            for table in page.tables {
+                tables.push(TableInfo {
+                    name: table
+                        .table_reference
+                        .map(|r| r.table_id)
+                        .unwrap_or_default(),
+                    kind: table_kind(&table.r#type),
+                    bytes: None,
+                    rows: None,
+                });
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+
+        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(METADATA_CONCURRENCY));
+        let mut sizes = tokio::task::JoinSet::new();
+        for (index, table) in tables.iter().enumerate() {
+            if table.kind.unexportable_reason().is_some() {
+                continue;
+            }
+            let (tables, limit, name) = (self.tables.clone(), limit.clone(), table.name.clone());
+            let (project, dataset) = (self.project.clone(), self.dataset.clone());
+            sizes.spawn(async move {
+                let _permit = limit.acquire().await;
+                let what = format!("reading the size of table {name}");
+                let found = metadata_retry()
+                    .run(&what, || async {
+                        tables
+                            .get_table()
+                            .set_project_id(&project)
+                            .set_dataset_id(&dataset)
+                            .set_table_id(&name)
+                            .send()
+                            .await
+                            .map_err(|e| classify(&what, &e))
+                    })
+                    .await;
+                (index, name, found)
+            });
+        }
+        while let Some(joined) = sizes.join_next().await {
+            let (index, name, found) = joined?;
+            match found {
+                Ok(found) => {
+                    tables[index].rows = found.num_rows;
+                    tables[index].bytes = found.num_bytes.map(|b| b.max(0) as u64);
+                }
+                // Dropped since it was listed: the worker will report it.
+                Err(e) if e.reason == "notFound" => {
+                    tracing::warn!(table = name, error = %e, "cannot read table size")
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(tables)
     }
 
     /// The row count for the manifest; the export stands without it.
@@ -310,33 +529,74 @@ fn classify(context: &str, err: &google_cloud_bigquery_v2::Error) -> UnitError {
     if err.is_io() || err.is_connect() || err.is_timeout() || err.is_transport() {
         return UnitError::transient("network", message);
     }
-    let status = err.http_status_code();
-    match (reason(err), status) {
-        (Some(r), _) if PERMANENT_REASONS.contains(&r) => UnitError::permanent(r, message),
-        (Some(r), Some(code)) if code >= 500 || code == 429 || !r.is_empty() && code == 403 => {
-            UnitError::transient(r, message)
-        }
-        (_, Some(404)) => UnitError::permanent("notFound", message),
-        (_, Some(429)) => UnitError::transient("rateLimitExceeded", message),
-        (_, Some(408 | 500..=599)) => UnitError::transient("backendError", message),
-        (_, Some(_)) => UnitError::permanent(reason(err).unwrap_or("invalid"), message),
-        (_, None) => UnitError::transient(reason(err).unwrap_or("backendError"), message),
+    failure(reason(err), err.http_status_code(), message)
+}
+
+fn failure(reason: Option<&str>, status: Option<u16>, message: String) -> UnitError {
+    let (kind, reason) = decide(reason, status);
+    UnitError {
+        kind,
+        reason: reason.to_string(),
+        message,
+    }
+}
+
+/// Whether a failed call is worth retrying, and the reason to report.
+///
+/// BigQuery's reason says more than the HTTP status: it sends
+/// `backendError` or `rateLimitExceeded` with a 400 or 403 as well.
+fn decide(reason: Option<&str>, status: Option<u16>) -> (ErrorKind, &str) {
+    use ErrorKind::{Permanent, Transient};
+    match (reason, status) {
+        (Some(r), _) if PERMANENT_REASONS.contains(&r) => (Permanent, r),
+        (Some(r), _) if TRANSIENT_REASONS.contains(&r) => (Transient, r),
+        (_, Some(404)) => (Permanent, reason.unwrap_or("notFound")),
+        (_, Some(429)) => (Transient, reason.unwrap_or("rateLimitExceeded")),
+        (_, Some(408 | 500..=599)) => (Transient, reason.unwrap_or("backendError")),
+        (_, Some(_)) => (Permanent, reason.unwrap_or("invalid")),
+        (_, None) => (Transient, reason.unwrap_or("backendError")),
     }
 }
 
 fn job_failure(job_id: &str, error: &ErrorProto) -> UnitError {
+    // A job's error has no HTTP status: an unknown reason is retried.
     let message = format!("job {job_id}: {}", error.message);
-    if PERMANENT_REASONS.contains(&error.reason.as_str()) {
-        UnitError::permanent(&error.reason, message)
-    } else {
-        UnitError::transient(&error.reason, message)
+    failure(
+        Some(error.reason.as_str()).filter(|r| !r.is_empty()),
+        None,
+        message,
+    )
+}
+
+/// Retries of a metadata call: BigQuery throttles metadata methods, and a
+/// table whose size could not be read would be planned last.
+fn metadata_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_retries: 6,
+        min_delay: Duration::from_millis(250),
+        max_delay: Duration::from_secs(10),
     }
 }
 
+/// One row of the planning query: name, type, rows, bytes, each `{"v": …}`.
+fn table_from_row(row: &serde_json::Map<String, serde_json::Value>) -> TableInfo {
+    let cell = |i: usize| row.get("f").and_then(|f| f.get(i)).and_then(|c| c.get("v"));
+    let text = |i| cell(i).and_then(|v| v.as_str()).unwrap_or_default();
+    let number = |i| text(i).parse::<u64>().ok();
+    TableInfo {
+        name: text(0).to_string(),
+        kind: table_kind(text(1)),
+        rows: number(2),
+        bytes: number(3),
+    }
+}
+
+/// A table type as `tables.list` (`MATERIALIZED_VIEW`) or
+/// `INFORMATION_SCHEMA` (`BASE TABLE`, `MATERIALIZED VIEW`) spells it.
 fn table_kind(kind: &str) -> TableKind {
     match kind {
         "VIEW" => TableKind::View,
-        "MATERIALIZED_VIEW" => TableKind::MaterializedView,
+        "MATERIALIZED_VIEW" | "MATERIALIZED VIEW" => TableKind::MaterializedView,
         "EXTERNAL" => TableKind::External,
         "SNAPSHOT" => TableKind::Snapshot,
         _ => TableKind::Table,
@@ -375,74 +635,24 @@ impl Warehouse for BigQueryWarehouse {
     }
 
     async fn list_tables(&self) -> anyhow::Result<Vec<TableInfo>> {
-        let mut listed = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let page = self
-                .tables
-                .list_tables()
-                .set_project_id(&self.project)
-                .set_dataset_id(&self.dataset)
-                .set_max_results(1000u32)
-                .set_page_token(&page_token)
-                .send()
-                .await
-                .map_err(|e| classify(&format!("listing the tables of {}", self.uri), &e))?;
-            for table in page.tables {
-                let name = table
-                    .table_reference
-                    .map(|r| r.table_id)
-                    .unwrap_or_default();
-                listed.push((name, table_kind(&table.r#type)));
+        match self.tables_from_query().await {
+            Ok(tables) => {
+                tracing::info!(
+                    tables = tables.len(),
+                    "planned from one INFORMATION_SCHEMA query"
+                );
+                Ok(tables)
             }
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            page_token = page.next_page_token;
-        }
-
-        // Sizes order the work (largest first); list items carry none.
-        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(METADATA_CONCURRENCY));
-        let mut sizes = tokio::task::JoinSet::new();
-        for (index, (name, kind)) in listed.iter().enumerate() {
-            if kind.unexportable_reason().is_some() {
-                continue;
-            }
-            let (tables, limit, name) = (self.tables.clone(), limit.clone(), name.clone());
-            let (project, dataset) = (self.project.clone(), self.dataset.clone());
-            sizes.spawn(async move {
-                let _permit = limit.acquire().await;
-                let table = tables
-                    .get_table()
-                    .set_project_id(project)
-                    .set_dataset_id(dataset)
-                    .set_table_id(&name)
-                    .send()
-                    .await;
-                (index, name, table)
-            });
-        }
-        let mut infos: Vec<TableInfo> = listed
-            .into_iter()
-            .map(|(name, kind)| TableInfo {
-                name,
-                kind,
-                bytes: None,
-                rows: None,
-            })
-            .collect();
-        while let Some(joined) = sizes.join_next().await {
-            let (index, name, table) = joined?;
-            match table {
-                Ok(table) => {
-                    infos[index].rows = table.num_rows;
-                    infos[index].bytes = table.num_bytes.map(|b| b.max(0) as u64);
-                }
-                // Dropped since it was listed: the worker will report it.
-                Err(e) => tracing::warn!(table = name, error = %e, "cannot read table size"),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "the INFORMATION_SCHEMA query failed; planning from tables.list and \
+                     one tables.get per table instead (allow the query with \
+                     bigquery.jobs.create and bigquery.tables.list on the project)"
+                );
+                self.tables_from_api().await
             }
         }
-        Ok(infos)
     }
 
     async fn export(
@@ -451,7 +661,8 @@ impl Warehouse for BigQueryWarehouse {
         cancel: Cancel,
     ) -> Result<ExportResult, UnitError> {
         let location = self.location().await?;
-        for successor in 0..MAX_JOBS_PER_UNIT {
+        let mut successor = 0;
+        for _ in 0..MAX_JOBS_PER_ATTEMPT {
             let id = job_id(request, successor);
             let (job, created) = self.start_or_attach(&id, location, request).await?;
             let job = self.wait_done(job, &id, location, &cancel).await?;
@@ -461,7 +672,14 @@ impl Warehouse for BigQueryWarehouse {
                     return Err(job_failure(&id, error));
                 }
                 // An earlier delivery's job failed: this delivery (a retry,
-                // or a replay after the cause was fixed) runs its successor.
+                // or a replay after the cause was fixed) goes on from the
+                // latest successor, or starts the next one.
+                let latest = self.latest_successor(request, location, successor).await?;
+                successor = if latest > successor {
+                    latest
+                } else {
+                    successor + 1
+                };
                 continue;
             }
             let files: u64 = job
@@ -486,14 +704,15 @@ impl Warehouse for BigQueryWarehouse {
         }
         Err(UnitError::transient(
             "backendError",
-            format!("{MAX_JOBS_PER_UNIT} extract jobs for this unit failed"),
+            format!("{MAX_JOBS_PER_ATTEMPT} extract jobs of this export attempt failed"),
         ))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::job_id;
+    use super::{decide, job_id};
+    use crate::error::ErrorKind::{self, Permanent, Transient};
     use crate::message::SourceTable;
     use crate::warehouse::ExportRequest;
 
@@ -525,5 +744,67 @@ mod tests {
         assert_ne!(a, id("bqdrain_run_1_events_20240101", "d", 0));
         assert_ne!(a, id("bqdrain_run:1_events$20240101", "other", 0));
         assert_eq!(id("k", "d", 2), format!("{}_r2", id("k", "d", 0)));
+    }
+
+    #[test]
+    fn failures_are_classified_by_reason_first_then_status() {
+        let cases: &[(Option<&str>, Option<u16>, ErrorKind, &str)] = &[
+            // BigQuery sends transient reasons with a 400 as well.
+            (Some("backendError"), Some(400), Transient, "backendError"),
+            (Some("internalError"), Some(400), Transient, "internalError"),
+            (
+                Some("jobBackendError"),
+                Some(400),
+                Transient,
+                "jobBackendError",
+            ),
+            (
+                Some("jobInternalError"),
+                Some(400),
+                Transient,
+                "jobInternalError",
+            ),
+            (
+                Some("rateLimitExceeded"),
+                Some(403),
+                Transient,
+                "rateLimitExceeded",
+            ),
+            (
+                Some("rateLimitExceeded"),
+                Some(400),
+                Transient,
+                "rateLimitExceeded",
+            ),
+            (Some("quotaExceeded"), Some(403), Transient, "quotaExceeded"),
+            (
+                Some("tableUnavailable"),
+                Some(400),
+                Transient,
+                "tableUnavailable",
+            ),
+            (Some("backendError"), Some(503), Transient, "backendError"),
+            // Permanent reasons stay permanent whatever the status.
+            (Some("notFound"), Some(404), Permanent, "notFound"),
+            (Some("invalid"), Some(400), Permanent, "invalid"),
+            (Some("accessDenied"), Some(403), Permanent, "accessDenied"),
+            (Some("notFound"), Some(500), Permanent, "notFound"),
+            // Without a known reason the status decides.
+            (None, Some(404), Permanent, "notFound"),
+            (None, Some(400), Permanent, "invalid"),
+            (Some("somethingNew"), Some(400), Permanent, "somethingNew"),
+            (None, Some(429), Transient, "rateLimitExceeded"),
+            (None, Some(408), Transient, "backendError"),
+            (None, Some(502), Transient, "backendError"),
+            (Some("somethingNew"), Some(503), Transient, "somethingNew"),
+            (None, None, Transient, "backendError"),
+        ];
+        for &(reason, status, kind, reported) in cases {
+            assert_eq!(
+                decide(reason, status),
+                (kind, reported),
+                "reason {reason:?}, HTTP {status:?}"
+            );
+        }
     }
 }

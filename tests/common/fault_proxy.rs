@@ -1,6 +1,7 @@
-//! An HTTP proxy that misbehaves on purpose, in front of the BigQuery
-//! emulator: the first matching requests get an error status, a dropped
-//! connection or a delay; all others pass through.
+//! An HTTP proxy in front of an emulator that misbehaves on purpose: the
+//! first requests matching a rule get an error status, a dropped connection
+//! or a delay; all others pass through. It counts the requests it sees, so
+//! tests and benchmarks can tell how many calls a process made.
 //!
 //! Every forwarded request is sent upstream with `Connection: close`, so the
 //! client opens a new connection per request and each one is inspected.
@@ -24,31 +25,47 @@ pub enum Fault {
 }
 
 pub struct FaultProxy {
-    /// `127.0.0.1:PORT`, for `BIGQUERY_EMULATOR_HOST`.
+    /// `127.0.0.1:PORT`, for `BIGQUERY_EMULATOR_HOST` and the like.
     pub addr: String,
-    served: Arc<AtomicUsize>,
+    plan: Arc<Plan>,
 }
 
 struct Plan {
     upstream: String,
-    /// Requests whose request line contains this are eligible for faults.
-    matching: String,
-    faults: Mutex<VecDeque<Fault>>,
-    served: Arc<AtomicUsize>,
+    /// Faults, in order, for requests whose request line contains the
+    /// rule's text; the first rule that matches and has faults left wins.
+    rules: Mutex<Vec<(String, VecDeque<Fault>)>>,
+    served: AtomicUsize,
+    /// Request line (`GET /path?query HTTP/1.1`) of every request seen.
+    seen: Mutex<Vec<String>>,
 }
 
 impl FaultProxy {
     pub fn start(upstream: &str, matching: &str, faults: Vec<Fault>) -> FaultProxy {
+        FaultProxy::with_rules(upstream, vec![(matching, faults)])
+    }
+
+    /// A proxy that only forwards and counts.
+    pub fn counting(upstream: &str) -> FaultProxy {
+        FaultProxy::with_rules(upstream, Vec::new())
+    }
+
+    pub fn with_rules(upstream: &str, rules: Vec<(&str, Vec<Fault>)>) -> FaultProxy {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let served = Arc::new(AtomicUsize::new(0));
         let plan = Arc::new(Plan {
             upstream: upstream.to_string(),
-            matching: matching.to_string(),
-            faults: Mutex::new(faults.into()),
-            served: Arc::clone(&served),
+            rules: Mutex::new(
+                rules
+                    .into_iter()
+                    .map(|(m, f)| (m.to_string(), f.into()))
+                    .collect(),
+            ),
+            served: AtomicUsize::new(0),
+            seen: Mutex::new(Vec::new()),
         });
+        let serving = Arc::clone(&plan);
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -57,16 +74,27 @@ impl FaultProxy {
             rt.block_on(async move {
                 let listener = TcpListener::from_std(listener).unwrap();
                 while let Ok((client, _)) = listener.accept().await {
-                    tokio::spawn(serve(client, Arc::clone(&plan)));
+                    tokio::spawn(serve(client, Arc::clone(&serving)));
                 }
             });
         });
-        FaultProxy { addr, served }
+        FaultProxy { addr, plan }
     }
 
     /// Faults served so far.
     pub fn served(&self) -> usize {
-        self.served.load(Ordering::SeqCst)
+        self.plan.served.load(Ordering::SeqCst)
+    }
+
+    /// Requests seen so far whose request line contains `text` ("" for all).
+    pub fn requests(&self, text: &str) -> usize {
+        let seen = self.plan.seen.lock().unwrap();
+        seen.iter().filter(|line| line.contains(text)).count()
+    }
+
+    /// Forgets the requests seen so far.
+    pub fn reset_count(&self) {
+        self.plan.seen.lock().unwrap().clear();
     }
 }
 
@@ -75,11 +103,14 @@ async fn serve(mut client: TcpStream, plan: Arc<Plan>) -> std::io::Result<()> {
         return Ok(());
     };
     let request_line = head.lines().next().unwrap_or_default().to_string();
-    let fault = if request_line.contains(&plan.matching) {
-        plan.faults.lock().unwrap().pop_front()
-    } else {
-        None
-    };
+    let fault = plan
+        .rules
+        .lock()
+        .unwrap()
+        .iter_mut()
+        .filter(|(matching, _)| request_line.contains(matching.as_str()))
+        .find_map(|(_, faults)| faults.pop_front());
+    plan.seen.lock().unwrap().push(request_line);
     if fault.is_some() {
         plan.served.fetch_add(1, Ordering::SeqCst);
     }
@@ -87,10 +118,10 @@ async fn serve(mut client: TcpStream, plan: Arc<Plan>) -> std::io::Result<()> {
         Some(Fault::Status(code)) => {
             let body = format!(
                 r#"{{"error":{{"code":{code},"message":"injected by the test proxy","errors":[{{"reason":"{}","message":"injected"}}]}}}}"#,
-                if code == 429 {
-                    "rateLimitExceeded"
-                } else {
-                    "backendError"
+                match code {
+                    429 => "rateLimitExceeded",
+                    403 => "accessDenied",
+                    _ => "backendError",
                 }
             );
             let response = format!(

@@ -342,6 +342,12 @@ impl GcpSandbox {
         self.produce_to(&self.topic(), folder, args, Vec::new())
     }
 
+    /// Runs `bqdrain-producer`, reaching BigQuery through `bigquery`.
+    pub fn produce_through(&self, bigquery: &str, folder: &str, args: &[&str]) -> Output {
+        let bigquery = ("BIGQUERY_EMULATOR_HOST", bigquery.to_string());
+        self.produce_to(&self.topic(), folder, args, vec![bigquery])
+    }
+
     /// The same to any topic, with `envs` set over the emulators' variables.
     pub fn produce_to(
         &self,
@@ -376,10 +382,15 @@ impl GcpSandbox {
 
     /// Starts `bqdrain work` on the work subscription; its log goes to logs/.
     pub fn spawn_worker(&self, args: &[&str], bigquery: Option<&str>) -> Child {
+        self.spawn_worker_with(args, self.env(bigquery))
+    }
+
+    /// Starts `bqdrain work` like `spawn_worker`, with these variables.
+    pub fn spawn_worker_with(&self, args: &[&str], env: Vec<(&'static str, String)>) -> Child {
         let subscription = self.subscription();
         let mut all = vec!["--subscription", subscription.as_str()];
         all.extend_from_slice(args);
-        super::spawn_worker(&self.dir.path().join("logs"), &all, self.env(bigquery))
+        super::spawn_worker(&self.dir.path().join("logs"), &all, env)
     }
 
     /// Every worker log so far, for assertion messages.
@@ -601,4 +612,61 @@ pub fn maybe_gunzip(name: &str, bytes: &[u8]) -> Vec<u8> {
         .read_to_end(&mut out)
         .unwrap();
     out
+}
+
+impl GcpSandbox {
+    /// The extract jobs whose destination is in this sandbox's bucket.
+    pub async fn own_extract_jobs(&self) -> Vec<Value> {
+        let bucket = format!("gs://{}/", self.bucket);
+        let mut jobs = self.extract_jobs().await;
+        jobs.retain(|j| {
+            j["configuration"]["extract"]["destinationUris"][0]
+                .as_str()
+                .is_some_and(|u| u.starts_with(&bucket))
+        });
+        jobs
+    }
+
+    /// Inserts jobs `JOB_r1` to `JOB_rCOUNT` configured like `job`: the
+    /// numbered successors that as many earlier deliveries would have run.
+    pub async fn insert_successor_jobs(&self, job: &Value, count: u32) {
+        let reference = &job["jobReference"];
+        let id = reference["jobId"].as_str().expect("a job id");
+        for successor in 1..=count {
+            let body = json!({
+                "jobReference": {
+                    "projectId": PROJECT,
+                    "jobId": format!("{id}_r{successor}"),
+                    "location": reference["location"],
+                },
+                "configuration": job["configuration"],
+            });
+            self.bq_call("POST", &format!("projects/{PROJECT}/jobs"), Some(body))
+                .await;
+        }
+    }
+}
+
+impl GcpSandbox {
+    /// The run manifest the producer wrote under `folder`.
+    pub async fn run_manifest(&self, folder: &str, run_id: &str) -> bqdrain::layout::RunManifest {
+        let key = format!("{folder}/{}", bqdrain::layout::run_manifest(run_id));
+        let bytes = self.download(&key).await.expect("the run manifest");
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// Creates a view of `table`: a table that is not exported.
+    pub async fn create_view(&self, view: &str, table: &str) {
+        let tables = format!("projects/{PROJECT}/datasets/{}/tables", self.dataset);
+        let query = format!("SELECT * FROM `{PROJECT}.{}.{table}`", self.dataset);
+        self.bq_call(
+            "POST",
+            &tables,
+            Some(json!({
+                "tableReference": {"projectId": PROJECT, "datasetId": self.dataset, "tableId": view},
+                "view": {"query": query, "useLegacySql": false},
+            })),
+        )
+        .await;
+    }
 }
