@@ -12,11 +12,13 @@
 //!   calls per unit;
 //! - `producer`: planning and publishing a dataset of 10,000 empty tables,
 //!   with BigQuery behind a counting proxy: wall time and BigQuery calls
-//!   (and how long creating the tables in the emulator took).
+//!   (and how long creating the tables in the emulator took);
+//! - `status`: `bqdrain status` of a run of 10,000 exported units whose
+//!   records are in Cloud Storage.
 //!
 //! It checks the work was done (every message acked, every table exported)
 //! and asserts nothing about speed. `BQDRAIN_BENCH_QUICK=1` runs each once
-//! with smaller sizes (500 tables for `producer`).
+//! with smaller sizes (500 tables for `producer`, 500 units for `status`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -25,9 +27,11 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use serde_json::{json, Value};
 
-use bqdrain::message::Envelope;
+use bqdrain::layout::{self, PlannedUnit, RunManifest, TableManifest};
+use bqdrain::message::{Envelope, SourceTable};
 use bqdrain::producer::{produce, ProduceReport, RunId, RunPlan};
 use common::fault_proxy::FaultProxy;
 use common::gcp::{emulators, GcpSandbox};
@@ -44,6 +48,8 @@ struct Sizes {
     tables: usize,
     /// Tables of the dataset the producer plans.
     dataset_tables: usize,
+    /// Units of the run whose `status` is read.
+    status_units: usize,
 }
 
 fn main() {
@@ -60,6 +66,7 @@ fn main() {
             noop: 500,
             tables: 5,
             dataset_tables: 500,
+            status_units: 500,
         }
     } else {
         Sizes {
@@ -69,6 +76,7 @@ fn main() {
             noop: 2_000,
             tables: 30,
             dataset_tables: 10_000,
+            status_units: 10_000,
         }
     };
     // BigQuery's own shard size (1 GB), not the tests' small one.
@@ -112,6 +120,9 @@ fn main() {
         }
         if wanted("producer") {
             producer(&s).await;
+        }
+        if wanted("status") {
+            status(&sb, &s).await;
         }
     });
 }
@@ -361,6 +372,103 @@ async fn producer(s: &Sizes) {
         format!(
             "producer, {} tables: planned and published in {seconds:.2} s with {calls} BigQuery calls (creating them in the emulator took {create_seconds:.0} s)",
             s.dataset_tables
+        ),
+    );
+}
+
+/// `bqdrain status` of a run of `status_units` exported units: the run
+/// manifest and one completion record per unit are written to Cloud Storage
+/// first, then the release binary reads them all.
+async fn status(sb: &GcpSandbox, s: &Sizes) {
+    let destination = sb.destination("status");
+    let store = bqdrain::backends::open_store(&destination, "bench")
+        .await
+        .unwrap();
+    let run_id = "status";
+    let source = |i: usize| SourceTable {
+        dataset_uri: sb.source(),
+        project: common::gcp::PROJECT.into(),
+        dataset: sb.dataset.clone(),
+        table: format!("t_{i:05}"),
+        partition: None,
+    };
+    let manifest = RunManifest {
+        v: 1,
+        run_id: run_id.into(),
+        created_at: chrono::Utc::now(),
+        source: sb.source(),
+        destination: destination.clone(),
+        options: Default::default(),
+        units: (0..s.status_units)
+            .map(|i| PlannedUnit {
+                unit: source(i).unit(),
+                source: source(i),
+                rows: Some(1000),
+                bytes: Some(20_000),
+            })
+            .collect(),
+        skipped: vec![],
+    };
+    let seeding = Instant::now();
+    store
+        .write(
+            &layout::run_manifest(run_id),
+            &serde_json::to_vec(&manifest).unwrap(),
+        )
+        .await
+        .unwrap();
+    let records = futures::stream::iter(&manifest.units).map(|u| {
+        let store = &store;
+        async move {
+            let record = TableManifest {
+                v: 1,
+                run_id: run_id.into(),
+                unit: u.unit.clone(),
+                files: vec![],
+                bytes: 20_000,
+                rows: Some(1000),
+                finished_at: chrono::Utc::now(),
+                delivery_attempt: 1,
+                task: "bench".into(),
+                run_started_at: Some(manifest.created_at),
+            };
+            let body = serde_json::to_vec(&record).unwrap();
+            store
+                .write(&layout::done_record(run_id, &u.unit), &body)
+                .await
+                .unwrap();
+        }
+    });
+    records.buffer_unordered(32).collect::<Vec<()>>().await;
+    let seed_seconds = seeding.elapsed().as_secs_f64();
+
+    let mut seconds = Vec::new();
+    for _ in 0..s.reps {
+        let started = Instant::now();
+        let out = sb.bqdrain(&[
+            "status",
+            "--destination",
+            &destination,
+            "--run-id",
+            run_id,
+            "--json",
+        ]);
+        seconds.push(started.elapsed().as_secs_f64());
+        let report: Value = serde_json::from_slice(&out.stdout).expect("status prints JSON");
+        assert_eq!(
+            report["totals"]["exported"],
+            s.status_units,
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let m = median(seconds.clone());
+    emit(
+        json!({"bench": "status", "units": s.status_units, "seconds": spread_json(seconds),
+               "seed_seconds": seed_seconds}),
+        format!(
+            "status of a run of {} exported units: {m:.2} s (writing its records took {seed_seconds:.0} s)",
+            s.status_units
         ),
     );
 }
