@@ -30,7 +30,7 @@ use crate::retry::RetryPolicy;
 use crate::runs::RunTracker;
 use crate::store::{ObjectInfo, ObjectStore};
 use crate::task::TaskIdentity;
-use crate::warehouse::{Cancel, ExportRequest};
+use crate::warehouse::{Cancel, ExportRequest, ExportResult};
 
 pub struct ExportHandler {
     backends: OpenBackends,
@@ -93,7 +93,7 @@ impl ExportHandler {
                     .await
                     .map_err(|e| UnitError::io("reading completion record", e))?;
                 if let Some(record) = done {
-                    return Ok(Err(record));
+                    return Ok(Tried::AlreadyCommitted(record));
                 }
                 let warehouse = self
                     .backends
@@ -103,12 +103,12 @@ impl ExportHandler {
                 warehouse
                     .export(&request, Arc::clone(&cancel))
                     .await
-                    .map(Ok)
+                    .map(Tried::Exported)
             })
             .await?;
         let result = match outcome {
-            Ok(result) => result,
-            Err(record) => {
+            Tried::Exported(result) => result,
+            Tried::AlreadyCommitted(record) => {
                 tracing::info!(run_id = %msg.run_id, unit, "already exported: settling the duplicate");
                 let listed = self.list_unit(msg, store).await?;
                 return self.settle(msg, store, &listed, &record).await;
@@ -332,6 +332,13 @@ impl ExportHandler {
             .lock()
             .expect("run start cache lock poisoned")
     }
+}
+
+/// What one try of an export found or did.
+enum Tried {
+    Exported(ExportResult),
+    /// The unit has a completion record already (this body).
+    AlreadyCommitted(Vec<u8>),
 }
 
 /// Deletes every listed object under `folder`.
