@@ -114,6 +114,32 @@ fn demo_run_report_renders_in_chromium_with_one_bar_per_unit() {
     );
     assert!(html.contains(&replay), "no `{replay}` in the page");
 
+    // `status --html` draws the same run; it does not know the queues.
+    let from_status = sb.path("status.html");
+    let destination = report["destination"].as_str().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "status",
+            "--destination",
+            destination,
+            "--run-id",
+            run_id,
+            "--html",
+        ])
+        .arg(&from_status)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status_page = std::fs::read_to_string(&from_status).unwrap();
+    assert_eq!(bars(&status_page).len(), TABLES);
+    assert!(status_page.contains(&format!(
+        "bqdrain replay --from &#39;DEAD_LETTER_SUBSCRIPTION&#39; --to &#39;WORK_TOPIC&#39; --run-id {run_id} --table {BROKEN}"
+    )));
+
     let browser = match chromium() {
         Ok(path) => path,
         Err(why) => {

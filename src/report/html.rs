@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::{Bar, RunReport, Timeline, SLOWEST};
+use super::{Bar, Outcome, RunReport, Timeline, SLOWEST};
 
 /// Width of the timeline in SVG units; the page scales it to the window.
 const WIDTH: f64 = 1100.0;
@@ -16,12 +16,14 @@ const PLOT_HEIGHT: f64 = 520.0;
 const ROW_MAX: f64 = 18.0;
 const ROW_MIN: f64 = 3.0;
 const LANE_GAP: f64 = 4.0;
-const AXIS: f64 = 28.0;
+/// Room above the lanes for the lower bound's label, below for the axis.
+const HEAD: f64 = 18.0;
+const AXIS: f64 = 26.0;
 /// Font size of labels, and the least vertical room between two of them.
 const FONT: f64 = 11.0;
 const LABEL_PITCH: f64 = 13.0;
 /// A label's width per character, a little over the font's average.
-const CHAR_WIDTH: f64 = 6.6;
+const CHAR_WIDTH: f64 = 7.2;
 
 const STYLE: &str = "
 body{font:14px/1.4 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:24px;color:#1d232a;background:#fff}
@@ -43,7 +45,7 @@ svg text.bar-label{fill:#fff}
 .bar.exported{fill:#2e7d32}.bar.dead-lettered{fill:#c62828}
 .bar.redelivered{stroke:#111;stroke-width:1.5}
 .bar:hover{opacity:.75}
-.idle{fill:#eceff1}.grid{stroke:#e3e7eb}.bound{stroke:#1565c0;stroke-dasharray:5 4;stroke-width:1.5}
+.band{fill:#f6f8f9}.idle{fill:#e3e7eb}svg .bound-label{fill:#1565c0}.grid{stroke:#e3e7eb}.bound{stroke:#1565c0;stroke-dasharray:5 4;stroke-width:1.5}
 .legend{display:flex;flex-wrap:wrap;gap:16px;margin:6px 0 0;font-size:13px}
 .swatch{display:inline-block;width:12px;height:12px;vertical-align:-1px;margin-right:4px;border-radius:2px}
 ";
@@ -80,7 +82,9 @@ fn bytes(n: u64) -> String {
 }
 
 fn seconds(s: f64) -> String {
-    if s < 10.0 {
+    if s < 1.0 {
+        format!("{:.1} ms", s * 1000.0)
+    } else if s < 10.0 {
         format!("{s:.2} s")
     } else if s < 600.0 {
         format!("{s:.1} s")
@@ -89,8 +93,21 @@ fn seconds(s: f64) -> String {
     }
 }
 
+/// `1234567` as `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
 fn optional(n: Option<u64>) -> String {
-    n.map_or("?".into(), |n| n.to_string())
+    n.map_or("?".into(), thousands)
 }
 
 pub fn render(report: &RunReport) -> String {
@@ -98,17 +115,17 @@ pub fn render(report: &RunReport) -> String {
     let t = &s.totals;
     let mut out = String::new();
     let title = format!("bqdrain run {}", s.run_id);
-    let _ = write!(
+    let _ = writeln!(
         out,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <title>{}</title><style>{STYLE}</style></head><body>\n",
+         <title>{}</title><style>{STYLE}</style></head><body>",
         escape(&title)
     );
-    let _ = write!(
+    let _ = writeln!(
         out,
         "<h1>{}</h1><dl class=\"facts\"><dt>source</dt><dd>{}</dd><dt>destination</dt><dd>{}</dd>\
-         <dt>started</dt><dd>{}</dd><dt>finished</dt><dd>{}</dd></dl>\n",
+         <dt>started</dt><dd>{}</dd><dt>finished</dt><dd>{}</dd></dl>",
         escape(&title),
         escape(&s.source),
         escape(&s.destination),
@@ -119,14 +136,18 @@ pub fn render(report: &RunReport) -> String {
     );
     out += "<div class=\"counts\">";
     for (class, label, value) in [
-        ("units", "units", t.expected.to_string()),
-        ("exported", "exported", t.exported.to_string()),
-        ("dead", "dead-lettered", t.dead_lettered.to_string()),
-        ("pending", "pending", t.pending.to_string()),
-        ("superseded", "superseded", t.superseded.to_string()),
-        ("files", "files", s.files.to_string()),
+        ("units", "units", thousands(t.expected as u64)),
+        ("exported", "exported", thousands(t.exported as u64)),
+        (
+            if t.dead_lettered > 0 { "dead" } else { "" },
+            "dead-lettered",
+            thousands(t.dead_lettered as u64),
+        ),
+        ("pending", "pending", thousands(t.pending as u64)),
+        ("superseded", "superseded", thousands(t.superseded as u64)),
+        ("files", "files", thousands(s.files as u64)),
         ("bytes", "bytes", bytes(s.bytes)),
-        ("rows", "rows", s.rows.to_string()),
+        ("rows", "rows", thousands(s.rows)),
     ] {
         let _ = write!(
             out,
@@ -154,16 +175,19 @@ fn tick_step(span: f64) -> f64 {
 
 fn timeline(out: &mut String, tl: &Timeline) {
     let idle: f64 = tl.lanes.iter().map(|l| l.idle_after).sum();
-    let _ = write!(
+    let _ = writeln!(
         out,
         "<h2>Timeline</h2><p>Makespan <b>{}</b> against a lower bound of <b>{}</b> \
-         (the longest unit, or all units' time spread over the tasks' {} parallel slots, \
+         (the longest unit, or all units' time spread over the tasks' {}, \
          whichever is longer); the tasks sat idle <b>{}</b> in all after their last unit. \
          Much idle time after the last unit means fewer tasks would have done; a makespan \
-         well above the bound with little idle time means more tasks would have helped.</p>\n",
+         well above the bound with little idle time means more tasks would have helped.</p>",
         seconds(tl.makespan),
         seconds(tl.lower_bound),
-        tl.lanes.iter().map(|l| l.rows).sum::<usize>(),
+        match tl.lanes.iter().map(|l| l.rows).sum::<usize>() {
+            1 => "one slot".to_string(),
+            slots => format!("{slots} parallel slots"),
+        },
         seconds(idle),
     );
     if tl.bars.is_empty() {
@@ -174,17 +198,35 @@ fn timeline(out: &mut String, tl: &Timeline) {
             <span><span class=\"swatch\" style=\"background:#2e7d32\"></span>exported</span>\
             <span><span class=\"swatch\" style=\"background:#c62828\"></span>dead-lettered</span>\
             <span><span class=\"swatch\" style=\"background:#fff;border:1.5px solid #111\"></span>redelivered (attempt &gt; 1)</span>\
-            <span><span class=\"swatch\" style=\"background:#eceff1\"></span>idle after the task's last unit</span>\
+            <span><span class=\"swatch\" style=\"background:#e3e7eb\"></span>idle after the task's last unit</span>\
             <span><span class=\"swatch\" style=\"border-top:2px dashed #1565c0;border-radius:0;height:0\"></span>lower bound</span>\
             <span class=\"muted\">hover over a bar for its unit, bytes, rows, attempt and duration</span></div>\n";
     }
+    if !tl.lanes.is_empty() {
+        let _ = writeln!(
+            out,
+            "<p class=\"muted\">{} task(s) settled units. The lanes come from the units' records, \
+             so a task that settled none has no lane.</p>",
+            tl.lanes.len()
+        );
+    }
     if !tl.untimed.is_empty() {
-        let _ = write!(
+        let _ = writeln!(
             out,
             "<p class=\"muted\">Not drawn, their records carry no start time \
-             (written by an earlier version, by <code>status --reconcile</code>, or superseded): {}</p>\n",
+             (written by an earlier version, by <code>status --reconcile</code>, or superseded): {}</p>",
             escape(&tl.untimed.join(", "))
         );
+    }
+}
+
+fn tick_label(tick: f64, step: f64) -> String {
+    if step >= 1.0 {
+        format!("{tick:.0} s")
+    } else if step >= 1e-3 {
+        format!("{:.0} ms", tick * 1000.0)
+    } else {
+        format!("{:.1} ms", tick * 1000.0)
     }
 }
 
@@ -192,44 +234,38 @@ fn svg(out: &mut String, tl: &Timeline) {
     let rows: usize = tl.lanes.iter().map(|l| l.rows).sum();
     let gaps = LANE_GAP * tl.lanes.len() as f64;
     let row = ((PLOT_HEIGHT - gaps) / rows as f64).clamp(ROW_MIN, ROW_MAX);
-    let plot_height = rows as f64 * row + gaps;
-    let height = plot_height + AXIS;
+    let plot_bottom = HEAD + rows as f64 * row + gaps;
+    let height = plot_bottom + AXIS;
     let plot_width = WIDTH - GUTTER - MARGIN;
     let span = tl.makespan.max(1e-3);
     let x = |t: f64| GUTTER + t / span * plot_width;
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "<svg class=\"timeline\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {WIDTH} {height:.1}\" role=\"img\" aria-label=\"timeline of the run's units per task\">\n"
+        "<svg class=\"timeline\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {WIDTH} {height:.1}\" role=\"img\" aria-label=\"timeline of the run's units per task\">"
     );
 
-    // Time axis and grid.
-    let step = tick_step(span);
-    let decimals = if step >= 1.0 { 0 } else { 2 };
-    let mut tick = 0.0;
-    while tick <= span + step * 1e-6 {
-        let tx = x(tick);
-        let _ = write!(
-            out,
-            "<line class=\"grid\" x1=\"{tx:.1}\" y1=\"0\" x2=\"{tx:.1}\" y2=\"{plot_height:.1}\"/>\
-             <text x=\"{tx:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{tick:.decimals$} s</text>\n",
-            plot_height + 16.0
-        );
-        tick += step;
-    }
-
-    // Lanes: idle time behind, bars on top, one label per lane where it fits.
+    // Lanes: a band each, idle time after the last unit, one label per lane
+    // where it fits without touching the previous one.
     let mut lane_top = Vec::with_capacity(tl.lanes.len());
-    let mut y = 0.0;
+    let mut y = HEAD;
     let mut last_label: Option<f64> = None;
-    for lane in &tl.lanes {
+    for (i, lane) in tl.lanes.iter().enumerate() {
         lane_top.push(y);
         let lane_height = lane.rows as f64 * row;
+        if i % 2 == 1 {
+            let _ = writeln!(
+                out,
+                "<rect class=\"band\" x=\"{GUTTER}\" y=\"{:.1}\" width=\"{plot_width}\" height=\"{:.1}\"/>",
+                y - LANE_GAP / 2.0,
+                lane_height + LANE_GAP
+            );
+        }
         let last_end = tl.makespan - lane.idle_after;
         if lane.idle_after > 0.0 {
-            let _ = write!(
+            let _ = writeln!(
                 out,
                 "<rect class=\"idle\" x=\"{:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{lane_height:.1}\">\
-                 <title>{}: idle {} after its last unit</title></rect>\n",
+                 <title>{}: idle {} after its last unit</title></rect>",
                 x(last_end),
                 x(tl.makespan) - x(last_end),
                 escape(&lane.task),
@@ -239,9 +275,9 @@ fn svg(out: &mut String, tl: &Timeline) {
         let middle = y + lane_height / 2.0;
         if last_label.is_none_or(|previous| middle - previous >= LABEL_PITCH) {
             last_label = Some(middle);
-            let _ = write!(
+            let _ = writeln!(
                 out,
-                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
                 GUTTER - 6.0,
                 middle + FONT / 2.0 - 1.5,
                 escape(&lane.task)
@@ -249,6 +285,22 @@ fn svg(out: &mut String, tl: &Timeline) {
         }
         y += lane_height + LANE_GAP;
     }
+
+    // Time axis and grid, over the bands and under the bars.
+    let step = tick_step(span);
+    let mut tick = 0.0;
+    while tick <= span + step * 1e-6 {
+        let tx = x(tick);
+        let _ = writeln!(
+            out,
+            "<line class=\"grid\" x1=\"{tx:.1}\" y1=\"{HEAD}\" x2=\"{tx:.1}\" y2=\"{plot_bottom:.1}\"/>\
+             <text x=\"{tx:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            plot_bottom + 16.0,
+            tick_label(tick, step)
+        );
+        tick += step;
+    }
+
     for bar in &tl.bars {
         bar_svg(
             out,
@@ -260,14 +312,41 @@ fn svg(out: &mut String, tl: &Timeline) {
         );
     }
 
-    // The lower bound, against which the makespan (the axis' end) reads.
+    // The lower bound's line; above the lanes, its label and the makespan's
+    // (the axis' end), merged into one where they would touch.
     let bx = x(tl.lower_bound);
-    let _ = write!(
+    let end = x(tl.makespan);
+    let bound = seconds(tl.lower_bound);
+    let makespan = format!("makespan {}", seconds(tl.makespan));
+    let _ = writeln!(
         out,
-        "<line class=\"bound\" x1=\"{bx:.1}\" y1=\"0\" x2=\"{bx:.1}\" y2=\"{plot_height:.1}\">\
-         <title>lower bound {}</title></line>\n</svg>\n",
-        seconds(tl.lower_bound)
+        "<line class=\"bound\" x1=\"{bx:.1}\" y1=\"{:.1}\" x2=\"{bx:.1}\" y2=\"{plot_bottom:.1}\">\
+         <title>lower bound {bound}</title></line>",
+        HEAD - 4.0
     );
+    let label_y = HEAD - 7.0;
+    let makespan_left = end - label_width(&makespan);
+    let bound_label = format!("lower bound {bound}");
+    if bx - 4.0 < makespan_left - 12.0 {
+        let _ = writeln!(
+            out,
+            "<text class=\"bound-label\" x=\"{:.1}\" y=\"{label_y}\" text-anchor=\"end\">{bound_label}</text>\
+             <text x=\"{end:.1}\" y=\"{label_y}\" text-anchor=\"end\">{makespan}</text>",
+            bx - 4.0
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "<text x=\"{end:.1}\" y=\"{label_y}\" text-anchor=\"end\">\
+             <tspan class=\"bound-label\">{bound_label}</tspan>, {makespan}</text>"
+        );
+    }
+    *out += "</svg>\n";
+}
+
+/// A label's width in SVG units, generously: labels must not overlap.
+fn label_width(label: &str) -> f64 {
+    label.chars().count() as f64 * CHAR_WIDTH
 }
 
 fn bar_svg(out: &mut String, bar: &Bar, x0: f64, x1: f64, top: f64, row: f64) {
@@ -284,18 +363,17 @@ fn bar_svg(out: &mut String, bar: &Bar, x0: f64, x1: f64, top: f64, row: f64) {
         bar.attempt,
         seconds(bar.seconds())
     );
-    let _ = write!(
+    let _ = writeln!(
         out,
         "<rect class=\"bar {outcome}{redelivered}\" data-unit=\"{}\" x=\"{x0:.1}\" y=\"{top:.1}\" \
-         width=\"{width:.1}\" height=\"{height:.1}\" rx=\"1.5\"><title>{}</title></rect>\n",
+         width=\"{width:.1}\" height=\"{height:.1}\" rx=\"1.5\"><title>{}</title></rect>",
         escape(&bar.unit),
         escape(&title)
     );
-    let label_width = bar.unit.chars().count() as f64 * CHAR_WIDTH + 6.0;
-    if row >= LABEL_PITCH + 2.0 && width >= label_width {
-        let _ = write!(
+    if row >= LABEL_PITCH + 2.0 && width >= label_width(&bar.unit) + 6.0 {
+        let _ = writeln!(
             out,
-            "<text class=\"bar-label\" x=\"{:.1}\" y=\"{:.1}\" pointer-events=\"none\">{}</text>\n",
+            "<text class=\"bar-label\" x=\"{:.1}\" y=\"{:.1}\" pointer-events=\"none\">{}</text>",
             x0 + 3.0,
             top + height / 2.0 + FONT / 2.0 - 1.5,
             escape(&bar.unit)
@@ -304,11 +382,7 @@ fn bar_svg(out: &mut String, bar: &Bar, x0: f64, x1: f64, top: f64, row: f64) {
 }
 
 fn dead_letters(out: &mut String, report: &RunReport) {
-    let _ = write!(
-        out,
-        "<h2>Dead-lettered units ({})</h2>\n",
-        report.dead.len()
-    );
+    let _ = writeln!(out, "<h2>Dead-lettered units ({})</h2>", report.dead.len());
     if report.dead.is_empty() {
         *out += "<p class=\"muted\">None.</p>\n";
         return;
@@ -316,9 +390,9 @@ fn dead_letters(out: &mut String, report: &RunReport) {
     *out += "<p>Fix the cause, then put each back on the work queue with its command.</p>\
             <table><tr><th>unit</th><th>reason</th><th>last error</th><th class=\"num\">attempt</th><th>replay</th></tr>\n";
     for d in &report.dead {
-        let _ = write!(
+        let _ = writeln!(
             out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td><code>{}</code></td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td><code>{}</code></td></tr>",
             escape(&d.unit),
             escape(&d.reason),
             escape(&d.error),
@@ -334,20 +408,30 @@ fn slowest(out: &mut String, tl: &Timeline) {
     if bars.is_empty() {
         return;
     }
-    let _ = write!(out, "<h2>Slowest {} units</h2>\n", bars.len());
-    *out += "<table><tr><th>unit</th><th>task</th><th>outcome</th><th class=\"num\">seconds</th>\
+    match bars.len() {
+        1 => *out += "<h2>Slowest unit</h2>\n",
+        n => {
+            let _ = writeln!(out, "<h2>Slowest {n} units</h2>");
+        }
+    }
+    *out += "<table><tr><th>unit</th><th>task</th><th>outcome</th><th class=\"num\">time</th>\
             <th class=\"num\">bytes</th><th class=\"num\">rows</th><th class=\"num\">attempt</th></tr>\n";
     for b in bars {
-        let _ = write!(
+        // A dead-lettered unit wrote nothing: no size to show.
+        let (size, rows) = match b.outcome {
+            Outcome::DeadLettered => ("—".to_string(), "—".to_string()),
+            Outcome::Exported => (b.bytes.map_or("?".into(), bytes), optional(b.rows)),
+        };
+        let _ = writeln!(
             out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{:.2}</td><td class=\"num\">{}</td>\
-             <td class=\"num\">{}</td><td class=\"num\">{}</td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
             escape(&b.unit),
             escape(&tl.lanes[b.lane].task),
             b.outcome.name(),
-            b.seconds(),
-            b.bytes.map_or("?".into(), bytes),
-            optional(b.rows),
+            seconds(b.seconds()),
+            size,
+            rows,
             b.attempt
         );
     }
@@ -364,6 +448,50 @@ mod tests {
             escape(r#"<b a="1">&'x'"#),
             "&lt;b a=&quot;1&quot;&gt;&amp;&#39;x&#39;"
         );
+    }
+
+    #[test]
+    fn marks_redeliveries_and_escapes_what_records_say() {
+        use crate::layout::DeadRecord;
+        use crate::runs::{Totals, UnitState, UnitStatus};
+        use crate::status::StatusReport;
+
+        let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let status = StatusReport {
+            run_id: "r1".into(),
+            source: "sqlite://a<b>.db".into(),
+            destination: "file://out".into(),
+            created_at: at,
+            totals: Totals::default(),
+            files: 0,
+            bytes: 0,
+            rows: 0,
+            units: vec![UnitStatus {
+                unit: "t<1>".into(),
+                state: UnitState::DeadLettered {
+                    record: Some(DeadRecord {
+                        v: 1,
+                        run_id: "r1".into(),
+                        unit: "t<1>".into(),
+                        reason: "invalid".into(),
+                        message: "<script>alert(1)</script>".into(),
+                        delivery_attempt: 2,
+                        at: at + chrono::Duration::seconds(3),
+                        task: Some("task 0/1 attempt 0".into()),
+                        task_index: Some(0),
+                        started_at: Some(at),
+                    }),
+                },
+            }],
+        };
+        let page = render(&RunReport::new(
+            &status,
+            &crate::report::ReplayTarget::unknown(),
+        ));
+        assert!(page.contains("class=\"bar dead-lettered redelivered\" data-unit=\"t&lt;1&gt;\""));
+        assert!(page.contains("sqlite://a&lt;b&gt;.db"));
+        assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(!page.contains("<script"));
     }
 
     #[test]
