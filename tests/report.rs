@@ -82,19 +82,15 @@ fn demo_run_report_renders_in_chromium_with_one_bar_per_unit() {
     let sb = Sandbox::new();
     let dir = sb.path("demo");
     let page = sb.path("report.html");
-    let out = Command::new(BIN)
-        .args(["demo", "--json", "--fail", BROKEN, "--dir"])
-        .arg(&dir)
-        .arg("--html")
-        .arg(&page)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = json_of(
+        &Command::new(BIN)
+            .args(["demo", "--json", "--fail", BROKEN, "--dir"])
+            .arg(&dir)
+            .arg("--html")
+            .arg(&page)
+            .output()
+            .unwrap(),
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let run_id = report["run_id"].as_str().unwrap();
 
     // The file itself: self-contained, every unit drawn once, the broken
@@ -117,23 +113,15 @@ fn demo_run_report_renders_in_chromium_with_one_bar_per_unit() {
     // `status --html` draws the same run; it does not know the queues.
     let from_status = sb.path("status.html");
     let destination = report["destination"].as_str().unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "status",
-            "--destination",
-            destination,
-            "--run-id",
-            run_id,
-            "--html",
-        ])
-        .arg(&from_status)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let status = json_of(
+        &Command::new(BIN)
+            .args(["status", "--json", "--destination", destination])
+            .args(["--run-id", run_id, "--html"])
+            .arg(&from_status)
+            .output()
+            .unwrap(),
     );
+    assert_eq!(status["totals"]["dead_lettered"], 1);
     let status_page = std::fs::read_to_string(&from_status).unwrap();
     assert_eq!(bars(&status_page).len(), TABLES);
     assert!(status_page.contains(&format!(
