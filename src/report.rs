@@ -25,7 +25,12 @@ pub fn write(
 ) -> anyhow::Result<()> {
     let page = html::render(&RunReport::new(status, replay));
     std::fs::write(path, page)
-        .map_err(|e| anyhow::anyhow!("writing the run report to {}: {e}", path.display()))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "--html: cannot write the run report to {}: {e}; give a file in a folder that exists and is writable",
+                path.display()
+            )
+        })
 }
 
 /// Where a dead-lettered unit's message is and where it goes back to: what
