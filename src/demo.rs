@@ -12,7 +12,8 @@ use serde::Serialize;
 use crate::error::ConfigError;
 use crate::local::dataset::{self, Fault};
 use crate::producer::{produce, RunId, RunPlan};
-use crate::runs::RunState;
+use crate::report::{self, ReplayTarget};
+use crate::runs::{RunState, UnitState};
 use crate::status::run_status;
 
 #[derive(Debug, Clone)]
@@ -23,6 +24,8 @@ pub struct DemoOptions {
     pub dir: PathBuf,
     /// Tables made unexportable, to show dead-lettering and replay.
     pub fail: Vec<String>,
+    /// Where to write the run report, if anywhere.
+    pub html: Option<PathBuf>,
     /// Show a live progress line on stderr.
     pub progress: bool,
 }
@@ -33,6 +36,8 @@ pub struct DemoReport {
     pub tables: usize,
     pub exported: usize,
     pub dead_lettered: usize,
+    /// The units dead-lettered, to name in the fix hint.
+    pub dead_lettered_units: Vec<String>,
     pub pending: usize,
     pub files: usize,
     pub rows: u64,
@@ -179,7 +184,20 @@ pub async fn run(opts: &DemoOptions, worker_exe: &Path) -> anyhow::Result<DemoRe
     }
 
     let status = run_status(store.as_ref(), &produced.run_id).await?;
+    if let Some(path) = &opts.html {
+        let replay = ReplayTarget {
+            from: dead_letter_subscription.clone(),
+            to: work_topic.clone(),
+        };
+        report::write(&status, &replay, path)?;
+    }
     let t = status.totals;
+    let dead_lettered_units = status
+        .units
+        .iter()
+        .filter(|u| matches!(u.state, UnitState::DeadLettered { .. }))
+        .map(|u| u.unit.clone())
+        .collect();
     let ok = failed_tasks == 0
         && t.exported == opts.tables - opts.fail.len()
         && t.dead_lettered == opts.fail.len();
@@ -188,6 +206,7 @@ pub async fn run(opts: &DemoOptions, worker_exe: &Path) -> anyhow::Result<DemoRe
         tables: opts.tables,
         exported: t.exported,
         dead_lettered: t.dead_lettered,
+        dead_lettered_units,
         pending: t.pending,
         files: status.files,
         rows: status.rows,
@@ -231,10 +250,12 @@ impl DemoReport {
         );
         if self.dead_lettered > 0 {
             out += "to fix the dead-lettered tables, export them and see the dead-letter queue empty:\n";
-            out += &format!(
-                "  bqdrain fault --source sqlite://{} --table TABLE --kind clear\n",
-                self.dir.join("warehouse.db").display()
-            );
+            for table in &self.dead_lettered_units {
+                out += &format!(
+                    "  bqdrain fault --source sqlite://{} --table {table} --kind clear\n",
+                    self.dir.join("warehouse.db").display()
+                );
+            }
             out += &format!(
                 "  bqdrain replay --from '{}' --to '{}' --run-id {}\n",
                 self.dead_letter_subscription, self.work_topic, self.run_id

@@ -56,8 +56,15 @@ pub trait Handler: Send + Sync + 'static {
     /// Handles one message. `cancel` is set when shutdown gives up waiting.
     async fn handle(&self, delivery: &Delivery, cancel: Cancel) -> Disposition;
 
-    /// Called once a message's dead-letter publish is confirmed, to record why.
-    async fn dead_lettered(&self, _delivery: &Delivery, _error: &UnitError) {}
+    /// Called once a message's dead-letter publish is confirmed, to record
+    /// why; `started_at` is when its last handling began.
+    async fn dead_lettered(
+        &self,
+        _delivery: &Delivery,
+        _error: &UnitError,
+        _started_at: chrono::DateTime<chrono::Utc>,
+    ) {
+    }
 
     /// Where the work this worker has seen stands: complete lets it exit
     /// without waiting for the idle timeout, incomplete makes it wait longer.
@@ -299,6 +306,7 @@ async fn process(ctx: &Context, delivery: Delivery, mut shutdown: Shutdown) {
     let deadline = ctx.subscription.ack_deadline();
     let mut renew =
         tokio::time::interval_at(tokio::time::Instant::now() + deadline / 2, deadline / 2);
+    let started_at = chrono::Utc::now();
     let work = ctx.handler.handle(&delivery, Arc::clone(&cancel));
     tokio::pin!(work);
     let disposition = loop {
@@ -317,7 +325,7 @@ async fn process(ctx: &Context, delivery: Delivery, mut shutdown: Shutdown) {
     };
     match disposition {
         Some(Disposition::Ack) => ack(ctx, &delivery).await,
-        Some(Disposition::DeadLetter(err)) => dead_letter(ctx, &delivery, err).await,
+        Some(Disposition::DeadLetter(err)) => dead_letter(ctx, &delivery, err, started_at).await,
         Some(Disposition::Retry(err)) => {
             let last = ctx
                 .subscription
@@ -331,7 +339,7 @@ async fn process(ctx: &Context, delivery: Delivery, mut shutdown: Shutdown) {
                     ),
                     ..err
                 };
-                dead_letter(ctx, &delivery, err).await;
+                dead_letter(ctx, &delivery, err, started_at).await;
             } else {
                 tracing::warn!(message_id = %delivery.message_id, attempt = delivery.delivery_attempt, error = %err, "giving the message back for redelivery");
                 nack(ctx, &delivery).await;
@@ -431,7 +439,12 @@ pub fn dead_letter_envelope(delivery: &Delivery, err: &UnitError, subscription: 
 }
 
 /// Publishes to the dead-letter topic, and acks only once that is confirmed.
-async fn dead_letter(ctx: &Context, delivery: &Delivery, err: UnitError) {
+async fn dead_letter(
+    ctx: &Context,
+    delivery: &Delivery,
+    err: UnitError,
+    started_at: chrono::DateTime<chrono::Utc>,
+) {
     let Some(topic) = &ctx.dead_letter else {
         tracing::error!(message_id = %delivery.message_id, error = %err, "no dead-letter topic: giving the message back");
         return nack(ctx, delivery).await;
@@ -442,7 +455,7 @@ async fn dead_letter(ctx: &Context, delivery: &Delivery, err: UnitError) {
         Ok(_) => {
             // Recorded only now: a unit whose message went back to the
             // queue must not count as settled.
-            ctx.handler.dead_lettered(delivery, &err).await;
+            ctx.handler.dead_lettered(delivery, &err, started_at).await;
             if let Err(err) = ctx.acks.ack(&delivery.ack_id).await {
                 tracing::error!(message_id = %delivery.message_id, error = %err, "ack after dead-lettering failed; it may be dead-lettered twice");
             } else {

@@ -25,7 +25,7 @@ use crate::error::UnitError;
 use crate::layout::{self, ExportedFile, RunManifest, SupersededRecord, TableManifest};
 use crate::message::{WorkMessage, SCHEMA_VERSION};
 use crate::queue::Delivery;
-use crate::reconcile::write_dead_record;
+use crate::reconcile::{write_dead_record, LastTry};
 use crate::retry::RetryPolicy;
 use crate::runs::RunTracker;
 use crate::store::{ObjectInfo, ObjectStore};
@@ -70,6 +70,7 @@ impl ExportHandler {
         msg: &WorkMessage,
         store: &dyn ObjectStore,
         attempt: u32,
+        started_at: DateTime<Utc>,
         cancel: Cancel,
     ) -> Result<(), UnitError> {
         let unit = msg.source.unit();
@@ -157,6 +158,8 @@ impl ExportHandler {
             finished_at: Utc::now(),
             delivery_attempt: attempt,
             task: self.task.to_string(),
+            task_index: self.task.index,
+            started_at: Some(started_at),
             run_started_at: Some(msg.enqueued_at),
         };
         let body = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
@@ -390,6 +393,7 @@ fn open_failure(field: &str, err: anyhow::Error) -> UnitError {
 #[async_trait]
 impl Handler for ExportHandler {
     async fn handle(&self, delivery: &Delivery, cancel: Cancel) -> Disposition {
+        let started_at = Utc::now();
         let msg = match WorkMessage::decode(&delivery.data) {
             Ok(msg) => msg,
             Err(err) => return Disposition::DeadLetter(err),
@@ -401,7 +405,13 @@ impl Handler for ExportHandler {
         };
         self.runs.observe(&msg.run_id, Arc::clone(&store));
         match self
-            .export(&msg, store.as_ref(), delivery.delivery_attempt, cancel)
+            .export(
+                &msg,
+                store.as_ref(),
+                delivery.delivery_attempt,
+                started_at,
+                cancel,
+            )
             .await
         {
             Ok(()) => Disposition::Ack,
@@ -410,7 +420,12 @@ impl Handler for ExportHandler {
         }
     }
 
-    async fn dead_lettered(&self, delivery: &Delivery, error: &UnitError) {
+    async fn dead_lettered(
+        &self,
+        delivery: &Delivery,
+        error: &UnitError,
+        started_at: DateTime<Utc>,
+    ) {
         let Ok(msg) = WorkMessage::decode(&delivery.data) else {
             return;
         };
@@ -418,8 +433,18 @@ impl Handler for ExportHandler {
             return;
         };
         let unit = msg.source.unit();
-        if let Err(err) =
-            write_dead_record(store.as_ref(), &msg, error, delivery.delivery_attempt).await
+        let last_try = LastTry {
+            task: &self.task,
+            started_at,
+        };
+        if let Err(err) = write_dead_record(
+            store.as_ref(),
+            &msg,
+            error,
+            delivery.delivery_attempt,
+            Some(last_try),
+        )
+        .await
         {
             tracing::error!(run_id = %msg.run_id, unit, error = %format!("{err:#}"), "cannot write dead-letter record");
         }

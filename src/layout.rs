@@ -138,6 +138,13 @@ pub struct TableManifest {
     pub finished_at: DateTime<Utc>,
     pub delivery_attempt: u32,
     pub task: String,
+    /// The task's Cloud Run index, when it has one: the run report's lane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_index: Option<u32>,
+    /// When this delivery's export began, so the run report can draw it
+    /// from start to commit. Absent in records of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
     /// When the run started (its manifest's `created_at`): orders this
     /// export against other runs' without reading their run manifests.
     /// Absent in records of earlier versions.
@@ -166,4 +173,42 @@ pub struct DeadRecord {
     pub message: String,
     pub delivery_attempt: u32,
     pub at: DateTime<Utc>,
+    /// The task that gave up, as in completion records; absent when
+    /// `status --reconcile` wrote the record, and in earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_index: Option<u32>,
+    /// When the last export try began; absent where `task` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records as the previous version wrote them, without the run report's
+    /// fields: they must still read.
+    #[test]
+    fn records_of_the_previous_version_still_read() {
+        let done: TableManifest = serde_json::from_str(
+            r#"{"v":1,"run_id":"r1","unit":"t","files":[{"key":"d/t/run=r1/t_000000000000.csv","bytes":10}],
+                "bytes":10,"rows":2,"finished_at":"2026-11-28T23:46:12Z","delivery_attempt":1,
+                "task":"task 0/4 attempt 0","run_started_at":"2026-11-28T23:46:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!((done.started_at, done.task_index), (None, None));
+        assert_eq!(done.rows, Some(2));
+        let dead: DeadRecord = serde_json::from_str(
+            r#"{"v":1,"run_id":"r1","unit":"t","reason":"invalid","message":"no such table",
+                "delivery_attempt":5,"at":"2026-11-28T23:46:12Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (dead.task, dead.task_index, dead.started_at),
+            (None, None, None)
+        );
+        assert_eq!(dead.delivery_attempt, 5);
+    }
 }

@@ -10,7 +10,7 @@
 //! [`message`] per table, [`drain`] pulls with bounded concurrency, leases and
 //! graceful [`shutdown`], [`export`] turns one message into one committed
 //! export laid out as [`layout`] says, and [`replay`], [`status`] and [`demo`]
-//! are the operator's commands. [`launch`] starts the worker Cloud Run job
+//! are the operator's commands; [`report`] draws a run as one HTML page. [`launch`] starts the worker Cloud Run job
 //! for a published run, with a task count that follows its units.
 
 pub mod backends;
@@ -30,6 +30,7 @@ pub mod producer;
 pub mod queue;
 pub mod reconcile;
 pub mod replay;
+pub mod report;
 pub mod retry;
 pub mod runs;
 pub mod shutdown;

@@ -19,6 +19,7 @@ use bqdrain::local::dataset::{self, Fault};
 use bqdrain::local::warehouse::LocalWarehouse;
 use bqdrain::logging::{self, LogFormat};
 use bqdrain::queue::ReceiveSettings;
+use bqdrain::report::ReplayTarget;
 use bqdrain::retry::RetryPolicy;
 use bqdrain::task::TaskIdentity;
 use bqdrain::{backends, demo, reconcile, replay, shutdown, status};
@@ -170,6 +171,9 @@ struct StatusArgs {
         value_name = "DEAD_LETTER_SUBSCRIPTION"
     )]
     reconcile: Option<String>,
+    /// Also write the run report, one self-contained HTML page, to this file.
+    #[arg(long, env = "BQDRAIN_HTML", value_name = "FILE")]
+    html: Option<PathBuf>,
     #[arg(long, env = "BQDRAIN_JSON")]
     json: bool,
 }
@@ -190,6 +194,9 @@ struct DemoArgs {
     /// Make this table unexportable, to show dead-lettering and replay (repeatable).
     #[arg(long, env = "BQDRAIN_DEMO_FAIL", value_delimiter = ',')]
     fail: Vec<String>,
+    /// Also write the run report, one self-contained HTML page, to this file.
+    #[arg(long, env = "BQDRAIN_HTML", value_name = "FILE")]
+    html: Option<PathBuf>,
     #[arg(long, env = "BQDRAIN_JSON")]
     json: bool,
 }
@@ -381,6 +388,13 @@ async fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
                 reconcile::reconcile(dead.as_ref(), store.as_ref(), &args.run_id).await?;
             }
             let report = status::run_status(store.as_ref(), &args.run_id).await?;
+            if let Some(path) = &args.html {
+                let replay = ReplayTarget {
+                    from: args.reconcile.unwrap_or(ReplayTarget::unknown().from),
+                    ..ReplayTarget::unknown()
+                };
+                bqdrain::report::write(&report, &replay, path)?;
+            }
             if args.json {
                 print_json(&report);
             } else {
@@ -395,6 +409,7 @@ async fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
                 tasks: args.tasks,
                 dir: args.dir,
                 fail: args.fail,
+                html: args.html,
                 progress: !args.json,
             };
             let report = demo::run(&opts, &std::env::current_exe()?).await?;

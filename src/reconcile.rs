@@ -5,7 +5,7 @@
 //! consuming it (every message is given back, for replay) and writes the
 //! records that are missing.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::drain::{ATTR_DELIVERY_ATTEMPT, ATTR_ERROR_MESSAGE, ATTR_ERROR_REASON};
@@ -14,6 +14,7 @@ use crate::layout::{self, DeadRecord};
 use crate::message::{WorkMessage, SCHEMA_VERSION};
 use crate::queue::{Delivery, Subscription, Sweep};
 use crate::store::ObjectStore;
+use crate::task::TaskIdentity;
 
 /// The attribute Pub/Sub adds to a message its policy dead-lettered.
 const ATTR_SOURCE_DELIVERY_COUNT: &str = "CloudPubSubDeadLetterSourceDeliveryCount";
@@ -28,12 +29,20 @@ pub struct ReconcileReport {
     pub recorded: Vec<String>,
 }
 
-/// Writes the record that makes a unit count as dead-lettered.
+/// The task that last tried a unit, and when that try began.
+pub struct LastTry<'a> {
+    pub task: &'a TaskIdentity,
+    pub started_at: DateTime<Utc>,
+}
+
+/// Writes the record that makes a unit count as dead-lettered; `last_try`
+/// is `None` when no worker of this process tried it.
 pub async fn write_dead_record(
     store: &dyn ObjectStore,
     msg: &WorkMessage,
     error: &UnitError,
     delivery_attempt: u32,
+    last_try: Option<LastTry<'_>>,
 ) -> anyhow::Result<()> {
     let unit = msg.source.unit();
     let record = DeadRecord {
@@ -44,6 +53,9 @@ pub async fn write_dead_record(
         message: error.message.clone(),
         delivery_attempt,
         at: Utc::now(),
+        task: last_try.as_ref().map(|t| t.task.to_string()),
+        task_index: last_try.as_ref().and_then(|t| t.task.index),
+        started_at: last_try.as_ref().map(|t| t.started_at),
     };
     let body = serde_json::to_vec_pretty(&record).expect("records serialize");
     store
@@ -91,7 +103,7 @@ pub async fn reconcile(
                 if let Ok(msg) = WorkMessage::decode(&d.data) {
                     if msg.run_id == run_id && !settled(store, &msg).await? {
                         let (error, attempts) = cause(&d);
-                        write_dead_record(store, &msg, &error, attempts).await?;
+                        write_dead_record(store, &msg, &error, attempts, None).await?;
                         report.recorded.push(msg.source.unit());
                     }
                 }

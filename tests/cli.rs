@@ -72,6 +72,37 @@ fn demo_dead_letters_the_tables_asked_to_fail() {
 }
 
 #[test]
+fn demo_fix_hint_names_the_table_it_broke() {
+    let sb = Sandbox::new();
+    let dir = sb.path("demo");
+    let out = run(&[
+        "demo",
+        "--tables",
+        "3",
+        "--rows",
+        "5",
+        "--tasks",
+        "1",
+        "--fail",
+        "dummy_02",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let warehouse = dir.join("warehouse.db");
+    let clear = format!(
+        "bqdrain fault --source sqlite://{} --table dummy_02 --kind clear",
+        warehouse.display()
+    );
+    assert!(stdout.contains(&clear), "no `{clear}` in:\n{stdout}");
+    assert!(
+        !stdout.contains("TABLE"),
+        "a placeholder left in:\n{stdout}"
+    );
+}
+
+#[test]
 fn bad_input_exits_2_naming_the_flag() {
     let sb = Sandbox::new();
     let dir = sb.path("demo");
