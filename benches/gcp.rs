@@ -430,6 +430,8 @@ async fn status(sb: &GcpSandbox, s: &Sizes) {
                 finished_at: chrono::Utc::now(),
                 delivery_attempt: 1,
                 task: "bench".into(),
+                task_index: Some(0),
+                started_at: Some(manifest.created_at),
                 run_started_at: Some(manifest.created_at),
             };
             let body = serde_json::to_vec(&record).unwrap();
