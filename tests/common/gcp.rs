@@ -232,6 +232,14 @@ impl GcpSandbox {
         self.call(method, &url, body).await
     }
 
+    /// Seeks the work subscription to before anything was published: every
+    /// message not acked is offered again, whoever held it.
+    pub async fn seek_work_to_start(&self) {
+        let path = format!("{}:seek", self.subscription_name(&self.work_role()));
+        self.pubsub_call("POST", &path, Some(json!({"time": "2000-01-01T00:00:00Z"})))
+            .await;
+    }
+
     fn topic_name(&self, role: &str) -> String {
         format!("projects/{PROJECT}/topics/{role}-{}", self.name)
     }
