@@ -224,15 +224,10 @@ async fn publish_run(
     topic: &dyn bqdrain::queue::Topic,
     store: &dyn bqdrain::store::ObjectStore,
 ) -> ProduceReport {
-    let plan = RunPlan {
-        run: RunId::Given {
-            id: run_id.to_string(),
-            resume: false,
-        },
-        include: vec![],
-        exclude: vec![],
-        options: Default::default(),
-    };
+    let plan = RunPlan::every_table(RunId::Given {
+        id: run_id.to_string(),
+        resume: false,
+    });
     produce(&plan, warehouse, topic, store).await.unwrap()
 }
 

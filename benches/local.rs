@@ -304,12 +304,7 @@ fn worker_rss(rt: &tokio::runtime::Runtime, s: &Sizes) {
         )
         .await
         .expect("store");
-        let plan = RunPlan {
-            run: RunId::New,
-            include: vec![],
-            exclude: vec![],
-            options: Default::default(),
-        };
+        let plan = RunPlan::every_table(RunId::New);
         let produced = produce(&plan, warehouse.as_ref(), topic.as_ref(), store.as_ref())
             .await
             .expect("produce");

@@ -109,12 +109,7 @@ pub async fn run(opts: &DemoOptions, worker_exe: &Path) -> anyhow::Result<DemoRe
             .await?;
     let topic = crate::backends::open_topic(&work_topic, "--dir").await?;
     let store = crate::backends::open_store(&destination, "--dir").await?;
-    let plan = RunPlan {
-        run: RunId::New,
-        include: vec![],
-        exclude: vec![],
-        options: Default::default(),
-    };
+    let plan = RunPlan::every_table(RunId::New);
     let produced = produce(&plan, warehouse.as_ref(), topic.as_ref(), store.as_ref()).await?;
 
     let logs = dir.join("logs");

@@ -74,6 +74,18 @@ pub struct RunPlan {
     pub options: ExportOptions,
 }
 
+impl RunPlan {
+    /// Every table of the dataset, with the default export options.
+    pub fn every_table(run: RunId) -> RunPlan {
+        RunPlan {
+            run,
+            include: Vec::new(),
+            exclude: Vec::new(),
+            options: ExportOptions::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ProduceReport {
     pub run_id: String,

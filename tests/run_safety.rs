@@ -6,34 +6,15 @@ mod common;
 
 use std::time::Duration;
 
-use bqdrain::backends;
 use bqdrain::error::ConfigError;
 use bqdrain::local::dataset::{self, Fault};
 use bqdrain::message::WorkMessage;
-use bqdrain::producer::{produce, ProduceReport, RunId, RunPlan};
+use bqdrain::producer::{ProduceReport, RunId};
 use common::*;
 
 /// Runs the producer on the sandbox's dataset and work queue.
 async fn produce_run(sb: &Sandbox, run: RunId) -> anyhow::Result<ProduceReport> {
-    produce_from(sb, &sb.source(""), "work", run).await
-}
-
-async fn produce_from(
-    sb: &Sandbox,
-    source: &str,
-    queue: &str,
-    run: RunId,
-) -> anyhow::Result<ProduceReport> {
-    let plan = RunPlan {
-        run,
-        include: vec![],
-        exclude: vec![],
-        options: Default::default(),
-    };
-    let warehouse = backends::open_warehouse(source, "--source").await?;
-    let topic = backends::open_topic(&sb.queue(queue), "--topic").await?;
-    let store = backends::open_store(&sb.destination(), "--destination").await?;
-    produce(&plan, warehouse.as_ref(), topic.as_ref(), store.as_ref()).await
+    sb.try_produce(&sb.source(""), "work", run).await
 }
 
 fn given(id: &str, resume: bool) -> RunId {
@@ -140,14 +121,7 @@ async fn an_older_run_still_exporting_is_superseded_not_broken() {
     let sb = Sandbox::new();
     sb.make_tables(1, 1000);
     sb.slow("t_001", 300);
-    produce_from(
-        &sb,
-        &sb.source("shard_bytes=4000"),
-        "old",
-        given("r1", false),
-    )
-    .await
-    .unwrap();
+    sb.produce_to("old", "shard_bytes=4000", "r1").await;
     let old = format!(
         "queue://{}?dead_letter=dead#old",
         sb.path("queue.db").display()
@@ -159,14 +133,7 @@ async fn an_older_run_still_exporting_is_superseded_not_broken() {
 
     // A newer run exports and commits the same table meanwhile.
     dataset::clear_fault(&sb.warehouse(), "t_001").unwrap();
-    produce_from(
-        &sb,
-        &sb.source("shard_bytes=4000"),
-        "work",
-        given("r2", false),
-    )
-    .await
-    .unwrap();
+    sb.produce_to("work", "shard_bytes=4000", "r2").await;
     drain(&sb);
     assert!(
         sb.files_of("t_001").iter().any(|f| f.contains("run=r1/")),
@@ -200,7 +167,7 @@ async fn two_datasets_with_the_same_table_names_share_a_destination() {
     produce_run(&sb, given("r1", false)).await.unwrap();
     drain(&sb);
     let other_source = format!("sqlite://{}", other.display());
-    produce_from(&sb, &other_source, "work", given("r2", false))
+    sb.try_produce(&other_source, "work", given("r2", false))
         .await
         .unwrap();
     drain(&sb);

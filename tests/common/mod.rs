@@ -103,27 +103,32 @@ impl Sandbox {
     }
 
     pub async fn produce_to(&self, queue: &str, source_query: &str, run_id: &str) -> ProduceReport {
-        let plan = RunPlan {
-            run: RunId::Given {
-                id: run_id.to_string(),
-                resume: false,
-            },
-            include: vec![],
-            exclude: vec![],
-            options: Default::default(),
+        let run = RunId::Given {
+            id: run_id.to_string(),
+            resume: false,
         };
-        let warehouse = backends::open_warehouse(&self.source(source_query), "--source")
-            .await
-            .unwrap();
-        let topic = backends::open_topic(&self.queue(queue), "--topic")
-            .await
-            .unwrap();
-        let store = backends::open_store(&self.destination(), "--destination")
-            .await
-            .unwrap();
-        produce(&plan, warehouse.as_ref(), topic.as_ref(), store.as_ref())
+        self.try_produce(&self.source(source_query), queue, run)
             .await
             .unwrap()
+    }
+
+    /// Runs the producer from any dataset to a queue of this sandbox.
+    pub async fn try_produce(
+        &self,
+        source: &str,
+        queue: &str,
+        run: RunId,
+    ) -> anyhow::Result<ProduceReport> {
+        let warehouse = backends::open_warehouse(source, "--source").await?;
+        let topic = backends::open_topic(&self.queue(queue), "--topic").await?;
+        let store = backends::open_store(&self.destination(), "--destination").await?;
+        produce(
+            &RunPlan::every_table(run),
+            warehouse.as_ref(),
+            topic.as_ref(),
+            store.as_ref(),
+        )
+        .await
     }
 
     pub async fn publish_raw(&self, queue: &str, envelopes: Vec<Envelope>) {
