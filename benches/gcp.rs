@@ -442,22 +442,9 @@ async fn status(sb: &GcpSandbox, s: &Sizes) {
     let mut seconds = Vec::new();
     for _ in 0..s.reps {
         let started = Instant::now();
-        let out = sb.bqdrain(&[
-            "status",
-            "--destination",
-            &destination,
-            "--run-id",
-            run_id,
-            "--json",
-        ]);
+        let report = sb.status("status", run_id, &[]);
         seconds.push(started.elapsed().as_secs_f64());
-        let report: Value = serde_json::from_slice(&out.stdout).expect("status prints JSON");
-        assert_eq!(
-            report["totals"]["exported"],
-            s.status_units,
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_eq!(report["totals"]["exported"], s.status_units);
     }
     let m = median(seconds.clone());
     emit(

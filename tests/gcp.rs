@@ -484,26 +484,6 @@ async fn a_producer_failing_half_way_is_resumed_by_its_retried_execution() {
     assert_queues_empty(&sb).await;
 }
 
-/// Runs `bqdrain status --json` for `run_id` in `folder`, with `extra` flags.
-fn status(sb: &GcpSandbox, folder: &str, run_id: &str, extra: &[&str]) -> Value {
-    let destination = sb.destination(folder);
-    let out = sb.bqdrain(
-        &[
-            &[
-                "status",
-                "--destination",
-                &destination,
-                "--run-id",
-                run_id,
-                "--json",
-            ][..],
-            extra,
-        ]
-        .concat(),
-    );
-    json_of(&out)
-}
-
 fn state_of<'a>(report: &'a Value, unit: &str) -> &'a Value {
     let units = report["units"].as_array().unwrap();
     &units.iter().find(|u| u["unit"] == unit).unwrap()["state"]
@@ -585,7 +565,7 @@ async fn a_failed_dead_letter_publish_leaves_the_unit_pending() {
         sb.dead_record("exports", "r1", "t_002").await.is_none(),
         "no dead-letter record without a confirmed publish"
     );
-    let report = status(&sb, "exports", "r1", &[]);
+    let report = sb.status("exports", "r1", &[]);
     assert_eq!(state_of(&report, "t_002"), "pending", "{report}");
     assert_eq!(state_of(&report, "t_001"), "exported", "{report}");
 }
@@ -610,17 +590,17 @@ async fn status_reconciles_what_the_subscription_dead_lettered_by_itself() {
     }
     assert_eq!(deliveries, 10, "2 messages, 5 deliveries each");
 
-    let before = status(&sb, "exports", "r1", &[]);
+    let before = sb.status("exports", "r1", &[]);
     assert_eq!(before["totals"]["pending"], 2, "{before}");
     let dead = sb.dead_letter_subscription();
-    let after = status(&sb, "exports", "r1", &["--reconcile", &dead]);
+    let after = sb.status("exports", "r1", &["--reconcile", &dead]);
     assert_eq!(after["totals"]["dead_lettered"], 2, "{after}");
     assert_eq!(after["totals"]["pending"], 0, "{after}");
     let record = sb.dead_record("exports", "r1", "t_001").await.unwrap();
     assert_eq!(record["reason"], "maxDeliveryAttempts", "{record}");
     assert_eq!(record["delivery_attempt"], 5, "{record}");
 
-    let again = status(&sb, "exports", "r1", &["--reconcile", &dead]);
+    let again = sb.status("exports", "r1", &["--reconcile", &dead]);
     assert_eq!(
         again["totals"], after["totals"],
         "reconciling twice changes nothing"

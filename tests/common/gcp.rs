@@ -379,6 +379,20 @@ impl GcpSandbox {
             .expect("run bqdrain-producer")
     }
 
+    /// Runs `bqdrain status --json` for `run_id` in `folder`, with `extra` flags.
+    pub fn status(&self, folder: &str, run_id: &str, extra: &[&str]) -> Value {
+        let destination = self.destination(folder);
+        let args = [
+            "status",
+            "--destination",
+            &destination,
+            "--run-id",
+            run_id,
+            "--json",
+        ];
+        super::json_of(&self.bqdrain(&[&args[..], extra].concat()))
+    }
+
     /// Runs a `bqdrain` command to completion.
     pub fn bqdrain(&self, args: &[&str]) -> Output {
         Command::new(BIN)
