@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use bqdrain::layout::{self, PlannedUnit, RunManifest, TableManifest};
+use bqdrain::layout::{self, PlannedUnit, RecordBody, RunManifest, TableManifest};
 use bqdrain::message::{Envelope, SourceTable};
 use bqdrain::producer::{produce, ProduceReport, RunId, RunPlan};
 use common::fault_proxy::FaultProxy;
@@ -409,6 +409,7 @@ async fn status(sb: &GcpSandbox, s: &Sizes) {
         .write(
             &layout::run_manifest(run_id),
             &serde_json::to_vec(&manifest).unwrap(),
+            None,
         )
         .await
         .unwrap();
@@ -429,9 +430,13 @@ async fn status(sb: &GcpSandbox, s: &Sizes) {
                 started_at: Some(manifest.created_at),
                 run_started_at: Some(manifest.created_at),
             };
-            let body = serde_json::to_vec(&record).unwrap();
+            let body = RecordBody::of(&record);
             store
-                .write(&layout::done_record(run_id, &u.unit), &body)
+                .write(
+                    &layout::done_record(run_id, &u.unit),
+                    &body.pretty,
+                    Some(&body.summary),
+                )
                 .await
                 .unwrap();
         }

@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use crate::backends::OpenBackends;
 use crate::drain::{Disposition, Handler, Progress};
 use crate::error::UnitError;
-use crate::layout::{self, ExportedFile, RunManifest, SupersededRecord, TableManifest};
+use crate::layout::{self, ExportedFile, RecordBody, RunManifest, SupersededRecord, TableManifest};
 use crate::message::{WorkMessage, SCHEMA_VERSION};
 use crate::queue::Delivery;
 use crate::reconcile::{write_dead_record, LastTry};
@@ -162,9 +162,9 @@ impl ExportHandler {
             started_at: Some(started_at),
             run_started_at: Some(msg.enqueued_at),
         };
-        let body = serde_json::to_vec_pretty(&manifest).expect("manifests serialize");
+        let body = RecordBody::of(&manifest);
         let committed = store
-            .write_if_absent(&done_key, &body)
+            .write_if_absent(&done_key, &body.pretty, Some(&body.summary))
             .await
             .map_err(|e| UnitError::io("writing completion record", e))?;
         if !committed {
@@ -180,7 +180,7 @@ impl ExportHandler {
             run_id = %msg.run_id, unit, files = manifest.files.len(), bytes = manifest.bytes,
             rows = manifest.rows, seconds = started.elapsed().as_secs_f64(), "exported"
         );
-        self.settle(msg, store, &listed, &body).await
+        self.settle(msg, store, &listed, &body.pretty).await
     }
 
     async fn list_unit(
@@ -257,7 +257,7 @@ impl ExportHandler {
         }
         if !ours_listed.contains(manifest_key.as_str()) {
             store
-                .write_if_absent(&manifest_key, record)
+                .write_if_absent(&manifest_key, record, None)
                 .await
                 .map_err(io("writing the export manifest"))?;
         }
@@ -286,10 +286,12 @@ impl ExportHandler {
             by_run: newer.to_string(),
             at: Utc::now(),
         };
+        let body = RecordBody::of(&record);
         store
             .write(
                 &layout::superseded_record(&msg.run_id, &unit),
-                &serde_json::to_vec_pretty(&record).expect("records serialize"),
+                &body.pretty,
+                Some(&body.summary),
             )
             .await
             .map_err(|e| UnitError::io("writing the superseded record", e))?;

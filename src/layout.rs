@@ -119,6 +119,23 @@ pub struct SkippedTable {
     pub reason: String,
 }
 
+/// A run record as written: its JSON pretty-printed for people, and on one
+/// line as the object's summary, which listings return
+/// ([`crate::store::ObjectInfo::summary`]).
+pub struct RecordBody {
+    pub pretty: Vec<u8>,
+    pub summary: String,
+}
+
+impl RecordBody {
+    pub fn of<T: Serialize>(record: &T) -> RecordBody {
+        RecordBody {
+            pretty: serde_json::to_vec_pretty(record).expect("records serialize"),
+            summary: serde_json::to_string(record).expect("records serialize"),
+        }
+    }
+}
+
 /// One exported file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExportedFile {

@@ -291,7 +291,7 @@ async fn publish_new(
     let manifest_key = layout::run_manifest(&run_id);
     RETRY
         .run_any("writing the run manifest", || {
-            store.write(&manifest_key, &body)
+            store.write(&manifest_key, &body, None)
         })
         .await?;
     let units: Vec<&PlannedUnit> = manifest.units.iter().collect();
@@ -386,7 +386,7 @@ async fn publish(
     let marker_key = layout::run_published(&manifest.run_id);
     RETRY
         .run_any("marking the run published", || {
-            store.write(&marker_key, &marker)
+            store.write(&marker_key, &marker, None)
         })
         .await?;
     Ok(published)

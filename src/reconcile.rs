@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::drain::{ATTR_DELIVERY_ATTEMPT, ATTR_ERROR_MESSAGE, ATTR_ERROR_REASON};
 use crate::error::UnitError;
-use crate::layout::{self, DeadRecord};
+use crate::layout::{self, DeadRecord, RecordBody};
 use crate::message::{WorkMessage, SCHEMA_VERSION};
 use crate::queue::{Delivery, Subscription, Sweep};
 use crate::store::ObjectStore;
@@ -57,9 +57,13 @@ pub async fn write_dead_record(
         task_index: last_try.as_ref().and_then(|t| t.task.index),
         started_at: last_try.as_ref().map(|t| t.started_at),
     };
-    let body = serde_json::to_vec_pretty(&record).expect("records serialize");
+    let body = RecordBody::of(&record);
     store
-        .write(&layout::dead_record(&msg.run_id, &unit), &body)
+        .write(
+            &layout::dead_record(&msg.run_id, &unit),
+            &body.pretty,
+            Some(&body.summary),
+        )
         .await
 }
 

@@ -2,7 +2,7 @@
 //! which units to expect, completion and dead-letter records say which are
 //! settled. Workers use it to know when to stop; `status` to report.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,8 +14,8 @@ use crate::drain::Progress;
 use crate::layout::{self, DeadRecord, PlannedUnit, RunManifest, SupersededRecord, TableManifest};
 use crate::store::ObjectStore;
 
-/// Records read at once for `status`: a 10,000-unit run is read in seconds,
-/// not minutes, at object-store latencies.
+/// Records read at once for `status` where the listing carried no summary
+/// (the local store, records of earlier versions, long ones).
 const READ_CONCURRENCY: usize = 32;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -72,12 +72,16 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     }
 }
 
-/// Which units of a run have which records, from three listings.
+/// Which units of a run have which records, from three listings, with the
+/// records' summaries where the store keeps them.
 struct Records {
-    done: HashSet<String>,
-    dead: HashSet<String>,
-    superseded: HashSet<String>,
+    done: Summaries,
+    dead: Summaries,
+    superseded: Summaries,
 }
+
+/// Unit -> its record's summary, if the listing carried one.
+type Summaries = HashMap<String, Option<String>>;
 
 #[derive(Clone, Copy)]
 enum Settled {
@@ -94,9 +98,12 @@ impl Records {
                 store
                     .list(&prefix)
                     .await?
-                    .iter()
-                    .filter_map(|o| layout::unit_of_record(&prefix, &o.key).map(str::to_string))
-                    .collect::<HashSet<_>>(),
+                    .into_iter()
+                    .filter_map(|o| {
+                        let unit = layout::unit_of_record(&prefix, &o.key)?.to_string();
+                        Some((unit, o.summary))
+                    })
+                    .collect::<Summaries>(),
             )
         };
         let (done, dead, superseded) = tokio::try_join!(
@@ -115,11 +122,11 @@ impl Records {
     /// export); then a completion record (a dead-lettered unit may have been
     /// replayed and exported since).
     fn of(&self, unit: &str) -> Settled {
-        if self.superseded.contains(unit) {
+        if self.superseded.contains_key(unit) {
             Settled::Superseded
-        } else if self.done.contains(unit) {
+        } else if self.done.contains_key(unit) {
             Settled::Exported
-        } else if self.dead.contains(unit) {
+        } else if self.dead.contains_key(unit) {
             Settled::DeadLettered
         } else {
             Settled::Pending
@@ -128,9 +135,9 @@ impl Records {
 }
 
 impl RunState {
-    /// `None` when the run has no manifest (yet). With `details`, reads every
-    /// record for files, rows and reasons, several at a time; without, only
-    /// lists them.
+    /// `None` when the run has no manifest (yet). With `details`, takes every
+    /// record's files, rows and reasons from its summary in the listing, or
+    /// reads the record, several at a time; without, only lists them.
     pub async fn load(
         store: &dyn ObjectStore,
         run_id: &str,
@@ -140,7 +147,7 @@ impl RunState {
         else {
             return Ok(None);
         };
-        let records = Records::list(store, run_id).await?;
+        let records = &Records::list(store, run_id).await?;
         let units = stream::iter(&manifest.units)
             .map(|planned| {
                 let settled = records.of(&planned.unit);
@@ -149,17 +156,31 @@ impl RunState {
                     let state = match settled {
                         Settled::Pending => UnitState::Pending,
                         Settled::Exported => UnitState::Exported {
-                            manifest: read_if(details, store, layout::done_record(run_id, unit))
-                                .await?,
-                        },
-                        Settled::DeadLettered => UnitState::DeadLettered {
-                            record: read_if(details, store, layout::dead_record(run_id, unit))
-                                .await?,
-                        },
-                        Settled::Superseded => UnitState::Superseded {
-                            record: read_if(
+                            manifest: detail(
                                 details,
                                 store,
+                                &records.done,
+                                unit,
+                                layout::done_record(run_id, unit),
+                            )
+                            .await?,
+                        },
+                        Settled::DeadLettered => UnitState::DeadLettered {
+                            record: detail(
+                                details,
+                                store,
+                                &records.dead,
+                                unit,
+                                layout::dead_record(run_id, unit),
+                            )
+                            .await?,
+                        },
+                        Settled::Superseded => UnitState::Superseded {
+                            record: detail(
+                                details,
+                                store,
+                                &records.superseded,
+                                unit,
                                 layout::superseded_record(run_id, unit),
                             )
                             .await?,
@@ -194,15 +215,25 @@ impl RunState {
     }
 }
 
-async fn read_if<T: serde::de::DeserializeOwned>(
+/// A unit's record, when details are asked for: from the listing's summary,
+/// else read.
+async fn detail<T: serde::de::DeserializeOwned>(
     details: bool,
     store: &dyn ObjectStore,
+    listed: &Summaries,
+    unit: &str,
     key: String,
 ) -> anyhow::Result<Option<T>> {
-    if details {
-        read_json(store, &key).await
-    } else {
-        Ok(None)
+    if !details {
+        return Ok(None);
+    }
+    match listed.get(unit) {
+        Some(Some(summary)) => {
+            Ok(Some(serde_json::from_str(summary).with_context(|| {
+                format!("parsing the summary of {key}")
+            })?))
+        }
+        _ => read_json(store, &key).await,
     }
 }
 

@@ -7,7 +7,16 @@ pub struct ObjectInfo {
     /// Key relative to the store's root, `/`-separated.
     pub key: String,
     pub size: u64,
+    /// The one-line summary the object was written with, where the store
+    /// keeps summaries (Cloud Storage: in the object's custom metadata).
+    /// Listings return it, so `status` reads a run's 10,000 records from a
+    /// few listing pages instead of 10,000 reads. The object stays the truth.
+    pub summary: Option<String>,
 }
+
+/// Longer summaries are not kept (Cloud Storage allows 8 KiB of custom
+/// metadata per object); their readers read the object instead.
+pub const SUMMARY_LIMIT: usize = 4096;
 
 #[async_trait]
 pub trait ObjectStore: Send + Sync {
@@ -19,12 +28,18 @@ pub trait ObjectStore: Send + Sync {
 
     async fn read(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>>;
 
-    /// Writes whole: a reader never sees part of the object.
-    async fn write(&self, key: &str, data: &[u8]) -> anyhow::Result<()>;
+    /// Writes whole: a reader never sees part of the object. `summary`:
+    /// see [`ObjectInfo::summary`]; a store may keep none.
+    async fn write(&self, key: &str, data: &[u8], summary: Option<&str>) -> anyhow::Result<()>;
 
     /// Writes only if no object has the key. Returns whether this call wrote
     /// it: of several racing writers exactly one gets `true`.
-    async fn write_if_absent(&self, key: &str, data: &[u8]) -> anyhow::Result<bool>;
+    async fn write_if_absent(
+        &self,
+        key: &str,
+        data: &[u8],
+        summary: Option<&str>,
+    ) -> anyhow::Result<bool>;
 
     /// Deletes; a missing object is not an error.
     async fn delete(&self, key: &str) -> anyhow::Result<()>;

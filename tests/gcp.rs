@@ -149,6 +149,29 @@ async fn dropped_table_is_dead_lettered_then_replayed() {
     for table in ["t_001", "t_003"] {
         sb.assert_exported("exports", "r1", table, 1000).await;
     }
+    // `status` takes every record from the summaries its listings carry:
+    // the run manifest is its one read.
+    let direct = sb.status("exports", "r1", &[]);
+    let storage = FaultProxy::counting(&sb.emulators.storage);
+    let listed = sb.status_with(
+        "exports",
+        "r1",
+        &[],
+        vec![("STORAGE_EMULATOR_HOST", storage.addr.clone())],
+    );
+    assert_eq!(listed, direct);
+    let dropped = listed["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["unit"] == "t_002");
+    assert_eq!(dropped.unwrap()["record"]["reason"], "notFound", "{listed}");
+    assert_eq!(listed["rows"], 2000, "{listed}");
+    assert_eq!(
+        storage.requests("alt=media"),
+        1,
+        "reads beyond the run manifest"
+    );
 
     // No dry run here: the emulator keeps the messages a closed stream held
     // leased far past their deadline, nacked or not (tests/failures.rs covers

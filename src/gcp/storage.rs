@@ -13,10 +13,12 @@ use gcloud_storage::http::Error as GcsError;
 
 use super::{emulator_endpoint, startup_error};
 use crate::error::ConfigError;
-use crate::store::{ObjectInfo, ObjectStore};
+use crate::store::{ObjectInfo, ObjectStore, SUMMARY_LIMIT};
 
 pub const SCHEME: &str = "gs://";
 const EMULATOR: &str = "STORAGE_EMULATOR_HOST";
+/// The custom metadata key of an object's summary.
+const SUMMARY_KEY: &str = "bqdrain-summary";
 
 pub fn is_gcs(uri: &str) -> bool {
     uri.starts_with(SCHEME)
@@ -93,7 +95,13 @@ impl GcsStore {
         format!("gs://{}/{}", self.bucket, self.name(key))
     }
 
-    async fn upload(&self, key: &str, data: &[u8], if_absent: bool) -> Result<(), GcsError> {
+    async fn upload(
+        &self,
+        key: &str,
+        data: &[u8],
+        summary: Option<&str>,
+        if_absent: bool,
+    ) -> Result<(), GcsError> {
         let request = UploadObjectRequest {
             bucket: self.bucket.clone(),
             if_generation_match: if_absent.then_some(0),
@@ -109,6 +117,9 @@ impl GcsStore {
         let object = Object {
             name: self.name(key),
             content_type: Some(content_type.to_string()),
+            metadata: summary
+                .filter(|s| s.len() <= SUMMARY_LIMIT)
+                .map(|s| [(SUMMARY_KEY.to_string(), s.to_string())].into()),
             ..Default::default()
         };
         self.client
@@ -147,6 +158,7 @@ impl ObjectStore for GcsStore {
                     objects.push(ObjectInfo {
                         key: key.to_string(),
                         size: object.size.max(0) as u64,
+                        summary: object.metadata.and_then(|mut m| m.remove(SUMMARY_KEY)),
                     });
                 }
             }
@@ -176,14 +188,19 @@ impl ObjectStore for GcsStore {
         }
     }
 
-    async fn write(&self, key: &str, data: &[u8]) -> anyhow::Result<()> {
-        self.upload(key, data, false)
+    async fn write(&self, key: &str, data: &[u8], summary: Option<&str>) -> anyhow::Result<()> {
+        self.upload(key, data, summary, false)
             .await
             .with_context(|| format!("writing {}", self.location(key)))
     }
 
-    async fn write_if_absent(&self, key: &str, data: &[u8]) -> anyhow::Result<bool> {
-        match self.upload(key, data, true).await {
+    async fn write_if_absent(
+        &self,
+        key: &str,
+        data: &[u8],
+        summary: Option<&str>,
+    ) -> anyhow::Result<bool> {
+        match self.upload(key, data, summary, true).await {
             Ok(()) => Ok(true),
             Err(e) if http_status(&e) == Some(412) => Ok(false),
             Err(e) => Err(e).with_context(|| format!("writing {}", self.location(key))),

@@ -144,7 +144,11 @@ fn walk(dir: &Path, root: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> std
                 .join("/");
             if key.starts_with(prefix) {
                 let size = entry.metadata()?.len();
-                out.push(ObjectInfo { key, size });
+                out.push(ObjectInfo {
+                    key,
+                    size,
+                    summary: None,
+                });
             }
         }
     }
@@ -189,7 +193,8 @@ impl ObjectStore for FsStore {
         .await
     }
 
-    async fn write(&self, key: &str, data: &[u8]) -> anyhow::Result<()> {
+    /// Keeps no summary: reading a local file costs what listing it does.
+    async fn write(&self, key: &str, data: &[u8], _summary: Option<&str>) -> anyhow::Result<()> {
         let path = self.path_of(key)?;
         let data = data.to_vec();
         let root = self.root.clone();
@@ -201,7 +206,12 @@ impl ObjectStore for FsStore {
         .await
     }
 
-    async fn write_if_absent(&self, key: &str, data: &[u8]) -> anyhow::Result<bool> {
+    async fn write_if_absent(
+        &self,
+        key: &str,
+        data: &[u8],
+        _summary: Option<&str>,
+    ) -> anyhow::Result<bool> {
         let path = self.path_of(key)?;
         let data = data.to_vec();
         let root = self.root.clone();
@@ -256,7 +266,7 @@ mod tests {
                 let store = Arc::clone(&store);
                 tokio::spawn(async move {
                     store
-                        .write_if_absent("a/done.json", format!("{i}").as_bytes())
+                        .write_if_absent("a/done.json", format!("{i}").as_bytes(), None)
                         .await
                         .unwrap()
                 })
@@ -279,7 +289,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::open(&format!("file://{}", dir.path().display()), "d").unwrap();
         for key in ["t/run=1/a.csv", "t/run=2/b.csv", "t2/run=1/c.csv"] {
-            store.write(key, b"x").await.unwrap();
+            store.write(key, b"x", None).await.unwrap();
         }
         let keys: Vec<_> = store
             .list("t/")

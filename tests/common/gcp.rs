@@ -381,6 +381,17 @@ impl GcpSandbox {
 
     /// Runs `bqdrain status --json` for `run_id` in `folder`, with `extra` flags.
     pub fn status(&self, folder: &str, run_id: &str, extra: &[&str]) -> Value {
+        self.status_with(folder, run_id, extra, Vec::new())
+    }
+
+    /// The same, with `envs` set over the emulators' variables.
+    pub fn status_with(
+        &self,
+        folder: &str,
+        run_id: &str,
+        extra: &[&str],
+        envs: Vec<(&'static str, String)>,
+    ) -> Value {
         let destination = self.destination(folder);
         let args = [
             "status",
@@ -390,7 +401,13 @@ impl GcpSandbox {
             run_id,
             "--json",
         ];
-        super::json_of(&self.bqdrain(&[&args[..], extra].concat()))
+        let output = Command::new(BIN)
+            .args([&args[..], extra].concat())
+            .envs(self.env(None))
+            .envs(envs)
+            .output()
+            .expect("run bqdrain");
+        super::json_of(&output)
     }
 
     /// Runs a `bqdrain` command to completion.
