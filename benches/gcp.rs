@@ -30,9 +30,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use bqdrain::layout::{self, PlannedUnit, RecordBody, RunManifest, TableManifest};
-use bqdrain::message::{Envelope, SourceTable};
-use bqdrain::producer::{produce, ProduceReport, RunId, RunPlan};
+use bqdrain::engine::layout::{self, PlannedUnit, RecordBody, RunManifest, TableManifest};
+use bqdrain::engine::message::{Envelope, SourceTable};
+use bqdrain::engine::producer::{produce, ProduceReport, RunId, RunPlan};
 use common::fault_proxy::FaultProxy;
 use common::gcp::{emulators, GcpSandbox};
 use support::{emit, median, mib, spread_json};
@@ -141,7 +141,7 @@ fn envelopes(n: usize) -> Vec<Envelope> {
 }
 
 async fn publish(sb: &GcpSandbox, s: &Sizes) {
-    let topic = bqdrain::backends::open_topic(&sb.dead_letter_topic(), "bench")
+    let topic = bqdrain::adapters::backends::open_topic(&sb.dead_letter_topic(), "bench")
         .await
         .unwrap();
     topic.publish(envelopes(100)).await.unwrap(); // warm the connection
@@ -164,7 +164,7 @@ fn noop_child(subscription: &str, expect: u64) {
     let started = Instant::now();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let report = rt
-        .block_on(bqdrain::noop::drain_noop(
+        .block_on(bqdrain::adapters::noop::drain_noop(
             subscription,
             CONCURRENCY,
             Some(expect),
@@ -184,7 +184,7 @@ async fn noop_drain(sb: &GcpSandbox, s: &Sizes) {
     let (mut rates, mut cold, mut rss) = (Vec::new(), Vec::new(), Vec::new());
     for rep in 0..s.reps {
         sb.resubscribe(&format!("noop{rep}")).await;
-        let topic = bqdrain::backends::open_topic(&sb.topic(), "bench")
+        let topic = bqdrain::adapters::backends::open_topic(&sb.topic(), "bench")
             .await
             .unwrap();
         topic.publish(envelopes(s.noop)).await.unwrap();
@@ -220,9 +220,9 @@ async fn noop_drain(sb: &GcpSandbox, s: &Sizes) {
 /// Plans and publishes a run of every table with the default options.
 async fn publish_run(
     run_id: &str,
-    warehouse: &dyn bqdrain::warehouse::Warehouse,
-    topic: &dyn bqdrain::queue::Topic,
-    store: &dyn bqdrain::store::ObjectStore,
+    warehouse: &dyn bqdrain::ports::warehouse::Warehouse,
+    topic: &dyn bqdrain::ports::queue::Topic,
+    store: &dyn bqdrain::ports::store::ObjectStore,
 ) -> ProduceReport {
     let plan = RunPlan::every_table(RunId::Given {
         id: run_id.to_string(),
@@ -233,16 +233,16 @@ async fn publish_run(
 
 async fn worker(sb: &GcpSandbox, s: &Sizes) {
     let tables = sb.make_tables(s.tables, 1000).await;
-    let warehouse = bqdrain::backends::open_warehouse(&sb.source(), "bench")
+    let warehouse = bqdrain::adapters::backends::open_warehouse(&sb.source(), "bench")
         .await
         .unwrap();
-    let store = bqdrain::backends::open_store(&sb.destination("bench"), "bench")
+    let store = bqdrain::adapters::backends::open_store(&sb.destination("bench"), "bench")
         .await
         .unwrap();
     let (mut seconds, mut cold, mut rss) = (Vec::new(), Vec::new(), Vec::new());
     for rep in 0..s.reps {
         sb.resubscribe(&format!("worker{rep}")).await;
-        let topic = bqdrain::backends::open_topic(&sb.topic(), "bench")
+        let topic = bqdrain::adapters::backends::open_topic(&sb.topic(), "bench")
             .await
             .unwrap();
         let run_id = format!("bench{rep}");
@@ -295,11 +295,11 @@ async fn worker(sb: &GcpSandbox, s: &Sizes) {
 /// pass through it), and returns its calls per unit.
 async fn worker_storage_calls(
     sb: &GcpSandbox,
-    warehouse: &dyn bqdrain::warehouse::Warehouse,
-    store: &std::sync::Arc<dyn bqdrain::store::ObjectStore>,
+    warehouse: &dyn bqdrain::ports::warehouse::Warehouse,
+    store: &std::sync::Arc<dyn bqdrain::ports::store::ObjectStore>,
 ) -> f64 {
     sb.resubscribe("worker_counted").await;
-    let topic = bqdrain::backends::open_topic(&sb.topic(), "bench")
+    let topic = bqdrain::adapters::backends::open_topic(&sb.topic(), "bench")
         .await
         .unwrap();
     let run_id = "bench_counted";
@@ -344,14 +344,14 @@ async fn producer(s: &Sizes) {
     // Read when the client is built: this warehouse alone goes through it.
     std::env::set_var("BIGQUERY_EMULATOR_HOST", &proxy.addr);
     let started = Instant::now();
-    let warehouse = bqdrain::backends::open_warehouse(&sb.source(), "bench")
+    let warehouse = bqdrain::adapters::backends::open_warehouse(&sb.source(), "bench")
         .await
         .unwrap();
     std::env::set_var("BIGQUERY_EMULATOR_HOST", &sb.emulators.bigquery);
-    let topic = bqdrain::backends::open_topic(&sb.topic(), "bench")
+    let topic = bqdrain::adapters::backends::open_topic(&sb.topic(), "bench")
         .await
         .unwrap();
-    let store = bqdrain::backends::open_store(&sb.destination("scale"), "bench")
+    let store = bqdrain::adapters::backends::open_store(&sb.destination("scale"), "bench")
         .await
         .unwrap();
     let report = publish_run("scale", warehouse.as_ref(), topic.as_ref(), store.as_ref()).await;
@@ -376,7 +376,7 @@ async fn producer(s: &Sizes) {
 /// first, then the release binary reads them all.
 async fn status(sb: &GcpSandbox, s: &Sizes) {
     let destination = sb.destination("status");
-    let store = bqdrain::backends::open_store(&destination, "bench")
+    let store = bqdrain::adapters::backends::open_store(&destination, "bench")
         .await
         .unwrap();
     let run_id = "status";

@@ -26,15 +26,15 @@ use serde_json::{json, Value};
 
 mod support;
 
-use bqdrain::drain::{drain, DrainConfig};
-use bqdrain::local::dataset::create_dummy_tables;
-use bqdrain::local::queue::LocalTopic;
-use bqdrain::local::warehouse::LocalWarehouse;
-use bqdrain::message::{Compression, Envelope, ExportOptions, Format, SourceTable};
-use bqdrain::noop::AckEverything;
-use bqdrain::producer::{produce, RunId, RunPlan};
-use bqdrain::queue::Topic;
-use bqdrain::warehouse::{Cancel, ExportRequest, Warehouse};
+use bqdrain::adapters::local::dataset::create_dummy_tables;
+use bqdrain::adapters::local::queue::LocalTopic;
+use bqdrain::adapters::local::warehouse::LocalWarehouse;
+use bqdrain::adapters::noop::AckEverything;
+use bqdrain::engine::drain::{drain, DrainConfig};
+use bqdrain::engine::message::{Compression, Envelope, ExportOptions, Format, SourceTable};
+use bqdrain::engine::producer::{produce, RunId, RunPlan};
+use bqdrain::ports::queue::Topic;
+use bqdrain::ports::warehouse::{Cancel, ExportRequest, Warehouse};
 use support::{emit, median, mib, spread, spread_json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bqdrain");
@@ -101,10 +101,10 @@ async fn noop_once(db: &Path, n: usize, concurrency: usize) -> (f64, f64) {
     }
     let publish_s = started.elapsed().as_secs_f64();
 
-    let subscription = bqdrain::backends::open_subscription(
+    let subscription = bqdrain::adapters::backends::open_subscription(
         &uri,
         "bench",
-        &bqdrain::queue::ReceiveSettings::new(concurrency),
+        &bqdrain::ports::queue::ReceiveSettings::new(concurrency),
     )
     .await
     .expect("open sub");
@@ -114,7 +114,7 @@ async fn noop_once(db: &Path, n: usize, concurrency: usize) -> (f64, f64) {
         idle_timeout: Duration::from_secs(10),
         started: Instant::now(),
     };
-    let (_trigger, shutdown) = bqdrain::shutdown::channel();
+    let (_trigger, shutdown) = bqdrain::engine::shutdown::channel();
     let report = drain(subscription, None, handler, config, shutdown).await;
     assert_eq!(report.acked, n as u64, "not every message was acked");
     (publish_s, report.seconds)
@@ -289,16 +289,16 @@ fn worker_rss(rt: &tokio::runtime::Runtime, s: &Sizes) {
     let names: Vec<String> = (1..=s.rss_tables).map(|i| format!("t_{i:04}")).collect();
     create_dummy_tables(&warehouse_db, &names, 1000).expect("dummy tables");
     rt.block_on(async {
-        let warehouse = bqdrain::backends::open_warehouse(
+        let warehouse = bqdrain::adapters::backends::open_warehouse(
             &format!("sqlite://{}", warehouse_db.display()),
             "bench",
         )
         .await
         .expect("warehouse");
-        let topic = bqdrain::backends::open_topic(&format!("{queue}#work"), "bench")
+        let topic = bqdrain::adapters::backends::open_topic(&format!("{queue}#work"), "bench")
             .await
             .expect("topic");
-        let store = bqdrain::backends::open_store(
+        let store = bqdrain::adapters::backends::open_store(
             &format!("file://{}", dir.path().join("exports").display()),
             "bench",
         )

@@ -38,7 +38,7 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let args = Args::parse();
-    let report = bqdrain::noop::drain_noop(
+    let report = bqdrain::adapters::noop::drain_noop(
         &args.subscription,
         args.concurrency,
         args.expect,

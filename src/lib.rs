@@ -1,40 +1,25 @@
 //! bqdrain: export warehouse tables to object storage through a work queue.
 //!
-//! The core is ports and adapters. The ports are [`queue`] (topics and
-//! subscriptions), [`warehouse`] (list tables, export one) and [`store`]
-//! (objects by key); [`local`] holds the embedded adapters that need no
-//! service, [`gcp`] the Pub/Sub, BigQuery and Cloud Storage ones, and
-//! [`backends`] opens any adapter from its URI.
+//! The core is ports and adapters, and the tree follows it:
+//! - [`ports`]: the work queue (topics and subscriptions), the warehouse
+//!   (list tables, export one) and the object store (objects by key);
+//! - [`engine`], written once against the ports: the producer publishes one
+//!   message per unit, the drain pulls with bounded concurrency, leases and
+//!   graceful shutdown, the export turns one message into one committed
+//!   export laid out as the layout says, and the run state says when a run
+//!   is complete;
+//! - [`adapters`]: the embedded ones that need no service (SQLite, files),
+//!   the Google Cloud ones (Pub/Sub, BigQuery, Cloud Storage, Cloud Run),
+//!   and opening any of them from its URI;
+//! - [`commands`]: what operators run besides the two jobs: status, the run
+//!   report, replay, reconcile, the demo, and launching the worker job.
 //!
-//! The engine is written once against the ports: [`producer`] publishes one
-//! [`message`] per table, [`drain`] pulls with bounded concurrency, leases and
-//! graceful [`shutdown`], [`export`] turns one message into one committed
-//! export laid out as [`layout`] says, and [`replay`], [`status`] and [`demo`]
-//! are the operator's commands; [`report`] draws a run as one HTML page. [`launch`] starts the worker Cloud Run job
-//! for a published run, with a task count that follows its units.
+//! [`cli`], [`error`] and [`logging`] are what the binaries share.
 
-pub mod backends;
+pub mod adapters;
 pub mod cli;
-pub mod demo;
-pub mod drain;
+pub mod commands;
+pub mod engine;
 pub mod error;
-pub mod export;
-pub mod gcp;
-pub mod launch;
-pub mod layout;
-pub mod local;
 pub mod logging;
-pub mod message;
-pub mod noop;
-pub mod producer;
-pub mod queue;
-pub mod reconcile;
-pub mod replay;
-pub mod report;
-pub mod retry;
-pub mod runs;
-pub mod shutdown;
-pub mod status;
-pub mod store;
-pub mod task;
-pub mod warehouse;
+pub mod ports;

@@ -8,21 +8,23 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
+use bqdrain::adapters::backends;
+use bqdrain::adapters::gcp::pubsub;
+use bqdrain::adapters::gcp::run::WorkerJobs;
+use bqdrain::adapters::local::dataset::{self, Fault};
+use bqdrain::adapters::local::warehouse::LocalWarehouse;
 use bqdrain::cli::{fail, peak_rss_bytes, print_json};
-use bqdrain::drain::{drain, DrainConfig, DrainReport, ExitReason};
+use bqdrain::commands::launch::{self, LaunchArgs, LaunchReport, LaunchStatus};
+use bqdrain::commands::report::ReplayTarget;
+use bqdrain::commands::{demo, reconcile, replay, status};
+use bqdrain::engine::drain::{drain, DrainConfig, DrainReport, ExitReason};
+use bqdrain::engine::export::ExportHandler;
+use bqdrain::engine::retry::RetryPolicy;
+use bqdrain::engine::shutdown;
+use bqdrain::engine::task::TaskIdentity;
 use bqdrain::error::ConfigError;
-use bqdrain::export::ExportHandler;
-use bqdrain::gcp::pubsub;
-use bqdrain::gcp::run::WorkerJobs;
-use bqdrain::launch::{self, LaunchArgs, LaunchReport, LaunchStatus};
-use bqdrain::local::dataset::{self, Fault};
-use bqdrain::local::warehouse::LocalWarehouse;
 use bqdrain::logging::{self, LogFormat};
-use bqdrain::queue::ReceiveSettings;
-use bqdrain::report::ReplayTarget;
-use bqdrain::retry::RetryPolicy;
-use bqdrain::task::TaskIdentity;
-use bqdrain::{backends, demo, reconcile, replay, shutdown, status};
+use bqdrain::ports::queue::ReceiveSettings;
 
 #[derive(Parser)]
 #[command(
@@ -393,7 +395,7 @@ async fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
                     from: args.reconcile.unwrap_or(ReplayTarget::unknown().from),
                     ..ReplayTarget::unknown()
                 };
-                bqdrain::report::write(&report, &replay, path)?;
+                bqdrain::commands::report::write(&report, &replay, path)?;
             }
             if args.json {
                 print_json(&report);

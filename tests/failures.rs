@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bqdrain::local::dataset::{self, Fault};
-use bqdrain::local::queue::peek;
-use bqdrain::message::Envelope;
+use bqdrain::adapters::local::dataset::{self, Fault};
+use bqdrain::adapters::local::queue::peek;
+use bqdrain::engine::message::Envelope;
 use common::*;
 
 fn first_shard_written(sb: &Sandbox, table: &str, run: &str) -> bool {

@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use bqdrain::local::dataset::Fault;
-use bqdrain::local::queue::peek;
+use bqdrain::adapters::local::dataset::Fault;
+use bqdrain::adapters::local::queue::peek;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -101,7 +101,9 @@ fn demo_run_report_renders_in_chromium_with_one_bar_per_unit() {
         "the page fetches nothing"
     );
     let drawn: BTreeSet<String> = bars(&html).into_iter().collect();
-    let expected: BTreeSet<String> = bqdrain::demo::table_names(TABLES).into_iter().collect();
+    let expected: BTreeSet<String> = bqdrain::commands::demo::table_names(TABLES)
+        .into_iter()
+        .collect();
     assert_eq!(drawn, expected);
     let queue = dir.join("queue.db");
     let replay = format!(

@@ -6,10 +6,10 @@ mod common;
 
 use std::time::Duration;
 
+use bqdrain::adapters::local::dataset::{self, Fault};
+use bqdrain::engine::message::WorkMessage;
+use bqdrain::engine::producer::{ProduceReport, RunId};
 use bqdrain::error::ConfigError;
-use bqdrain::local::dataset::{self, Fault};
-use bqdrain::message::WorkMessage;
-use bqdrain::producer::{ProduceReport, RunId};
 use common::*;
 
 /// Runs the producer on the sandbox's dataset and work queue.
@@ -63,7 +63,7 @@ async fn a_duplicate_of_a_replaced_export_does_not_bring_its_manifest_back() {
     let sb = Sandbox::new();
     sb.make_tables(1, 200);
     produce_run(&sb, given("run-a", false)).await.unwrap();
-    let first = bqdrain::local::queue::peek(&sb.queue("work"))
+    let first = bqdrain::adapters::local::queue::peek(&sb.queue("work"))
         .await
         .unwrap();
     drain(&sb);
@@ -89,7 +89,7 @@ async fn resuming_a_run_publishes_only_its_unfinished_units() {
     dataset::clear_fault(&sb.warehouse(), "t_002").unwrap();
     let resumed = produce_run(&sb, given("r1", true)).await.unwrap();
     assert_eq!((resumed.published, resumed.pending), (1, 1));
-    let published = bqdrain::local::queue::peek(&sb.queue("work"))
+    let published = bqdrain::adapters::local::queue::peek(&sb.queue("work"))
         .await
         .unwrap();
     let msg = WorkMessage::decode(&published[0].data).unwrap();
@@ -187,7 +187,7 @@ async fn a_destination_that_cannot_be_opened_now_is_retried_not_dead_lettered() 
     produce_run(&sb, given("r1", false)).await.unwrap();
     // The same unit, for a Cloud Storage destination this worker cannot
     // open: its credentials are of a kind the client does not support.
-    let mut envelope = bqdrain::local::queue::peek(&sb.queue("work"))
+    let mut envelope = bqdrain::adapters::local::queue::peek(&sb.queue("work"))
         .await
         .unwrap()[0]
         .clone();

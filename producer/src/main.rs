@@ -6,15 +6,15 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use bqdrain::backends;
+use bqdrain::adapters::backends;
+use bqdrain::adapters::gcp::run::WorkerJobs;
 use bqdrain::cli::{fail, print_json};
-use bqdrain::gcp::run::WorkerJobs;
-use bqdrain::launch::{
+use bqdrain::commands::launch::{
     self, LaunchPlan, DEFAULT_ENDPOINT, DEFAULT_MAX_TASKS, DEFAULT_UNITS_PER_TASK,
 };
+use bqdrain::engine::message::{Compression, ExportOptions, Format};
+use bqdrain::engine::producer::{produce, RunId, RunPlan, EXECUTION_VAR};
 use bqdrain::logging::{self, LogFormat};
-use bqdrain::message::{Compression, ExportOptions, Format};
-use bqdrain::producer::{produce, RunId, RunPlan, EXECUTION_VAR};
 
 #[derive(Parser)]
 #[command(

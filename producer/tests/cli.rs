@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use bqdrain::local::queue::peek;
+use bqdrain::adapters::local::queue::peek;
 
 mod common;
 use common::{Setup, BIN};

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use bqdrain::layout::TableManifest;
+use bqdrain::engine::layout::TableManifest;
 
 use super::BIN;
 
@@ -688,8 +688,12 @@ impl GcpSandbox {
 
 impl GcpSandbox {
     /// The run manifest the producer wrote under `folder`.
-    pub async fn run_manifest(&self, folder: &str, run_id: &str) -> bqdrain::layout::RunManifest {
-        let key = format!("{folder}/{}", bqdrain::layout::run_manifest(run_id));
+    pub async fn run_manifest(
+        &self,
+        folder: &str,
+        run_id: &str,
+    ) -> bqdrain::engine::layout::RunManifest {
+        let key = format!("{folder}/{}", bqdrain::engine::layout::run_manifest(run_id));
         let bytes = self.download(&key).await.expect("the run manifest");
         serde_json::from_slice(&bytes).unwrap()
     }

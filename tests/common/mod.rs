@@ -12,13 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use bqdrain::backends;
-use bqdrain::layout::{self, TableManifest};
-use bqdrain::local::dataset::{self, Fault};
-use bqdrain::local::queue::LocalSubscription;
-use bqdrain::message::{Envelope, SourceTable};
-use bqdrain::producer::{produce, ProduceReport, RunId, RunPlan};
-use bqdrain::queue::ReceiveSettings;
+use bqdrain::adapters::backends;
+use bqdrain::adapters::local::dataset::{self, Fault};
+use bqdrain::adapters::local::queue::LocalSubscription;
+use bqdrain::engine::layout::{self, TableManifest};
+use bqdrain::engine::message::{Envelope, SourceTable};
+use bqdrain::engine::producer::{produce, ProduceReport, RunId, RunPlan};
+use bqdrain::ports::queue::ReceiveSettings;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_bqdrain");
 /// The dataset a sandbox's `warehouse.db` is: its file name's stem.

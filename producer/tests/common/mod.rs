@@ -2,8 +2,8 @@
 
 use std::process::{Command, Output};
 
-use bqdrain::local::dataset;
-use bqdrain::local::queue::peek;
+use bqdrain::adapters::local::dataset;
+use bqdrain::adapters::local::queue::peek;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_bqdrain-producer");
 

@@ -19,18 +19,20 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::backends::OpenBackends;
-use crate::drain::{Disposition, Handler, Progress};
+use crate::adapters::backends::OpenBackends;
+use crate::commands::reconcile::{write_dead_record, LastTry};
+use crate::engine::drain::{Disposition, Handler, Progress};
+use crate::engine::layout::{
+    self, ExportedFile, RecordBody, RunManifest, SupersededRecord, TableManifest,
+};
+use crate::engine::message::{WorkMessage, SCHEMA_VERSION};
+use crate::engine::retry::RetryPolicy;
+use crate::engine::runs::RunTracker;
+use crate::engine::task::TaskIdentity;
 use crate::error::UnitError;
-use crate::layout::{self, ExportedFile, RecordBody, RunManifest, SupersededRecord, TableManifest};
-use crate::message::{WorkMessage, SCHEMA_VERSION};
-use crate::queue::Delivery;
-use crate::reconcile::{write_dead_record, LastTry};
-use crate::retry::RetryPolicy;
-use crate::runs::RunTracker;
-use crate::store::{ObjectInfo, ObjectStore};
-use crate::task::TaskIdentity;
-use crate::warehouse::{Cancel, ExportRequest, ExportResult};
+use crate::ports::queue::Delivery;
+use crate::ports::store::{ObjectInfo, ObjectStore};
+use crate::ports::warehouse::{Cancel, ExportRequest, ExportResult};
 
 pub struct ExportHandler {
     backends: OpenBackends,

@@ -13,14 +13,18 @@
 macro_rules! connect {
     ($builder:expr, $service:literal, $variable:expr) => {{
         let builder = $builder;
-        let builder = match $crate::gcp::emulator_endpoint($variable) {
+        let builder = match $crate::adapters::gcp::emulator_endpoint($variable) {
             Some(endpoint) => builder
                 .with_endpoint(endpoint)
-                .with_credentials($crate::gcp::anonymous_credentials()),
+                .with_credentials($crate::adapters::gcp::anonymous_credentials()),
             None => builder,
         };
         builder.build().await.map_err(|e| {
-            $crate::gcp::startup_error(concat!("creating the ", $service, " client"), $variable, e)
+            $crate::adapters::gcp::startup_error(
+                concat!("creating the ", $service, " client"),
+                $variable,
+                e,
+            )
         })?
     }};
 }

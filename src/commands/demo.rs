@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::adapters::local::dataset::{self, Fault};
+use crate::commands::report::{self, ReplayTarget};
+use crate::commands::status::run_status;
+use crate::engine::producer::{produce, RunId, RunPlan};
+use crate::engine::runs::{RunState, UnitState};
 use crate::error::ConfigError;
-use crate::local::dataset::{self, Fault};
-use crate::producer::{produce, RunId, RunPlan};
-use crate::report::{self, ReplayTarget};
-use crate::runs::{RunState, UnitState};
-use crate::status::run_status;
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -104,11 +104,13 @@ pub async fn run(opts: &DemoOptions, worker_exe: &Path) -> anyhow::Result<DemoRe
     let subscription = format!("{queue}?dead_letter=dead#work");
     let dead_letter_subscription = format!("{queue}#dead");
     let destination = format!("file://{}", dir.join("exports").display());
-    let warehouse =
-        crate::backends::open_warehouse(&format!("sqlite://{}", warehouse_path.display()), "--dir")
-            .await?;
-    let topic = crate::backends::open_topic(&work_topic, "--dir").await?;
-    let store = crate::backends::open_store(&destination, "--dir").await?;
+    let warehouse = crate::adapters::backends::open_warehouse(
+        &format!("sqlite://{}", warehouse_path.display()),
+        "--dir",
+    )
+    .await?;
+    let topic = crate::adapters::backends::open_topic(&work_topic, "--dir").await?;
+    let store = crate::adapters::backends::open_store(&destination, "--dir").await?;
     let plan = RunPlan::every_table(RunId::New);
     let produced = produce(&plan, warehouse.as_ref(), topic.as_ref(), store.as_ref()).await?;
 

@@ -19,7 +19,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::message::{ExportOptions, SourceTable};
+use crate::engine::message::{ExportOptions, SourceTable};
 
 /// Reserved top-level folder for bqdrain's own records.
 pub const META: &str = "_bqdrain";
@@ -121,7 +121,7 @@ pub struct SkippedTable {
 
 /// A run record as written: its JSON pretty-printed for people, and on one
 /// line as the object's summary, which listings return
-/// ([`crate::store::ObjectInfo::summary`]).
+/// ([`crate::ports::store::ObjectInfo::summary`]).
 pub struct RecordBody {
     pub pretty: Vec<u8>,
     pub summary: String,

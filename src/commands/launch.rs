@@ -13,8 +13,8 @@
 
 use serde::Serialize;
 
+use crate::adapters::gcp::run::{self, JobName, WorkerJobs, MAX_TASKS_PER_EXECUTION};
 use crate::error::ConfigError;
-use crate::gcp::run::{self, JobName, WorkerJobs, MAX_TASKS_PER_EXECUTION};
 
 /// Tasks started at most by default. Cloud Run runs about 200 tasks of a
 /// 1 vCPU / 2 GiB job in parallel by default and queues the rest, and a task

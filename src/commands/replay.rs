@@ -11,13 +11,13 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::drain::{
+use crate::engine::drain::{
     ATTR_DELIVERY_ATTEMPT, ATTR_ERROR_MESSAGE, ATTR_ERROR_REASON, ATTR_FAILED_AT, ATTR_SUBSCRIPTION,
 };
+use crate::engine::layout;
+use crate::engine::message::{Envelope, WorkMessage, ATTR_RUN_ID, ATTR_TABLE};
 use crate::error::ConfigError;
-use crate::layout;
-use crate::message::{Envelope, WorkMessage, ATTR_RUN_ID, ATTR_TABLE};
-use crate::queue::{Delivery, Subscription, Sweep, Topic};
+use crate::ports::queue::{Delivery, Subscription, Sweep, Topic};
 
 #[derive(Debug, Clone, Default)]
 pub struct ReplayFilter {
@@ -166,7 +166,8 @@ async fn forget_dead_record(d: &Delivery) {
     let Ok(msg) = WorkMessage::decode(&d.data) else {
         return;
     };
-    let Ok(store) = crate::backends::open_store(&msg.destination, "destination").await else {
+    let Ok(store) = crate::adapters::backends::open_store(&msg.destination, "destination").await
+    else {
         return;
     };
     if let Err(err) = store

@@ -13,7 +13,7 @@ use gcloud_storage::http::Error as GcsError;
 
 use super::{emulator_endpoint, startup_error};
 use crate::error::ConfigError;
-use crate::store::{ObjectInfo, ObjectStore, SUMMARY_LIMIT};
+use crate::ports::store::{ObjectInfo, ObjectStore, SUMMARY_LIMIT};
 
 pub const SCHEME: &str = "gs://";
 const EMULATOR: &str = "STORAGE_EMULATOR_HOST";

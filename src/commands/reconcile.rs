@@ -8,13 +8,13 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::drain::{ATTR_DELIVERY_ATTEMPT, ATTR_ERROR_MESSAGE, ATTR_ERROR_REASON};
+use crate::engine::drain::{ATTR_DELIVERY_ATTEMPT, ATTR_ERROR_MESSAGE, ATTR_ERROR_REASON};
+use crate::engine::layout::{self, DeadRecord, RecordBody};
+use crate::engine::message::{WorkMessage, SCHEMA_VERSION};
+use crate::engine::task::TaskIdentity;
 use crate::error::UnitError;
-use crate::layout::{self, DeadRecord, RecordBody};
-use crate::message::{WorkMessage, SCHEMA_VERSION};
-use crate::queue::{Delivery, Subscription, Sweep};
-use crate::store::ObjectStore;
-use crate::task::TaskIdentity;
+use crate::ports::queue::{Delivery, Subscription, Sweep};
+use crate::ports::store::ObjectStore;
 
 /// The attribute Pub/Sub adds to a message its policy dead-lettered.
 const ATTR_SOURCE_DELIVERY_COUNT: &str = "CloudPubSubDeadLetterSourceDeliveryCount";

@@ -3,7 +3,7 @@
 //! did what, where the time went, and whether more tasks would have helped.
 //!
 //! This module is the page model (which bar goes in which lane, the drain's
-//! lower bound, each task's idle time); [`html`] draws it.
+//! lower bound, each task's idle time); its `html` module draws it.
 
 mod html;
 
@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::runs::{UnitState, UnitStatus};
-use crate::status::StatusReport;
+use crate::commands::status::StatusReport;
+use crate::engine::runs::{UnitState, UnitStatus};
 
 /// How many of the slowest units the page lists.
 pub const SLOWEST: usize = 10;
@@ -326,7 +326,7 @@ impl<'a> RunReport<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::{DeadRecord, TableManifest};
+    use crate::engine::layout::{DeadRecord, TableManifest};
 
     fn t(seconds: f64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000, 0).unwrap()

@@ -17,9 +17,9 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{absolute, now_millis, LocalUri};
+use crate::engine::message::Envelope;
 use crate::error::ConfigError;
-use crate::message::Envelope;
-use crate::queue::{Delivery, ReceiveSettings, Subscription, Topic};
+use crate::ports::queue::{Delivery, ReceiveSettings, Subscription, Topic};
 
 const SCHEME: &str = "queue";
 const DEFAULT_ACK_DEADLINE: Duration = Duration::from_secs(10);

@@ -21,9 +21,9 @@ use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior, ShutdownT
 use tokio::sync::mpsc;
 
 use super::startup_error;
+use crate::engine::message::Envelope;
 use crate::error::ConfigError;
-use crate::message::Envelope;
-use crate::queue::{Delivery, ReceiveSettings, Subscription, Topic};
+use crate::ports::queue::{Delivery, ReceiveSettings, Subscription, Topic};
 
 pub const SCHEME: &str = "pubsub://";
 const EMULATOR: &str = "PUBSUB_EMULATOR_HOST";

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::backends::open_subscription;
-use crate::drain::{drain, Disposition, DrainConfig, DrainReport, Handler, Progress};
-use crate::queue::{Delivery, ReceiveSettings};
-use crate::warehouse::Cancel;
+use crate::adapters::backends::open_subscription;
+use crate::engine::drain::{drain, Disposition, DrainConfig, DrainReport, Handler, Progress};
+use crate::ports::queue::{Delivery, ReceiveSettings};
+use crate::ports::warehouse::Cancel;
 
 pub struct AckEverything {
     handled: AtomicU64,
@@ -66,7 +66,7 @@ pub async fn drain_noop(
     };
     // Nothing here shuts down early; the trigger is held for the whole drain
     // so that stays explicit rather than resting on how a closed channel acts.
-    let (_trigger, shutdown) = crate::shutdown::channel();
+    let (_trigger, shutdown) = crate::engine::shutdown::channel();
     let handler = Arc::new(AckEverything::new(expect));
     Ok(drain(subscription, None, handler, config, shutdown).await)
 }

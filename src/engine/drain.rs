@@ -15,11 +15,11 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::engine::message::Envelope;
+use crate::engine::shutdown::{Phase, Shutdown};
 use crate::error::UnitError;
-use crate::message::Envelope;
-use crate::queue::{Delivery, Subscription, Topic};
-use crate::shutdown::{Phase, Shutdown};
-use crate::warehouse::Cancel;
+use crate::ports::queue::{Delivery, Subscription, Topic};
+use crate::ports::warehouse::Cancel;
 
 /// How long one pull waits for messages before the loop looks around again.
 const PULL_WAIT: Duration = Duration::from_millis(500);

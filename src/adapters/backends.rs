@@ -6,16 +6,16 @@ use std::sync::Arc;
 
 use tokio::sync::Mutex;
 
+use crate::adapters::gcp::bigquery::{self, BigQueryWarehouse};
+use crate::adapters::gcp::pubsub::{self, PubSubSubscription, PubSubTopic};
+use crate::adapters::gcp::storage::{self, GcsStore};
+use crate::adapters::local::queue::{LocalSubscription, LocalTopic, QueueUri};
+use crate::adapters::local::store::FsStore;
+use crate::adapters::local::warehouse::LocalWarehouse;
 use crate::error::ConfigError;
-use crate::gcp::bigquery::{self, BigQueryWarehouse};
-use crate::gcp::pubsub::{self, PubSubSubscription, PubSubTopic};
-use crate::gcp::storage::{self, GcsStore};
-use crate::local::queue::{LocalSubscription, LocalTopic, QueueUri};
-use crate::local::store::FsStore;
-use crate::local::warehouse::LocalWarehouse;
-use crate::queue::{ReceiveSettings, Subscription, Topic};
-use crate::store::ObjectStore;
-use crate::warehouse::Warehouse;
+use crate::ports::queue::{ReceiveSettings, Subscription, Topic};
+use crate::ports::store::ObjectStore;
+use crate::ports::warehouse::Warehouse;
 
 fn unknown(flag: &str, uri: &str, examples: &str) -> anyhow::Error {
     ConfigError::new(

@@ -21,10 +21,12 @@ use google_cloud_gax::retry_policy::NeverRetry;
 use tokio::sync::OnceCell;
 
 use super::storage;
+use crate::engine::message::{ExportOptions, Format};
+use crate::engine::retry::RetryPolicy;
 use crate::error::{ConfigError, ErrorKind, UnitError};
-use crate::message::{ExportOptions, Format};
-use crate::retry::RetryPolicy;
-use crate::warehouse::{Cancel, ExportRequest, ExportResult, TableInfo, TableKind, Warehouse};
+use crate::ports::warehouse::{
+    Cancel, ExportRequest, ExportResult, TableInfo, TableKind, Warehouse,
+};
 
 pub const SCHEME: &str = "bigquery://";
 const EMULATOR: &str = "BIGQUERY_EMULATOR_HOST";
@@ -712,9 +714,9 @@ impl Warehouse for BigQueryWarehouse {
 #[cfg(test)]
 mod tests {
     use super::{decide, job_id};
+    use crate::engine::message::SourceTable;
     use crate::error::ErrorKind::{self, Permanent, Transient};
-    use crate::message::SourceTable;
-    use crate::warehouse::ExportRequest;
+    use crate::ports::warehouse::ExportRequest;
 
     fn request(key: &str, dataset: &str) -> ExportRequest {
         ExportRequest {

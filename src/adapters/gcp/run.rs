@@ -30,8 +30,8 @@ use google_cloud_run_v2::model::run_job_request::overrides::ContainerOverride;
 use google_cloud_run_v2::model::run_job_request::Overrides;
 use google_cloud_run_v2::model::{EnvVar, Execution};
 
+use crate::engine::retry::RetryPolicy;
 use crate::error::{ConfigError, UnitError};
-use crate::retry::RetryPolicy;
 
 /// Cloud Run's documented limit on the tasks of one job execution.
 pub const MAX_TASKS_PER_EXECUTION: u32 = 10_000;

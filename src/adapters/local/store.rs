@@ -14,7 +14,7 @@ use async_trait::async_trait;
 
 use super::{absolute, LocalUri};
 use crate::error::ConfigError;
-use crate::store::{ObjectInfo, ObjectStore};
+use crate::ports::store::{ObjectInfo, ObjectStore};
 
 pub struct FsStore {
     uri: String,

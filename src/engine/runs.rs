@@ -10,9 +10,11 @@ use anyhow::Context;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 
-use crate::drain::Progress;
-use crate::layout::{self, DeadRecord, PlannedUnit, RunManifest, SupersededRecord, TableManifest};
-use crate::store::ObjectStore;
+use crate::engine::drain::Progress;
+use crate::engine::layout::{
+    self, DeadRecord, PlannedUnit, RunManifest, SupersededRecord, TableManifest,
+};
+use crate::ports::store::ObjectStore;
 
 /// Records read at once for `status` where the listing carried no summary
 /// (the local store, records of earlier versions, long ones).

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Serialize;
 
+use crate::engine::message::{ExportOptions, SourceTable};
 use crate::error::{ConfigError, UnitError};
-use crate::message::{ExportOptions, SourceTable};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]

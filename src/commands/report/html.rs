@@ -452,9 +452,9 @@ mod tests {
 
     #[test]
     fn marks_redeliveries_and_escapes_what_records_say() {
-        use crate::layout::DeadRecord;
-        use crate::runs::{Totals, UnitState, UnitStatus};
-        use crate::status::StatusReport;
+        use crate::commands::status::StatusReport;
+        use crate::engine::layout::DeadRecord;
+        use crate::engine::runs::{Totals, UnitState, UnitStatus};
 
         let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
         let status = StatusReport {
@@ -486,7 +486,7 @@ mod tests {
         };
         let page = render(&RunReport::new(
             &status,
-            &crate::report::ReplayTarget::unknown(),
+            &crate::commands::report::ReplayTarget::unknown(),
         ));
         assert!(page.contains("class=\"bar dead-lettered redelivered\" data-unit=\"t&lt;1&gt;\""));
         assert!(page.contains("sqlite://a&lt;b&gt;.db"));

@@ -4,10 +4,10 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use crate::engine::layout;
+use crate::engine::runs::{RunState, Totals, UnitState};
 use crate::error::ConfigError;
-use crate::layout;
-use crate::runs::{RunState, Totals, UnitState};
-use crate::store::ObjectStore;
+use crate::ports::store::ObjectStore;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StatusReport {
@@ -19,7 +19,7 @@ pub struct StatusReport {
     pub files: usize,
     pub bytes: u64,
     pub rows: u64,
-    pub units: Vec<crate::runs::UnitStatus>,
+    pub units: Vec<crate::engine::runs::UnitStatus>,
 }
 
 pub async fn run_status(store: &dyn ObjectStore, run_id: &str) -> anyhow::Result<StatusReport> {

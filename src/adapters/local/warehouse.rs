@@ -21,9 +21,11 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use super::dataset::{Fault, FAULTS_TABLE};
 use super::store::{place, staging_file, FsStore};
 use super::{absolute, LocalUri};
+use crate::engine::message::{Compression, ExportOptions, Format};
 use crate::error::{ConfigError, UnitError};
-use crate::message::{Compression, ExportOptions, Format};
-use crate::warehouse::{Cancel, ExportRequest, ExportResult, TableInfo, TableKind, Warehouse};
+use crate::ports::warehouse::{
+    Cancel, ExportRequest, ExportResult, TableInfo, TableKind, Warehouse,
+};
 
 /// BigQuery's own limit on one exported file.
 const DEFAULT_SHARD_BYTES: u64 = 1 << 30;
@@ -536,8 +538,8 @@ impl Drop for ShardWriter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::local::dataset;
-    use crate::message::SourceTable;
+    use crate::adapters::local::dataset;
+    use crate::engine::message::SourceTable;
     use std::io::Read;
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::message::Envelope;
+use crate::engine::message::Envelope;
 
 /// A leased message.
 #[derive(Debug, Clone)]

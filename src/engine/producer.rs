@@ -14,14 +14,16 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
+use crate::engine::layout::{self, PlannedUnit, RunManifest, SkippedTable};
+use crate::engine::message::{
+    check_path_segment, ExportOptions, SourceTable, WorkMessage, SCHEMA_VERSION,
+};
+use crate::engine::retry::RetryPolicy;
+use crate::engine::runs;
 use crate::error::ConfigError;
-use crate::layout::{self, PlannedUnit, RunManifest, SkippedTable};
-use crate::message::{check_path_segment, ExportOptions, SourceTable, WorkMessage, SCHEMA_VERSION};
-use crate::queue::Topic;
-use crate::retry::RetryPolicy;
-use crate::runs;
-use crate::store::ObjectStore;
-use crate::warehouse::Warehouse;
+use crate::ports::queue::Topic;
+use crate::ports::store::ObjectStore;
+use crate::ports::warehouse::Warehouse;
 
 /// Messages per publish call.
 const PUBLISH_BATCH: usize = 1000;

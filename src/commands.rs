@@ -1,0 +1,8 @@
+//! The operator's commands.
+
+pub mod demo;
+pub mod launch;
+pub mod reconcile;
+pub mod replay;
+pub mod report;
+pub mod status;

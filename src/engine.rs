@@ -1,0 +1,11 @@
+//! The engine: the same code whatever the adapters.
+
+pub mod drain;
+pub mod export;
+pub mod layout;
+pub mod message;
+pub mod producer;
+pub mod retry;
+pub mod runs;
+pub mod shutdown;
+pub mod task;
