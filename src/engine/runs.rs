@@ -120,6 +120,33 @@ impl Records {
         })
     }
 
+    /// A unit's record of `kind`, when details are asked for: from the
+    /// listing's summary, else read.
+    async fn detail<T: serde::de::DeserializeOwned>(
+        &self,
+        details: bool,
+        store: &dyn ObjectStore,
+        run_id: &str,
+        unit: &str,
+        kind: Settled,
+    ) -> anyhow::Result<Option<T>> {
+        let (listed, key) = match kind {
+            _ if !details => return Ok(None),
+            Settled::Pending => return Ok(None),
+            Settled::Exported => (&self.done, layout::done_record(run_id, unit)),
+            Settled::DeadLettered => (&self.dead, layout::dead_record(run_id, unit)),
+            Settled::Superseded => (&self.superseded, layout::superseded_record(run_id, unit)),
+        };
+        match listed.get(unit) {
+            Some(Some(summary)) => {
+                Ok(Some(serde_json::from_str(summary).with_context(|| {
+                    format!("parsing the summary of {key}")
+                })?))
+            }
+            _ => read_json(store, &key).await,
+        }
+    }
+
     /// A superseded record wins (the unit was committed, then found a newer
     /// export); then a completion record (a dead-lettered unit may have been
     /// replayed and exported since).
@@ -158,34 +185,19 @@ impl RunState {
                     let state = match settled {
                         Settled::Pending => UnitState::Pending,
                         Settled::Exported => UnitState::Exported {
-                            manifest: detail(
-                                details,
-                                store,
-                                &records.done,
-                                unit,
-                                layout::done_record(run_id, unit),
-                            )
-                            .await?,
+                            manifest: records
+                                .detail(details, store, run_id, unit, settled)
+                                .await?,
                         },
                         Settled::DeadLettered => UnitState::DeadLettered {
-                            record: detail(
-                                details,
-                                store,
-                                &records.dead,
-                                unit,
-                                layout::dead_record(run_id, unit),
-                            )
-                            .await?,
+                            record: records
+                                .detail(details, store, run_id, unit, settled)
+                                .await?,
                         },
                         Settled::Superseded => UnitState::Superseded {
-                            record: detail(
-                                details,
-                                store,
-                                &records.superseded,
-                                unit,
-                                layout::superseded_record(run_id, unit),
-                            )
-                            .await?,
+                            record: records
+                                .detail(details, store, run_id, unit, settled)
+                                .await?,
                         },
                     };
                     anyhow::Ok(UnitStatus {
@@ -214,28 +226,6 @@ impl RunState {
             }
         }
         t
-    }
-}
-
-/// A unit's record, when details are asked for: from the listing's summary,
-/// else read.
-async fn detail<T: serde::de::DeserializeOwned>(
-    details: bool,
-    store: &dyn ObjectStore,
-    listed: &Summaries,
-    unit: &str,
-    key: String,
-) -> anyhow::Result<Option<T>> {
-    if !details {
-        return Ok(None);
-    }
-    match listed.get(unit) {
-        Some(Some(summary)) => {
-            Ok(Some(serde_json::from_str(summary).with_context(|| {
-                format!("parsing the summary of {key}")
-            })?))
-        }
-        _ => read_json(store, &key).await,
     }
 }
 
