@@ -32,7 +32,7 @@ async fn duplicate_deliveries_exported_concurrently_commit_once() {
         assert!(status.success(), "{}", sb.logs());
         acked += json["acked"].as_u64().unwrap();
     }
-    assert_eq!(acked, 3, "every copy acked");
+    assert_eq!(acked, 3, "every copy acked\n{}", sb.logs());
     assert_exported(&sb, "r1", "t_001", 2000);
     let done = std::fs::read_dir(sb.exports().join("_bqdrain/runs/r1/done"))
         .unwrap()

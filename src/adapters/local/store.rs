@@ -143,7 +143,13 @@ fn walk(dir: &Path, root: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> std
                 .collect::<Vec<_>>()
                 .join("/");
             if key.starts_with(prefix) {
-                let size = entry.metadata()?.len();
+                // Deleted since the folder was read (another task replacing
+                // an export): not listed, as an object store would not.
+                let size = match entry.metadata() {
+                    Ok(m) => m.len(),
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
                 out.push(ObjectInfo {
                     key,
                     size,
@@ -282,6 +288,31 @@ mod tests {
             1,
             "no temporary files left behind"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn listing_while_files_are_deleted_skips_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(FsStore::open(&format!("file://{}", dir.path().display()), "d").unwrap());
+        let churn = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for round in 0..300 {
+                    let keys: Vec<_> = (0..20).map(|i| format!("t/run={round}/{i}.csv")).collect();
+                    for key in &keys {
+                        store.write(key, b"x", None).await.unwrap();
+                    }
+                    for key in &keys {
+                        store.delete(key).await.unwrap();
+                    }
+                }
+            })
+        };
+        while !churn.is_finished() {
+            store.list("t/").await.expect("a listing during deletes");
+        }
+        churn.await.unwrap();
     }
 
     #[tokio::test]
