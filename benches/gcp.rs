@@ -400,9 +400,11 @@ async fn status(sb: &GcpSandbox, s: &Sizes) {
                 source: source(i),
                 rows: Some(1000),
                 bytes: Some(20_000),
+                change: None,
             })
             .collect(),
         skipped: vec![],
+        unchanged: vec![],
     };
     let seeding = Instant::now();
     store
@@ -429,6 +431,7 @@ async fn status(sb: &GcpSandbox, s: &Sizes) {
                 task_index: Some(0),
                 started_at: Some(manifest.created_at),
                 run_started_at: Some(manifest.created_at),
+                change: None,
             };
             let body = RecordBody::of(&record);
             store

@@ -7,5 +7,6 @@ pub mod message;
 pub mod producer;
 pub mod retry;
 pub mod runs;
+pub mod selection;
 pub mod shutdown;
 pub mod task;

@@ -14,6 +14,7 @@ use bqdrain::commands::launch::{
 };
 use bqdrain::engine::message::{Compression, ExportOptions, Format};
 use bqdrain::engine::producer::{produce, RunId, RunPlan, EXECUTION_VAR};
+use bqdrain::engine::selection::{PartitionPlan, PartitionWindow};
 use bqdrain::logging::{self, LogFormat};
 
 #[derive(Parser)]
@@ -57,6 +58,27 @@ struct Cli {
     /// CSV field delimiter.
     #[arg(long, env = "BQDRAIN_FIELD_DELIMITER", default_value = ",")]
     field_delimiter: String,
+    /// One unit per partition of each partitioned table (`table$20261201`),
+    /// each exported and replaced on its own; other tables stay whole.
+    #[arg(long, env = "BQDRAIN_PARTITIONS")]
+    partitions: bool,
+    /// Only partitions with a day among the run's last N days (UTC, today
+    /// included); `__NULL__` is left out, `__UNPARTITIONED__` kept.
+    #[arg(long, env = "BQDRAIN_PARTITIONS_LAST_DAYS", value_name = "N", requires = "partitions",
+          conflicts_with = "partitions_since", value_parser = clap::value_parser!(u32).range(1..))]
+    partitions_last_days: Option<u32>,
+    /// Only partitions with a day on or after this date (YYYY-MM-DD).
+    #[arg(
+        long,
+        env = "BQDRAIN_PARTITIONS_SINCE",
+        value_name = "DATE",
+        requires = "partitions"
+    )]
+    partitions_since: Option<chrono::NaiveDate>,
+    /// Publish a unit only if its source changed since its current export
+    /// (the change marker its completion record keeps).
+    #[arg(long, env = "BQDRAIN_ONLY_CHANGED")]
+    only_changed: bool,
     /// Once the run is published, start this Cloud Run job's workers, e.g.
     /// projects/PROJECT/locations/REGION/jobs/bqdrain-worker.
     #[arg(long, env = "BQDRAIN_LAUNCH_WORKERS", value_name = "JOB")]
@@ -105,6 +127,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             header: !cli.no_header,
             field_delimiter: cli.field_delimiter,
         },
+        partitions: PartitionPlan {
+            split: cli.partitions,
+            window: match (cli.partitions_last_days, cli.partitions_since) {
+                (Some(days), _) => Some(PartitionWindow::LastDays(days)),
+                (None, Some(day)) => Some(PartitionWindow::Since(day)),
+                (None, None) => None,
+            },
+        },
+        only_changed: cli.only_changed,
     };
     let report = produce(&plan, warehouse.as_ref(), topic.as_ref(), store.as_ref()).await?;
     let launched = match (&launch_plan, &jobs) {
@@ -119,14 +150,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         print_json(&outcome);
     } else {
         println!(
-            "run {}{}: published {} message(s), {} unit(s) pending, skipped {}, excluded {}",
+            "run {}{}: published {} message(s), {} unit(s) pending, skipped {}, excluded {}, \
+             unchanged {}, outside the partition window {}",
             report.run_id,
             if report.resumed { " (resumed)" } else { "" },
             report.published,
             report.pending,
             report.skipped.len(),
-            report.excluded
+            report.excluded,
+            report.unchanged,
+            report.outside_window
         );
+        if report.pending == 0 && !report.resumed {
+            println!(
+                "  nothing to export: no unit of the dataset is selected, changed and exportable"
+            );
+        }
         for s in &report.skipped {
             println!("  skipped {}: {}", s.table, s.reason);
         }

@@ -4,6 +4,8 @@
 use std::process::Command;
 
 use bqdrain::adapters::local::queue::peek;
+use bqdrain::adapters::local::{dataset, partitions};
+use bqdrain::ports::warehouse::Partitioning;
 
 mod common;
 use common::{Setup, BIN};
@@ -56,6 +58,15 @@ async fn bad_options_exit_2_and_publish_nothing() {
         (&["--field-delimiter", "ab"][..], "--field-delimiter"),
         (&["--include", "[a"][..], "--include"),
         (&["--run-id", "a/b"][..], "--run-id"),
+        (&["--partitions-last-days", "3"][..], "--partitions"),
+        (
+            &["--partitions", "--partitions-last-days", "0"][..],
+            "--partitions-last-days",
+        ),
+        (
+            &["--partitions", "--partitions-since", "2026-13-01"][..],
+            "--partitions-since",
+        ),
     ] {
         let out = s.produce(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -63,6 +74,57 @@ async fn bad_options_exit_2_and_publish_nothing() {
         assert!(stderr.contains(flag), "{args:?}: {stderr}");
     }
     assert_eq!(s.published().await, 0);
+}
+
+#[tokio::test]
+async fn a_partition_window_that_selects_nothing_publishes_nothing_and_says_so() {
+    let s = Setup::new();
+    let db = s.dir.path().join("wh.db");
+    let last_day = "2026-12-03".parse().unwrap();
+    dataset::create_daily_table(&db, "ev", last_day, 3, 5).unwrap();
+    partitions::partition_by(&db, "ev", "day", Partitioning::Day).unwrap();
+    let out = s.produce(&[
+        "--include",
+        "ev",
+        "--partitions",
+        "--partitions-since",
+        "2030-01-01",
+        "--only-changed",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("published 0 message(s)"), "{stdout}");
+    assert!(
+        stdout.contains("outside the partition window 3"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("nothing to export"), "{stdout}");
+    assert_eq!(s.published().await, 0);
+
+    let out = s.produce(&[
+        "--json",
+        "--include",
+        "ev",
+        "--partitions",
+        "--only-changed",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (report["published"].as_u64(), report["unchanged"].as_u64()),
+        (Some(3), Some(0))
+    );
+    let published: Vec<String> = peek(&s.queue())
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.attributes["partition"].clone())
+        .collect();
+    assert_eq!(published.len(), 3);
+    assert!(published.contains(&"20261201".to_string()), "{published:?}");
 }
 
 #[test]

@@ -350,6 +350,7 @@ mod tests {
                     task_index: task,
                     started_at: Some(t(start)),
                     run_started_at: None,
+                    change: None,
                 }),
             },
         }

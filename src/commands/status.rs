@@ -5,7 +5,8 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::engine::layout;
-use crate::engine::runs::{RunState, Totals, UnitState};
+use crate::engine::runs::{RunState, Totals, UnitState, UnitStatus};
+use crate::engine::selection::UnchangedUnit;
 use crate::error::ConfigError;
 use crate::ports::store::ObjectStore;
 
@@ -19,7 +20,11 @@ pub struct StatusReport {
     pub files: usize,
     pub bytes: u64,
     pub rows: u64,
-    pub units: Vec<crate::engine::runs::UnitStatus>,
+    /// Exported units whose row count is unknown, left out of `rows`.
+    pub rows_unknown: usize,
+    pub units: Vec<UnitStatus>,
+    /// Units the run left out because their current export holds their data.
+    pub unchanged: Vec<UnchangedUnit>,
 }
 
 pub async fn run_status(store: &dyn ObjectStore, run_id: &str) -> anyhow::Result<StatusReport> {
@@ -35,12 +40,15 @@ pub async fn run_status(store: &dyn ObjectStore, run_id: &str) -> anyhow::Result
         )
         .into());
     };
-    let (mut files, mut bytes, mut rows) = (0, 0, 0);
+    let (mut files, mut bytes, mut rows, mut rows_unknown) = (0, 0, 0, 0);
     for u in &state.units {
         if let UnitState::Exported { manifest: Some(m) } = &u.state {
             files += m.files.len();
             bytes += m.bytes;
-            rows += m.rows.unwrap_or(0);
+            match m.rows {
+                Some(r) => rows += r,
+                None => rows_unknown += 1,
+            }
         }
     }
     Ok(StatusReport {
@@ -52,6 +60,8 @@ pub async fn run_status(store: &dyn ObjectStore, run_id: &str) -> anyhow::Result
         files,
         bytes,
         rows,
+        rows_unknown,
+        unchanged: state.manifest.unchanged.clone(),
         units: state.units,
     })
 }
@@ -71,32 +81,36 @@ impl StatusReport {
             .max()
             .unwrap_or(4)
             .max(4);
-        for u in &self.units {
-            let detail = match &u.state {
-                UnitState::Pending => "pending".to_string(),
-                UnitState::Exported { manifest: Some(m) } => format!(
-                    "exported       {} file(s), {} bytes, {} rows",
-                    m.files.len(),
-                    m.bytes,
-                    m.rows.map_or("?".to_string(), |r| r.to_string())
-                ),
-                UnitState::Exported { manifest: None } => "exported".to_string(),
-                UnitState::DeadLettered { record: Some(r) } => {
-                    format!("dead-lettered  {}: {}", r.reason, r.message)
+        for group in group_by_table(&self.units) {
+            match group {
+                Group::Table(u) => {
+                    let _ = writeln!(out, "  {:width$}  {}", u.unit, describe(&u.state));
                 }
-                UnitState::DeadLettered { record: None } => "dead-lettered".to_string(),
-                UnitState::Superseded { record: Some(r) } => format!(
-                    "superseded     run {} exported it later; its export stands",
-                    r.by_run
-                ),
-                UnitState::Superseded { record: None } => "superseded".to_string(),
-            };
-            let _ = writeln!(out, "  {:width$}  {detail}", u.unit);
+                Group::Partitions(table, parts) => {
+                    let _ = writeln!(out, "  {table} ({} partition(s))", parts.len());
+                    for (id, u) in parts {
+                        let _ = writeln!(
+                            out,
+                            "    ${:w$}  {}",
+                            id,
+                            describe(&u.state),
+                            w = width.saturating_sub(3)
+                        );
+                    }
+                }
+            }
+        }
+        if !self.unchanged.is_empty() {
+            let _ = writeln!(
+                out,
+                "{} unit(s) left out: unchanged since their current export (--only-changed)",
+                self.unchanged.len()
+            );
         }
         let t = &self.totals;
         let _ = writeln!(
             out,
-            "{} units: {} exported, {} dead-lettered, {} superseded, {} pending; {} files, {} bytes, {} rows",
+            "{} units: {} exported, {} dead-lettered, {} superseded, {} pending; {} files, {} bytes, {} rows{}",
             t.expected,
             t.exported,
             t.dead_lettered,
@@ -104,8 +118,71 @@ impl StatusReport {
             t.pending,
             self.files,
             self.bytes,
-            self.rows
+            self.rows,
+            if self.rows_unknown > 0 {
+                format!(" (and {} unit(s) of unknown row count)", self.rows_unknown)
+            } else {
+                String::new()
+            }
         );
         out
     }
+}
+
+fn describe(state: &UnitState) -> String {
+    match state {
+        UnitState::Pending => "pending".to_string(),
+        UnitState::Exported { manifest: Some(m) } => format!(
+            "exported       {} file(s), {} bytes, {} rows",
+            m.files.len(),
+            m.bytes,
+            m.rows.map_or("?".to_string(), |r| r.to_string())
+        ),
+        UnitState::Exported { manifest: None } => "exported".to_string(),
+        UnitState::DeadLettered { record: Some(r) } => {
+            format!("dead-lettered  {}: {}", r.reason, r.message)
+        }
+        UnitState::DeadLettered { record: None } => "dead-lettered".to_string(),
+        UnitState::Superseded { record: Some(r) } => format!(
+            "superseded     run {} exported it later; its export stands",
+            r.by_run
+        ),
+        UnitState::Superseded { record: None } => "superseded".to_string(),
+    }
+}
+
+/// A whole table's unit, or the partitions of one table.
+enum Group<'a> {
+    Table(&'a UnitStatus),
+    Partitions(&'a str, Vec<(&'a str, &'a UnitStatus)>),
+}
+
+/// The units in their order, with each table's partitions gathered where
+/// its first partition stands.
+fn group_by_table(units: &[UnitStatus]) -> Vec<Group<'_>> {
+    let mut groups: Vec<Group> = Vec::new();
+    let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for u in units {
+        let Some((table, id)) = u.unit.split_once('$') else {
+            groups.push(Group::Table(u));
+            continue;
+        };
+        match at.get(table) {
+            Some(&i) => {
+                if let Group::Partitions(_, parts) = &mut groups[i] {
+                    parts.push((id, u));
+                }
+            }
+            None => {
+                at.insert(table, groups.len());
+                groups.push(Group::Partitions(table, vec![(id, u)]));
+            }
+        }
+    }
+    for group in &mut groups {
+        if let Group::Partitions(_, parts) = group {
+            parts.sort_by_key(|(id, _)| *id);
+        }
+    }
+    groups
 }

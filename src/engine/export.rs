@@ -163,6 +163,7 @@ impl ExportHandler {
             task_index: self.task.index,
             started_at: Some(started_at),
             run_started_at: Some(msg.enqueued_at),
+            change: msg.change.clone(),
         };
         let body = RecordBody::of(&manifest);
         let committed = store
@@ -258,8 +259,11 @@ impl ExportHandler {
             return Ok(());
         }
         if !ours_listed.contains(manifest_key.as_str()) {
+            // With its summary, the next run's `--only-changed` plans from
+            // a listing of the destination.
+            let summary = committed.as_ref().map(|m| RecordBody::of(m).summary);
             store
-                .write_if_absent(&manifest_key, record, None)
+                .write_if_absent(&manifest_key, record, summary.as_deref())
                 .await
                 .map_err(io("writing the export manifest"))?;
         }

@@ -20,6 +20,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::message::{ExportOptions, SourceTable};
+use crate::engine::selection::UnchangedUnit;
+use crate::ports::warehouse::ChangeMarker;
 
 /// Reserved top-level folder for bqdrain's own records.
 pub const META: &str = "_bqdrain";
@@ -77,6 +79,14 @@ pub fn superseded_record(run_id: &str, unit: &str) -> String {
     format!("{}{unit}.json", superseded_prefix(run_id))
 }
 
+/// Whether `key` is the manifest of an export folder.
+pub fn is_export_manifest(key: &str) -> bool {
+    key.strip_suffix(TABLE_MANIFEST)
+        .and_then(|folder| folder.strip_suffix('/'))
+        .and_then(|folder| folder.rsplit('/').next())
+        .is_some_and(|last| last.starts_with(RUN_FOLDER_PREFIX))
+}
+
 /// The run whose export folder holds `key`, for a key under `unit_folder`.
 pub fn run_of_key<'a>(unit_folder: &str, key: &'a str) -> Option<&'a str> {
     let rest = key
@@ -103,6 +113,10 @@ pub struct RunManifest {
     /// Largest first, as published.
     pub units: Vec<PlannedUnit>,
     pub skipped: Vec<SkippedTable>,
+    /// Units left out by `--only-changed`: their current export holds
+    /// their data.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unchanged: Vec<UnchangedUnit>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,6 +125,9 @@ pub struct PlannedUnit {
     pub source: SourceTable,
     pub rows: Option<u64>,
     pub bytes: Option<u64>,
+    /// The source's change marker when the run was planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<ChangeMarker>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -167,6 +184,10 @@ pub struct TableManifest {
     /// Absent in records of earlier versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_started_at: Option<DateTime<Utc>>,
+    /// The source's change marker as the run planned it, read before the
+    /// export began: `--only-changed` compares the next run's with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<ChangeMarker>,
 }
 
 /// Written by a run that committed a unit after a newer run had: its own

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::UnitError;
+use crate::ports::warehouse::ChangeMarker;
 
 /// The body schema version this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -30,6 +31,10 @@ pub struct WorkMessage {
     pub options: ExportOptions,
     /// When the producer started the run; orders runs of the same table.
     pub enqueued_at: DateTime<Utc>,
+    /// The source's change marker when the run was planned, which the
+    /// completion record keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<ChangeMarker>,
 }
 
 /// The table (or partition) to export.
@@ -275,6 +280,7 @@ mod tests {
             destination: "file:///tmp/out".into(),
             options: ExportOptions::default(),
             enqueued_at: Utc::now(),
+            change: None,
         }
     }
 

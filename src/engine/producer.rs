@@ -1,6 +1,7 @@
-//! The producer: plan a run (one unit per exportable table), write the run
-//! manifest, publish one message per unit, and mark the run published once
-//! every publish is confirmed.
+//! The producer: plan a run (one unit per exportable table, or per
+//! partition; with `--only-changed` only the changed ones, see
+//! [`crate::engine::selection`]), write the run manifest, publish one message
+//! per unit, and mark the run published once every publish is confirmed.
 //!
 //! The manifest comes first, so no published message ever belongs to a run
 //! without one. A run id is used once: a producer given an id that already
@@ -20,10 +21,11 @@ use crate::engine::message::{
 };
 use crate::engine::retry::RetryPolicy;
 use crate::engine::runs;
+use crate::engine::selection::{self, PartitionPlan, PartitionWindow, UnchangedUnit};
 use crate::error::ConfigError;
 use crate::ports::queue::Topic;
 use crate::ports::store::ObjectStore;
-use crate::ports::warehouse::Warehouse;
+use crate::ports::warehouse::{TableInfo, Warehouse};
 
 /// Messages per publish call.
 const PUBLISH_BATCH: usize = 1000;
@@ -74,6 +76,9 @@ pub struct RunPlan {
     pub include: Vec<String>,
     pub exclude: Vec<String>,
     pub options: ExportOptions,
+    pub partitions: PartitionPlan,
+    /// Publish a unit only if its source changed since its current export.
+    pub only_changed: bool,
 }
 
 impl RunPlan {
@@ -84,6 +89,8 @@ impl RunPlan {
             include: Vec::new(),
             exclude: Vec::new(),
             options: ExportOptions::default(),
+            partitions: PartitionPlan::default(),
+            only_changed: false,
         }
     }
 }
@@ -99,6 +106,11 @@ pub struct ProduceReport {
     pub resumed: bool,
     pub skipped: Vec<SkippedTable>,
     pub excluded: usize,
+    /// Units left out by `--only-changed`: nothing changed since their
+    /// current export.
+    pub unchanged: usize,
+    /// Partitions left out by the partition window.
+    pub outside_window: usize,
     pub seconds: f64,
 }
 
@@ -154,6 +166,14 @@ pub fn validate(
     patterns("--include", &plan.include)?;
     patterns("--exclude", &plan.exclude)?;
     plan.options.validate()?;
+    warehouse.check_incremental(plan.partitions.split, plan.only_changed)?;
+    if plan.partitions.window.is_some() && !plan.partitions.split {
+        return Err(ConfigError::new(
+            "--partitions-last-days/--partitions-since",
+            "a partition window needs partition units",
+            "add --partitions, or leave the window out",
+        ));
+    }
     warehouse.check_export(&plan.options, store.uri())
 }
 
@@ -228,6 +248,9 @@ async fn publish_new(
     let exclude = patterns("--exclude", &plan.exclude)?;
     let created_at = Utc::now();
 
+    if plan.only_changed {
+        warehouse.track_changes().await?;
+    }
     let mut tables = warehouse.list_tables().await?;
     let listed = tables.len();
     tables.retain(|t| {
@@ -247,35 +270,42 @@ async fn publish_new(
             false
         }
     });
+    let (mut units, outside_window) =
+        plan_units(plan, warehouse, &tables, created_at.date_naive()).await?;
+    let mut unchanged = Vec::new();
+    if plan.only_changed {
+        let current = RETRY
+            .run_any("listing the current exports", || {
+                selection::current_exports(store, warehouse.dataset())
+            })
+            .await?;
+        units.retain(|u| {
+            match selection::unchanged_since(current.get(&u.unit), u.change.as_ref()) {
+                Some(run) => {
+                    tracing::debug!(unit = u.unit, exported_by = run, "unchanged: not published");
+                    unchanged.push(UnchangedUnit {
+                        unit: u.unit.clone(),
+                        exported_by: run.to_string(),
+                    });
+                    false
+                }
+                None => true,
+            }
+        });
+    }
     // Largest first: the longest exports start first, so the run ends sooner.
-    tables.sort_by(|a, b| {
+    units.sort_by(|a, b| {
         (b.bytes, b.rows)
             .cmp(&(a.bytes, a.rows))
-            .then_with(|| a.name.cmp(&b.name))
+            .then_with(|| a.unit.cmp(&b.unit))
     });
-    let units: Vec<PlannedUnit> = tables
-        .iter()
-        .map(|t| {
-            let source = SourceTable {
-                dataset_uri: warehouse.uri().to_string(),
-                project: warehouse.project().to_string(),
-                dataset: warehouse.dataset().to_string(),
-                table: t.name.clone(),
-                partition: None,
-            };
-            PlannedUnit {
-                unit: source.unit(),
-                source,
-                rows: t.rows,
-                bytes: t.bytes,
-            }
-        })
-        .collect();
     if units.is_empty() {
         tracing::warn!(
             listed,
             excluded,
             skipped = skipped.len(),
+            unchanged = unchanged.len(),
+            outside_window,
             "nothing to export in this run"
         );
     }
@@ -288,6 +318,7 @@ async fn publish_new(
         options: plan.options.clone(),
         units,
         skipped: skipped.clone(),
+        unchanged,
     };
     let body = serde_json::to_vec_pretty(&manifest)?;
     let manifest_key = layout::run_manifest(&run_id);
@@ -303,6 +334,8 @@ async fn publish_new(
         published,
         skipped = skipped.len(),
         excluded,
+        unchanged = manifest.unchanged.len(),
+        outside_window,
         "run published"
     );
     Ok(ProduceReport {
@@ -312,8 +345,77 @@ async fn publish_new(
         resumed: false,
         skipped,
         excluded,
+        unchanged: manifest.unchanged.len(),
+        outside_window,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The run's units: one per table, or with `--partitions` one per partition
+/// of each partitioned table (in the window, if one is given); and how many
+/// partitions the window left out.
+async fn plan_units(
+    plan: &RunPlan,
+    warehouse: &dyn Warehouse,
+    tables: &[TableInfo],
+    today: chrono::NaiveDate,
+) -> anyhow::Result<(Vec<PlannedUnit>, usize)> {
+    let unit = |table: &TableInfo, partition: Option<String>| SourceTable {
+        dataset_uri: warehouse.uri().to_string(),
+        project: warehouse.project().to_string(),
+        dataset: warehouse.dataset().to_string(),
+        table: table.name.clone(),
+        partition,
+    };
+    let planned = |source: SourceTable, rows, bytes, change| PlannedUnit {
+        unit: source.unit(),
+        source,
+        rows,
+        bytes,
+        change,
+    };
+    let (partitioned, whole): (Vec<&TableInfo>, Vec<&TableInfo>) = tables
+        .iter()
+        .partition(|t| plan.partitions.split && t.partitioning.is_some());
+    let mut units = Vec::with_capacity(tables.len());
+    for table in whole {
+        if plan.partitions.window.is_some() {
+            tracing::info!(table = %table.name, "not partitioned: exported whole, whatever the partition window");
+        }
+        units.push(planned(
+            unit(table, None),
+            table.rows,
+            table.bytes,
+            table.change.clone(),
+        ));
+    }
+    if partitioned.is_empty() {
+        return Ok((units, 0));
+    }
+    let first_day = plan.partitions.window.map(|w| w.first_day(today));
+    let by_name: std::collections::HashMap<&str, &TableInfo> =
+        partitioned.iter().map(|t| (t.name.as_str(), *t)).collect();
+    let owned: Vec<TableInfo> = partitioned.iter().map(|t| (*t).clone()).collect();
+    let mut outside_window = 0;
+    for partition in warehouse.list_partitions(&owned).await? {
+        let Some(table) = by_name.get(partition.table.as_str()) else {
+            continue;
+        };
+        let unit_of = table.partitioning.expect("partitioned tables only");
+        if let Some(first_day) = first_day {
+            if !PartitionWindow::holds(first_day, unit_of, &partition.id) {
+                outside_window += 1;
+                continue;
+            }
+        }
+        units.push(planned(
+            unit(table, Some(partition.id)),
+            partition.rows,
+            partition.bytes,
+            partition.change,
+        ));
+    }
+    Ok((units, outside_window))
 }
 
 /// Continues an existing run as its manifest planned it: with `again`, its
@@ -345,6 +447,8 @@ async fn resume(
         resumed: true,
         skipped: manifest.skipped.clone(),
         excluded: 0,
+        unchanged: manifest.unchanged.len(),
+        outside_window: 0,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -369,6 +473,7 @@ async fn publish(
                     destination: manifest.destination.clone(),
                     options: manifest.options.clone(),
                     enqueued_at: manifest.created_at,
+                    change: u.change.clone(),
                 }
                 .to_envelope()
             })

@@ -1,10 +1,12 @@
-//! The warehouse port: list a dataset's tables, export one of them.
+//! The warehouse port: list a dataset's tables and their partitions, say
+//! what changed, export one table or partition.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde::Serialize;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use crate::engine::message::{ExportOptions, SourceTable};
 use crate::error::{ConfigError, UnitError};
@@ -38,6 +40,55 @@ pub struct TableInfo {
     /// Stored size, where the warehouse knows it.
     pub bytes: Option<u64>,
     pub rows: Option<u64>,
+    /// How the table is split into partitions; `None` when it is not.
+    pub partitioning: Option<Partitioning>,
+    /// The table's change marker as of now; `None` where the warehouse
+    /// cannot tell, and then the table always counts as changed.
+    pub change: Option<ChangeMarker>,
+}
+
+/// The unit of a partitioned table's partitions, which fixes their ids:
+/// `20261201` (day), `2026120113` (hour), `202612` (month), `2026` (year),
+/// or the range's start (integer range); plus `__NULL__` and
+/// `__UNPARTITIONED__` as BigQuery names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Partitioning {
+    Hour,
+    Day,
+    Month,
+    Year,
+    IntegerRange,
+}
+
+/// One partition of a table, as the warehouse lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PartitionInfo {
+    pub table: String,
+    /// The partition id, as in `table$ID`.
+    pub id: String,
+    pub rows: Option<u64>,
+    pub bytes: Option<u64>,
+    pub change: Option<ChangeMarker>,
+}
+
+/// What a table or partition looked like when it was planned. Two equal
+/// markers mean the data did not change between them; the completion record
+/// keeps the marker its export was planned with, read before the export
+/// began, so a change made during an export counts as a change next time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeMarker {
+    /// Last modification time (BigQuery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified: Option<DateTime<Utc>>,
+    /// A counter every insert, update and delete raises (the embedded
+    /// warehouse's triggers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
 }
 
 /// One export to perform.
@@ -92,6 +143,20 @@ pub trait Warehouse: Send + Sync {
     ) -> Result<(), ConfigError>;
 
     async fn list_tables(&self) -> anyhow::Result<Vec<TableInfo>>;
+
+    /// Refuses, before anything is published, what this warehouse cannot
+    /// plan: partition units (`--partitions`) or change markers
+    /// (`--only-changed`).
+    fn check_incremental(&self, partitions: bool, only_changed: bool) -> Result<(), ConfigError>;
+
+    /// Makes sure that changes made from now on raise the change markers
+    /// `list_tables` and `list_partitions` return; called before planning a
+    /// run with `--only-changed`.
+    async fn track_changes(&self) -> anyhow::Result<()>;
+
+    /// The partitions of these partitioned tables, with their sizes and
+    /// change markers.
+    async fn list_partitions(&self, tables: &[TableInfo]) -> anyhow::Result<Vec<PartitionInfo>>;
 
     async fn export(
         &self,

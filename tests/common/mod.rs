@@ -119,16 +119,22 @@ impl Sandbox {
         queue: &str,
         run: RunId,
     ) -> anyhow::Result<ProduceReport> {
+        self.try_produce_plan(source, queue, &RunPlan::every_table(run))
+            .await
+    }
+
+    /// Runs the producer with `plan` from any dataset to a queue of this
+    /// sandbox.
+    pub async fn try_produce_plan(
+        &self,
+        source: &str,
+        queue: &str,
+        plan: &RunPlan,
+    ) -> anyhow::Result<ProduceReport> {
         let warehouse = backends::open_warehouse(source, "--source").await?;
         let topic = backends::open_topic(&self.queue(queue), "--topic").await?;
         let store = backends::open_store(&self.destination(), "--destination").await?;
-        produce(
-            &RunPlan::every_table(run),
-            warehouse.as_ref(),
-            topic.as_ref(),
-            store.as_ref(),
-        )
-        .await
+        produce(plan, warehouse.as_ref(), topic.as_ref(), store.as_ref()).await
     }
 
     pub async fn publish_raw(&self, queue: &str, envelopes: Vec<Envelope>) {

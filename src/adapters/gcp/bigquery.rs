@@ -25,7 +25,7 @@ use crate::engine::message::{ExportOptions, Format};
 use crate::engine::retry::RetryPolicy;
 use crate::error::{ConfigError, ErrorKind, UnitError};
 use crate::ports::warehouse::{
-    Cancel, ExportRequest, ExportResult, TableInfo, TableKind, Warehouse,
+    Cancel, ExportRequest, ExportResult, PartitionInfo, TableInfo, TableKind, Warehouse,
 };
 
 pub const SCHEME: &str = "bigquery://";
@@ -409,6 +409,8 @@ impl BigQueryWarehouse {
                     kind: table_kind(&table.r#type),
                     bytes: None,
                     rows: None,
+                    partitioning: None,
+                    change: None,
                 });
             }
             if page.next_page_token.is_empty() {
@@ -590,6 +592,8 @@ fn table_from_row(row: &serde_json::Map<String, serde_json::Value>) -> TableInfo
         kind: table_kind(text(1)),
         rows: number(2),
         bytes: number(3),
+        partitioning: None,
+        change: None,
     }
 }
 
@@ -634,6 +638,29 @@ impl Warehouse for BigQueryWarehouse {
             )
         })?;
         Ok(())
+    }
+
+    fn check_incremental(&self, partitions: bool, only_changed: bool) -> Result<(), ConfigError> {
+        let flag = match (partitions, only_changed) {
+            (true, _) => "--partitions",
+            (false, true) => "--only-changed",
+            (false, false) => return Ok(()),
+        };
+        Err(ConfigError::new(
+            flag,
+            format!("{flag} is not available for bigquery:// sources in this version"),
+            format!(
+                "leave {flag} out to export whole tables; the embedded sqlite:// warehouse has it"
+            ),
+        ))
+    }
+
+    async fn track_changes(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    async fn list_partitions(&self, _tables: &[TableInfo]) -> anyhow::Result<Vec<PartitionInfo>> {
+        anyhow::bail!("listing partitions is not available for bigquery:// sources in this version")
     }
 
     async fn list_tables(&self) -> anyhow::Result<Vec<TableInfo>> {

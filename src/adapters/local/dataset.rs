@@ -71,6 +71,37 @@ pub fn create_dummy_tables(path: &Path, names: &[String], rows: u64) -> anyhow::
     Ok(())
 }
 
+/// Creates (or replaces) a table `id INT64, day DATE, amount INT64` with
+/// `rows_per_day` rows on each of the `days` days up to `last_day`.
+pub fn create_daily_table(
+    path: &Path,
+    name: &str,
+    last_day: chrono::NaiveDate,
+    days: u32,
+    rows_per_day: u64,
+) -> anyhow::Result<()> {
+    let mut conn = open(path)?;
+    let tx = conn.transaction()?;
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    tx.execute_batch(&format!(
+        "DROP TABLE IF EXISTS {quoted}; CREATE TABLE {quoted} (id INT64, day DATE, amount INT64);"
+    ))?;
+    let mut insert = tx.prepare(&format!(
+        "INSERT INTO {quoted} (id, day, amount) VALUES (?1, ?2, ?3)"
+    ))?;
+    let mut id = 0i64;
+    for back in (0..days).rev() {
+        let day = last_day - chrono::Days::new(u64::from(back));
+        for n in 0..rows_per_day {
+            id += 1;
+            insert.execute(params![id, day.to_string(), (n % 100) as i64])?;
+        }
+    }
+    drop(insert);
+    tx.commit()?;
+    Ok(())
+}
+
 /// Runs SQL against the dataset: views, dropped tables, odd schemas.
 pub fn execute(path: &Path, sql: &str) -> anyhow::Result<()> {
     open(path)?.execute_batch(sql)?;

@@ -3,9 +3,11 @@
 //! - [`queue`]: a SQLite work queue with Pub/Sub semantics (`queue://`).
 //! - [`warehouse`]: a SQLite database as a dataset (`sqlite://`).
 //! - [`dataset`]: makes such datasets, with dummy tables and injected faults.
+//! - [`partitions`]: partitioned tables and change markers of such datasets.
 //! - [`store`]: a folder as an object store (`file://`).
 
 pub mod dataset;
+pub mod partitions;
 pub mod queue;
 pub mod store;
 pub mod warehouse;

@@ -19,12 +19,14 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::dataset::{Fault, FAULTS_TABLE};
+use super::partitions;
 use super::store::{place, staging_file, FsStore};
 use super::{absolute, LocalUri};
 use crate::engine::message::{Compression, ExportOptions, Format};
 use crate::error::{ConfigError, UnitError};
 use crate::ports::warehouse::{
-    Cancel, ExportRequest, ExportResult, TableInfo, TableKind, Warehouse,
+    Cancel, ChangeMarker, ExportRequest, ExportResult, PartitionInfo, TableInfo, TableKind,
+    Warehouse,
 };
 
 /// BigQuery's own limit on one exported file.
@@ -154,10 +156,33 @@ impl Warehouse for LocalWarehouse {
         Ok(())
     }
 
+    fn check_incremental(&self, _partitions: bool, _only_changed: bool) -> Result<(), ConfigError> {
+        Ok(())
+    }
+
+    async fn track_changes(&self) -> anyhow::Result<()> {
+        let tables: Vec<String> = self
+            .list_tables()
+            .await?
+            .into_iter()
+            .filter(|t| t.kind == TableKind::Table)
+            .map(|t| t.name)
+            .collect();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = connect(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+            partitions::track(&mut conn, &tables)?;
+            anyhow::Ok(())
+        })
+        .await?
+    }
+
     async fn list_tables(&self) -> anyhow::Result<Vec<TableInfo>> {
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
             let conn = connect(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            let declared = partitions::declared(&conn)?;
+            let counters = partitions::counters(&conn)?;
             let mut stmt = conn.prepare(
                 "SELECT name, type, sql FROM sqlite_master
                  WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
@@ -193,14 +218,69 @@ impl Warehouse for LocalWarehouse {
                 } else {
                     None
                 };
+                let partitioning = match kind {
+                    TableKind::Table => declared.get(&name).map(|p| p.unit),
+                    _ => None,
+                };
+                let change =
+                    partitions::table_counter(&counters, &name).map(|version| ChangeMarker {
+                        version: Some(version),
+                        rows,
+                        modified: None,
+                        bytes: None,
+                    });
                 tables.push(TableInfo {
                     name,
                     kind,
                     bytes: None,
                     rows,
+                    partitioning,
+                    change,
                 });
             }
             Ok(tables)
+        })
+        .await?
+    }
+
+    async fn list_partitions(&self, tables: &[TableInfo]) -> anyhow::Result<Vec<PartitionInfo>> {
+        let path = self.path.clone();
+        let names: Vec<String> = tables.iter().map(|t| t.name.clone()).collect();
+        tokio::task::spawn_blocking(move || {
+            let conn = connect(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            let declared = partitions::declared(&conn)?;
+            let counters = partitions::counters(&conn)?;
+            let mut listed = Vec::new();
+            for table in names {
+                let Some(partitioning) = declared.get(&table) else {
+                    continue;
+                };
+                let mut stmt = conn.prepare(&format!(
+                    "SELECT {} AS bqdrain_partition_id, count(*) FROM {} \
+                     GROUP BY bqdrain_partition_id ORDER BY bqdrain_partition_id",
+                    partitioning.id_sql(""),
+                    quote_ident(&table)
+                ))?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                for (id, rows) in rows {
+                    let version = counters.get(&table).and_then(|c| c.get(&id)).copied();
+                    listed.push(PartitionInfo {
+                        table: table.clone(),
+                        change: version.map(|version| ChangeMarker {
+                            version: Some(version),
+                            rows: Some(rows),
+                            modified: None,
+                            bytes: None,
+                        }),
+                        id,
+                        rows: Some(rows),
+                        bytes: None,
+                    });
+                }
+            }
+            Ok(listed)
         })
         .await?
     }
@@ -210,12 +290,6 @@ impl Warehouse for LocalWarehouse {
         request: &ExportRequest,
         cancel: Cancel,
     ) -> Result<ExportResult, UnitError> {
-        if request.source.partition.is_some() {
-            return Err(UnitError::permanent(
-                "invalid",
-                "the local warehouse has no partitions",
-            ));
-        }
         let root = FsStore::root_of(&request.destination_root, "destination")
             .map_err(|e| UnitError::permanent("invalid", e.to_string()))?;
         let path = self.path.clone();
@@ -229,7 +303,7 @@ impl Warehouse for LocalWarehouse {
     }
 }
 
-fn quote_ident(name: &str) -> String {
+pub(super) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
@@ -261,13 +335,27 @@ fn export_blocking(
             ),
         ));
     }
+    let mut select = format!("SELECT * FROM {}", quote_ident(table));
+    let mut filter = Vec::new();
+    if let Some(partition) = &request.source.partition {
+        let declared =
+            partitions::declared(&conn).map_err(|e| sqlite_error("reading partitioning", e))?;
+        let Some(partitioning) = declared.get(table) else {
+            return Err(UnitError::permanent(
+                "invalid",
+                format!("table {table} is not partitioned, so it has no partition {partition}"),
+            ));
+        };
+        select.push_str(&format!(" WHERE {} = ?1", partitioning.id_sql("")));
+        filter.push(partition.clone());
+    }
     let mut stmt = conn
-        .prepare(&format!("SELECT * FROM {}", quote_ident(table)))
+        .prepare(&select)
         .map_err(|e| sqlite_error("reading table", e))?;
     let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
     let mut shards = ShardWriter::new(root, request, shard_bytes, stall, cancel, &columns)?;
     let mut rows = stmt
-        .query([])
+        .query(rusqlite::params_from_iter(&filter))
         .map_err(|e| sqlite_error("reading table", e))?;
     let mut line = Vec::with_capacity(256);
     let mut count = 0u64;

@@ -466,6 +466,8 @@ mod tests {
             files: 0,
             bytes: 0,
             rows: 0,
+            rows_unknown: 0,
+            unchanged: Vec::new(),
             units: vec![UnitStatus {
                 unit: "t<1>".into(),
                 state: UnitState::DeadLettered {

@@ -1,0 +1,201 @@
+//! Which units a run exports: whole tables, or one unit per partition of a
+//! partitioned table (within a window of days, if one is given); and with
+//! `--only-changed`, only units whose change marker differs from the one
+//! their current export was planned with.
+
+use std::collections::HashMap;
+
+use chrono::{Months, NaiveDate};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::engine::layout::{self, TableManifest};
+use crate::ports::store::ObjectStore;
+use crate::ports::warehouse::{ChangeMarker, Partitioning};
+
+/// Folder manifests read at once where the listing carried no summary.
+const READ_CONCURRENCY: usize = 32;
+
+/// How partitioned tables are cut into units.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PartitionPlan {
+    /// One unit per partition (`table$ID`) instead of one per table.
+    pub split: bool,
+    /// Only partitions with a day in this window.
+    pub window: Option<PartitionWindow>,
+}
+
+/// Which partitions a run takes, by their dates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PartitionWindow {
+    /// The run's day (UTC) and the N - 1 days before it.
+    LastDays(u32),
+    /// This day and every later one.
+    Since(NaiveDate),
+}
+
+impl PartitionWindow {
+    /// The window's first day, for a run that starts on `today`.
+    pub fn first_day(self, today: NaiveDate) -> NaiveDate {
+        match self {
+            PartitionWindow::LastDays(n) => today - chrono::Days::new(u64::from(n.max(1) - 1)),
+            PartitionWindow::Since(day) => day,
+        }
+    }
+
+    /// Whether partition `id` of a table partitioned by `unit` has a day on
+    /// or after `first_day`. `__UNPARTITIONED__` (rows not yet assigned a
+    /// partition: recent ones) is always in; `__NULL__` never. Integer-range
+    /// partitions have no dates: the window does not apply to them.
+    pub fn holds(first_day: NaiveDate, unit: Partitioning, id: &str) -> bool {
+        match id {
+            "__UNPARTITIONED__" => return true,
+            "__NULL__" => return false,
+            _ => {}
+        }
+        match last_day(unit, id) {
+            Some(last) => last >= first_day,
+            None => unit == Partitioning::IntegerRange,
+        }
+    }
+}
+
+/// The last day a dated partition covers, from its id.
+fn last_day(unit: Partitioning, id: &str) -> Option<NaiveDate> {
+    let digits = |range: std::ops::Range<usize>| id.get(range)?.parse::<u32>().ok();
+    match (unit, id.len()) {
+        (Partitioning::Hour, 10) | (Partitioning::Day, 8) => {
+            NaiveDate::from_ymd_opt(digits(0..4)? as i32, digits(4..6)?, digits(6..8)?)
+        }
+        (Partitioning::Month, 6) => {
+            let first = NaiveDate::from_ymd_opt(digits(0..4)? as i32, digits(4..6)?, 1)?;
+            first.checked_add_months(Months::new(1))?.pred_opt()
+        }
+        (Partitioning::Year, 4) => NaiveDate::from_ymd_opt(digits(0..4)? as i32, 12, 31),
+        _ => None,
+    }
+}
+
+/// A unit left out because its data did not change since its current export.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, Serialize)]
+pub struct UnchangedUnit {
+    pub unit: String,
+    /// The run whose export of the unit is current.
+    pub exported_by: String,
+}
+
+/// The current export of every unit of `dataset` under the store: the
+/// folder manifests (copies of completion records) found there, the newest
+/// run's where two runs' folders stand for a moment.
+pub async fn current_exports(
+    store: &dyn ObjectStore,
+    dataset: &str,
+) -> anyhow::Result<HashMap<String, TableManifest>> {
+    let listed = store.list(&format!("{dataset}/")).await?;
+    let manifests: Vec<TableManifest> = stream::iter(
+        listed
+            .into_iter()
+            .filter(|o| layout::is_export_manifest(&o.key)),
+    )
+    .map(|object| async move {
+        let summarised = object
+            .summary
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok());
+        if let Some(manifest) = summarised {
+            return anyhow::Ok(Some(manifest));
+        }
+        Ok(match store.read(&object.key).await? {
+            Some(bytes) => serde_json::from_slice(&bytes).ok(),
+            None => None,
+        })
+    })
+    .buffer_unordered(READ_CONCURRENCY)
+    .try_filter_map(|m| async move { Ok(m) })
+    .try_collect()
+    .await?;
+    let mut current: HashMap<String, TableManifest> = HashMap::new();
+    for manifest in manifests {
+        let newer = current.get(&manifest.unit).is_none_or(|seen| {
+            (manifest.run_started_at, &manifest.run_id) > (seen.run_started_at, &seen.run_id)
+        });
+        if newer {
+            current.insert(manifest.unit.clone(), manifest);
+        }
+    }
+    Ok(current)
+}
+
+/// The run whose current export already holds this data, if one does: the
+/// unit's marker now equals the one that export was planned with. A unit
+/// without a marker (the warehouse cannot tell) always counts as changed.
+pub fn unchanged_since<'a>(
+    current: Option<&'a TableManifest>,
+    marker: Option<&ChangeMarker>,
+) -> Option<&'a str> {
+    let current = current?;
+    let marker = marker?;
+    (current.change.as_ref() == Some(marker)).then_some(current.run_id.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(s: &str) -> NaiveDate {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn windows_hold_the_partitions_with_a_day_in_them() {
+        let first = PartitionWindow::LastDays(3).first_day(day("2026-12-03"));
+        assert_eq!(first, day("2026-12-01"));
+        let holds = |unit, id| PartitionWindow::holds(first, unit, id);
+        assert!(holds(Partitioning::Day, "20261201"));
+        assert!(!holds(Partitioning::Day, "20261130"));
+        assert!(holds(Partitioning::Hour, "2026120100"));
+        assert!(!holds(Partitioning::Hour, "2026113023"));
+        // November's last day is before the window, December's is in it.
+        assert!(!holds(Partitioning::Month, "202611"));
+        assert!(holds(Partitioning::Month, "202612"));
+        assert!(holds(Partitioning::Year, "2026"));
+        assert!(!holds(Partitioning::Year, "2025"));
+        assert!(holds(Partitioning::Day, "__UNPARTITIONED__"));
+        assert!(!holds(Partitioning::Day, "__NULL__"));
+        assert!(holds(Partitioning::IntegerRange, "100"));
+        assert!(!holds(Partitioning::Day, "not-a-day"));
+        assert_eq!(
+            PartitionWindow::Since(day("2026-11-01")).first_day(day("2026-12-03")),
+            day("2026-11-01")
+        );
+        assert_eq!(
+            PartitionWindow::LastDays(1).first_day(day("2026-12-03")),
+            day("2026-12-03")
+        );
+    }
+
+    #[test]
+    fn a_unit_is_unchanged_only_when_both_markers_are_known_and_equal() {
+        let marker = |version| ChangeMarker {
+            modified: None,
+            version: Some(version),
+            rows: Some(10),
+            bytes: None,
+        };
+        let export: TableManifest = serde_json::from_value(serde_json::json!({
+            "v": 1, "run_id": "r1", "unit": "t", "files": [], "bytes": 0, "rows": 10,
+            "finished_at": "2026-12-01T00:00:00Z", "delivery_attempt": 1, "task": "t",
+            "change": {"version": 4, "rows": 10}
+        }))
+        .unwrap();
+        assert_eq!(unchanged_since(Some(&export), Some(&marker(4))), Some("r1"));
+        assert_eq!(unchanged_since(Some(&export), Some(&marker(5))), None);
+        assert_eq!(unchanged_since(Some(&export), None), None);
+        assert_eq!(unchanged_since(None, Some(&marker(4))), None);
+        let unmarked = TableManifest {
+            change: None,
+            ..export
+        };
+        assert_eq!(unchanged_since(Some(&unmarked), Some(&marker(4))), None);
+    }
+}
