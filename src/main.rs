@@ -199,6 +199,10 @@ struct DemoArgs {
     /// Also write the run report, one self-contained HTML page, to this file.
     #[arg(long, env = "BQDRAIN_HTML", value_name = "FILE")]
     html: Option<PathBuf>,
+    /// Add a table partitioned by day, export it partition by partition,
+    /// change a few rows, and run again exporting only what changed.
+    #[arg(long, env = "BQDRAIN_DEMO_INCREMENTAL")]
+    incremental: bool,
     #[arg(long, env = "BQDRAIN_JSON")]
     json: bool,
 }
@@ -413,6 +417,7 @@ async fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
                 fail: args.fail,
                 html: args.html,
                 progress: !args.json,
+                incremental: args.incremental,
             };
             let report = demo::run(&opts, &std::env::current_exe()?).await?;
             if args.json {

@@ -38,6 +38,51 @@ fn demo_exports_every_table_with_its_defaults() {
 }
 
 #[test]
+fn demo_incremental_exports_partitions_then_only_what_changed() {
+    let sb = Sandbox::new();
+    let dir = sb.path("demo");
+    let out = run(&[
+        "demo",
+        "--json",
+        "--incremental",
+        "--tables",
+        "4",
+        "--rows",
+        "10",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // 4 tables whole, and events in 7 daily partitions.
+    assert_eq!(
+        (report["units"].as_u64(), report["exported"].as_u64()),
+        (Some(11), Some(11))
+    );
+    let second = &report["incremental"];
+    let today = chrono::Utc::now().date_naive().format("%Y%m%d").to_string();
+    assert_eq!(
+        second["published_units"],
+        serde_json::json!(["dummy_01", "dummy_03", format!("events${today}")])
+    );
+    assert_eq!(second["unchanged"], 8);
+    let run_id = second["run_id"].as_str().unwrap();
+    let csv = std::fs::read_to_string(dir.join(format!(
+        "exports/warehouse/events/partition={today}/run={run_id}/events_000000000000.csv"
+    )))
+    .unwrap();
+    assert_eq!(
+        csv.lines().count(),
+        1 + 10 + 2,
+        "header, a day's rows, the 2 added"
+    );
+}
+
+#[test]
 fn demo_dead_letters_the_tables_asked_to_fail() {
     let sb = Sandbox::new();
     let dir = sb.path("demo");

@@ -1,6 +1,9 @@
 //! `bqdrain demo`: the whole flow on the embedded backends. It makes a
 //! dataset of dummy tables, runs the producer, then starts worker processes
 //! (like Cloud Run tasks) that drain the queue, and reports what they did.
+//! With `--incremental` the dataset also has a table partitioned by day,
+//! exported partition by partition; a few rows change after the first run,
+//! and a second run with `--only-changed` exports only what they touched.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -10,11 +13,19 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::adapters::local::dataset::{self, Fault};
+use crate::adapters::local::partitions;
 use crate::commands::report::{self, ReplayTarget};
-use crate::commands::status::run_status;
-use crate::engine::producer::{produce, RunId, RunPlan};
+use crate::commands::status::{run_status, StatusReport};
+use crate::engine::producer::{produce, ProduceReport, RunId, RunPlan};
 use crate::engine::runs::{RunState, UnitState};
+use crate::engine::selection::PartitionPlan;
 use crate::error::ConfigError;
+use crate::ports::store::ObjectStore;
+use crate::ports::warehouse::Partitioning;
+
+/// The partitioned table of `--incremental`, and its days of data.
+const EVENTS_TABLE: &str = "events";
+const EVENT_DAYS: u32 = 7;
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -28,12 +39,32 @@ pub struct DemoOptions {
     pub html: Option<PathBuf>,
     /// Show a live progress line on stderr.
     pub progress: bool,
+    /// Run twice, the second time exporting only what changed.
+    pub incremental: bool,
+}
+
+/// The second run of `--incremental`.
+#[derive(Debug, Clone, Serialize)]
+pub struct IncrementalRun {
+    pub run_id: String,
+    /// Rows changed between the runs, as `UNIT: what`.
+    pub changes: Vec<String>,
+    /// The units the second run published: those the changes touched (and
+    /// the failing tables, which have no export to compare with).
+    pub published_units: Vec<String>,
+    /// Units left out because nothing changed since the first run.
+    pub unchanged: usize,
+    pub failed_tasks: usize,
+    pub seconds: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DemoReport {
     pub run_id: String,
     pub tables: usize,
+    /// Units of the first run: one per table, or per partition of the
+    /// partitioned table with `--incremental`.
+    pub units: usize,
     pub exported: usize,
     pub dead_lettered: usize,
     /// The units dead-lettered, to name in the fix hint.
@@ -50,7 +81,11 @@ pub struct DemoReport {
     pub dead_letter_subscription: String,
     pub work_topic: String,
     pub subscription: String,
-    /// Every table exported or dead-lettered as asked, every task exited 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<IncrementalRun>,
+    /// Every table exported or dead-lettered as asked, every task exited 0
+    /// (and with `--incremental`, the second run exported exactly the
+    /// changed units).
     pub ok: bool,
 }
 
@@ -95,6 +130,17 @@ pub async fn run(opts: &DemoOptions, worker_exe: &Path) -> anyhow::Result<DemoRe
     remove_sqlite(&warehouse_path)?;
     remove_sqlite(&queue_path)?;
     dataset::create_dummy_tables(&warehouse_path, &names, opts.rows)?;
+    if opts.incremental {
+        let last_day = chrono::Utc::now().date_naive();
+        dataset::create_daily_table(
+            &warehouse_path,
+            EVENTS_TABLE,
+            last_day,
+            EVENT_DAYS,
+            opts.rows,
+        )?;
+        partitions::partition_by(&warehouse_path, EVENTS_TABLE, "day", Partitioning::Day)?;
+    }
     for table in &opts.fail {
         dataset::set_fault(&warehouse_path, table, Fault::Permanent)?;
     }
@@ -104,83 +150,35 @@ pub async fn run(opts: &DemoOptions, worker_exe: &Path) -> anyhow::Result<DemoRe
     let subscription = format!("{queue}?dead_letter=dead#work");
     let dead_letter_subscription = format!("{queue}#dead");
     let destination = format!("file://{}", dir.join("exports").display());
-    let warehouse = crate::adapters::backends::open_warehouse(
-        &format!("sqlite://{}", warehouse_path.display()),
-        "--dir",
-    )
-    .await?;
-    let topic = crate::adapters::backends::open_topic(&work_topic, "--dir").await?;
+    let demo_run = DemoRun {
+        opts,
+        worker_exe,
+        warehouse: format!("sqlite://{}", warehouse_path.display()),
+        work_topic: work_topic.clone(),
+        subscription: subscription.clone(),
+        destination: destination.clone(),
+        logs: dir.join("logs"),
+        started,
+    };
     let store = crate::adapters::backends::open_store(&destination, "--dir").await?;
-    let plan = RunPlan::every_table(RunId::New);
-    let produced = produce(&plan, warehouse.as_ref(), topic.as_ref(), store.as_ref()).await?;
-
-    let logs = dir.join("logs");
-    std::fs::create_dir_all(&logs)?;
-    let mut workers = Vec::with_capacity(opts.tasks);
-    for index in 0..opts.tasks {
-        let log = std::fs::File::create(logs.join(format!("task-{index}.log")))?;
-        let child = tokio::process::Command::new(worker_exe)
-            .args([
-                "work",
-                "--subscription",
-                &subscription,
-                "--run-id",
-                &produced.run_id,
-                "--destination",
-                &destination,
-                "--log-format",
-                "json",
-            ])
-            .env("CLOUD_RUN_TASK_INDEX", index.to_string())
-            .env("CLOUD_RUN_TASK_COUNT", opts.tasks.to_string())
-            .env("CLOUD_RUN_TASK_ATTEMPT", "0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()?;
-        workers.push(child);
-    }
-
-    let show = opts.progress && std::io::stderr().is_terminal();
-    let mut failed_tasks = 0;
-    let mut waiting = workers.len();
-    let mut exits = wait_all(workers);
-    loop {
-        tokio::select! {
-            exit = exits.recv() => match exit {
-                Some(ok) => {
-                    failed_tasks += usize::from(!ok);
-                    waiting -= 1;
-                }
-                None => break,
-            },
-            _ = tokio::time::sleep(Duration::from_millis(200)), if show => {}
-        }
-        if show {
-            if let Ok(Some(state)) = RunState::load(store.as_ref(), &produced.run_id, false).await {
-                let t = state.totals();
-                eprint!(
-                    "\rtasks running: {}/{}; units exported: {}/{}, dead-lettered: {}; {:.1} s   ",
-                    waiting,
-                    opts.tasks,
-                    t.exported,
-                    t.expected,
-                    t.dead_lettered,
-                    started.elapsed().as_secs_f64()
-                );
-                let _ = std::io::stderr().flush();
-            }
-        }
-        if waiting == 0 {
-            break;
-        }
-    }
-    if show {
-        eprintln!();
-    }
-
+    let (produced, failed_tasks) = demo_run.drain(store.as_ref(), "").await?;
     let status = run_status(store.as_ref(), &produced.run_id).await?;
+    let incremental = if opts.incremental {
+        let changes = change_a_few_rows(&warehouse_path, &names, opts)?;
+        let second_started = Instant::now();
+        let (second, failed_tasks) = demo_run.drain(store.as_ref(), "second-").await?;
+        let second_status = run_status(store.as_ref(), &second.run_id).await?;
+        Some(IncrementalRun {
+            run_id: second.run_id,
+            changes,
+            published_units: units_of(&second_status),
+            unchanged: second.unchanged,
+            failed_tasks,
+            seconds: second_started.elapsed().as_secs_f64(),
+        })
+    } else {
+        None
+    };
     if let Some(path) = &opts.html {
         let replay = ReplayTarget {
             from: dead_letter_subscription.clone(),
@@ -196,11 +194,22 @@ pub async fn run(opts: &DemoOptions, worker_exe: &Path) -> anyhow::Result<DemoRe
         .map(|u| u.unit.clone())
         .collect();
     let ok = failed_tasks == 0
-        && t.exported == opts.tables - opts.fail.len()
-        && t.dead_lettered == opts.fail.len();
+        && t.exported == produced.published - opts.fail.len()
+        && t.dead_lettered == opts.fail.len()
+        && incremental.as_ref().is_none_or(|second| {
+            let mut changed: Vec<String> = second
+                .changes
+                .iter()
+                .map(|c| unit_of_change(c).to_string())
+                .collect();
+            changed.extend(opts.fail.iter().cloned());
+            changed.sort();
+            second.failed_tasks == 0 && second.published_units == changed
+        });
     Ok(DemoReport {
         run_id: produced.run_id,
-        tables: opts.tables,
+        tables: opts.tables + usize::from(opts.incremental),
+        units: produced.published,
         exported: t.exported,
         dead_lettered: t.dead_lettered,
         dead_lettered_units,
@@ -216,8 +225,155 @@ pub async fn run(opts: &DemoOptions, worker_exe: &Path) -> anyhow::Result<DemoRe
         dead_letter_subscription,
         work_topic,
         subscription,
+        incremental,
         ok,
     })
+}
+
+/// What one run of the demo needs, the same for both runs of `--incremental`.
+struct DemoRun<'a> {
+    opts: &'a DemoOptions,
+    worker_exe: &'a Path,
+    warehouse: String,
+    work_topic: String,
+    subscription: String,
+    destination: String,
+    logs: PathBuf,
+    started: Instant,
+}
+
+impl DemoRun<'_> {
+    /// Produces a run and drains it with worker processes; returns what the
+    /// producer did and how many tasks failed. Task logs go to
+    /// `logs/{log_prefix}task-N.log`.
+    async fn drain(
+        &self,
+        store: &dyn ObjectStore,
+        log_prefix: &str,
+    ) -> anyhow::Result<(ProduceReport, usize)> {
+        let opts = self.opts;
+        let warehouse = crate::adapters::backends::open_warehouse(&self.warehouse, "--dir").await?;
+        let topic = crate::adapters::backends::open_topic(&self.work_topic, "--dir").await?;
+        let mut plan = RunPlan::every_table(RunId::New);
+        if opts.incremental {
+            plan.partitions = PartitionPlan {
+                split: true,
+                window: None,
+            };
+            plan.only_changed = true;
+        }
+        let produced = produce(&plan, warehouse.as_ref(), topic.as_ref(), store).await?;
+
+        std::fs::create_dir_all(&self.logs)?;
+        let mut workers = Vec::with_capacity(opts.tasks);
+        for index in 0..opts.tasks {
+            let log =
+                std::fs::File::create(self.logs.join(format!("{log_prefix}task-{index}.log")))?;
+            let child = tokio::process::Command::new(self.worker_exe)
+                .args([
+                    "work",
+                    "--subscription",
+                    &self.subscription,
+                    "--run-id",
+                    &produced.run_id,
+                    "--destination",
+                    &self.destination,
+                    "--log-format",
+                    "json",
+                ])
+                .env("CLOUD_RUN_TASK_INDEX", index.to_string())
+                .env("CLOUD_RUN_TASK_COUNT", opts.tasks.to_string())
+                .env("CLOUD_RUN_TASK_ATTEMPT", "0")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()?;
+            workers.push(child);
+        }
+
+        let show = opts.progress && std::io::stderr().is_terminal();
+        let mut failed_tasks = 0;
+        let mut waiting = workers.len();
+        let mut exits = wait_all(workers);
+        loop {
+            tokio::select! {
+                exit = exits.recv() => match exit {
+                    Some(ok) => {
+                        failed_tasks += usize::from(!ok);
+                        waiting -= 1;
+                    }
+                    None => break,
+                },
+                _ = tokio::time::sleep(Duration::from_millis(200)), if show => {}
+            }
+            if show {
+                if let Ok(Some(state)) = RunState::load(store, &produced.run_id, false).await {
+                    let t = state.totals();
+                    eprint!(
+                        "\rtasks running: {}/{}; units exported: {}/{}, dead-lettered: {}; {:.1} s   ",
+                        waiting,
+                        opts.tasks,
+                        t.exported,
+                        t.expected,
+                        t.dead_lettered,
+                        self.started.elapsed().as_secs_f64()
+                    );
+                    let _ = std::io::stderr().flush();
+                }
+            }
+            if waiting == 0 {
+                break;
+            }
+        }
+        if show {
+            eprintln!();
+        }
+        Ok((produced, failed_tasks))
+    }
+}
+
+/// Between the two runs of `--incremental`: a few rows of two tables
+/// updated, and rows added to the newest day of the partitioned table.
+/// Returns each change as `UNIT: what`.
+fn change_a_few_rows(
+    warehouse: &Path,
+    names: &[String],
+    opts: &DemoOptions,
+) -> anyhow::Result<Vec<String>> {
+    let mut changes = Vec::new();
+    let mut sql = String::new();
+    for name in [&names[0], &names[names.len() / 2]] {
+        if changes
+            .iter()
+            .any(|c: &String| unit_of_change(c) == name.as_str())
+        {
+            continue;
+        }
+        sql += &format!("UPDATE \"{name}\" SET age = age + 1 WHERE id <= 3;\n");
+        changes.push(format!("{name}: 3 rows updated"));
+    }
+    let today = chrono::Utc::now().date_naive();
+    sql += &format!(
+        "INSERT INTO {EVENTS_TABLE} (id, day, amount) VALUES ({0} + 1, '{today}', 1), ({0} + 2, '{today}', 2);\n",
+        u64::from(EVENT_DAYS) * opts.rows
+    );
+    changes.push(format!(
+        "{EVENTS_TABLE}${}: 2 rows added",
+        today.format("%Y%m%d")
+    ));
+    dataset::execute(warehouse, &sql)?;
+    Ok(changes)
+}
+
+fn unit_of_change(change: &str) -> &str {
+    change.split_once(':').map_or(change, |(unit, _)| unit)
+}
+
+fn units_of(status: &StatusReport) -> Vec<String> {
+    let mut units: Vec<String> = status.units.iter().map(|u| u.unit.clone()).collect();
+    units.sort();
+    units
 }
 
 /// Waits for every child, sending `true` for each that exited 0.
@@ -235,8 +391,13 @@ fn wait_all(children: Vec<tokio::process::Child>) -> tokio::sync::mpsc::Receiver
 
 impl DemoReport {
     pub fn render(&self) -> String {
+        let units = if self.units == self.tables {
+            String::new()
+        } else {
+            format!(" in {} units", self.units)
+        };
         let mut out = format!(
-            "run {}: {} tables -> {} exported, {} dead-lettered, {} pending; {} files, {} rows, {} bytes; {} tasks in {:.2} s\n",
+            "run {}: {} tables{units} -> {} exported, {} dead-lettered, {} pending; {} files, {} rows, {} bytes; {} tasks in {:.2} s\n",
             self.run_id, self.tables, self.exported, self.dead_lettered, self.pending, self.files, self.rows, self.bytes,
             self.tasks, self.seconds
         );
@@ -258,6 +419,19 @@ impl DemoReport {
                 self.dead_letter_subscription, self.work_topic, self.run_id
             );
             out += &format!("  bqdrain work --subscription '{}'\n", self.subscription);
+        }
+        if let Some(second) = &self.incremental {
+            out += &format!(
+                "second run {} (--only-changed): exported {} changed unit(s), left {} unchanged; {:.2} s\n",
+                second.run_id,
+                second.published_units.len(),
+                second.unchanged,
+                second.seconds
+            );
+            for change in &second.changes {
+                out += &format!("  changed {change}\n");
+            }
+            out += &format!("  exported {}\n", second.published_units.join(", "));
         }
         if self.failed_tasks > 0 {
             out += &format!(
