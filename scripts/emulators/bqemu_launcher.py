@@ -15,8 +15,9 @@ Fixes, all applied by monkeypatching before the server starts:
   4. tables.list pages (maxResults/pageToken/nextPageToken) and answers 404
      for a missing dataset; tables.insert answers 404 for a missing dataset
      (stock: 500). datasets.get already answers 404 in stock 1.4.0.
-  5. tables.get reports live numRows (stock misses DML) and a numBytes
-     estimate (stock: always "0").
+  5. tables.get reports live numRows (stock misses DML), a numBytes
+     estimate (stock: always "0"), and a lastModifiedTime that moves with
+     every change of the rows fix 10 sees (stock: metadata changes only).
   6. jobs.insert with a jobId that already exists answers HTTP 409, reason
      "duplicate" (stock silently re-runs the job and overwrites it; callers
      that retry jobs.insert with a deterministic id rely on the 409).
@@ -28,6 +29,30 @@ Fixes, all applied by monkeypatching before the server starts:
      (stock: "Invalid dataset ID region-us"). It and INFORMATION_SCHEMA.TABLES
      are stored as DuckDB tables for each query instead of inlined as VALUES
      (stock takes ~5 s a thousand tables to parse those; 10,000 took minutes).
+  8. Partitioned tables: tables.insert/patch/update keep timePartitioning
+     and rangePartitioning (stock dropped rangePartitioning) and check the
+     partitioning column exists with a fitting type; tables.get and
+     tables.list items return both (stock list items had neither).
+  9. `[project.]dataset.INFORMATION_SCHEMA.PARTITIONS` answers like
+     BigQuery's: one row per partition holding rows, ids YYYYMMDD /
+     YYYYMMDDHH / YYYYMM / YYYY of the column (DATE, TIMESTAMP, DATETIME),
+     range bucket starts, __NULL__, __UNPARTITIONED__; an unpartitioned
+     table is one row with partition_id NULL (stock: one '__NULL__' row a
+     table). last_modified_time is per partition: when the partition's
+     content fingerprint (row count + summed DuckDB row hashes) was first
+     seen. Materialized like TABLE_STORAGE (fix 7); a lone
+     `table_name IN ('a', ...)` / `table_name = 'a'` filter limits the
+     tables it scans.
+ 10. Extract jobs read table decorators (stock took `t$ID` for a table
+     name): `t$ID` exports one partition (ids as in 9; no rows -> an empty
+     export), `t@MS` the table as of MS ms since the epoch (negative:
+     relative to now). `t$ID@MS`, or a snapshot time in the future, before
+     the table was created or older than 7 days: DONE job with errorResult
+     reason "invalid". For time travel, every change this launcher sees
+     (insertAll; INSERT/UPDATE/DELETE/MERGE/TRUNCATE TABLE in query jobs and
+     jobs.query; load/copy/query jobs with a destinationTable) first copies
+     the table's rows into the emulator's own DuckDB schema, tagged with
+     the time that state ended (kept 7 days).
   Empty query parameters (pageToken=, maxResults=) are accepted as "unset".
 
 Usage:
@@ -38,12 +63,14 @@ when it accepts requests; stops on SIGTERM/SIGINT.
 """
 
 import argparse
+from datetime import datetime, timedelta, timezone
 import json
 import os
 from pathlib import Path
 import re
 import sys
 import tempfile
+import uuid
 from typing import Any, Optional
 import urllib.error
 import urllib.parse
@@ -54,9 +81,10 @@ import pyarrow as pa
 from fastapi import APIRouter, Query, Request
 
 import bqemulator.api.routes.jobs as jobs_routes
+import bqemulator.api.routes.tabledata as tabledata_routes
 import bqemulator.api.routes.tables as tables_routes
 from bqemulator.catalog.etag import generate_etag
-from bqemulator.catalog.models import JobMeta
+from bqemulator.catalog.models import JobMeta, RangePartitioning, TableMeta
 from bqemulator.config import PersistenceMode, Settings
 from bqemulator.domain.errors import (
     AlreadyExistsError,
@@ -195,9 +223,8 @@ async def _extract_job(project_id: str, job_id: str, config: dict, ctx: Any) -> 
     statistics: dict = {}
     error: Optional[dict] = None
     try:
-        if ctx.catalog.get_table(p, d, t) is None:
-            raise _not_found(f"Table {p}:{d}.{t} was not found in location US")
-        table = ctx.engine.fetch_arrow(f"SELECT * FROM {quoted_table_ref(p, d, t)}")
+        # Fix 10: a `t$ID` / `t@MS` decorator picks the rows (404s itself).
+        table = ctx.engine.fetch_arrow(_extract_source_sql(ctx, p, d, t))
         counts = []
         async with ctx.engine.write_lock():  # write_export registers views on the shared connection
             # BigQuery spreads the rows over all destinationUris.
@@ -300,7 +327,17 @@ async def get_table(project_id: str, dataset_id: str, table_id: str, ctx: _Ctx) 
             body["numBytes"] = body["numActiveLogicalBytes"] = body["numTotalLogicalBytes"] = str(int(rows * per_row))
         except duckdb.Error:
             pass
+        # BigQuery moves lastModifiedTime with every change of the rows;
+        # stock only with the table's metadata. Changes seen by fix 10's hooks.
+        changed = _data_changed.get((project_id, dataset_id, table_id))
+        if changed is not None:
+            changed_ms = int(changed.timestamp() * 1000)
+            body["lastModifiedTime"] = str(max(int(body.get("lastModifiedTime") or 0), changed_ms))
     return body
+
+
+# (project, dataset, table) -> when its rows last changed (insertAll, DML).
+_data_changed: dict = {}
 
 
 # --- 6. duplicate job ids ----------------------------------------------------------
@@ -313,7 +350,13 @@ async def insert_job(project_id: str, request: Request, ctx: _Ctx, caller: jobs_
         # Real BigQuery: 409 {"errors":[{"reason":"duplicate"}],"status":"ALREADY_EXISTS"}
         loc = ref.get("location") or "US"
         raise AlreadyExistsError(f"Already Exists: Job {project_id}:{loc}.{job_id}")
-    return await jobs_routes.insert_job(project_id, request, ctx, caller)
+    # Fix 10: keep the pre-change rows of a job's destination table.
+    targets = _job_destinations(body.get("configuration") or {}, project_id)
+    await _before_change(ctx, targets)
+    try:
+        return await jobs_routes.insert_job(project_id, request, ctx, caller)
+    finally:
+        await _after_change(ctx, targets)
 
 
 # --- 7. INFORMATION_SCHEMA: TABLE_STORAGE, and TABLES at scale -----------------
@@ -411,6 +454,480 @@ def _expand_with_table_storage(bq_sql: str, project_id: str, catalog: Any) -> st
 
 # rewrite_and_translate_statement() looks the name up in its module at call time.
 inner_query.expand_information_schema = _expand_with_table_storage
+
+
+# --- 8. partitioned tables: timePartitioning / rangePartitioning ---------------
+# BigQuery keeps both on the table and returns them from tables.get and in
+# tables.list items; a partitioning column must exist with a fitting type.
+# Stock 1.4.0 dropped rangePartitioning, put neither in list items, and took
+# any column name.
+_TIME_PARTITION_TYPES = ("DATE", "TIMESTAMP", "DATETIME")
+_RANGE_PARTITION_TYPES = ("INTEGER", "INT64")
+
+
+def _rest_to_range_partitioning(raw: Any, existing: Optional[TableMeta]) -> Optional[RangePartitioning]:
+    if not raw:
+        return existing.range_partitioning if existing else None
+    rng = raw.get("range") or {}
+    try:
+        rp = RangePartitioning(
+            field=raw["field"], start=int(rng["start"]), end=int(rng["end"]), interval=int(rng["interval"])
+        )
+    except (KeyError, TypeError, ValueError):
+        raise ValidationError(
+            "rangePartitioning needs a field and integer range.start, range.end and range.interval"
+        ) from None
+    if rp.interval <= 0:
+        raise ValidationError(f"Invalid range partitioning: interval {rp.interval} must be positive")
+    if rp.end <= rp.start:
+        raise ValidationError(f"Invalid range partitioning: end {rp.end} must be greater than start {rp.start}")
+    return rp
+
+
+def _check_partitioning_column(meta: TableMeta) -> None:
+    fields = {f.name.lower(): f for f in meta.schema_.fields}
+    if not fields:
+        return  # no schema: nothing to check against
+    for spec, kind, types in (
+        (meta.time_partitioning, "time", _TIME_PARTITION_TYPES),
+        (meta.range_partitioning, "range", _RANGE_PARTITION_TYPES),
+    ):
+        if spec is None or not spec.field:
+            continue
+        f = fields.get(spec.field.lower())
+        if f is None:
+            raise ValidationError(f"The field specified for partitioning cannot be found in the schema: {spec.field}")
+        if f.type.upper() not in types or f.mode == "REPEATED":
+            raise ValidationError(
+                f"The field specified for {kind} partitioning can only be of type {' or '.join(types)}. "
+                f"The type found is: {f.type}."
+            )
+
+
+_orig_rest_to_table_meta = tables_routes._rest_to_table_meta
+
+
+def _rest_to_table_meta(
+    project_id: str, dataset_id: str, body: dict, clock: Any, existing: Optional[TableMeta] = None
+) -> TableMeta:
+    """Stock parser (insert, patch, update) + rangePartitioning."""
+    meta = _orig_rest_to_table_meta(project_id, dataset_id, body, clock, existing)
+    rp = _rest_to_range_partitioning(body.get("rangePartitioning"), existing)
+    if rp is not None and meta.time_partitioning is not None:
+        raise ValidationError("Cannot specify both time partitioning and range partitioning")
+    meta = meta.model_copy(update={"range_partitioning": rp})
+    if body.get("timePartitioning") or body.get("rangePartitioning"):
+        _check_partitioning_column(meta)
+    return meta
+
+
+def _partitioning_to_rest(t: TableMeta) -> dict:
+    out: dict = {}
+    if t.time_partitioning is not None:
+        out["timePartitioning"] = tables_routes._time_partitioning_to_rest(t.time_partitioning)
+    if t.range_partitioning is not None:
+        rp = t.range_partitioning
+        out["rangePartitioning"] = {
+            "field": rp.field,
+            "range": {"start": str(rp.start), "end": str(rp.end), "interval": str(rp.interval)},
+        }
+    return out
+
+
+_orig_table_to_rest = tables_routes._table_to_rest
+_orig_table_to_list_item = tables_routes._table_to_list_item
+
+
+def _table_to_rest(t: TableMeta) -> dict:
+    return {**_orig_table_to_rest(t), **_partitioning_to_rest(t)}
+
+
+def _table_to_list_item(t: TableMeta) -> dict:
+    item = {**_orig_table_to_list_item(t), **_partitioning_to_rest(t)}
+    if t.clustering is not None:
+        item["clustering"] = {"fields": list(t.clustering.fields)}
+    return item
+
+
+# The routes (stock ones and ours) look these names up in the module at call time.
+tables_routes._rest_to_table_meta = _rest_to_table_meta
+tables_routes._table_to_rest = _table_to_rest
+tables_routes._table_to_list_item = _table_to_list_item
+
+
+# --- 9. INFORMATION_SCHEMA.PARTITIONS ------------------------------------------
+# BigQuery: one row per partition that holds rows (ids YYYYMMDD / YYYYMMDDHH /
+# YYYYMM / YYYY of the column, range bucket starts, __NULL__, and
+# __UNPARTITIONED__ for values outside the range or 1960-01-01..2159-12-31);
+# an unpartitioned table is one row with partition_id NULL; last_modified_time
+# is the partition's own. Stock: one '__NULL__' row a table with the table's
+# (stale) time. Here each partition's content is fingerprinted (row count +
+# summed DuckDB row hashes) whenever it is looked at and around every change
+# this launcher sees (fix 10); a partition's time is when its current
+# fingerprint was first seen (a change seen happening: the change's time; a
+# partition never seen before: the table's creation/last-modified time).
+_PARTITIONS_COLUMN_TYPES = (
+    ("table_catalog", "STRING"), ("table_schema", "STRING"), ("table_name", "STRING"),
+    ("partition_id", "STRING"), ("total_rows", "INT64"), ("total_logical_bytes", "INT64"),
+    ("last_modified_time", "TIMESTAMP"), ("storage_tier", "STRING"),
+)
+_PARTITION_ID_FORMATS = {"HOUR": "%Y%m%d%H", "DAY": "%Y%m%d", "MONTH": "%Y%m", "YEAR": "%Y"}
+_PARTITION_ID_SHAPES = {"HOUR": r"\d{10}", "DAY": r"\d{8}", "MONTH": r"\d{6}", "YEAR": r"\d{4}", "RANGE": r"-?\d+"}
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _us(dt: datetime) -> int:
+    """Microseconds since the epoch (exact, unlike dt.timestamp())."""
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return (dt - _EPOCH) // timedelta(microseconds=1)
+
+
+def _column(meta: TableMeta, name: str) -> str:
+    """The quoted DuckDB column for a (case-insensitive) BigQuery column name."""
+    for f in meta.schema_.fields:
+        if f.name.lower() == name.lower():
+            name = f.name
+            break
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _partition_expr(meta: TableMeta) -> Optional[str]:
+    """DuckDB expression for a row's BigQuery partition id; None: unpartitioned."""
+    tp, rp = meta.time_partitioning, meta.range_partitioning
+    if tp is not None:
+        fmt = _PARTITION_ID_FORMATS.get(tp.type, "%Y%m%d")
+        if not tp.field:
+            # Ingestion time: no per-row ingestion time is kept; every row
+            # counts as ingested at the table's last modification.
+            return "'" + meta.last_modified_time.strftime(fmt) + "'"
+        col = _column(meta, tp.field)
+        return (
+            f"CASE WHEN {col} IS NULL THEN '__NULL__' "
+            f"WHEN CAST({col} AS DATE) NOT BETWEEN DATE '1960-01-01' AND DATE '2159-12-31' "
+            f"THEN '__UNPARTITIONED__' ELSE strftime({col}, '{fmt}') END"
+        )
+    if rp is not None:
+        col = _column(meta, rp.field)
+        return (
+            f"CASE WHEN {col} IS NULL THEN '__NULL__' "
+            f"WHEN {col} < {rp.start} OR {col} >= {rp.end} THEN '__UNPARTITIONED__' "
+            f"ELSE CAST({rp.start} + (({col} - {rp.start}) // {rp.interval}) * {rp.interval} AS VARCHAR) END"
+        )
+    return None
+
+
+# (project, dataset, table, creation µs) -> {partition_id: (fingerprint, first seen with it)}
+_partition_seen: dict = {}
+
+
+def _observe_partitions(ctx: Any, cur: Any, meta: TableMeta, changed_at: Optional[datetime] = None) -> dict:
+    """{partition_id: (rows, last_modified_time)} of the table's live rows.
+
+    A fingerprint not seen before gets `changed_at` (a change this launcher
+    saw), else now (changed behind our back), or for a partition never seen
+    at all the table's creation / last-modified time."""
+    expr = _partition_expr(meta)
+    ref = quoted_table_ref(meta.project_id, meta.dataset_id, meta.table_id)
+    stats = {
+        pid: (n, (n, fp))
+        for pid, n, fp in cur.execute(
+            f"SELECT {expr or 'NULL'} AS pid, COUNT(*), SUM(hash(__bqemu_row)::HUGEINT) "
+            f"FROM {ref} AS __bqemu_row GROUP BY 1"
+        ).fetchall()
+    }
+    if expr is None and not stats:
+        stats = {None: (0, (0, None))}  # an unpartitioned table has its row even when empty
+    seen = _partition_seen.setdefault(
+        (meta.project_id, meta.dataset_id, meta.table_id, _us(meta.creation_time)), {}
+    )
+    for pid, (_, fp) in stats.items():
+        old = seen.get(pid)
+        if old is None:
+            seen[pid] = (fp, changed_at or max(meta.creation_time, meta.last_modified_time))
+        elif old[0] != fp:
+            seen[pid] = (fp, changed_at or ctx.clock.now())
+    for pid in [k for k in seen if k not in stats]:
+        del seen[pid]  # emptied: if rows come back, that is a change
+    return {pid: (n, seen[pid][1]) for pid, (n, _) in stats.items()}
+
+
+_partitions_only: Optional[set] = None  # table names the query being expanded is limited to
+
+
+def _partitions_materialized(catalog: Any, project_id: str, dataset_id: str) -> str:
+    """Replaces stock `_partitions_as_values`: the dataset's partitions, materialized."""
+    cur = _context.engine.connection.cursor()
+    rows = []
+    for t in sorted(catalog.list_tables(project_id, dataset_id), key=lambda m: m.table_id):
+        if t.table_type not in ("TABLE", "SNAPSHOT", "CLONE"):
+            continue  # views and materialized views: no partitions here (as stock)
+        if _partitions_only is not None and t.table_id not in _partitions_only:
+            continue
+        try:
+            parts = _observe_partitions(_context, cur, t)
+        except duckdb.Error:
+            continue  # dropped behind the catalog's back, partitioning column gone, ...
+        width = max(1, len(t.schema_.fields)) * 8  # logical bytes: an estimate, as in fix 7
+        for pid in sorted(parts, key=lambda k: (k is None, k or "")):
+            n, modified = parts[pid]
+            rows.append((project_id, dataset_id, t.table_id, pid, n, n * width, modified, "ACTIVE"))
+    return _materialize(f"partitions__{project_id}__{dataset_id}", _PARTITIONS_COLUMN_TYPES, rows)
+
+
+# expand_information_schema_partitions() looks the name up in its module at call time.
+info_schema._partitions_as_values = _partitions_materialized
+
+_STRING = r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\""
+_TABLE_NAME_IN = re.compile(rf"\btable_name\s+IN\s*\(\s*((?:{_STRING})(?:\s*,\s*(?:{_STRING}))*)\s*\)", re.I)
+_TABLE_NAME_EQ = re.compile(rf"\btable_name\s*=\s*({_STRING})", re.I)
+
+
+def _table_name_filter(bq_sql: str) -> Optional[set]:
+    """Table names a PARTITIONS query can only return rows of, when that is
+    certain enough: one PARTITIONS reference, one `table_name IN ('a', ...)`
+    or `table_name = 'a'` after WHERE, no OR / NOT (but IS NOT NULL) / CASE.
+    Else None (all)."""
+    if len(re.findall(r"INFORMATION_SCHEMA\s*\.\s*PARTITIONS", bq_sql, re.I)) != 1:
+        return None
+    where = [m.end() for m in re.finditer(r"\bWHERE\b", bq_sql, re.I)]
+    if not where or re.search(r"\bOR\b|\bNOT\b(?!\s+NULL\b)|\bCASE\b|\bIF\s*\(", bq_sql, re.I):
+        return None
+    found = list(_TABLE_NAME_IN.finditer(bq_sql)) + list(_TABLE_NAME_EQ.finditer(bq_sql))
+    if len(found) != 1 or found[0].start() < where[-1]:
+        return None
+    return {lit[1:-1] for lit in re.findall(_STRING, found[0].group(1))}
+
+
+_expand_before_partitions = inner_query.expand_information_schema  # fix 7's
+
+
+def _expand_with_partitions(bq_sql: str, project_id: str, catalog: Any) -> str:
+    global _partitions_only
+    if "PARTITIONS" not in bq_sql.upper():
+        return _expand_before_partitions(bq_sql, project_id, catalog)
+    _partitions_only = _table_name_filter(bq_sql)
+    try:
+        return _expand_before_partitions(bq_sql, project_id, catalog)
+    finally:
+        _partitions_only = None
+
+
+inner_query.expand_information_schema = _expand_with_partitions
+
+
+# --- 10. table decorators in extract jobs; table history ------------------------
+# BigQuery: an extract's sourceTable.tableId may carry a partition decorator
+# (`t$20261201`: that partition's rows; none: an empty export) or a snapshot
+# decorator (`t@MS`: the table as of MS ms since the epoch, negative = relative
+# to now, within the 7-day time travel window, not before the table was
+# created); both at once is refused. Stock looked "t$20261201" up as a table
+# name. Time travel here reads copies of a table's rows taken right before each
+# change this launcher sees -- insertAll; query jobs / jobs.query running
+# INSERT, UPDATE, DELETE, MERGE or TRUNCATE TABLE (target found by regex, only
+# dataset-qualified names); load / copy / query jobs with a destinationTable --
+# each tagged with the time that state ended. `t@MS` reads the earliest copy
+# that ended after MS, else the live table. CREATE TABLE ... AS needs none.
+_TIME_TRAVEL = timedelta(days=7)
+_HISTORY = f"{CATALOG_SCHEMA}.bqdrain_history"  # index of the copies (in DuckDB: persists with --data-dir)
+_PART = r"(?:`[^`]+`|[A-Za-z_][A-Za-z0-9_\-]*)"
+_DML_TARGET = re.compile(
+    r"\b(?:INSERT\s+(?:INTO\s+)?|UPDATE\s+|DELETE\s+(?:FROM\s+)?|MERGE\s+(?:INTO\s+)?|TRUNCATE\s+TABLE\s+)"
+    rf"({_PART}(?:\s*\.\s*{_PART}){{0,2}})",
+    re.I,
+)
+_DECORATED = re.compile(r"(?P<table>[^$@]+)(?:\$(?P<partition>[^$@]*))?(?:@(?P<snapshot>[^$@]*))?")
+
+
+def _dml_targets(bq_sql: str, project_id: str) -> list:
+    """(project, dataset, table) of every dataset-qualified DML target."""
+    out: list = []
+    for m in _DML_TARGET.finditer(bq_sql):
+        parts = [x for piece in re.findall(_PART, m.group(1)) for x in piece.strip("`").split(".")]
+        if len(parts) == 2:
+            parts.insert(0, project_id)
+        if len(parts) == 3 and tuple(parts) not in out:  # 1 part: MERGE's "UPDATE SET", "DELETE WHEN", ...
+            out.append(tuple(parts))
+    return out
+
+
+def _job_destinations(config: dict, project_id: str) -> list:
+    """The table a load / copy / query job writes into, if it names one."""
+    if config.get("dryRun"):
+        return []
+    out = []
+    for kind in ("load", "copy", "query"):
+        dest = (config.get(kind) or {}).get("destinationTable") or {}
+        if dest.get("datasetId") and dest.get("tableId"):
+            out.append((dest.get("projectId") or project_id, dest["datasetId"], dest["tableId"].split("$")[0]))
+    return out
+
+
+def _record_history(cur: Any, meta: TableMeta, ended: datetime) -> None:
+    """Copy the table's rows into the history as the state that ended at `ended`."""
+    cur.execute(f"CREATE SCHEMA IF NOT EXISTS {CATALOG_SCHEMA}")
+    cur.execute(
+        f"CREATE TABLE IF NOT EXISTS {_HISTORY} (project VARCHAR, dataset VARCHAR, table_id VARCHAR, "
+        "created_us BIGINT, ended_us BIGINT, copy_table VARCHAR)"
+    )
+    cutoff = _us(ended - _TIME_TRAVEL)  # copies that ended before this can no longer be read
+    for (old,) in cur.execute(f"SELECT copy_table FROM {_HISTORY} WHERE ended_us < ?", [cutoff]).fetchall():
+        cur.execute(f'DROP TABLE IF EXISTS {CATALOG_SCHEMA}."{old}"')
+    cur.execute(f"DELETE FROM {_HISTORY} WHERE ended_us < ?", [cutoff])
+    copy = f"history_{uuid.uuid4().hex}"
+    cur.execute(
+        f'CREATE TABLE {CATALOG_SCHEMA}."{copy}" AS SELECT * FROM '
+        f"{quoted_table_ref(meta.project_id, meta.dataset_id, meta.table_id)}"
+    )
+    cur.execute(
+        f"INSERT INTO {_HISTORY} VALUES (?, ?, ?, ?, ?, ?)",
+        [meta.project_id, meta.dataset_id, meta.table_id, _us(meta.creation_time), _us(ended), copy],
+    )
+
+
+def _history_copy(cur: Any, meta: TableMeta, at_us: int) -> Optional[str]:
+    """The copy holding the table's state at `at_us`; None: the live table."""
+    try:
+        row = cur.execute(
+            f"SELECT copy_table FROM {_HISTORY} WHERE project = ? AND dataset = ? AND table_id = ? "
+            "AND created_us = ? AND ended_us > ? ORDER BY ended_us LIMIT 1",
+            [meta.project_id, meta.dataset_id, meta.table_id, _us(meta.creation_time), at_us],
+        ).fetchone()
+    except duckdb.CatalogException:  # no history kept yet
+        return None
+    return row[0] if row else None
+
+
+async def _before_change(ctx: Any, targets: list) -> None:
+    """Right before `targets` change: fingerprint their partitions as they
+    are (fix 9) and keep a copy of their rows (time travel)."""
+    if not targets:
+        return
+    async with ctx.engine.write_lock():
+        cur = ctx.engine.connection.cursor()
+        now = ctx.clock.now()
+        for ref in targets:
+            meta = ctx.catalog.get_table(*ref)
+            if meta is None or meta.table_type != "TABLE":
+                continue
+            try:
+                _observe_partitions(ctx, cur, meta)
+                _record_history(cur, meta, now)
+            except duckdb.Error:
+                continue
+
+
+async def _after_change(ctx: Any, targets: list) -> None:
+    """Right after: partitions whose content changed get the change's time,
+    and so does the table's lastModifiedTime (fix 5)."""
+    if not targets:
+        return
+    cur = ctx.engine.connection.cursor()
+    now = ctx.clock.now()
+    for ref in targets:
+        _data_changed[tuple(ref)] = now
+        meta = ctx.catalog.get_table(*ref)
+        if meta is None or meta.table_type != "TABLE":
+            continue
+        try:
+            _observe_partitions(ctx, cur, meta, changed_at=now)
+        except duckdb.Error:
+            continue
+
+
+_orig_execute_query_job = jobs_routes.execute_query_job
+
+
+async def _execute_query_job(
+    project_id: str, job_id: str, bq_sql: str, query_params: Any, ctx: Any, **kwargs: Any
+) -> JobMeta:
+    targets = _dml_targets(bq_sql, project_id)
+    await _before_change(ctx, targets)
+    try:
+        return await _orig_execute_query_job(project_id, job_id, bq_sql, query_params, ctx, **kwargs)
+    finally:
+        await _after_change(ctx, targets)
+
+
+# jobs.insert (query jobs) and jobs.query call the name imported into the routes module.
+jobs_routes.execute_query_job = _execute_query_job
+
+
+@router.post(_TABLES + "/{table_id}/insertAll")
+async def insert_all(project_id: str, dataset_id: str, table_id: str, request: Request, ctx: _Ctx) -> dict:
+    body = await request.json()  # Starlette caches it; the stock handler reads it again
+    targets = [(project_id, dataset_id, table_id)] if body.get("rows") else []
+    await _before_change(ctx, targets)
+    try:
+        return await tabledata_routes.insert_all(project_id, dataset_id, table_id, request, ctx)
+    finally:
+        await _after_change(ctx, targets)
+
+
+def _partition_condition(meta: TableMeta, pid: str, decorated: str) -> str:
+    expr = _partition_expr(meta)
+    name = f"{meta.project_id}:{meta.dataset_id}.{meta.table_id}"
+    if expr is None:
+        raise ValidationError(
+            f"Cannot read partition information from a table that is not partitioned: {name}${pid}"
+        )
+    kind = "RANGE" if meta.range_partitioning is not None else meta.time_partitioning.type
+    if pid not in ("__NULL__", "__UNPARTITIONED__") and not re.fullmatch(_PARTITION_ID_SHAPES[kind], pid):
+        raise ValidationError(f"Invalid partition decorator {decorated}: {pid!r} is not a {kind} partition id")
+    return f"({expr}) = '{pid}'"
+
+
+def _snapshot_source(ctx: Any, meta: TableMeta, snap: str, decorated: str) -> str:
+    name = f"{meta.project_id}:{meta.dataset_id}.{meta.table_id}"
+    try:
+        ms = int(snap)
+    except ValueError:
+        raise ValidationError(
+            f"Invalid snapshot decorator {decorated}: {snap!r} is not a time in milliseconds since the epoch"
+        ) from None
+    now_ms = _us(ctx.clock.now()) // 1000
+    if ms < 0:
+        ms += now_ms  # BigQuery: a negative snapshot time is relative to now
+    oldest = now_ms - _TIME_TRAVEL // timedelta(milliseconds=1)
+    created = _us(meta.creation_time) // 1000
+    if ms > now_ms:
+        raise ValidationError(f"Invalid snapshot time {ms} for table {name}: it is in the future (now: {now_ms})")
+    if ms < oldest:
+        raise ValidationError(
+            f"Invalid snapshot time {ms} for table {name}: it exceeds the time travel window of 7 days. "
+            f"Cannot read before {oldest}"
+        )
+    if ms < created:
+        raise ValidationError(
+            f"Invalid snapshot time {ms} for table {name}: {ms} is before the table was created ({created})"
+        )
+    copy = _history_copy(ctx.engine.connection.cursor(), meta, ms * 1000)
+    return f'{CATALOG_SCHEMA}."{copy}"' if copy else quoted_table_ref(meta.project_id, meta.dataset_id, meta.table_id)
+
+
+def _extract_source_sql(ctx: Any, p: str, d: str, t: str) -> str:
+    """The SELECT an extract job exports for sourceTable p:d.t (decorators
+    included); DomainError for a missing table or a bad decorator."""
+    m = _DECORATED.fullmatch(t)
+    if m is None:
+        raise ValidationError(f"Invalid table decorator in {p}:{d}.{t}")
+    base, pid, snap = m.group("table", "partition", "snapshot")
+    if pid is not None and snap is not None:
+        raise ValidationError(
+            f"Invalid table decorator {p}:{d}.{t}: partition and snapshot decorators cannot be combined "
+            "in an extract job"
+        )
+    meta = ctx.catalog.get_table(p, d, base)
+    if meta is None:
+        raise _not_found(f"Table {p}:{d}.{base} was not found in location US")
+    if pid is not None:
+        return (
+            f"SELECT * FROM {quoted_table_ref(p, d, base)} "
+            f"WHERE {_partition_condition(meta, pid, f'{p}:{d}.{t}')}"
+        )
+    if snap is not None:
+        return f"SELECT * FROM {_snapshot_source(ctx, meta, snap, f'{p}:{d}.{t}')}"
+    return f"SELECT * FROM {quoted_table_ref(p, d, base)}"
 
 
 _orig_create_app = bq_server.create_app
