@@ -254,3 +254,29 @@ async fn a_table_made_again_counts_as_changed() {
     drain(&sb);
     assert_exported(&sb, "r2", "t_002", 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_gone_keeps_its_export_and_status_says_so() {
+    let sb = Sandbox::new();
+    make_dataset(&sb, 2, 20, 10);
+    produce(&sb, &plan("r1", None, true)).await;
+    drain(&sb);
+    dataset::execute(
+        &sb.warehouse(),
+        "DROP TABLE t_002; DELETE FROM events WHERE day = '2026-12-01';",
+    )
+    .unwrap();
+    let second = produce(&sb, &plan("r2", None, true)).await;
+    assert_eq!((second.published, second.gone), (0, 2), "{second:?}");
+    let status = sb.status("r2", &[]);
+    let gone: Vec<&str> = status["gone"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["unit"].as_str().unwrap())
+        .collect();
+    assert_eq!(gone, ["events$20261201", "t_002"]);
+    // Their last exports stay.
+    assert_exported(&sb, "r1", "t_002", 20);
+    assert_eq!(exported_days(&sb, "r1", "20261201").len(), 10);
+}

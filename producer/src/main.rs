@@ -151,7 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         println!(
             "run {}{}: published {} message(s), {} unit(s) pending, skipped {}, excluded {}, \
-             unchanged {}, outside the partition window {}",
+             unchanged {}, outside the partition window {}, source gone {}",
             report.run_id,
             if report.resumed { " (resumed)" } else { "" },
             report.published,
@@ -159,7 +159,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             report.skipped.len(),
             report.excluded,
             report.unchanged,
-            report.outside_window
+            report.outside_window,
+            report.gone
         );
         if report.pending == 0 && !report.resumed {
             println!(

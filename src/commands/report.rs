@@ -351,6 +351,7 @@ mod tests {
                     started_at: Some(t(start)),
                     run_started_at: None,
                     change: None,
+                    as_of: None,
                 }),
             },
         }

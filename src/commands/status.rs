@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::engine::layout;
 use crate::engine::runs::{RunState, Totals, UnitState, UnitStatus};
-use crate::engine::selection::UnchangedUnit;
+use crate::engine::selection::CurrentExport;
 use crate::error::ConfigError;
 use crate::ports::store::ObjectStore;
 
@@ -24,7 +24,10 @@ pub struct StatusReport {
     pub rows_unknown: usize,
     pub units: Vec<UnitStatus>,
     /// Units the run left out because their current export holds their data.
-    pub unchanged: Vec<UnchangedUnit>,
+    pub unchanged: Vec<CurrentExport>,
+    /// Units whose source was gone when the run was planned; their last
+    /// export stays.
+    pub gone: Vec<CurrentExport>,
 }
 
 pub async fn run_status(store: &dyn ObjectStore, run_id: &str) -> anyhow::Result<StatusReport> {
@@ -62,6 +65,7 @@ pub async fn run_status(store: &dyn ObjectStore, run_id: &str) -> anyhow::Result
         rows,
         rows_unknown,
         unchanged: state.manifest.unchanged.clone(),
+        gone: state.manifest.gone.clone(),
         units: state.units,
     })
 }
@@ -99,6 +103,13 @@ impl StatusReport {
                     }
                 }
             }
+        }
+        for g in &self.gone {
+            let _ = writeln!(
+                out,
+                "  {:width$}  source gone  its table or partition no longer exists; run {}'s export stays",
+                g.unit, g.exported_by
+            );
         }
         if !self.unchanged.is_empty() {
             let _ = writeln!(

@@ -84,6 +84,7 @@ impl ExportHandler {
             destination_root: msg.destination.clone(),
             folder: folder.clone(),
             options: msg.options.clone(),
+            snapshot_at: Some(msg.enqueued_at),
         };
         let started = std::time::Instant::now();
         // Every try first looks for a completion record: a duplicate, or a
@@ -164,6 +165,7 @@ impl ExportHandler {
             started_at: Some(started_at),
             run_started_at: Some(msg.enqueued_at),
             change: msg.change.clone(),
+            as_of: result.as_of,
         };
         let body = RecordBody::of(&manifest);
         let committed = store

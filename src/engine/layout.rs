@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::message::{ExportOptions, SourceTable};
-use crate::engine::selection::UnchangedUnit;
+use crate::engine::selection::CurrentExport;
 use crate::ports::warehouse::ChangeMarker;
 
 /// Reserved top-level folder for bqdrain's own records.
@@ -116,7 +116,11 @@ pub struct RunManifest {
     /// Units left out by `--only-changed`: their current export holds
     /// their data.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub unchanged: Vec<UnchangedUnit>,
+    pub unchanged: Vec<CurrentExport>,
+    /// Units with a current export whose table or partition is gone from
+    /// the source (`--only-changed` looks): their last export stays.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gone: Vec<CurrentExport>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -188,6 +192,11 @@ pub struct TableManifest {
     /// export began: `--only-changed` compares the next run's with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<ChangeMarker>,
+    /// The snapshot time the exported data is from (the run's start);
+    /// absent when it is the state at export time: the warehouse keeps no
+    /// history, or the time-travel window had passed (a late replay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of: Option<DateTime<Utc>>,
 }
 
 /// Written by a run that committed a unit after a newer run had: its own

@@ -10,6 +10,7 @@
 //! the execution's name, so a retried execution resumes the run its first
 //! attempt started instead of publishing a second one.
 
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -21,11 +22,11 @@ use crate::engine::message::{
 };
 use crate::engine::retry::RetryPolicy;
 use crate::engine::runs;
-use crate::engine::selection::{self, PartitionPlan, PartitionWindow, UnchangedUnit};
+use crate::engine::selection::{self, CurrentExport, PartitionPlan, PartitionWindow};
 use crate::error::ConfigError;
 use crate::ports::queue::Topic;
 use crate::ports::store::ObjectStore;
-use crate::ports::warehouse::{TableInfo, Warehouse};
+use crate::ports::warehouse::{PartitionInfo, TableInfo, Warehouse};
 
 /// Messages per publish call.
 const PUBLISH_BATCH: usize = 1000;
@@ -111,6 +112,9 @@ pub struct ProduceReport {
     pub unchanged: usize,
     /// Partitions left out by the partition window.
     pub outside_window: usize,
+    /// Units with a current export whose table or partition no longer
+    /// exists (found with `--only-changed`); their exports stay.
+    pub gone: usize,
     pub seconds: f64,
 }
 
@@ -166,7 +170,6 @@ pub fn validate(
     patterns("--include", &plan.include)?;
     patterns("--exclude", &plan.exclude)?;
     plan.options.validate()?;
-    warehouse.check_incremental(plan.partitions.split, plan.only_changed)?;
     if plan.partitions.window.is_some() && !plan.partitions.split {
         return Err(ConfigError::new(
             "--partitions-last-days/--partitions-since",
@@ -248,11 +251,9 @@ async fn publish_new(
     let exclude = patterns("--exclude", &plan.exclude)?;
     let created_at = Utc::now();
 
-    if plan.only_changed {
-        warehouse.track_changes().await?;
-    }
     let mut tables = warehouse.list_tables().await?;
     let listed = tables.len();
+    let every_table: HashSet<String> = tables.iter().map(|t| t.name.clone()).collect();
     tables.retain(|t| {
         (include.is_empty() || include.iter().any(|p| p.matches(&t.name)))
             && !exclude.iter().any(|p| p.matches(&t.name))
@@ -270,20 +271,45 @@ async fn publish_new(
             false
         }
     });
-    let (mut units, outside_window) =
+    let (mut units, outside_window, partitions_seen) =
         plan_units(plan, warehouse, &tables, created_at.date_naive()).await?;
     let mut unchanged = Vec::new();
+    let mut gone = Vec::new();
     if plan.only_changed {
         let current = RETRY
             .run_any("listing the current exports", || {
                 selection::current_exports(store, warehouse.dataset())
             })
             .await?;
+        for (unit, export) in &current {
+            let (table, partition) = match unit.split_once('$') {
+                Some((table, partition)) => (table, Some(partition)),
+                None => (unit.as_str(), None),
+            };
+            let source_gone = !every_table.contains(table)
+                || partition.is_some_and(|p| {
+                    partitions_seen
+                        .get(table)
+                        .is_some_and(|ids| !ids.contains(p))
+                });
+            if source_gone {
+                tracing::info!(
+                    unit,
+                    exported_by = export.run_id,
+                    "source gone: its last export stays"
+                );
+                gone.push(CurrentExport {
+                    unit: unit.clone(),
+                    exported_by: export.run_id.clone(),
+                });
+            }
+        }
+        gone.sort_by(|a, b| a.unit.cmp(&b.unit));
         units.retain(|u| {
             match selection::unchanged_since(current.get(&u.unit), u.change.as_ref()) {
                 Some(run) => {
                     tracing::debug!(unit = u.unit, exported_by = run, "unchanged: not published");
-                    unchanged.push(UnchangedUnit {
+                    unchanged.push(CurrentExport {
                         unit: u.unit.clone(),
                         exported_by: run.to_string(),
                     });
@@ -319,6 +345,7 @@ async fn publish_new(
         units,
         skipped: skipped.clone(),
         unchanged,
+        gone,
     };
     let body = serde_json::to_vec_pretty(&manifest)?;
     let manifest_key = layout::run_manifest(&run_id);
@@ -347,76 +374,90 @@ async fn publish_new(
         excluded,
         unchanged: manifest.unchanged.len(),
         outside_window,
+        gone: manifest.gone.len(),
         seconds: started.elapsed().as_secs_f64(),
     })
 }
 
 /// The run's units: one per table, or with `--partitions` one per partition
-/// of each partitioned table (in the window, if one is given); and how many
-/// partitions the window left out.
+/// of each partitioned table (in the window, if one is given), each with its
+/// change marker where the warehouse gives one; how many partitions the
+/// window left out; and the ids of every partition of each table it split.
 async fn plan_units(
     plan: &RunPlan,
     warehouse: &dyn Warehouse,
     tables: &[TableInfo],
     today: chrono::NaiveDate,
-) -> anyhow::Result<(Vec<PlannedUnit>, usize)> {
-    let unit = |table: &TableInfo, partition: Option<String>| SourceTable {
-        dataset_uri: warehouse.uri().to_string(),
-        project: warehouse.project().to_string(),
-        dataset: warehouse.dataset().to_string(),
-        table: table.name.clone(),
-        partition,
-    };
-    let planned = |source: SourceTable, rows, bytes, change| PlannedUnit {
-        unit: source.unit(),
-        source,
-        rows,
-        bytes,
-        change,
-    };
-    let (partitioned, whole): (Vec<&TableInfo>, Vec<&TableInfo>) = tables
-        .iter()
-        .partition(|t| plan.partitions.split && t.partitioning.is_some());
-    let mut units = Vec::with_capacity(tables.len());
-    for table in whole {
-        if plan.partitions.window.is_some() {
-            tracing::info!(table = %table.name, "not partitioned: exported whole, whatever the partition window");
+) -> anyhow::Result<(Vec<PlannedUnit>, usize, PartitionsSeen)> {
+    let planned = |table: &str, partition: Option<String>, rows, bytes, change| {
+        let source = SourceTable {
+            dataset_uri: warehouse.uri().to_string(),
+            project: warehouse.project().to_string(),
+            dataset: warehouse.dataset().to_string(),
+            table: table.to_string(),
+            partition,
+        };
+        PlannedUnit {
+            unit: source.unit(),
+            source,
+            rows,
+            bytes,
+            change,
         }
-        units.push(planned(
-            unit(table, None),
-            table.rows,
-            table.bytes,
-            table.change.clone(),
-        ));
+    };
+    // Markers first: the embedded warehouse starts counting changes here,
+    // and its partitions' markers come from the same counters.
+    let mut markers = if plan.only_changed {
+        warehouse.change_markers(tables).await?
+    } else {
+        HashMap::new()
+    };
+    let mut partitions: HashMap<String, Vec<PartitionInfo>> = HashMap::new();
+    if plan.partitions.split {
+        for partition in warehouse.list_partitions(tables).await? {
+            partitions
+                .entry(partition.table.clone())
+                .or_default()
+                .push(partition);
+        }
     }
-    if partitioned.is_empty() {
-        return Ok((units, 0));
-    }
+    let seen: PartitionsSeen = partitions
+        .iter()
+        .map(|(table, parts)| (table.clone(), parts.iter().map(|p| p.id.clone()).collect()))
+        .collect();
     let first_day = plan.partitions.window.map(|w| w.first_day(today));
-    let by_name: std::collections::HashMap<&str, &TableInfo> =
-        partitioned.iter().map(|t| (t.name.as_str(), *t)).collect();
-    let owned: Vec<TableInfo> = partitioned.iter().map(|t| (*t).clone()).collect();
+    let mut units = Vec::with_capacity(tables.len());
     let mut outside_window = 0;
-    for partition in warehouse.list_partitions(&owned).await? {
-        let Some(table) = by_name.get(partition.table.as_str()) else {
+    for table in tables {
+        let Some(parts) = partitions.remove(&table.name) else {
+            if plan.partitions.window.is_some() {
+                tracing::info!(table = %table.name, "not partitioned: exported whole, whatever the partition window");
+            }
+            let change = markers.remove(&table.name);
+            units.push(planned(&table.name, None, table.rows, table.bytes, change));
             continue;
         };
-        let unit_of = table.partitioning.expect("partitioned tables only");
-        if let Some(first_day) = first_day {
-            if !PartitionWindow::holds(first_day, unit_of, &partition.id) {
-                outside_window += 1;
-                continue;
+        for part in parts {
+            if let Some(first_day) = first_day {
+                if !PartitionWindow::holds(first_day, part.unit, &part.id) {
+                    outside_window += 1;
+                    continue;
+                }
             }
+            units.push(planned(
+                &table.name,
+                Some(part.id),
+                part.rows,
+                part.bytes,
+                part.change,
+            ));
         }
-        units.push(planned(
-            unit(table, Some(partition.id)),
-            partition.rows,
-            partition.bytes,
-            partition.change,
-        ));
     }
-    Ok((units, outside_window))
+    Ok((units, outside_window, seen))
 }
+
+/// Table -> the ids of its partitions, for the tables a run split.
+type PartitionsSeen = HashMap<String, HashSet<String>>;
 
 /// Continues an existing run as its manifest planned it: with `again`, its
 /// units without a completion record are published again (a duplicate of a
@@ -449,6 +490,7 @@ async fn resume(
         excluded: 0,
         unchanged: manifest.unchanged.len(),
         outside_window: 0,
+        gone: manifest.gone.len(),
         seconds: started.elapsed().as_secs_f64(),
     })
 }

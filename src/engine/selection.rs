@@ -76,9 +76,10 @@ fn last_day(unit: Partitioning, id: &str) -> Option<NaiveDate> {
     }
 }
 
-/// A unit left out because its data did not change since its current export.
+/// A unit and the run whose export of it is current: what a run leaves out
+/// because it did not change, or because its source is gone.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize, Serialize)]
-pub struct UnchangedUnit {
+pub struct CurrentExport {
     pub unit: String,
     /// The run whose export of the unit is current.
     pub exported_by: String,
@@ -128,14 +129,16 @@ pub async fn current_exports(
 
 /// The run whose current export already holds this data, if one does: the
 /// unit's marker now equals the one that export was planned with. A unit
-/// without a marker (the warehouse cannot tell) always counts as changed.
+/// without a marker (the warehouse cannot tell) always counts as changed,
+/// and so does one whose export missed rows in the streaming buffer.
 pub fn unchanged_since<'a>(
     current: Option<&'a TableManifest>,
     marker: Option<&ChangeMarker>,
 ) -> Option<&'a str> {
     let current = current?;
     let marker = marker?;
-    (current.change.as_ref() == Some(marker)).then_some(current.run_id.as_str())
+    let exported = current.change.as_ref()?;
+    (exported == marker && !exported.streaming).then_some(current.run_id.as_str())
 }
 
 #[cfg(test)]
@@ -181,6 +184,7 @@ mod tests {
             version: Some(version),
             rows: Some(10),
             bytes: None,
+            streaming: false,
         };
         let export: TableManifest = serde_json::from_value(serde_json::json!({
             "v": 1, "run_id": "r1", "unit": "t", "files": [], "bytes": 0, "rows": 10,
@@ -192,6 +196,14 @@ mod tests {
         assert_eq!(unchanged_since(Some(&export), Some(&marker(5))), None);
         assert_eq!(unchanged_since(Some(&export), None), None);
         assert_eq!(unchanged_since(None, Some(&marker(4))), None);
+        let streaming = TableManifest {
+            change: Some(ChangeMarker {
+                streaming: true,
+                ..marker(4)
+            }),
+            ..export.clone()
+        };
+        assert_eq!(unchanged_since(Some(&streaming), Some(&marker(4))), None);
         let unmarked = TableManifest {
             change: None,
             ..export

@@ -1,6 +1,7 @@
 //! The warehouse port: list a dataset's tables and their partitions, say
 //! what changed, export one table or partition.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -40,11 +41,6 @@ pub struct TableInfo {
     /// Stored size, where the warehouse knows it.
     pub bytes: Option<u64>,
     pub rows: Option<u64>,
-    /// How the table is split into partitions; `None` when it is not.
-    pub partitioning: Option<Partitioning>,
-    /// The table's change marker as of now; `None` where the warehouse
-    /// cannot tell, and then the table always counts as changed.
-    pub change: Option<ChangeMarker>,
 }
 
 /// The unit of a partitioned table's partitions, which fixes their ids:
@@ -67,6 +63,8 @@ pub struct PartitionInfo {
     pub table: String,
     /// The partition id, as in `table$ID`.
     pub id: String,
+    /// How the table is partitioned, which gives ids their meaning.
+    pub unit: Partitioning,
     pub rows: Option<u64>,
     pub bytes: Option<u64>,
     pub change: Option<ChangeMarker>,
@@ -89,6 +87,10 @@ pub struct ChangeMarker {
     pub rows: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    /// Rows were waiting in BigQuery's streaming buffer, which an extract
+    /// job does not read: the unit counts as changed next time too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub streaming: bool,
 }
 
 /// One export to perform.
@@ -102,6 +104,9 @@ pub struct ExportRequest {
     /// Folder under the root that receives the shards, ending in `/`.
     pub folder: String,
     pub options: ExportOptions,
+    /// Export the data as it was at this time (the run's start), where the
+    /// warehouse can: every unit of a run then comes from one snapshot.
+    pub snapshot_at: Option<DateTime<Utc>>,
 }
 
 impl ExportRequest {
@@ -122,7 +127,11 @@ impl ExportRequest {
 pub struct ExportResult {
     /// Keys (relative to the destination root) of every shard written.
     pub files: Vec<String>,
+    /// Rows of the exported data, where they can be known.
     pub rows: Option<u64>,
+    /// The snapshot time the data is from; `None` when it is the state at
+    /// export time (no time travel, or its window had passed).
+    pub as_of: Option<DateTime<Utc>>,
 }
 
 /// Set when the worker gives up on an export (shutdown): adapters stop early.
@@ -144,18 +153,16 @@ pub trait Warehouse: Send + Sync {
 
     async fn list_tables(&self) -> anyhow::Result<Vec<TableInfo>>;
 
-    /// Refuses, before anything is published, what this warehouse cannot
-    /// plan: partition units (`--partitions`) or change markers
-    /// (`--only-changed`).
-    fn check_incremental(&self, partitions: bool, only_changed: bool) -> Result<(), ConfigError>;
+    /// The change markers of these tables as of now, by name; a table
+    /// left out has none and always counts as changed. Changes made from now
+    /// on raise them (the embedded warehouse installs its triggers here).
+    async fn change_markers(
+        &self,
+        tables: &[TableInfo],
+    ) -> anyhow::Result<HashMap<String, ChangeMarker>>;
 
-    /// Makes sure that changes made from now on raise the change markers
-    /// `list_tables` and `list_partitions` return; called before planning a
-    /// run with `--only-changed`.
-    async fn track_changes(&self) -> anyhow::Result<()>;
-
-    /// The partitions of these partitioned tables, with their sizes and
-    /// change markers.
+    /// The partitions of those of these tables that are partitioned, with
+    /// their sizes and change markers.
     async fn list_partitions(&self, tables: &[TableInfo]) -> anyhow::Result<Vec<PartitionInfo>>;
 
     async fn export(

@@ -305,6 +305,59 @@ impl GcpSandbox {
         }
     }
 
+    /// Creates `table` (id, day, amount) partitioned by the DATE `day`,
+    /// with `per_day` rows on each of `days`.
+    pub async fn create_daily_table(&self, table: &str, days: &[&str], per_day: u64) {
+        let tables = format!("projects/{PROJECT}/datasets/{}/tables", self.dataset);
+        self.bq_call(
+            "POST",
+            &tables,
+            Some(json!({
+                "tableReference": {"projectId": PROJECT, "datasetId": self.dataset, "tableId": table},
+                "schema": {"fields": [
+                    {"name": "id", "type": "INTEGER"},
+                    {"name": "day", "type": "DATE"},
+                    {"name": "amount", "type": "INTEGER"},
+                ]},
+                "timePartitioning": {"type": "DAY", "field": "day"},
+            })),
+        )
+        .await;
+        let rows: Vec<Value> = days
+            .iter()
+            .enumerate()
+            .flat_map(|(d, day)| {
+                (0..per_day).map(move |i| {
+                    let id = d as u64 * per_day + i + 1;
+                    json!({"insertId": id.to_string(), "json": {"id": id, "day": day, "amount": i}})
+                })
+            })
+            .collect();
+        let body = self
+            .bq_call(
+                "POST",
+                &format!("{tables}/{table}/insertAll"),
+                Some(json!({"rows": rows})),
+            )
+            .await;
+        let errors = body["insertErrors"].as_array().map_or(0, Vec::len);
+        assert_eq!(errors, 0, "insertAll: {body}");
+    }
+
+    /// Runs a statement (DML) through `jobs.query`; `{table}` in `sql`
+    /// stands for the fully qualified `table`.
+    pub async fn dml(&self, table: &str, sql: &str) {
+        let qualified = format!("`{PROJECT}.{}.{table}`", self.dataset);
+        let body = self
+            .bq_call(
+                "POST",
+                &format!("projects/{PROJECT}/queries"),
+                Some(json!({"query": sql.replace("{table}", &qualified), "useLegacySql": false})),
+            )
+            .await;
+        assert!(body.get("error").is_none(), "{sql}: {body}");
+    }
+
     pub async fn make_tables(&self, count: usize, rows: u64) -> Vec<String> {
         let names: Vec<String> = (1..=count).map(|i| format!("t_{i:03}")).collect();
         for name in &names {

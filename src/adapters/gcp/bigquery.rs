@@ -8,13 +8,15 @@
 //! latest successor with a few `jobs.get` probes, so a unit can fail and be
 //! replayed any number of times.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use google_cloud_bigquery_v2::client::{DatasetService, JobService, TableService};
 use google_cloud_bigquery_v2::model::{
-    ErrorProto, Job, JobConfiguration, JobConfigurationExtract, JobReference, QueryRequest,
-    TableReference,
+    ErrorProto, Job, JobConfiguration, JobConfigurationExtract, JobReference, ListFormatTable,
+    QueryRequest, TableReference,
 };
 use google_cloud_gax::error::rpc::StatusDetails;
 use google_cloud_gax::retry_policy::NeverRetry;
@@ -25,7 +27,8 @@ use crate::engine::message::{ExportOptions, Format};
 use crate::engine::retry::RetryPolicy;
 use crate::error::{ConfigError, ErrorKind, UnitError};
 use crate::ports::warehouse::{
-    Cancel, ExportRequest, ExportResult, PartitionInfo, TableInfo, TableKind, Warehouse,
+    Cancel, ChangeMarker, ExportRequest, ExportResult, PartitionInfo, Partitioning, TableInfo,
+    TableKind, Warehouse,
 };
 
 pub const SCHEME: &str = "bigquery://";
@@ -40,6 +43,10 @@ const MAX_SUCCESSOR: u32 = 1 << 20;
 const METADATA_CONCURRENCY: usize = 16;
 /// Rows a page of the planning query's results holds.
 const QUERY_PAGE_ROWS: u32 = 10_000;
+/// Tables named in one `INFORMATION_SCHEMA.PARTITIONS` query.
+const PARTITIONS_PER_QUERY: usize = 1000;
+/// The partition id of rows still in the streaming buffer.
+const STREAMING_PARTITION: &str = "__STREAMING_UNPARTITIONED__";
 /// How long one call waits for the planning query to finish.
 const QUERY_WAIT: Duration = Duration::from_secs(10);
 /// Consecutive failed polls of a running job before the export gives up.
@@ -154,12 +161,16 @@ impl BigQueryWarehouse {
         job_id: &str,
         location: &str,
         request: &ExportRequest,
+        as_of: Option<DateTime<Utc>>,
     ) -> Result<Job, UnitError> {
         let source = &request.source;
-        let table_id = match &source.partition {
+        let mut table_id = match &source.partition {
             Some(p) => format!("{}${p}", source.table),
             None => source.table.clone(),
         };
+        if let Some(at) = as_of {
+            table_id.push_str(&format!("@{}", at.timestamp_millis()));
+        }
         // The producer checked it, but a message may come from elsewhere.
         let (bucket, prefix) = storage::parse(&request.destination_root, "destination")
             .map_err(|e| UnitError::permanent("invalid", e.to_string()))?;
@@ -213,12 +224,13 @@ impl BigQueryWarehouse {
         job_id: &str,
         location: &str,
         request: &ExportRequest,
+        as_of: Option<DateTime<Utc>>,
     ) -> Result<(Job, bool), UnitError> {
         let inserted = self
             .jobs
             .insert_job()
             .set_project_id(&self.project)
-            .set_job(self.extract_job(job_id, location, request)?)
+            .set_job(self.extract_job(job_id, location, request, as_of)?)
             .send()
             .await;
         match inserted {
@@ -274,10 +286,14 @@ impl BigQueryWarehouse {
         &self,
         request: &ExportRequest,
         location: &str,
+        as_of: Option<DateTime<Utc>>,
         known: u32,
     ) -> Result<u32, UnitError> {
         let exists = |successor| async move {
-            match self.get_job(&job_id(request, successor), location).await {
+            match self
+                .get_job(&job_id(request, as_of, successor), location)
+                .await
+            {
                 Ok(_) => Ok(true),
                 Err(e) if e.reason == "notFound" => Ok(false),
                 Err(e) => Err(e),
@@ -308,81 +324,123 @@ impl BigQueryWarehouse {
         Ok(present)
     }
 
-    /// Every table of the dataset with its kind, rows and bytes, from one
-    /// query: `INFORMATION_SCHEMA.TABLES` names every table now (storage
-    /// statistics lag by minutes), `TABLE_STORAGE` of the dataset's region
-    /// adds the sizes.
-    async fn tables_from_query(&self) -> Result<Vec<TableInfo>, UnitError> {
-        let location = self.location().await?;
-        let (project, dataset) = (&self.project, &self.dataset);
-        let sql = format!(
-            "SELECT t.table_name, t.table_type, s.total_rows, s.total_logical_bytes \
-             FROM `{project}.{dataset}.INFORMATION_SCHEMA.TABLES` AS t \
-             LEFT JOIN `{project}.region-{region}.INFORMATION_SCHEMA.TABLE_STORAGE` AS s \
-             ON s.table_schema = t.table_schema AND s.table_name = t.table_name \
-             AND NOT s.deleted",
-            region = location.to_ascii_lowercase()
-        );
-        let request = QueryRequest::new()
-            .set_query(sql)
-            .set_use_legacy_sql(false)
-            .set_location(location)
-            .set_max_results(QUERY_PAGE_ROWS)
-            .set_timeout_ms(QUERY_WAIT.as_millis() as u32);
-        let first = metadata_retry()
-            .run("querying INFORMATION_SCHEMA", || {
-                let request = request.clone();
-                async move {
-                    self.jobs
-                        .query()
-                        .set_project_id(&self.project)
-                        .set_query_request(request)
-                        .send()
-                        .await
-                        .map_err(|e| classify("querying INFORMATION_SCHEMA", &e))
+    /// Exports the unit as of `as_of` (a time-travel read), or as it is now:
+    /// starts its job, or re-attaches to an earlier delivery's, and goes on
+    /// to numbered successors of jobs that failed before.
+    async fn extract(
+        &self,
+        request: &ExportRequest,
+        location: &str,
+        as_of: Option<DateTime<Utc>>,
+        cancel: &Cancel,
+    ) -> Result<ExportResult, UnitError> {
+        let mut successor = 0;
+        for _ in 0..MAX_JOBS_PER_ATTEMPT {
+            let id = job_id(request, as_of, successor);
+            let (job, created) = self.start_or_attach(&id, location, request, as_of).await?;
+            let job = self.wait_done(job, &id, location, cancel).await?;
+            let status = job.status.as_ref();
+            if let Some(error) = status.and_then(|s| s.error_result.as_ref()) {
+                if created {
+                    return Err(job_failure(&id, error));
                 }
-            })
-            .await?;
-        let job_id = first.job_reference.map(|r| r.job_id).unwrap_or_default();
-        let mut tables = Vec::new();
-        let (mut rows, mut page_token, mut complete) = (
-            first.rows,
-            first.page_token,
-            first.job_complete.unwrap_or(false),
-        );
-        loop {
-            tables.extend(rows.iter().map(table_from_row));
-            if complete && page_token.is_empty() {
-                return Ok(tables);
+                // An earlier delivery's job failed: this delivery (a retry,
+                // or a replay after the cause was fixed) goes on from the
+                // latest successor, or starts the next one.
+                let latest = self
+                    .latest_successor(request, location, as_of, successor)
+                    .await?;
+                successor = if latest > successor {
+                    latest
+                } else {
+                    successor + 1
+                };
+                continue;
             }
-            let page = metadata_retry()
-                .run("reading the INFORMATION_SCHEMA query's results", || async {
-                    self.jobs
-                        .get_query_results()
-                        .set_project_id(&self.project)
-                        .set_job_id(&job_id)
-                        .set_location(location)
-                        .set_page_token(&page_token)
-                        .set_max_results(QUERY_PAGE_ROWS)
-                        .set_timeout_ms(QUERY_WAIT.as_millis() as u32)
-                        .send()
-                        .await
-                        .map_err(|e| classify("reading the INFORMATION_SCHEMA query's results", &e))
+            let files: u64 = job
+                .statistics
+                .as_ref()
+                .and_then(|s| s.extract.as_ref())
+                .map(|x| {
+                    x.destination_uri_file_counts
+                        .iter()
+                        .map(|&n| n.max(0) as u64)
+                        .sum()
                 })
-                .await?;
-            if let Some(error) = page.errors.first() {
-                return Err(job_failure(&job_id, error));
+                .unwrap_or(0);
+            return Ok(ExportResult {
+                files: (0..files).map(|i| request.shard_key(i)).collect(),
+                rows: self.exported_rows(request, as_of).await,
+                as_of,
+            });
+        }
+        Err(UnitError::transient(
+            "backendError",
+            format!("{MAX_JOBS_PER_ATTEMPT} extract jobs of this export attempt failed"),
+        ))
+    }
+
+    /// The rows an export of a whole table holds: the table's count now,
+    /// which is the snapshot's when the table has not changed since. Unknown
+    /// otherwise, and for partitions; the export stands without it.
+    async fn exported_rows(
+        &self,
+        request: &ExportRequest,
+        as_of: Option<DateTime<Utc>>,
+    ) -> Option<u64> {
+        if request.source.partition.is_some() {
+            return None;
+        }
+        let table = &request.source.table;
+        let found = self
+            .tables
+            .get_table()
+            .set_project_id(&self.project)
+            .set_dataset_id(&self.dataset)
+            .set_table_id(table)
+            .send()
+            .await;
+        match found {
+            Ok(found) => {
+                let unchanged = as_of.is_none_or(|at| {
+                    i64::try_from(found.last_modified_time)
+                        .is_ok_and(|ms| ms <= at.timestamp_millis())
+                });
+                found.num_rows.filter(|_| unchanged)
             }
-            complete = page.job_complete.unwrap_or(false);
-            // An unfinished query returns no rows yet: ask again.
-            rows = if complete { page.rows } else { Vec::new() };
-            page_token = page.page_token;
+            Err(e) => {
+                tracing::warn!(table, error = %e, "cannot read the row count");
+                None
+            }
         }
     }
 
-    /// The fallback: `tables.list`, then one `tables.get` per table for
-    /// its size (list items carry none).
-    async fn tables_from_api(&self) -> anyhow::Result<Vec<TableInfo>> {
+    /// The partitioning of every table of the dataset that has one, from
+    /// `tables.list` (a page per 1,000 tables).
+    async fn partitioning(&self) -> anyhow::Result<HashMap<String, Partitioning>> {
+        let mut units = HashMap::new();
+        for table in self.list_all_tables().await? {
+            let name = table
+                .table_reference
+                .map(|r| r.table_id)
+                .unwrap_or_default();
+            let unit = match (&table.time_partitioning, &table.range_partitioning) {
+                (Some(time), _) => match time.r#type.as_str() {
+                    "HOUR" => Partitioning::Hour,
+                    "MONTH" => Partitioning::Month,
+                    "YEAR" => Partitioning::Year,
+                    _ => Partitioning::Day,
+                },
+                (None, Some(_)) => Partitioning::IntegerRange,
+                (None, None) => continue,
+            };
+            units.insert(name, unit);
+        }
+        Ok(units)
+    }
+
+    /// Every page of `tables.list`.
+    async fn list_all_tables(&self) -> anyhow::Result<Vec<ListFormatTable>> {
         let mut tables = Vec::new();
         let mut page_token = String::new();
         let what = format!("listing the tables of {}", self.uri);
@@ -400,24 +458,155 @@ impl BigQueryWarehouse {
                         .map_err(|e| classify(&what, &e))
                 })
                 .await?;
-            for table in page.tables {
-                tables.push(TableInfo {
-                    name: table
-                        .table_reference
-                        .map(|r| r.table_id)
-                        .unwrap_or_default(),
-                    kind: table_kind(&table.r#type),
-                    bytes: None,
-                    rows: None,
-                    partitioning: None,
-                    change: None,
-                });
-            }
+            tables.extend(page.tables);
             if page.next_page_token.is_empty() {
-                break;
+                return Ok(tables);
             }
             page_token = page.next_page_token;
         }
+    }
+
+    /// Rows of `INFORMATION_SCHEMA.PARTITIONS` for these tables, one query
+    /// per 1,000 of them: a partitioned table's partitions, and one row with
+    /// no id for a table that is not partitioned.
+    async fn partitions_of(&self, tables: &[String]) -> Result<Vec<PartitionRow>, UnitError> {
+        let mut rows = Vec::new();
+        for batch in tables.chunks(PARTITIONS_PER_QUERY) {
+            let names: Vec<String> = batch
+                .iter()
+                .map(|t| format!("'{}'", t.replace('\\', "\\\\").replace('\'', "\\'")))
+                .collect();
+            let sql = format!(
+                "SELECT table_name, partition_id, total_rows, total_logical_bytes, last_modified_time \
+                 FROM `{}.{}.INFORMATION_SCHEMA.PARTITIONS` WHERE table_name IN ({})",
+                self.project,
+                self.dataset,
+                names.join(", ")
+            );
+            for row in self
+                .query(sql, "querying INFORMATION_SCHEMA.PARTITIONS")
+                .await?
+            {
+                let cell = |i: usize| {
+                    row.get("f")
+                        .and_then(|f| f.get(i))
+                        .and_then(|c| c.get("v"))
+                        .and_then(|v| v.as_str())
+                };
+                rows.push(PartitionRow {
+                    table: cell(0).unwrap_or_default().to_string(),
+                    id: cell(1).map(str::to_string),
+                    rows: cell(2).and_then(|v| v.parse().ok()),
+                    bytes: cell(3).and_then(|v| v.parse().ok()),
+                    modified: cell(4).and_then(parse_timestamp),
+                });
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Every table of the dataset with its kind, rows and bytes, from one
+    /// query: `INFORMATION_SCHEMA.TABLES` names every table now (storage
+    /// statistics lag by minutes), `TABLE_STORAGE` of the dataset's region
+    /// adds the sizes.
+    async fn tables_from_query(&self) -> Result<Vec<TableInfo>, UnitError> {
+        let location = self.location().await?;
+        let (project, dataset) = (&self.project, &self.dataset);
+        let sql = format!(
+            "SELECT t.table_name, t.table_type, s.total_rows, s.total_logical_bytes \
+             FROM `{project}.{dataset}.INFORMATION_SCHEMA.TABLES` AS t \
+             LEFT JOIN `{project}.region-{region}.INFORMATION_SCHEMA.TABLE_STORAGE` AS s \
+             ON s.table_schema = t.table_schema AND s.table_name = t.table_name \
+             AND NOT s.deleted",
+            region = location.to_ascii_lowercase()
+        );
+        let rows = self.query(sql, "querying INFORMATION_SCHEMA").await?;
+        Ok(rows.iter().map(table_from_row).collect())
+    }
+
+    /// Runs a metadata query (free: INFORMATION_SCHEMA) and reads every page
+    /// of its rows.
+    async fn query(
+        &self,
+        sql: String,
+        what: &str,
+    ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, UnitError> {
+        let location = self.location().await?;
+        let request = QueryRequest::new()
+            .set_query(sql)
+            .set_use_legacy_sql(false)
+            .set_location(location)
+            .set_max_results(QUERY_PAGE_ROWS)
+            .set_timeout_ms(QUERY_WAIT.as_millis() as u32);
+        let first = metadata_retry()
+            .run(what, || {
+                let request = request.clone();
+                async move {
+                    self.jobs
+                        .query()
+                        .set_project_id(&self.project)
+                        .set_query_request(request)
+                        .send()
+                        .await
+                        .map_err(|e| classify(what, &e))
+                }
+            })
+            .await?;
+        let job_id = first.job_reference.map(|r| r.job_id).unwrap_or_default();
+        let mut all = Vec::new();
+        let (mut rows, mut page_token, mut complete) = (
+            first.rows,
+            first.page_token,
+            first.job_complete.unwrap_or(false),
+        );
+        let reading = format!("reading the results of {what}");
+        loop {
+            all.extend(rows);
+            if complete && page_token.is_empty() {
+                return Ok(all);
+            }
+            let page = metadata_retry()
+                .run(&reading, || async {
+                    self.jobs
+                        .get_query_results()
+                        .set_project_id(&self.project)
+                        .set_job_id(&job_id)
+                        .set_location(location)
+                        .set_page_token(&page_token)
+                        .set_max_results(QUERY_PAGE_ROWS)
+                        .set_timeout_ms(QUERY_WAIT.as_millis() as u32)
+                        .send()
+                        .await
+                        .map_err(|e| classify(&reading, &e))
+                })
+                .await?;
+            if let Some(error) = page.errors.first() {
+                return Err(job_failure(&job_id, error));
+            }
+            complete = page.job_complete.unwrap_or(false);
+            // An unfinished query returns no rows yet: ask again.
+            rows = if complete { page.rows } else { Vec::new() };
+            page_token = page.page_token;
+        }
+    }
+
+    /// The fallback: `tables.list`, then one `tables.get` per table for
+    /// its size (list items carry none).
+    async fn tables_from_api(&self) -> anyhow::Result<Vec<TableInfo>> {
+        let mut tables: Vec<TableInfo> = self
+            .list_all_tables()
+            .await?
+            .into_iter()
+            .map(|table| TableInfo {
+                name: table
+                    .table_reference
+                    .map(|r| r.table_id)
+                    .unwrap_or_default(),
+                kind: table_kind(&table.r#type),
+                bytes: None,
+                rows: None,
+            })
+            .collect();
 
         let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(METADATA_CONCURRENCY));
         let mut sizes = tokio::task::JoinSet::new();
@@ -461,24 +650,38 @@ impl BigQueryWarehouse {
         }
         Ok(tables)
     }
+}
 
-    /// The row count for the manifest; the export stands without it.
-    async fn table_rows(&self, table: &str) -> Option<u64> {
-        let found = self
-            .tables
-            .get_table()
-            .set_project_id(&self.project)
-            .set_dataset_id(&self.dataset)
-            .set_table_id(table)
-            .send()
-            .await;
-        match found {
-            Ok(found) => found.num_rows,
-            Err(e) => {
-                tracing::warn!(table, error = %e, "cannot read the row count");
-                None
-            }
-        }
+/// One row of `INFORMATION_SCHEMA.PARTITIONS`.
+struct PartitionRow {
+    table: String,
+    /// `None` for a table that is not partitioned.
+    id: Option<String>,
+    rows: Option<u64>,
+    bytes: Option<u64>,
+    modified: Option<DateTime<Utc>>,
+}
+
+/// The names of the tables an extract job can read.
+fn exportable(tables: &[TableInfo]) -> impl Iterator<Item = String> + '_ {
+    tables
+        .iter()
+        .filter(|t| t.kind.unexportable_reason().is_none())
+        .map(|t| t.name.clone())
+}
+
+/// A TIMESTAMP cell of a query result: BigQuery writes seconds as a float
+/// (`1.7963105530718E9`); the emulator writes microseconds.
+fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
+    if text.contains(['.', 'E', 'e']) {
+        let seconds: f64 = text.parse().ok()?;
+        return DateTime::from_timestamp_micros((seconds * 1e6).round() as i64);
+    }
+    let number: i64 = text.parse().ok()?;
+    if number.abs() > 100_000_000_000_000 {
+        DateTime::from_timestamp_micros(number)
+    } else {
+        DateTime::from_timestamp(number, 0)
     }
 }
 
@@ -488,8 +691,9 @@ fn state(job: &Job) -> &str {
 
 /// The request's job key in `[A-Za-z0-9_-]`, as BigQuery requires, plus a
 /// hash of everything the job does: job ids are unique per project, and
-/// runs of other datasets or to other destinations may share a run id.
-fn job_id(request: &ExportRequest, successor: u32) -> String {
+/// runs of other datasets or to other destinations may share a run id. A
+/// snapshot read and a read of the current state are different jobs.
+fn job_id(request: &ExportRequest, as_of: Option<DateTime<Utc>>, successor: u32) -> String {
     let mut id: String = request
         .job_key
         .chars()
@@ -508,6 +712,7 @@ fn job_id(request: &ExportRequest, successor: u32) -> String {
         &request.destination_root,
         &request.folder,
         &request.options,
+        as_of.map(|at| at.timestamp_millis()),
     ))
     .expect("requests serialize");
     let hash = identity.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
@@ -592,8 +797,6 @@ fn table_from_row(row: &serde_json::Map<String, serde_json::Value>) -> TableInfo
         kind: table_kind(text(1)),
         rows: number(2),
         bytes: number(3),
-        partitioning: None,
-        change: None,
     }
 }
 
@@ -640,27 +843,67 @@ impl Warehouse for BigQueryWarehouse {
         Ok(())
     }
 
-    fn check_incremental(&self, partitions: bool, only_changed: bool) -> Result<(), ConfigError> {
-        let flag = match (partitions, only_changed) {
-            (true, _) => "--partitions",
-            (false, true) => "--only-changed",
-            (false, false) => return Ok(()),
-        };
-        Err(ConfigError::new(
-            flag,
-            format!("{flag} is not available for bigquery:// sources in this version"),
-            format!(
-                "leave {flag} out to export whole tables; the embedded sqlite:// warehouse has it"
-            ),
-        ))
+    async fn change_markers(
+        &self,
+        tables: &[TableInfo],
+    ) -> anyhow::Result<HashMap<String, ChangeMarker>> {
+        let names: Vec<String> = exportable(tables).collect();
+        let mut markers: HashMap<String, ChangeMarker> = HashMap::new();
+        for row in self.partitions_of(&names).await? {
+            let marker = markers.entry(row.table).or_insert(ChangeMarker {
+                modified: None,
+                version: None,
+                rows: Some(0),
+                bytes: Some(0),
+                streaming: false,
+            });
+            marker.modified = marker.modified.max(row.modified);
+            marker.rows = marker.rows.zip(row.rows).map(|(a, b)| a + b);
+            marker.bytes = marker.bytes.zip(row.bytes).map(|(a, b)| a + b);
+            marker.streaming |= row.id.as_deref() == Some(STREAMING_PARTITION);
+        }
+        Ok(markers)
     }
 
-    async fn track_changes(&self) -> anyhow::Result<()> {
-        Ok(())
-    }
-
-    async fn list_partitions(&self, _tables: &[TableInfo]) -> anyhow::Result<Vec<PartitionInfo>> {
-        anyhow::bail!("listing partitions is not available for bigquery:// sources in this version")
+    async fn list_partitions(&self, tables: &[TableInfo]) -> anyhow::Result<Vec<PartitionInfo>> {
+        let wanted: HashSet<String> = exportable(tables).collect();
+        let units: HashMap<String, Partitioning> = self
+            .partitioning()
+            .await?
+            .into_iter()
+            .filter(|(name, _)| wanted.contains(name))
+            .collect();
+        let mut names: Vec<String> = units.keys().cloned().collect();
+        names.sort();
+        let mut partitions = Vec::new();
+        for row in self.partitions_of(&names).await? {
+            let (Some(id), Some(&unit)) = (row.id, units.get(&row.table)) else {
+                continue;
+            };
+            if id == STREAMING_PARTITION {
+                tracing::info!(
+                    table = row.table,
+                    rows = row.rows,
+                    "rows in the streaming buffer have no partition yet: an extract job does not read them"
+                );
+                continue;
+            }
+            partitions.push(PartitionInfo {
+                change: Some(ChangeMarker {
+                    modified: row.modified,
+                    version: None,
+                    rows: row.rows,
+                    bytes: row.bytes,
+                    streaming: false,
+                }),
+                table: row.table,
+                id,
+                unit,
+                rows: row.rows,
+                bytes: row.bytes,
+            });
+        }
+        Ok(partitions)
     }
 
     async fn list_tables(&self) -> anyhow::Result<Vec<TableInfo>> {
@@ -690,57 +933,24 @@ impl Warehouse for BigQueryWarehouse {
         cancel: Cancel,
     ) -> Result<ExportResult, UnitError> {
         let location = self.location().await?;
-        let mut successor = 0;
-        for _ in 0..MAX_JOBS_PER_ATTEMPT {
-            let id = job_id(request, successor);
-            let (job, created) = self.start_or_attach(&id, location, request).await?;
-            let job = self.wait_done(job, &id, location, &cancel).await?;
-            let status = job.status.as_ref();
-            if let Some(error) = status.and_then(|s| s.error_result.as_ref()) {
-                if created {
-                    return Err(job_failure(&id, error));
-                }
-                // An earlier delivery's job failed: this delivery (a retry,
-                // or a replay after the cause was fixed) goes on from the
-                // latest successor, or starts the next one.
-                let latest = self.latest_successor(request, location, successor).await?;
-                successor = if latest > successor {
-                    latest
-                } else {
-                    successor + 1
-                };
-                continue;
+        if let Some(at) = request.snapshot_at {
+            match self.extract(request, location, Some(at), &cancel).await {
+                Err(e) if e.reason == "invalid" => tracing::warn!(
+                    unit = request.source.unit(), snapshot = %at, error = %e,
+                    "the run's snapshot cannot be read (its time-travel window has passed, \
+                     the table is newer, or a partition cannot be read at a time): \
+                     exporting the current state, and recording it so"
+                ),
+                done => return done,
             }
-            let files: u64 = job
-                .statistics
-                .as_ref()
-                .and_then(|s| s.extract.as_ref())
-                .map(|x| {
-                    x.destination_uri_file_counts
-                        .iter()
-                        .map(|&n| n.max(0) as u64)
-                        .sum()
-                })
-                .unwrap_or(0);
-            let rows = match &request.source.partition {
-                None => self.table_rows(&request.source.table).await,
-                Some(_) => None,
-            };
-            return Ok(ExportResult {
-                files: (0..files).map(|i| request.shard_key(i)).collect(),
-                rows,
-            });
         }
-        Err(UnitError::transient(
-            "backendError",
-            format!("{MAX_JOBS_PER_ATTEMPT} extract jobs of this export attempt failed"),
-        ))
+        self.extract(request, location, None, &cancel).await
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{decide, job_id};
+    use super::{decide, job_id, parse_timestamp};
     use crate::engine::message::SourceTable;
     use crate::error::ErrorKind::{self, Permanent, Transient};
     use crate::ports::warehouse::ExportRequest;
@@ -758,12 +968,13 @@ mod tests {
             destination_root: "gs://b/x".into(),
             folder: "events/partition=20240101/run=run:1/".into(),
             options: Default::default(),
+            snapshot_at: None,
         }
     }
 
     #[test]
     fn job_ids_are_valid_stable_and_distinct() {
-        let id = |key, dataset, successor| job_id(&request(key, dataset), successor);
+        let id = |key, dataset, successor| job_id(&request(key, dataset), None, successor);
         let a = id("bqdrain_run:1_events$20240101", "d", 0);
         assert!(a.starts_with("bqdrain_run_1_events_20240101_"), "{a}");
         assert!(a
@@ -773,6 +984,23 @@ mod tests {
         assert_ne!(a, id("bqdrain_run_1_events_20240101", "d", 0));
         assert_ne!(a, id("bqdrain_run:1_events$20240101", "other", 0));
         assert_eq!(id("k", "d", 2), format!("{}_r2", id("k", "d", 0)));
+        let snapshot = chrono::DateTime::from_timestamp(1_796_000_000, 0);
+        assert_ne!(
+            a,
+            job_id(&request("bqdrain_run:1_events$20240101", "d"), snapshot, 0)
+        );
+    }
+
+    #[test]
+    fn timestamps_read_as_bigquery_and_the_emulator_write_them() {
+        let at = chrono::DateTime::from_timestamp_micros(1_796_310_553_071_829).unwrap();
+        assert_eq!(parse_timestamp("1796310553071829"), Some(at));
+        assert_eq!(parse_timestamp("1.796310553071829E9"), Some(at));
+        assert_eq!(
+            parse_timestamp("1796310553"),
+            chrono::DateTime::from_timestamp(1_796_310_553, 0)
+        );
+        assert_eq!(parse_timestamp("soon"), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! (see [`super::dataset`]) can make chosen tables fail or stall, which is
 //! how the demo and the tests show retries and dead-lettering.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -156,23 +157,35 @@ impl Warehouse for LocalWarehouse {
         Ok(())
     }
 
-    fn check_incremental(&self, _partitions: bool, _only_changed: bool) -> Result<(), ConfigError> {
-        Ok(())
-    }
-
-    async fn track_changes(&self) -> anyhow::Result<()> {
-        let tables: Vec<String> = self
-            .list_tables()
-            .await?
-            .into_iter()
-            .filter(|t| t.kind == TableKind::Table)
-            .map(|t| t.name)
-            .collect();
+    async fn change_markers(
+        &self,
+        tables: &[TableInfo],
+    ) -> anyhow::Result<HashMap<String, ChangeMarker>> {
         let path = self.path.clone();
+        let tables: Vec<(String, Option<u64>)> = tables
+            .iter()
+            .filter(|t| t.kind == TableKind::Table)
+            .map(|t| (t.name.clone(), t.rows))
+            .collect();
         tokio::task::spawn_blocking(move || {
             let mut conn = connect(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-            partitions::track(&mut conn, &tables)?;
-            anyhow::Ok(())
+            let names: Vec<String> = tables.iter().map(|(name, _)| name.clone()).collect();
+            partitions::track(&mut conn, &names)?;
+            let counters = partitions::counters(&conn)?;
+            Ok(tables
+                .into_iter()
+                .filter_map(|(name, rows)| {
+                    let version = partitions::table_counter(&counters, &name)?;
+                    let marker = ChangeMarker {
+                        version: Some(version),
+                        rows,
+                        modified: None,
+                        bytes: None,
+                        streaming: false,
+                    };
+                    Some((name, marker))
+                })
+                .collect())
         })
         .await?
     }
@@ -181,8 +194,6 @@ impl Warehouse for LocalWarehouse {
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
             let conn = connect(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-            let declared = partitions::declared(&conn)?;
-            let counters = partitions::counters(&conn)?;
             let mut stmt = conn.prepare(
                 "SELECT name, type, sql FROM sqlite_master
                  WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
@@ -218,24 +229,11 @@ impl Warehouse for LocalWarehouse {
                 } else {
                     None
                 };
-                let partitioning = match kind {
-                    TableKind::Table => declared.get(&name).map(|p| p.unit),
-                    _ => None,
-                };
-                let change =
-                    partitions::table_counter(&counters, &name).map(|version| ChangeMarker {
-                        version: Some(version),
-                        rows,
-                        modified: None,
-                        bytes: None,
-                    });
                 tables.push(TableInfo {
                     name,
                     kind,
                     bytes: None,
                     rows,
-                    partitioning,
-                    change,
                 });
             }
             Ok(tables)
@@ -268,11 +266,13 @@ impl Warehouse for LocalWarehouse {
                     let version = counters.get(&table).and_then(|c| c.get(&id)).copied();
                     listed.push(PartitionInfo {
                         table: table.clone(),
+                        unit: partitioning.unit,
                         change: version.map(|version| ChangeMarker {
                             version: Some(version),
                             rows: Some(rows),
                             modified: None,
                             bytes: None,
+                            streaming: false,
                         }),
                         id,
                         rows: Some(rows),
@@ -379,9 +379,11 @@ fn export_blocking(
             ));
         }
     }
+    // SQLite keeps no history: the export is of the state it read.
     Ok(ExportResult {
         files: shards.finish()?,
         rows: Some(count),
+        as_of: None,
     })
 }
 
@@ -645,6 +647,7 @@ mod tests {
             destination_root: format!("file://{}", out.display()),
             folder: format!("{table}/run=r/"),
             options,
+            snapshot_at: None,
         }
     }
 

@@ -468,6 +468,7 @@ mod tests {
             rows: 0,
             rows_unknown: 0,
             unchanged: Vec::new(),
+            gone: Vec::new(),
             units: vec![UnitStatus {
                 unit: "t<1>".into(),
                 state: UnitState::DeadLettered {
