@@ -405,6 +405,7 @@ async fn status(sb: &GcpSandbox, s: &Sizes) {
             .collect(),
         skipped: vec![],
         unchanged: vec![],
+        gone: vec![],
     };
     let seeding = Instant::now();
     store
@@ -432,6 +433,7 @@ async fn status(sb: &GcpSandbox, s: &Sizes) {
                 started_at: Some(manifest.created_at),
                 run_started_at: Some(manifest.created_at),
                 change: None,
+                as_of: None,
             };
             let body = RecordBody::of(&record);
             store

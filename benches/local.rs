@@ -11,6 +11,12 @@
 //! - `export`: one big table exported to CSV and to gzip CSV.
 //! - `demo`: `bqdrain demo` end to end with worker processes.
 //! - `worker_rss`: peak RSS of one `bqdrain work` process exporting a run.
+//! - `incremental`: a full run of a dataset, then 5 % of its tables changed
+//!   and a `--only-changed` run: producer + drain wall time of each.
+//! - `skew`: one table partitioned by day holding half of all rows, and 99
+//!   small tables, drained by 8 tasks as whole tables and as partition
+//!   units: makespan against its lower bound, max(largest unit, total work
+//!   / slots), from the units' start and finish times in their records.
 //!
 //! `BQDRAIN_BENCH_QUICK=1` shrinks every size and runs each once, to check
 //! the bench itself quickly.
@@ -26,15 +32,18 @@ use serde_json::{json, Value};
 
 mod support;
 
-use bqdrain::adapters::local::dataset::create_dummy_tables;
+use bqdrain::adapters::local::dataset::{self, create_dummy_tables};
+use bqdrain::adapters::local::partitions;
 use bqdrain::adapters::local::queue::LocalTopic;
 use bqdrain::adapters::local::warehouse::LocalWarehouse;
 use bqdrain::adapters::noop::AckEverything;
 use bqdrain::engine::drain::{drain, DrainConfig};
+use bqdrain::engine::layout::{self, TableManifest};
 use bqdrain::engine::message::{Compression, Envelope, ExportOptions, Format, SourceTable};
-use bqdrain::engine::producer::{produce, RunId, RunPlan};
+use bqdrain::engine::producer::{produce, ProduceReport, RunId, RunPlan};
+use bqdrain::engine::selection::PartitionPlan;
 use bqdrain::ports::queue::Topic;
-use bqdrain::ports::warehouse::{Cancel, ExportRequest, Warehouse};
+use bqdrain::ports::warehouse::{Cancel, ExportRequest, Partitioning, Warehouse};
 use support::{emit, median, mib, spread, spread_json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bqdrain");
@@ -50,6 +59,9 @@ struct Sizes {
     demo_tables: usize,
     demo_reps: usize,
     rss_tables: usize,
+    incremental_tables: usize,
+    incremental_changed: usize,
+    skew_small_rows: u64,
 }
 
 impl Sizes {
@@ -65,6 +77,9 @@ impl Sizes {
                 demo_tables: 100,
                 demo_reps: 1,
                 rss_tables: 50,
+                incremental_tables: 100,
+                incremental_changed: 5,
+                skew_small_rows: 200,
             }
         } else {
             Sizes {
@@ -76,6 +91,9 @@ impl Sizes {
                 demo_tables: 1000,
                 demo_reps: 3,
                 rss_tables: 200,
+                incremental_tables: 1000,
+                incremental_changed: 50,
+                skew_small_rows: 5000,
             }
         }
     }
@@ -182,6 +200,7 @@ fn export(rt: &tokio::runtime::Runtime, s: &Sizes) {
                     compression,
                     ..Default::default()
                 },
+                snapshot_at: None,
             };
             let cancel: Cancel = Arc::new(AtomicBool::new(false));
             let started = Instant::now();
@@ -347,6 +366,225 @@ fn worker_rss(rt: &tokio::runtime::Runtime, s: &Sizes) {
     );
 }
 
+/// A dataset, queue and export root in a temporary folder, run the way
+/// Cloud Run would: the producer, then worker processes that drain the run.
+struct LocalRuns {
+    dir: tempfile::TempDir,
+}
+
+impl LocalRuns {
+    fn new() -> LocalRuns {
+        LocalRuns {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn warehouse(&self) -> std::path::PathBuf {
+        self.dir.path().join("warehouse.db")
+    }
+
+    fn queue(&self) -> String {
+        format!("queue://{}", self.dir.path().join("queue.db").display())
+    }
+
+    fn destination(&self) -> String {
+        format!("file://{}", self.dir.path().join("exports").display())
+    }
+
+    /// Produces `plan` and drains it with `tasks` worker processes of one
+    /// export at a time; returns the producer's report and the wall time of
+    /// producer and drain together.
+    fn run(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        plan: &RunPlan,
+        tasks: usize,
+    ) -> (ProduceReport, f64) {
+        let started = Instant::now();
+        let produced = rt.block_on(async {
+            let source = format!("sqlite://{}", self.warehouse().display());
+            let warehouse = bqdrain::adapters::backends::open_warehouse(&source, "bench")
+                .await
+                .expect("warehouse");
+            let topic =
+                bqdrain::adapters::backends::open_topic(&format!("{}#work", self.queue()), "bench")
+                    .await
+                    .expect("topic");
+            let store = bqdrain::adapters::backends::open_store(&self.destination(), "bench")
+                .await
+                .expect("store");
+            produce(plan, warehouse.as_ref(), topic.as_ref(), store.as_ref())
+                .await
+                .expect("produce")
+        });
+        let subscription = format!("{}?dead_letter=dead#work", self.queue());
+        let workers: Vec<_> = (0..tasks)
+            .map(|_| {
+                Command::new(BIN)
+                    .args([
+                        "work",
+                        "--subscription",
+                        &subscription,
+                        "--run-id",
+                        &produced.run_id,
+                    ])
+                    .args(["--destination", &self.destination(), "--concurrency", "1"])
+                    .args(["--log-format", "json"])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("start a worker")
+            })
+            .collect();
+        for mut worker in workers {
+            assert!(worker.wait().expect("worker").success(), "a worker failed");
+        }
+        (produced, started.elapsed().as_secs_f64())
+    }
+
+    /// The completion records of a run, every one of its units exported.
+    fn records(&self, report: &ProduceReport) -> Vec<TableManifest> {
+        let folder = self
+            .dir
+            .path()
+            .join("exports")
+            .join(layout::done_prefix(&report.run_id));
+        let records: Vec<TableManifest> = std::fs::read_dir(folder)
+            .map(|entries| {
+                entries
+                    .map(|e| {
+                        serde_json::from_slice(
+                            &std::fs::read(e.expect("entry").path()).expect("record"),
+                        )
+                        .expect("a record")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            records.len(),
+            report.published,
+            "every unit of the run was exported"
+        );
+        records
+    }
+}
+
+fn incremental(rt: &tokio::runtime::Runtime, s: &Sizes) {
+    let runs = LocalRuns::new();
+    let names: Vec<String> = (1..=s.incremental_tables)
+        .map(|i| format!("t_{i:04}"))
+        .collect();
+    create_dummy_tables(&runs.warehouse(), &names, 1000).expect("dummy tables");
+    let plan = RunPlan {
+        only_changed: true,
+        ..RunPlan::every_table(RunId::New)
+    };
+    let (full, full_s) = runs.run(rt, &plan, 8);
+    assert_eq!(full.published, s.incremental_tables);
+    let step = s.incremental_tables / s.incremental_changed;
+    let changes: String = names
+        .iter()
+        .step_by(step)
+        .take(s.incremental_changed)
+        .map(|t| format!("UPDATE \"{t}\" SET age = age + 1 WHERE id = 1;\n"))
+        .collect();
+    dataset::execute(&runs.warehouse(), &changes).expect("changes");
+    let (second, second_s) = runs.run(rt, &plan, 8);
+    assert_eq!(
+        (second.published, second.unchanged),
+        (
+            s.incremental_changed,
+            s.incremental_tables - s.incremental_changed
+        )
+    );
+    runs.records(&second);
+    emit(
+        json!({
+            "bench": "incremental",
+            "tables": s.incremental_tables,
+            "changed": s.incremental_changed,
+            "full_seconds": full_s,
+            "only_changed_seconds": second_s,
+            "ratio": second_s / full_s,
+        }),
+        format!(
+            "incremental, {} tables x 1000 rows, {} changed, 8 tasks: full run {full_s:.2} s, \
+             --only-changed run {second_s:.2} s ({:.1} % of the full run; producer + drain)",
+            s.incremental_tables,
+            s.incremental_changed,
+            100.0 * second_s / full_s
+        ),
+    );
+}
+
+fn skew(rt: &tokio::runtime::Runtime, s: &Sizes) {
+    const TASKS: usize = 8;
+    const DAYS: u32 = 60;
+    let runs = LocalRuns::new();
+    let names: Vec<String> = (1..=99).map(|i| format!("t_{i:02}")).collect();
+    create_dummy_tables(&runs.warehouse(), &names, s.skew_small_rows).expect("dummy tables");
+    let per_day = 99 * s.skew_small_rows / u64::from(DAYS);
+    let last_day = chrono::NaiveDate::from_ymd_opt(2026, 12, 1).expect("a date");
+    dataset::create_daily_table(&runs.warehouse(), "events", last_day, DAYS, per_day)
+        .expect("events");
+    partitions::partition_by(&runs.warehouse(), "events", "day", Partitioning::Day)
+        .expect("partitioning");
+    for split in [false, true] {
+        let plan = RunPlan {
+            partitions: PartitionPlan {
+                split,
+                window: None,
+            },
+            ..RunPlan::every_table(RunId::New)
+        };
+        let (report, _) = runs.run(rt, &plan, TASKS);
+        let records = runs.records(&report);
+        let span = |r: &TableManifest| {
+            let started = r.started_at.expect("records carry their start");
+            (started, r.finished_at)
+        };
+        let first = records.iter().map(|r| span(r).0).min().expect("units");
+        let last = records.iter().map(|r| span(r).1).max().expect("units");
+        let seconds = |d: chrono::TimeDelta| d.num_microseconds().expect("short") as f64 / 1e6;
+        let makespan = seconds(last - first);
+        let work: Vec<f64> = records
+            .iter()
+            .map(|r| seconds(span(r).1 - span(r).0))
+            .collect();
+        let largest = work.iter().cloned().fold(0.0, f64::max);
+        let total: f64 = work.iter().sum();
+        let bound = largest.max(total / TASKS as f64);
+        let units = if split {
+            "partition units"
+        } else {
+            "whole tables"
+        };
+        emit(
+            json!({
+                "bench": "skew",
+                "units": if split { "partitions" } else { "tables" },
+                "unit_count": report.published,
+                "tasks": TASKS,
+                "makespan_seconds": makespan,
+                "largest_unit_seconds": largest,
+                "total_work_seconds": total,
+                "lower_bound_seconds": bound,
+                "ratio": makespan / bound,
+            }),
+            format!(
+                "skew, 99 tables x {} rows + events ({} rows over {DAYS} days), {TASKS} tasks, {units} ({}): \
+                 makespan {makespan:.2} s, lower bound {bound:.2} s (largest unit {largest:.2} s, \
+                 total work {total:.2} s), ratio {:.2}",
+                s.skew_small_rows,
+                per_day * u64::from(DAYS),
+                report.published,
+                makespan / bound
+            ),
+        );
+    }
+}
+
 fn main() {
     let s = Sizes::from_env();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -377,5 +615,11 @@ fn main() {
     }
     if wanted("worker_rss") {
         worker_rss(&rt, &s);
+    }
+    if wanted("incremental") {
+        incremental(&rt, &s);
+    }
+    if wanted("skew") {
+        skew(&rt, &s);
     }
 }
