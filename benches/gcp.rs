@@ -220,7 +220,7 @@ async fn noop_drain(sb: &GcpSandbox, s: &Sizes) {
 /// Plans and publishes a run of every table with the default options.
 async fn publish_run(
     run_id: &str,
-    warehouse: &dyn bqdrain::ports::warehouse::Warehouse,
+    warehouse: &std::sync::Arc<dyn bqdrain::ports::warehouse::Warehouse>,
     topic: &dyn bqdrain::ports::queue::Topic,
     store: &dyn bqdrain::ports::store::ObjectStore,
 ) -> ProduceReport {
@@ -228,7 +228,9 @@ async fn publish_run(
         id: run_id.to_string(),
         resume: false,
     });
-    produce(&plan, warehouse, topic, store).await.unwrap()
+    produce(&plan, std::slice::from_ref(warehouse), topic, store)
+        .await
+        .unwrap()
 }
 
 async fn worker(sb: &GcpSandbox, s: &Sizes) {
@@ -246,7 +248,7 @@ async fn worker(sb: &GcpSandbox, s: &Sizes) {
             .await
             .unwrap();
         let run_id = format!("bench{rep}");
-        let report = publish_run(&run_id, warehouse.as_ref(), topic.as_ref(), store.as_ref()).await;
+        let report = publish_run(&run_id, &warehouse, topic.as_ref(), store.as_ref()).await;
         assert_eq!(report.published, tables.len());
         let destination = sb.destination("bench");
         let concurrency = CONCURRENCY.to_string();
@@ -276,7 +278,7 @@ async fn worker(sb: &GcpSandbox, s: &Sizes) {
         median(cold.clone()),
         median(rss.clone()),
     );
-    let storage_calls_per_unit = worker_storage_calls(sb, warehouse.as_ref(), &store).await;
+    let storage_calls_per_unit = worker_storage_calls(sb, &warehouse, &store).await;
     emit(
         json!({"bench": "worker", "tables": s.tables, "rows_per_table": 1000,
                "seconds": spread_json(seconds), "first_ack_ms": spread_json(cold),
@@ -295,7 +297,7 @@ async fn worker(sb: &GcpSandbox, s: &Sizes) {
 /// pass through it), and returns its calls per unit.
 async fn worker_storage_calls(
     sb: &GcpSandbox,
-    warehouse: &dyn bqdrain::ports::warehouse::Warehouse,
+    warehouse: &std::sync::Arc<dyn bqdrain::ports::warehouse::Warehouse>,
     store: &std::sync::Arc<dyn bqdrain::ports::store::ObjectStore>,
 ) -> f64 {
     sb.resubscribe("worker_counted").await;
@@ -354,7 +356,7 @@ async fn producer(s: &Sizes) {
     let store = bqdrain::adapters::backends::open_store(&sb.destination("scale"), "bench")
         .await
         .unwrap();
-    let report = publish_run("scale", warehouse.as_ref(), topic.as_ref(), store.as_ref()).await;
+    let report = publish_run("scale", &warehouse, topic.as_ref(), store.as_ref()).await;
     let seconds = started.elapsed().as_secs_f64();
     assert_eq!(
         report.published, s.dataset_tables,
@@ -392,6 +394,7 @@ async fn status(sb: &GcpSandbox, s: &Sizes) {
         run_id: run_id.into(),
         created_at: chrono::Utc::now(),
         source: sb.source(),
+        sources: vec![],
         destination: destination.clone(),
         options: Default::default(),
         units: (0..s.status_units)

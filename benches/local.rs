@@ -324,7 +324,7 @@ fn worker_rss(rt: &tokio::runtime::Runtime, s: &Sizes) {
         .await
         .expect("store");
         let plan = RunPlan::every_table(RunId::New);
-        let produced = produce(&plan, warehouse.as_ref(), topic.as_ref(), store.as_ref())
+        let produced = produce(&plan, &[warehouse], topic.as_ref(), store.as_ref())
             .await
             .expect("produce");
         assert_eq!(produced.published, s.rss_tables);
@@ -413,7 +413,7 @@ impl LocalRuns {
             let store = bqdrain::adapters::backends::open_store(&self.destination(), "bench")
                 .await
                 .expect("store");
-            produce(plan, warehouse.as_ref(), topic.as_ref(), store.as_ref())
+            produce(plan, &[warehouse], topic.as_ref(), store.as_ref())
                 .await
                 .expect("produce")
         });

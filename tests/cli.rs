@@ -10,6 +10,17 @@ fn run(args: &[&str]) -> std::process::Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
+/// Runs `bqdrain demo --json` in `dir` with `args`; it must succeed.
+fn demo(dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let out = run(&[&["demo", "--json", "--dir", dir.to_str().unwrap()], args].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[test]
 fn demo_exports_every_table_with_its_defaults() {
     let sb = Sandbox::new();
@@ -41,23 +52,7 @@ fn demo_exports_every_table_with_its_defaults() {
 fn demo_incremental_exports_partitions_then_only_what_changed() {
     let sb = Sandbox::new();
     let dir = sb.path("demo");
-    let out = run(&[
-        "demo",
-        "--json",
-        "--incremental",
-        "--tables",
-        "4",
-        "--rows",
-        "10",
-        "--dir",
-        dir.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = demo(&dir, &["--incremental", "--tables", "4", "--rows", "10"]);
     // 4 tables whole, and events in 7 daily partitions.
     assert_eq!(
         (report["units"].as_u64(), report["exported"].as_u64()),
@@ -86,26 +81,12 @@ fn demo_incremental_exports_partitions_then_only_what_changed() {
 fn demo_dead_letters_the_tables_asked_to_fail() {
     let sb = Sandbox::new();
     let dir = sb.path("demo");
-    let out = run(&[
-        "demo",
-        "--json",
-        "--tables",
-        "5",
-        "--rows",
-        "10",
-        "--tasks",
-        "2",
-        "--fail",
-        "dummy_02",
-        "--dir",
-        dir.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = demo(
+        &dir,
+        &[
+            "--tables", "5", "--rows", "10", "--tasks", "2", "--fail", "dummy_02",
+        ],
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         (
             report["exported"].as_u64(),

@@ -907,3 +907,50 @@ async fn partitions_only_what_changed_and_one_snapshot_per_run() {
     assert!(record.as_of.is_some());
     assert_eq!(record.rows, None, "unknown, not the table's count now");
 }
+
+#[tokio::test]
+async fn a_whole_project_is_every_dataset_with_globs_on_dataset_and_table() {
+    let sb = GcpSandbox::new("project", 5).await;
+    sb.create_table("t_001", 50).await;
+    sb.create_table("t_002", 20).await;
+    sb.create_dataset("ds_project_empty").await;
+    let project = format!("bigquery://{}", common::gcp::PROJECT);
+    let out = sb.produce_from(
+        &project,
+        &sb.topic(),
+        "exports",
+        &[
+            "--run-id",
+            "r1",
+            "--include",
+            &format!("{}.t_001", sb.dataset),
+        ],
+        Vec::new(),
+    );
+    let report = produced(&out);
+    // Every dataset of the emulator's project was listed (the other tests'
+    // too); the glob on DATASET.TABLE kept one table.
+    assert_eq!(report["published"], 1, "{report}");
+    assert!(report["excluded"].as_u64().unwrap() >= 1, "{report}");
+    all_drained(&sb, workers(&sb, 1, "exports", "r1"));
+    // A run of several datasets names its units DATASET.TABLE.
+    let unit = format!("{}.t_001", sb.dataset);
+    let record = sb.done_record("exports", "r1", &unit).await.unwrap();
+    assert_eq!(record.rows, Some(50));
+    let folder = format!("{}/t_001/run=r1/", sb.dataset);
+    assert!(
+        record.files.iter().all(|f| f.key.starts_with(&folder)),
+        "{record:?}"
+    );
+    assert_eq!(exported_lines(&sb, "exports", "r1", &unit).await.len(), 50);
+    let manifest = sb
+        .download("exports/_bqdrain/runs/r1/manifest.json")
+        .await
+        .unwrap();
+    let manifest: Value = serde_json::from_slice(&manifest).unwrap();
+    let sources = manifest["sources"].as_array().unwrap();
+    assert!(
+        sources.contains(&json!(sb.source())),
+        "the project's datasets, each a source: {sources:?}"
+    );
+}

@@ -24,9 +24,10 @@ use bqdrain::logging::{self, LogFormat};
     about = "Publish one bqdrain work message per table of a dataset"
 )]
 struct Cli {
-    /// Dataset to export, e.g. sqlite://demo/warehouse.db.
-    #[arg(long, env = "BQDRAIN_SOURCE")]
-    source: String,
+    /// Dataset to export, e.g. bigquery://PROJECT/DATASET, or every dataset of
+    /// a project: bigquery://PROJECT (repeatable; comma-separated in the variable).
+    #[arg(long, env = "BQDRAIN_SOURCE", value_delimiter = ',', required = true)]
+    source: Vec<String>,
     /// Work topic, e.g. queue://demo/queue.db#work.
     #[arg(long, env = "BQDRAIN_TOPIC")]
     topic: String,
@@ -41,10 +42,12 @@ struct Cli {
     /// have no completion record, with the options it was planned with.
     #[arg(long, env = "BQDRAIN_RESUME", requires = "run_id")]
     resume: bool,
-    /// Export only tables matching this glob (repeatable; comma-separated in the variable).
+    /// Export only tables matching this glob, as TABLE or DATASET.TABLE
+    /// (repeatable; comma-separated in the variable).
     #[arg(long, env = "BQDRAIN_INCLUDE", value_delimiter = ',')]
     include: Vec<String>,
-    /// Skip tables matching this glob (repeatable; comma-separated in the variable).
+    /// Skip tables matching this glob, as TABLE or DATASET.TABLE (repeatable;
+    /// comma-separated in the variable).
     #[arg(long, env = "BQDRAIN_EXCLUDE", value_delimiter = ',')]
     exclude: Vec<String>,
     #[arg(long, env = "BQDRAIN_FORMAT", value_enum, default_value = "csv")]
@@ -110,7 +113,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         )?),
         None => None,
     };
-    let warehouse = backends::open_warehouse(&cli.source, "--source").await?;
+    let warehouses = backends::open_sources(&cli.source, "--source").await?;
     let topic = backends::open_topic(&cli.topic, "--topic").await?;
     let store = backends::open_store(&cli.destination, "--destination").await?;
     let jobs = match &launch_plan {
@@ -137,7 +140,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         only_changed: cli.only_changed,
     };
-    let report = produce(&plan, warehouse.as_ref(), topic.as_ref(), store.as_ref()).await?;
+    let report = produce(&plan, &warehouses, topic.as_ref(), store.as_ref()).await?;
     let launched = match (&launch_plan, &jobs) {
         (Some(plan), Some(jobs)) => Some(
             launch::launch_workers(plan, jobs, &report.run_id, report.pending, store.uri()).await,

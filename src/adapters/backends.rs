@@ -69,9 +69,26 @@ pub async fn open_warehouse(uri: &str, flag: &str) -> anyhow::Result<Arc<dyn War
         Err(unknown(
             flag,
             uri,
-            "bigquery://PROJECT/DATASET or sqlite://demo/warehouse.db",
+            "bigquery://PROJECT/DATASET, bigquery://PROJECT or sqlite://demo/warehouse.db",
         ))
     }
+}
+
+/// Every dataset `--source` names: each URI as it is, a whole BigQuery
+/// project (`bigquery://PROJECT`) as each of its datasets.
+pub async fn open_sources(uris: &[String], flag: &str) -> anyhow::Result<Vec<Arc<dyn Warehouse>>> {
+    let mut warehouses = Vec::new();
+    for uri in uris {
+        let datasets = if bigquery::is_project(uri) {
+            bigquery::project_datasets(uri, flag).await?
+        } else {
+            vec![uri.clone()]
+        };
+        for dataset in datasets {
+            warehouses.push(open_warehouse(&dataset, flag).await?);
+        }
+    }
+    Ok(warehouses)
 }
 
 pub async fn open_store(uri: &str, flag: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {

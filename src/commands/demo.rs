@@ -262,7 +262,7 @@ impl DemoRun<'_> {
             };
             plan.only_changed = true;
         }
-        let produced = produce(&plan, warehouse.as_ref(), topic.as_ref(), store).await?;
+        let produced = produce(&plan, &[warehouse], topic.as_ref(), store).await?;
 
         std::fs::create_dir_all(&self.logs)?;
         let mut workers = Vec::with_capacity(opts.tasks);

@@ -44,7 +44,7 @@ pub async fn write_dead_record(
     delivery_attempt: u32,
     last_try: Option<LastTry<'_>>,
 ) -> anyhow::Result<()> {
-    let unit = msg.source.unit();
+    let unit = msg.unit();
     let record = DeadRecord {
         v: SCHEMA_VERSION,
         run_id: msg.run_id.clone(),
@@ -108,7 +108,7 @@ pub async fn reconcile(
                     if msg.run_id == run_id && !settled(store, &msg).await? {
                         let (error, attempts) = cause(&d);
                         write_dead_record(store, &msg, &error, attempts, None).await?;
-                        report.recorded.push(msg.source.unit());
+                        report.recorded.push(msg.unit());
                     }
                 }
                 held.push(d);
@@ -127,7 +127,7 @@ pub async fn reconcile(
 }
 
 async fn settled(store: &dyn ObjectStore, msg: &WorkMessage) -> anyhow::Result<bool> {
-    let unit = msg.source.unit();
+    let unit = msg.unit();
     for key in [
         layout::done_record(&msg.run_id, &unit),
         layout::dead_record(&msg.run_id, &unit),

@@ -171,7 +171,7 @@ async fn forget_dead_record(d: &Delivery) {
         return;
     };
     if let Err(err) = store
-        .delete(&layout::dead_record(&msg.run_id, &msg.source.unit()))
+        .delete(&layout::dead_record(&msg.run_id, &msg.unit()))
         .await
     {
         tracing::warn!(error = %format!("{err:#}"), "cannot remove the dead-letter record");

@@ -75,7 +75,7 @@ impl ExportHandler {
         started_at: DateTime<Utc>,
         cancel: Cancel,
     ) -> Result<(), UnitError> {
-        let unit = msg.source.unit();
+        let unit = msg.unit();
         let done_key = layout::done_record(&msg.run_id, &unit);
         let folder = layout::export_folder(&msg.source, &msg.run_id);
         let request = ExportRequest {
@@ -210,7 +210,7 @@ impl ExportHandler {
         record: &[u8],
     ) -> Result<(), UnitError> {
         let io = |what| move |e| UnitError::io(what, e);
-        let unit = msg.source.unit();
+        let unit = msg.unit();
         let unit_folder = layout::unit_folder(&msg.source);
         let mut runs: Vec<&str> = listed
             .iter()
@@ -286,7 +286,7 @@ impl ExportHandler {
         listed: &[ObjectInfo],
         newer: &str,
     ) -> Result<(), UnitError> {
-        let unit = msg.source.unit();
+        let unit = msg.unit();
         let record = SupersededRecord {
             v: SCHEMA_VERSION,
             run_id: msg.run_id.clone(),
@@ -373,7 +373,7 @@ async fn delete_listed(
 /// unit was committed meanwhile (by another delivery): no file outlives a
 /// failed export.
 async fn remove_uncommitted(msg: &WorkMessage, store: &dyn ObjectStore) -> Result<(), UnitError> {
-    let done = layout::done_record(&msg.run_id, &msg.source.unit());
+    let done = layout::done_record(&msg.run_id, &msg.unit());
     if store
         .read(&done)
         .await
@@ -442,7 +442,7 @@ impl Handler for ExportHandler {
         let Ok(store) = self.store_for(&msg).await else {
             return;
         };
-        let unit = msg.source.unit();
+        let unit = msg.unit();
         let last_try = LastTry {
             task: &self.task,
             started_at,

@@ -107,7 +107,12 @@ pub struct RunManifest {
     pub v: u32,
     pub run_id: String,
     pub created_at: DateTime<Utc>,
+    /// The run's sources, for people: their URIs joined by spaces.
     pub source: String,
+    /// The run's sources; absent in manifests of runs of one source made by
+    /// earlier versions (see [`RunManifest::source_uris`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<String>,
     pub destination: String,
     pub options: ExportOptions,
     /// Largest first, as published.
@@ -121,6 +126,17 @@ pub struct RunManifest {
     /// the source (`--only-changed` looks): their last export stays.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gone: Vec<CurrentExport>,
+}
+
+impl RunManifest {
+    /// The URI of every dataset the run exports.
+    pub fn source_uris(&self) -> Vec<String> {
+        if self.sources.is_empty() {
+            vec![self.source.clone()]
+        } else {
+            self.sources.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

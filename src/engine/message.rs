@@ -35,6 +35,11 @@ pub struct WorkMessage {
     /// completion record keeps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<ChangeMarker>,
+    /// The unit's name in its run where it is not `source.unit()`: a run of
+    /// several datasets names its units `DATASET.TABLE`, so that two
+    /// datasets' tables of one name keep apart records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
 }
 
 /// The table (or partition) to export.
@@ -183,6 +188,11 @@ pub struct Envelope {
 }
 
 impl WorkMessage {
+    /// The unit's name in its run: what its records are named after.
+    pub fn unit(&self) -> String {
+        self.unit.clone().unwrap_or_else(|| self.source.unit())
+    }
+
     pub fn to_envelope(&self) -> Envelope {
         let mut attributes = BTreeMap::new();
         attributes.insert(ATTR_RUN_ID.to_string(), self.run_id.clone());
@@ -234,6 +244,7 @@ impl WorkMessage {
             ("source.dataset", Some(&self.source.dataset)),
             ("source.table", Some(&self.source.table)),
             ("source.partition", self.source.partition.as_ref()),
+            ("unit", self.unit.as_ref()),
         ];
         for (field, value) in fields {
             if let Some(value) = value {
@@ -281,6 +292,7 @@ mod tests {
             options: ExportOptions::default(),
             enqueued_at: Utc::now(),
             change: None,
+            unit: None,
         }
     }
 

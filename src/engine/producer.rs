@@ -11,6 +11,7 @@
 //! attempt started instead of publishing a second one.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -152,7 +153,7 @@ fn patterns(flag: &str, globs: &[String]) -> Result<Vec<glob::Pattern>, ConfigEr
 /// Checks everything that can be checked before anything is published.
 pub fn validate(
     plan: &RunPlan,
-    warehouse: &dyn Warehouse,
+    warehouses: &[Arc<dyn Warehouse>],
     store: &dyn ObjectStore,
 ) -> Result<(), ConfigError> {
     if let Some(id) = plan.run.given() {
@@ -177,24 +178,49 @@ pub fn validate(
             "add --partitions, or leave the window out",
         ));
     }
-    warehouse.check_export(&plan.options, store.uri())
+    if warehouses.is_empty() {
+        return Err(ConfigError::new(
+            "--source",
+            "no source given",
+            "give --source",
+        ));
+    }
+    let mut datasets: HashMap<&str, &str> = HashMap::new();
+    for warehouse in warehouses {
+        if let Some(other) = datasets.insert(warehouse.dataset(), warehouse.uri()) {
+            return Err(ConfigError::new(
+                "--source",
+                format!(
+                    "{other} and {} both have a dataset named {}, and the destination keeps one \
+                     folder per dataset name",
+                    warehouse.uri(),
+                    warehouse.dataset()
+                ),
+                "export them in runs to different --destination roots",
+            ));
+        }
+        warehouse.check_export(&plan.options, store.uri())?;
+    }
+    Ok(())
 }
 
+/// Produces a run of every table (or partition) of `warehouses`, the
+/// datasets named by `--source`.
 pub async fn produce(
     plan: &RunPlan,
-    warehouse: &dyn Warehouse,
+    warehouses: &[Arc<dyn Warehouse>],
     topic: &dyn Topic,
     store: &dyn ObjectStore,
 ) -> anyhow::Result<ProduceReport> {
     let started = Instant::now();
-    validate(plan, warehouse, store)?;
+    validate(plan, warehouses, store)?;
     let run_id = plan.run.given().map_or_else(new_run_id, str::to_string);
     let manifest_key = layout::run_manifest(&run_id);
     let existing = RETRY
         .run_any("reading the run manifest", || store.read(&manifest_key))
         .await?;
     let Some(existing) = existing else {
-        return publish_new(plan, run_id, warehouse, topic, store, started).await;
+        return publish_new(plan, run_id, warehouses, topic, store, started).await;
     };
     let manifest: RunManifest = serde_json::from_slice(&existing)
         .map_err(|e| anyhow::anyhow!("parsing {manifest_key}: {e}"))?;
@@ -223,102 +249,80 @@ pub async fn produce(
             .into())
         }
     };
-    if manifest.source != warehouse.uri() {
+    let mut ours: Vec<String> = warehouses.iter().map(|w| w.uri().to_string()).collect();
+    let mut theirs = manifest.source_uris();
+    ours.sort();
+    theirs.sort();
+    if ours != theirs {
+        let flags: Vec<String> = theirs.iter().map(|s| format!("--source {s}")).collect();
         return Err(ConfigError::new(
             "--source",
             format!(
                 "run {run_id} exports {}, not {}",
-                manifest.source,
-                warehouse.uri()
+                theirs.join(" "),
+                ours.join(" ")
             ),
-            format!("pass --source {} to resume it", manifest.source),
+            format!("pass {} to resume it", flags.join(" ")),
         )
         .into());
     }
     resume(manifest, again, topic, store, started).await
 }
 
+/// What one source adds to a new run.
+#[derive(Default)]
+struct SourcePlan {
+    units: Vec<PlannedUnit>,
+    skipped: Vec<SkippedTable>,
+    excluded: usize,
+    listed: usize,
+    outside_window: usize,
+    unchanged: Vec<CurrentExport>,
+    gone: Vec<CurrentExport>,
+}
+
+/// Whether a glob names this table: as `TABLE` or as `DATASET.TABLE`.
+fn names(pattern: &glob::Pattern, dataset: &str, table: &str) -> bool {
+    pattern.matches(table) || pattern.matches(&format!("{dataset}.{table}"))
+}
+
 /// Plans a new run, writes its manifest, publishes it.
 async fn publish_new(
     plan: &RunPlan,
     run_id: String,
-    warehouse: &dyn Warehouse,
+    warehouses: &[Arc<dyn Warehouse>],
     topic: &dyn Topic,
     store: &dyn ObjectStore,
     started: Instant,
 ) -> anyhow::Result<ProduceReport> {
-    let include = patterns("--include", &plan.include)?;
-    let exclude = patterns("--exclude", &plan.exclude)?;
     let created_at = Utc::now();
-
-    let mut tables = warehouse.list_tables().await?;
-    let listed = tables.len();
-    let every_table: HashSet<String> = tables.iter().map(|t| t.name.clone()).collect();
-    tables.retain(|t| {
-        (include.is_empty() || include.iter().any(|p| p.matches(&t.name)))
-            && !exclude.iter().any(|p| p.matches(&t.name))
-    });
-    let excluded = listed - tables.len();
-    let mut skipped = Vec::new();
-    tables.retain(|t| match t.kind.unexportable_reason() {
-        None => true,
-        Some(reason) => {
-            tracing::info!(table = %t.name, kind = ?t.kind, reason, "skipping");
-            skipped.push(SkippedTable {
-                table: t.name.clone(),
-                reason: reason.to_string(),
-            });
-            false
-        }
-    });
-    let (mut units, outside_window, partitions_seen) =
-        plan_units(plan, warehouse, &tables, created_at.date_naive()).await?;
-    let mut unchanged = Vec::new();
-    let mut gone = Vec::new();
-    if plan.only_changed {
-        let current = RETRY
-            .run_any("listing the current exports", || {
-                selection::current_exports(store, warehouse.dataset())
-            })
-            .await?;
-        for (unit, export) in &current {
-            let (table, partition) = match unit.split_once('$') {
-                Some((table, partition)) => (table, Some(partition)),
-                None => (unit.as_str(), None),
-            };
-            let source_gone = !every_table.contains(table)
-                || partition.is_some_and(|p| {
-                    partitions_seen
-                        .get(table)
-                        .is_some_and(|ids| !ids.contains(p))
-                });
-            if source_gone {
-                tracing::info!(
-                    unit,
-                    exported_by = export.run_id,
-                    "source gone: its last export stays"
-                );
-                gone.push(CurrentExport {
-                    unit: unit.clone(),
-                    exported_by: export.run_id.clone(),
-                });
-            }
-        }
-        gone.sort_by(|a, b| a.unit.cmp(&b.unit));
-        units.retain(|u| {
-            match selection::unchanged_since(current.get(&u.unit), u.change.as_ref()) {
-                Some(run) => {
-                    tracing::debug!(unit = u.unit, exported_by = run, "unchanged: not published");
-                    unchanged.push(CurrentExport {
-                        unit: u.unit.clone(),
-                        exported_by: run.to_string(),
-                    });
-                    false
-                }
-                None => true,
-            }
-        });
+    let mut all = SourcePlan::default();
+    for warehouse in warehouses {
+        let source = plan_source(
+            plan,
+            warehouse.as_ref(),
+            store,
+            created_at,
+            warehouses.len() > 1,
+        )
+        .await?;
+        all.units.extend(source.units);
+        all.skipped.extend(source.skipped);
+        all.excluded += source.excluded;
+        all.listed += source.listed;
+        all.outside_window += source.outside_window;
+        all.unchanged.extend(source.unchanged);
+        all.gone.extend(source.gone);
     }
+    let SourcePlan {
+        mut units,
+        skipped,
+        excluded,
+        listed,
+        outside_window,
+        unchanged,
+        gone,
+    } = all;
     // Largest first: the longest exports start first, so the run ends sooner.
     units.sort_by(|a, b| {
         (b.bytes, b.rows)
@@ -335,11 +339,13 @@ async fn publish_new(
             "nothing to export in this run"
         );
     }
+    let sources: Vec<String> = warehouses.iter().map(|w| w.uri().to_string()).collect();
     let manifest = RunManifest {
         v: SCHEMA_VERSION,
         run_id: run_id.clone(),
         created_at,
-        source: warehouse.uri().to_string(),
+        source: sources.join(" "),
+        sources,
         destination: store.uri().to_string(),
         options: plan.options.clone(),
         units,
@@ -379,15 +385,122 @@ async fn publish_new(
     })
 }
 
+/// One source's part of a new run: its tables as filtered and skipped,
+/// planned into units, less those unchanged since their current export.
+/// With several sources, tables are named `DATASET.TABLE` in what is skipped.
+async fn plan_source(
+    plan: &RunPlan,
+    warehouse: &dyn Warehouse,
+    store: &dyn ObjectStore,
+    created_at: chrono::DateTime<Utc>,
+    several: bool,
+) -> anyhow::Result<SourcePlan> {
+    let include = patterns("--include", &plan.include)?;
+    let exclude = patterns("--exclude", &plan.exclude)?;
+    let dataset = warehouse.dataset();
+    let mut tables = warehouse.list_tables().await?;
+    let listed = tables.len();
+    let every_table: HashSet<String> = tables.iter().map(|t| t.name.clone()).collect();
+    tables.retain(|t| {
+        (include.is_empty() || include.iter().any(|p| names(p, dataset, &t.name)))
+            && !exclude.iter().any(|p| names(p, dataset, &t.name))
+    });
+    let excluded = listed - tables.len();
+    let mut skipped = Vec::new();
+    tables.retain(|t| match t.kind.unexportable_reason() {
+        None => true,
+        Some(reason) => {
+            tracing::info!(dataset, table = %t.name, kind = ?t.kind, reason, "skipping");
+            skipped.push(SkippedTable {
+                table: if several {
+                    format!("{dataset}.{}", t.name)
+                } else {
+                    t.name.clone()
+                },
+                reason: reason.to_string(),
+            });
+            false
+        }
+    });
+    let (mut units, outside_window, partitions_seen) =
+        plan_units(plan, warehouse, &tables, created_at.date_naive(), several).await?;
+    let mut unchanged = Vec::new();
+    let mut gone = Vec::new();
+    if plan.only_changed {
+        let current = RETRY
+            .run_any("listing the current exports", || {
+                selection::current_exports(store, dataset)
+            })
+            .await?;
+        let prefix = format!("{dataset}.");
+        for (unit, export) in &current {
+            // Runs of several datasets name units DATASET.TABLE.
+            let bare = unit.strip_prefix(&prefix).unwrap_or(unit);
+            let (table, partition) = match bare.split_once('$') {
+                Some((table, partition)) => (table, Some(partition)),
+                None => (bare, None),
+            };
+            let source_gone = !every_table.contains(table)
+                || partition.is_some_and(|p| {
+                    partitions_seen
+                        .get(table)
+                        .is_some_and(|ids| !ids.contains(p))
+                });
+            if source_gone {
+                tracing::info!(
+                    dataset,
+                    unit,
+                    exported_by = export.run_id,
+                    "source gone: its last export stays"
+                );
+                gone.push(CurrentExport {
+                    unit: unit.clone(),
+                    exported_by: export.run_id.clone(),
+                });
+            }
+        }
+        gone.sort_by(|a, b| a.unit.cmp(&b.unit));
+        units.retain(|u| {
+            match selection::unchanged_since(current.get(&u.unit), u.change.as_ref()) {
+                Some(run) => {
+                    tracing::debug!(
+                        dataset,
+                        unit = u.unit,
+                        exported_by = run,
+                        "unchanged: not published"
+                    );
+                    unchanged.push(CurrentExport {
+                        unit: u.unit.clone(),
+                        exported_by: run.to_string(),
+                    });
+                    false
+                }
+                None => true,
+            }
+        });
+    }
+    Ok(SourcePlan {
+        units,
+        skipped,
+        excluded,
+        listed,
+        outside_window,
+        unchanged,
+        gone,
+    })
+}
+
 /// The run's units: one per table, or with `--partitions` one per partition
 /// of each partitioned table (in the window, if one is given), each with its
 /// change marker where the warehouse gives one; how many partitions the
 /// window left out; and the ids of every partition of each table it split.
+/// Units are named `DATASET.TABLE` in a run of `several` datasets.
 async fn plan_units(
     plan: &RunPlan,
     warehouse: &dyn Warehouse,
     tables: &[TableInfo],
     today: chrono::NaiveDate,
+    several: bool,
 ) -> anyhow::Result<(Vec<PlannedUnit>, usize, PartitionsSeen)> {
     let planned = |table: &str, partition: Option<String>, rows, bytes, change| {
         let source = SourceTable {
@@ -398,7 +511,11 @@ async fn plan_units(
             partition,
         };
         PlannedUnit {
-            unit: source.unit(),
+            unit: if several {
+                format!("{}.{}", source.dataset, source.unit())
+            } else {
+                source.unit()
+            },
             source,
             rows,
             bytes,
@@ -516,6 +633,7 @@ async fn publish(
                     options: manifest.options.clone(),
                     enqueued_at: manifest.created_at,
                     change: u.change.clone(),
+                    unit: (u.unit != u.source.unit()).then(|| u.unit.clone()),
                 }
                 .to_envelope()
             })

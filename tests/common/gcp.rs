@@ -123,13 +123,7 @@ impl GcpSandbox {
             max_attempts,
         };
         std::fs::create_dir_all(sb.dir.path().join("logs")).unwrap();
-        let ds = format!("projects/{PROJECT}/datasets");
-        sb.bq_call(
-            "POST",
-            &ds,
-            Some(json!({"datasetReference": {"projectId": PROJECT, "datasetId": sb.dataset}, "location": "US"})),
-        )
-        .await;
+        sb.create_dataset(&sb.dataset).await;
         sb.call(
             "POST",
             &format!(
@@ -273,24 +267,64 @@ impl GcpSandbox {
         format!("gs://{}/{folder}", self.bucket)
     }
 
-    /// Creates `table` (id, name, age) holding `rows` rows.
-    pub async fn create_table(&self, table: &str, rows: u64) {
-        let tables = format!("projects/{PROJECT}/datasets/{}/tables", self.dataset);
+    /// Creates a dataset (location US) in the emulator's project.
+    pub async fn create_dataset(&self, dataset: &str) {
         self.bq_call(
             "POST",
-            &tables,
-            Some(json!({
-                "tableReference": {"projectId": PROJECT, "datasetId": self.dataset, "tableId": table},
-                "schema": {"fields": [
-                    {"name": "id", "type": "INTEGER"},
-                    {"name": "name", "type": "STRING"},
-                    {"name": "age", "type": "INTEGER"},
-                ]},
-            })),
+            &format!("projects/{PROJECT}/datasets"),
+            Some(json!({"datasetReference": {"projectId": PROJECT, "datasetId": dataset}, "location": "US"})),
         )
         .await;
-        let rows: Vec<Value> = (1..=rows)
-            .map(|i| json!({"insertId": i.to_string(), "json": {"id": i, "name": format!("name_{i}"), "age": i % 90}}))
+    }
+
+    /// Creates `table` (id, name, age) holding `rows` rows.
+    pub async fn create_table(&self, table: &str, rows: u64) {
+        let rows = (1..=rows)
+            .map(|i| json!({"id": i, "name": format!("name_{i}"), "age": i % 90}))
+            .collect();
+        let schema = json!([["id", "INTEGER"], ["name", "STRING"], ["age", "INTEGER"]]);
+        self.new_table(table, schema, json!({}), rows).await;
+    }
+
+    /// Creates `table` (id, day, amount) partitioned by the DATE `day`,
+    /// with `per_day` rows on each of `days`.
+    pub async fn create_daily_table(&self, table: &str, days: &[&str], per_day: u64) {
+        let rows = days
+            .iter()
+            .enumerate()
+            .flat_map(|(d, day)| {
+                (0..per_day).map(
+                    move |i| json!({"id": d as u64 * per_day + i + 1, "day": day, "amount": i}),
+                )
+            })
+            .collect();
+        let partitioning = json!({"timePartitioning": {"type": "DAY", "field": "day"}});
+        let schema = json!([["id", "INTEGER"], ["day", "DATE"], ["amount", "INTEGER"]]);
+        self.new_table(table, schema, partitioning, rows).await;
+    }
+
+    /// Creates `table` with the columns in `schema` (`[[name, type], …]`,
+    /// `id` first) and the table settings in `extra`; inserts `rows`.
+    async fn new_table(&self, table: &str, schema: Value, extra: Value, rows: Vec<Value>) {
+        let tables = format!("projects/{PROJECT}/datasets/{}/tables", self.dataset);
+        let fields: Vec<Value> = schema
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| json!({"name": f[0], "type": f[1]}))
+            .collect();
+        let mut definition = json!({
+            "tableReference": {"projectId": PROJECT, "datasetId": self.dataset, "tableId": table},
+            "schema": {"fields": fields},
+        });
+        definition
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        self.bq_call("POST", &tables, Some(definition)).await;
+        let rows: Vec<Value> = rows
+            .into_iter()
+            .map(|row| json!({"insertId": row["id"].to_string(), "json": row}))
             .collect();
         for chunk in rows.chunks(5000) {
             let body = self
@@ -303,45 +337,6 @@ impl GcpSandbox {
             let errors = body["insertErrors"].as_array().map_or(0, Vec::len);
             assert_eq!(errors, 0, "insertAll: {body}");
         }
-    }
-
-    /// Creates `table` (id, day, amount) partitioned by the DATE `day`,
-    /// with `per_day` rows on each of `days`.
-    pub async fn create_daily_table(&self, table: &str, days: &[&str], per_day: u64) {
-        let tables = format!("projects/{PROJECT}/datasets/{}/tables", self.dataset);
-        self.bq_call(
-            "POST",
-            &tables,
-            Some(json!({
-                "tableReference": {"projectId": PROJECT, "datasetId": self.dataset, "tableId": table},
-                "schema": {"fields": [
-                    {"name": "id", "type": "INTEGER"},
-                    {"name": "day", "type": "DATE"},
-                    {"name": "amount", "type": "INTEGER"},
-                ]},
-                "timePartitioning": {"type": "DAY", "field": "day"},
-            })),
-        )
-        .await;
-        let rows: Vec<Value> = days
-            .iter()
-            .enumerate()
-            .flat_map(|(d, day)| {
-                (0..per_day).map(move |i| {
-                    let id = d as u64 * per_day + i + 1;
-                    json!({"insertId": id.to_string(), "json": {"id": id, "day": day, "amount": i}})
-                })
-            })
-            .collect();
-        let body = self
-            .bq_call(
-                "POST",
-                &format!("{tables}/{table}/insertAll"),
-                Some(json!({"rows": rows})),
-            )
-            .await;
-        let errors = body["insertErrors"].as_array().map_or(0, Vec::len);
-        assert_eq!(errors, 0, "insertAll: {body}");
     }
 
     /// Runs a statement (DML) through `jobs.query`; `{table}` in `sql`
@@ -417,13 +412,25 @@ impl GcpSandbox {
         args: &[&str],
         envs: Vec<(&str, String)>,
     ) -> Output {
+        self.produce_from(&self.source(), topic, folder, args, envs)
+    }
+
+    /// Runs `bqdrain-producer` from any `--source`.
+    pub fn produce_from(
+        &self,
+        source: &str,
+        topic: &str,
+        folder: &str,
+        args: &[&str],
+        envs: Vec<(&str, String)>,
+    ) -> Output {
         let producer = Path::new(BIN).with_file_name("bqdrain-producer");
         assert!(
             producer.exists(),
             "{producer:?} is missing: run the tests with `cargo test --workspace`"
         );
         Command::new(producer)
-            .args(["--source", &self.source(), "--topic", topic])
+            .args(["--source", source, "--topic", topic])
             .args(["--destination", &self.destination(folder), "--json"])
             .args(args)
             .envs(self.env(None))

@@ -131,10 +131,22 @@ impl Sandbox {
         queue: &str,
         plan: &RunPlan,
     ) -> anyhow::Result<ProduceReport> {
-        let warehouse = backends::open_warehouse(source, "--source").await?;
+        self.try_produce_sources(&[source.to_string()], queue, plan)
+            .await
+    }
+
+    /// Runs the producer with `plan` from several datasets (`--source`
+    /// given more than once) to a queue of this sandbox.
+    pub async fn try_produce_sources(
+        &self,
+        sources: &[String],
+        queue: &str,
+        plan: &RunPlan,
+    ) -> anyhow::Result<ProduceReport> {
+        let warehouses = backends::open_sources(sources, "--source").await?;
         let topic = backends::open_topic(&self.queue(queue), "--topic").await?;
         let store = backends::open_store(&self.destination(), "--destination").await?;
-        produce(plan, warehouse.as_ref(), topic.as_ref(), store.as_ref()).await
+        produce(plan, &warehouses, topic.as_ref(), store.as_ref()).await
     }
 
     pub async fn publish_raw(&self, queue: &str, envelopes: Vec<Envelope>) {

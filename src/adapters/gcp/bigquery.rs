@@ -79,6 +79,60 @@ pub fn is_bigquery(uri: &str) -> bool {
     uri.starts_with(SCHEME)
 }
 
+/// Whether `uri` names a whole project (`bigquery://PROJECT`).
+pub fn is_project(uri: &str) -> bool {
+    uri.strip_prefix(SCHEME)
+        .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'))
+}
+
+/// The URI of every dataset of the project `bigquery://PROJECT`, from
+/// `datasets.list`.
+pub async fn project_datasets(uri: &str, flag: &str) -> anyhow::Result<Vec<String>> {
+    let project = uri.strip_prefix(SCHEME).unwrap_or_default();
+    let datasets = connect!(
+        DatasetService::builder().with_retry_policy(NeverRetry),
+        "BigQuery",
+        EMULATOR
+    );
+    let what = format!("listing the datasets of {uri}");
+    let mut uris = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = metadata_retry()
+            .run(&what, || async {
+                datasets
+                    .list_datasets()
+                    .set_project_id(project)
+                    .set_max_results(1000u32)
+                    .set_page_token(&page_token)
+                    .send()
+                    .await
+                    .map_err(|e| classify(&what, &e))
+            })
+            .await?;
+        uris.extend(
+            page.datasets
+                .into_iter()
+                .filter_map(|d| d.dataset_reference)
+                .map(|r| format!("{SCHEME}{project}/{}", r.dataset_id)),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    if uris.is_empty() {
+        return Err(ConfigError::new(
+            flag,
+            format!("project {project} has no datasets"),
+            "check the project id, or name a dataset: bigquery://PROJECT/DATASET",
+        )
+        .into());
+    }
+    uris.sort();
+    Ok(uris)
+}
+
 pub struct BigQueryWarehouse {
     uri: String,
     project: String,
