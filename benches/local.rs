@@ -539,7 +539,7 @@ fn skew(rt: &tokio::runtime::Runtime, s: &Sizes) {
         let plan = RunPlan {
             partitions: PartitionPlan {
                 split,
-                window: None,
+                ..PartitionPlan::default()
             },
             ..RunPlan::every_table(RunId::New)
         };

@@ -41,6 +41,7 @@ fn plan(run_id: &str, window: Option<PartitionWindow>, only_changed: bool) -> Ru
         partitions: PartitionPlan {
             split: true,
             window,
+            min_rows: 0,
         },
         only_changed,
         ..RunPlan::every_table(RunId::Given {
@@ -179,6 +180,20 @@ async fn a_partition_window_takes_its_days_and_keeps_other_tables_whole() {
         (0, 0, 4)
     );
     assert_eq!(sb.depth("work").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_table_under_the_row_threshold_stays_whole() {
+    let sb = Sandbox::new();
+    make_dataset(&sb, 1, 20, 10);
+    let mut small = plan("r1", None, false);
+    small.partitions.min_rows = 33;
+    let report = produce(&sb, &small).await;
+    assert_eq!(report.published, 2, "t_001, and events (32 rows) whole");
+    let mut large = plan("r2", None, false);
+    large.partitions.min_rows = 32;
+    let report = produce(&sb, &large).await;
+    assert_eq!(report.published, 5, "t_001, and events' 4 partitions");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,6 +70,15 @@ struct Cli {
     #[arg(long, env = "BQDRAIN_PARTITIONS_LAST_DAYS", value_name = "N", requires = "partitions",
           conflicts_with = "partitions_since", value_parser = clap::value_parser!(u32).range(1..))]
     partitions_last_days: Option<u32>,
+    /// Partitioned tables of fewer rows than this stay whole.
+    #[arg(
+        long,
+        env = "BQDRAIN_PARTITIONS_MIN_ROWS",
+        value_name = "N",
+        default_value_t = 0,
+        requires = "partitions"
+    )]
+    partitions_min_rows: u64,
     /// Only partitions with a day on or after this date (YYYY-MM-DD).
     #[arg(
         long,
@@ -137,6 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, Some(day)) => Some(PartitionWindow::Since(day)),
                 (None, None) => None,
             },
+            min_rows: cli.partitions_min_rows,
         },
         only_changed: cli.only_changed,
     };

@@ -59,6 +59,7 @@ async fn bad_options_exit_2_and_publish_nothing() {
         (&["--include", "[a"][..], "--include"),
         (&["--run-id", "a/b"][..], "--run-id"),
         (&["--partitions-last-days", "3"][..], "--partitions"),
+        (&["--partitions-min-rows", "3"][..], "--partitions"),
         (
             &["--partitions", "--partitions-last-days", "0"][..],
             "--partitions-last-days",

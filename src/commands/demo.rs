@@ -258,7 +258,7 @@ impl DemoRun<'_> {
         if opts.incremental {
             plan.partitions = PartitionPlan {
                 split: true,
-                window: None,
+                ..PartitionPlan::default()
             };
             plan.only_changed = true;
         }

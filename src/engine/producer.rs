@@ -546,6 +546,13 @@ async fn plan_units(
     let mut units = Vec::with_capacity(tables.len());
     let mut outside_window = 0;
     for table in tables {
+        let small = table
+            .rows
+            .is_some_and(|rows| rows < plan.partitions.min_rows);
+        if small && partitions.contains_key(&table.name) {
+            tracing::debug!(table = %table.name, rows = table.rows, "small: exported whole");
+            partitions.remove(&table.name);
+        }
         let Some(parts) = partitions.remove(&table.name) else {
             if plan.partitions.window.is_some() {
                 tracing::info!(table = %table.name, "not partitioned: exported whole, whatever the partition window");

@@ -23,6 +23,9 @@ pub struct PartitionPlan {
     pub split: bool,
     /// Only partitions with a day in this window.
     pub window: Option<PartitionWindow>,
+    /// Partitioned tables of fewer rows stay whole: a few small units
+    /// cost more than one.
+    pub min_rows: u64,
 }
 
 /// Which partitions a run takes, by their dates.
