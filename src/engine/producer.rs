@@ -23,7 +23,9 @@ use crate::engine::message::{
 };
 use crate::engine::retry::RetryPolicy;
 use crate::engine::runs;
-use crate::engine::selection::{self, CurrentExport, PartitionPlan, PartitionWindow};
+use crate::engine::selection::{
+    self, CurrentExport, PartitionPlan, PartitionWindow, PartitionsSeen,
+};
 use crate::error::ConfigError;
 use crate::ports::queue::Topic;
 use crate::ports::store::ObjectStore;
@@ -281,9 +283,34 @@ struct SourcePlan {
     gone: Vec<CurrentExport>,
 }
 
-/// Whether a glob names this table: as `TABLE` or as `DATASET.TABLE`.
-fn names(pattern: &glob::Pattern, dataset: &str, table: &str) -> bool {
-    pattern.matches(table) || pattern.matches(&format!("{dataset}.{table}"))
+impl SourcePlan {
+    /// Adds another source's part to this one.
+    fn absorb(&mut self, other: SourcePlan) {
+        self.units.extend(other.units);
+        self.skipped.extend(other.skipped);
+        self.excluded += other.excluded;
+        self.listed += other.listed;
+        self.outside_window += other.outside_window;
+        self.unchanged.extend(other.unchanged);
+        self.gone.extend(other.gone);
+    }
+}
+
+/// `--include` and `--exclude`, compiled.
+struct Filters {
+    include: Vec<glob::Pattern>,
+    exclude: Vec<glob::Pattern>,
+}
+
+impl Filters {
+    /// Whether the run takes this table: a glob names a table as `TABLE` or
+    /// as `DATASET.TABLE`.
+    fn select(&self, dataset: &str, table: &str) -> bool {
+        let qualified = format!("{dataset}.{table}");
+        let names = |p: &glob::Pattern| p.matches(table) || p.matches(&qualified);
+        (self.include.is_empty() || self.include.iter().any(names))
+            && !self.exclude.iter().any(names)
+    }
 }
 
 /// Plans a new run, writes its manifest, publishes it.
@@ -296,23 +323,22 @@ async fn publish_new(
     started: Instant,
 ) -> anyhow::Result<ProduceReport> {
     let created_at = Utc::now();
+    let filters = Filters {
+        include: patterns("--include", &plan.include)?,
+        exclude: patterns("--exclude", &plan.exclude)?,
+    };
     let mut all = SourcePlan::default();
     for warehouse in warehouses {
         let source = plan_source(
             plan,
+            &filters,
             warehouse.as_ref(),
             store,
             created_at,
             warehouses.len() > 1,
         )
         .await?;
-        all.units.extend(source.units);
-        all.skipped.extend(source.skipped);
-        all.excluded += source.excluded;
-        all.listed += source.listed;
-        all.outside_window += source.outside_window;
-        all.unchanged.extend(source.unchanged);
-        all.gone.extend(source.gone);
+        all.absorb(source);
     }
     let SourcePlan {
         mut units,
@@ -390,21 +416,17 @@ async fn publish_new(
 /// With several sources, tables are named `DATASET.TABLE` in what is skipped.
 async fn plan_source(
     plan: &RunPlan,
+    filters: &Filters,
     warehouse: &dyn Warehouse,
     store: &dyn ObjectStore,
     created_at: chrono::DateTime<Utc>,
     several: bool,
 ) -> anyhow::Result<SourcePlan> {
-    let include = patterns("--include", &plan.include)?;
-    let exclude = patterns("--exclude", &plan.exclude)?;
     let dataset = warehouse.dataset();
     let mut tables = warehouse.list_tables().await?;
     let listed = tables.len();
     let every_table: HashSet<String> = tables.iter().map(|t| t.name.clone()).collect();
-    tables.retain(|t| {
-        (include.is_empty() || include.iter().any(|p| names(p, dataset, &t.name)))
-            && !exclude.iter().any(|p| names(p, dataset, &t.name))
-    });
+    tables.retain(|t| filters.select(dataset, &t.name));
     let excluded = listed - tables.len();
     let mut skipped = Vec::new();
     tables.retain(|t| match t.kind.unexportable_reason() {
@@ -432,34 +454,15 @@ async fn plan_source(
                 selection::current_exports(store, dataset)
             })
             .await?;
-        let prefix = format!("{dataset}.");
-        for (unit, export) in &current {
-            // Runs of several datasets name units DATASET.TABLE.
-            let bare = unit.strip_prefix(&prefix).unwrap_or(unit);
-            let (table, partition) = match bare.split_once('$') {
-                Some((table, partition)) => (table, Some(partition)),
-                None => (bare, None),
-            };
-            let source_gone = !every_table.contains(table)
-                || partition.is_some_and(|p| {
-                    partitions_seen
-                        .get(table)
-                        .is_some_and(|ids| !ids.contains(p))
-                });
-            if source_gone {
-                tracing::info!(
-                    dataset,
-                    unit,
-                    exported_by = export.run_id,
-                    "source gone: its last export stays"
-                );
-                gone.push(CurrentExport {
-                    unit: unit.clone(),
-                    exported_by: export.run_id.clone(),
-                });
-            }
+        gone = selection::sources_gone(&current, dataset, &every_table, &partitions_seen);
+        for g in &gone {
+            tracing::info!(
+                dataset,
+                unit = g.unit,
+                exported_by = g.exported_by,
+                "source gone: its last export stays"
+            );
         }
-        gone.sort_by(|a, b| a.unit.cmp(&b.unit));
         units.retain(|u| {
             match selection::unchanged_since(current.get(&u.unit), u.change.as_ref()) {
                 Some(run) => {
@@ -579,9 +582,6 @@ async fn plan_units(
     }
     Ok((units, outside_window, seen))
 }
-
-/// Table -> the ids of its partitions, for the tables a run split.
-type PartitionsSeen = HashMap<String, HashSet<String>>;
 
 /// Continues an existing run as its manifest planned it: with `again`, its
 /// units without a completion record are published again (a duplicate of a

@@ -3,7 +3,7 @@
 //! `--only-changed`, only units whose change marker differs from the one
 //! their current export was planned with.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{Months, NaiveDate};
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -128,6 +128,41 @@ pub async fn current_exports(
         }
     }
     Ok(current)
+}
+
+/// Table -> the ids of its partitions, for the tables a run split.
+pub type PartitionsSeen = HashMap<String, HashSet<String>>;
+
+/// The current exports of `dataset` whose source is gone: their table is not
+/// among `tables` (every table the dataset lists), or their partition is not
+/// among those listed for a table the run split. By unit.
+pub fn sources_gone(
+    current: &HashMap<String, TableManifest>,
+    dataset: &str,
+    tables: &HashSet<String>,
+    partitions: &PartitionsSeen,
+) -> Vec<CurrentExport> {
+    let prefix = format!("{dataset}.");
+    let mut gone: Vec<CurrentExport> = current
+        .iter()
+        .filter(|(unit, _)| {
+            // Runs of several datasets name units DATASET.TABLE.
+            let bare = unit.strip_prefix(&prefix).unwrap_or(unit);
+            let (table, partition) = match bare.split_once('$') {
+                Some((table, partition)) => (table, Some(partition)),
+                None => (bare, None),
+            };
+            !tables.contains(table)
+                || partition
+                    .is_some_and(|p| partitions.get(table).is_some_and(|ids| !ids.contains(p)))
+        })
+        .map(|(unit, export)| CurrentExport {
+            unit: unit.clone(),
+            exported_by: export.run_id.clone(),
+        })
+        .collect();
+    gone.sort_by(|a, b| a.unit.cmp(&b.unit));
+    gone
 }
 
 /// The run whose current export already holds this data, if one does: the

@@ -95,32 +95,24 @@ pub async fn project_datasets(uri: &str, flag: &str) -> anyhow::Result<Vec<Strin
         EMULATOR
     );
     let what = format!("listing the datasets of {uri}");
-    let mut uris = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = metadata_retry()
-            .run(&what, || async {
-                datasets
-                    .list_datasets()
-                    .set_project_id(project)
-                    .set_max_results(1000u32)
-                    .set_page_token(&page_token)
-                    .send()
-                    .await
-                    .map_err(|e| classify(&what, &e))
-            })
-            .await?;
-        uris.extend(
-            page.datasets
-                .into_iter()
-                .filter_map(|d| d.dataset_reference)
-                .map(|r| format!("{SCHEME}{project}/{}", r.dataset_id)),
-        );
-        if page.next_page_token.is_empty() {
-            break;
+    let mut uris: Vec<String> = every_page(&what, |page_token| {
+        let datasets = &datasets;
+        async move {
+            let page = datasets
+                .list_datasets()
+                .set_project_id(project)
+                .set_max_results(1000u32)
+                .set_page_token(page_token)
+                .send()
+                .await?;
+            Ok((page.datasets, page.next_page_token))
         }
-        page_token = page.next_page_token;
-    }
+    })
+    .await?
+    .into_iter()
+    .filter_map(|d| d.dataset_reference)
+    .map(|r| format!("{SCHEME}{project}/{}", r.dataset_id))
+    .collect();
     if uris.is_empty() {
         return Err(ConfigError::new(
             flag,
@@ -494,30 +486,21 @@ impl BigQueryWarehouse {
     }
 
     /// Every page of `tables.list`.
-    async fn list_all_tables(&self) -> anyhow::Result<Vec<ListFormatTable>> {
-        let mut tables = Vec::new();
-        let mut page_token = String::new();
+    async fn list_all_tables(&self) -> Result<Vec<ListFormatTable>, UnitError> {
         let what = format!("listing the tables of {}", self.uri);
-        loop {
-            let page = metadata_retry()
-                .run(&what, || async {
-                    self.tables
-                        .list_tables()
-                        .set_project_id(&self.project)
-                        .set_dataset_id(&self.dataset)
-                        .set_max_results(1000u32)
-                        .set_page_token(&page_token)
-                        .send()
-                        .await
-                        .map_err(|e| classify(&what, &e))
-                })
+        every_page(&what, |page_token| async move {
+            let page = self
+                .tables
+                .list_tables()
+                .set_project_id(&self.project)
+                .set_dataset_id(&self.dataset)
+                .set_max_results(1000u32)
+                .set_page_token(page_token)
+                .send()
                 .await?;
-            tables.extend(page.tables);
-            if page.next_page_token.is_empty() {
-                return Ok(tables);
-            }
-            page_token = page.next_page_token;
-        }
+            Ok((page.tables, page.next_page_token))
+        })
+        .await
     }
 
     /// Rows of `INFORMATION_SCHEMA.PARTITIONS` for these tables, one query
@@ -703,6 +686,31 @@ impl BigQueryWarehouse {
             }
         }
         Ok(tables)
+    }
+}
+
+/// Every item of a paged list call, each page retried: `fetch` takes a
+/// page token and returns the page's items and the next token (empty after
+/// the last page).
+async fn every_page<T, F, Fut>(what: &str, fetch: F) -> Result<Vec<T>, UnitError>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), google_cloud_bigquery_v2::Error>>,
+{
+    let mut items = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let (page, next) = metadata_retry()
+            .run(what, || {
+                let page = fetch(page_token.clone());
+                async move { page.await.map_err(|e| classify(what, &e)) }
+            })
+            .await?;
+        items.extend(page);
+        if next.is_empty() {
+            return Ok(items);
+        }
+        page_token = next;
     }
 }
 
