@@ -19,7 +19,11 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-TOOLS="$ROOT/.tools"
+# By their real paths: in CI .venv and .tools are links into a cache kept
+# between clones, and what is installed at a real path serves every clone.
+mkdir -p "$ROOT/.tools" "$ROOT/.venv"
+TOOLS="$(cd "$ROOT/.tools" && pwd -P)"
+VENVS="$(cd "$ROOT/.venv" && pwd -P)"
 LOCK="$TOOLS/checks-install.lock"
 # Bump when the install layout changes in a way that needs a fresh install.
 FORMAT=1
@@ -71,14 +75,14 @@ schema_want() {
 }
 
 all_ok() {
-    stamp_ok "$ROOT/.venv/checks/.installed" "$(venv_want "$ROOT/.venv/checks" "$HERE/requirements.txt")" &&
-        stamp_ok "$ROOT/.venv/checkov/.installed" "$(venv_want "$ROOT/.venv/checkov" "$HERE/requirements-checkov.txt")" &&
+    stamp_ok "$VENVS/checks/.installed" "$(venv_want "$VENVS/checks" "$HERE/requirements.txt")" &&
+        stamp_ok "$VENVS/checkov/.installed" "$(venv_want "$VENVS/checkov" "$HERE/requirements-checkov.txt")" &&
         stamp_ok "$PROVIDER_DIR/.installed" "$(provider_want)" &&
         stamp_ok "$PROVIDER_DIR/.schema-built" "$(schema_want)"
 }
 
 install_venv() { # install_venv NAME REQ IMPORT-CHECK
-    local venv="$ROOT/.venv/$1" req="$2" check="$3" want start log
+    local venv="$VENVS/$1" req="$2" check="$3" want start log
     want="$(venv_want "$venv" "$req")"
     if stamp_ok "$venv/.installed" "$want" && [[ -x "$venv/bin/python" ]]; then
         echo "$1 venv up to date: $venv"
@@ -145,7 +149,7 @@ if all_ok; then
     exit 0
 fi
 
-mkdir -p "$TOOLS" "$ROOT/.venv"
+mkdir -p "$TOOLS"
 exec 9>"$LOCK"
 flock 9
 

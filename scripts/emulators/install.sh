@@ -10,7 +10,10 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-VENV="$ROOT/.venv/emulators"
+# By its real path: in CI .venv is a link into a cache kept between clones,
+# and a venv made at its real path serves every clone.
+mkdir -p "$ROOT/.venv"
+VENV="$(cd "$ROOT/.venv" && pwd -P)/emulators"
 REQ="$HERE/requirements.txt"
 STAMP="$VENV/.installed"
 LOCK="$VENV/.lock"
