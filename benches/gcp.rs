@@ -388,6 +388,7 @@ async fn status(sb: &GcpSandbox, s: &Sizes) {
         dataset: sb.dataset.clone(),
         table: format!("t_{i:05}"),
         partition: None,
+        view: false,
     };
     let manifest = RunManifest {
         v: 1,

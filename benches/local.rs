@@ -192,6 +192,7 @@ fn export(rt: &tokio::runtime::Runtime, s: &Sizes) {
                     dataset: warehouse.dataset().to_string(),
                     table: "big".into(),
                     partition: None,
+                    view: false,
                 },
                 destination_root: format!("file://{}", root.display()),
                 folder: "big/".into(),

@@ -53,16 +53,21 @@ fn demo_incremental_exports_partitions_then_only_what_changed() {
     let sb = Sandbox::new();
     let dir = sb.path("demo");
     let report = demo(&dir, &["--incremental", "--tables", "4", "--rows", "10"]);
-    // 4 tables whole, and events in 7 daily partitions.
+    // 4 tables whole, events in 7 daily partitions, and a view.
     assert_eq!(
         (report["units"].as_u64(), report["exported"].as_u64()),
-        (Some(11), Some(11))
+        (Some(12), Some(12))
     );
     let second = &report["incremental"];
     let today = chrono::Utc::now().date_naive().format("%Y%m%d").to_string();
     assert_eq!(
         second["published_units"],
-        serde_json::json!(["dummy_01", "dummy_03", format!("events${today}")])
+        serde_json::json!([
+            "dummy_01",
+            "dummy_03",
+            format!("events${today}"),
+            "latest_events"
+        ])
     );
     assert_eq!(second["unchanged"], 8);
     let run_id = second["run_id"].as_str().unwrap();
@@ -75,6 +80,16 @@ fn demo_incremental_exports_partitions_then_only_what_changed() {
         1 + 10 + 2,
         "header, a day's rows, the 2 added"
     );
+    let view = std::fs::read_to_string(dir.join(format!(
+        "exports/warehouse/latest_events/run={run_id}/latest_events_000000000000.csv"
+    )))
+    .unwrap();
+    let sorted = |text: &str| {
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(sorted(&view), sorted(&csv), "the view holds the newest day");
 }
 
 #[test]

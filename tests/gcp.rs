@@ -289,7 +289,7 @@ async fn worker_killed_during_an_export_is_redelivered_and_reattached() {
         record.task
     );
     let logs = sb.logs();
-    assert!(logs.contains("re-attaching to the extract job"), "{logs}");
+    assert!(logs.contains("re-attaching to the export job"), "{logs}");
     assert_eq!(
         logs.matches("\"exported\"").count(),
         1,
@@ -953,4 +953,114 @@ async fn a_whole_project_is_every_dataset_with_globs_on_dataset_and_table() {
         sources.contains(&json!(sb.source())),
         "the project's datasets, each a source: {sources:?}"
     );
+}
+
+#[tokio::test]
+async fn views_are_exported_with_export_data_under_the_byte_guard() {
+    let sb = GcpSandbox::new("views", 5).await;
+    sb.create_table("t_001", 100).await;
+    sb.dml(
+        "first_30",
+        "CREATE VIEW {table} AS SELECT * FROM `{source}` WHERE id <= 30"
+            .replace(
+                "{source}",
+                &format!("{}.{}.t_001", common::gcp::PROJECT, sb.dataset),
+            )
+            .as_str(),
+    )
+    .await;
+    sb.dml(
+        "names",
+        "CREATE MATERIALIZED VIEW {table} AS SELECT * FROM `{source}`"
+            .replace(
+                "{source}",
+                &format!("{}.{}.t_001", common::gcp::PROJECT, sb.dataset),
+            )
+            .as_str(),
+    )
+    .await;
+
+    // Above the guard: refused before anything is published.
+    let out = sb.produce(
+        "exports",
+        &["--run-id", "r0", "--views", "--max-bytes-billed", "1"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--max-bytes-billed") && stderr.contains("first_30 ("),
+        "{stderr}"
+    );
+    assert!(sb.objects("exports/").await.is_empty(), "nothing written");
+
+    let report = produced(&sb.produce(
+        "exports",
+        &[
+            "--run-id",
+            "r1",
+            "--views",
+            "--max-bytes-billed",
+            "100000000",
+        ],
+    ));
+    assert_eq!(report["published"], 3, "{report}");
+    assert!(
+        report["view_bytes_estimated"].as_u64().unwrap() > 0,
+        "the dry runs sized the views: {report}"
+    );
+    all_drained(&sb, workers(&sb, 1, "exports", "r1"));
+    sb.assert_exported("exports", "r1", "t_001", 100).await;
+    let view = sb.assert_exported("exports", "r1", "first_30", 30).await;
+    assert_eq!(view.as_of, None, "a view is read as it is at export time");
+    sb.assert_exported("exports", "r1", "names", 100).await;
+
+    let view_jobs = |jobs: Vec<Value>| -> usize {
+        jobs.iter()
+            .filter(|j| {
+                j["configuration"]["query"]["query"]
+                    .as_str()
+                    .is_some_and(|q| q.starts_with("EXPORT DATA") && q.contains(&sb.bucket))
+            })
+            .count()
+    };
+    assert_eq!(
+        view_jobs(sb.extract_jobs().await),
+        2,
+        "one EXPORT DATA job a view"
+    );
+
+    // The query job itself is capped: a view that grew past the cap between
+    // the dry run and its export fails, unbilled, and is dead-lettered.
+    let planned = sb.run_manifest("exports", "r1").await;
+    let size = planned
+        .units
+        .iter()
+        .find(|u| u.source.table == "first_30")
+        .and_then(|u| u.bytes)
+        .unwrap();
+    sb.resubscribe("work2").await;
+    produced(&sb.produce(
+        "exports",
+        &[
+            "--run-id",
+            "r2",
+            "--views",
+            "--include",
+            "first_30",
+            "--max-bytes-billed",
+            &size.to_string(),
+        ],
+    ));
+    sb.dml(
+        "t_001",
+        "INSERT INTO {table} (id, name, age) VALUES (1001, 'grown', 1)",
+    )
+    .await;
+    let outcomes = all_drained(&sb, workers(&sb, 1, "exports", "r2"));
+    assert_eq!(total(&outcomes, "dead_lettered"), 1, "{outcomes:?}");
+    let dead = sb
+        .dead_record("exports", "r2", "first_30")
+        .await
+        .expect("dead record");
+    assert_eq!(dead["reason"], "bytesBilledLimitExceeded", "{dead}");
 }

@@ -91,6 +91,15 @@ struct Cli {
     /// (the change marker its completion record keeps).
     #[arg(long, env = "BQDRAIN_ONLY_CHANGED")]
     only_changed: bool,
+    /// Export views and materialized views too, through EXPORT DATA query
+    /// jobs, which are billed; each is dry-run first.
+    #[arg(long, env = "BQDRAIN_VIEWS")]
+    views: bool,
+    /// With --views: refuse the run (exit 2, nothing published) when a view's
+    /// dry run says its export would process more bytes than this; each
+    /// export query is also capped at it (BigQuery's maximumBytesBilled).
+    #[arg(long, env = "BQDRAIN_MAX_BYTES_BILLED", value_name = "BYTES")]
+    max_bytes_billed: Option<u64>,
     /// Once the run is published, start this Cloud Run job's workers, e.g.
     /// projects/PROJECT/locations/REGION/jobs/bqdrain-worker.
     #[arg(long, env = "BQDRAIN_LAUNCH_WORKERS", value_name = "JOB")]
@@ -138,6 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             compression: cli.compression,
             header: !cli.no_header,
             field_delimiter: cli.field_delimiter,
+            max_bytes_billed: cli.max_bytes_billed,
         },
         partitions: PartitionPlan {
             split: cli.partitions,
@@ -149,6 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             min_rows: cli.partitions_min_rows,
         },
         only_changed: cli.only_changed,
+        views: cli.views,
     };
     let report = produce(&plan, &warehouses, topic.as_ref(), store.as_ref()).await?;
     let launched = match (&launch_plan, &jobs) {
@@ -182,6 +193,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         for s in &report.skipped {
             println!("  skipped {}: {}", s.table, s.reason);
+        }
+        if report.view_bytes_estimated > 0 {
+            println!(
+                "  views: their export queries will process about {} bytes (dry run)",
+                report.view_bytes_estimated
+            );
         }
         if let Some(launched) = &launched {
             println!("{}", launched.summary());

@@ -128,6 +128,60 @@ async fn a_partition_window_that_selects_nothing_publishes_nothing_and_says_so()
     assert!(published.contains(&"20261201".to_string()), "{published:?}");
 }
 
+#[tokio::test]
+async fn views_are_published_under_the_byte_guard_and_refused_above_it() {
+    let s = Setup::new();
+    let refused = [
+        (&["--views", "--max-bytes-billed", "1"][..], "a_view ("),
+        (&["--max-bytes-billed", "1000000"][..], "add --views"),
+        (
+            &["--views", "--format", "parquet", "--compression", "zstd"][..],
+            "EXPORT DATA",
+        ),
+    ];
+    for (args, says) in refused {
+        let out = s.produce(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        let flag = if args.contains(&"zstd") {
+            "--compression"
+        } else {
+            "--max-bytes-billed"
+        };
+        assert!(stderr.contains(flag), "{args:?}: {stderr}");
+    }
+    assert_eq!(s.published().await, 0);
+
+    let out = s.produce(&[
+        "--json",
+        "--views",
+        "--max-bytes-billed",
+        "1000000",
+        "--include",
+        "a_*",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["published"], 4, "{report}");
+    assert_eq!(report["skipped"].as_array().unwrap().len(), 0, "{report}");
+    let estimated = report["view_bytes_estimated"].as_u64().unwrap();
+    assert!(estimated > 1, "a_view reads 5 rows: {report}");
+    let view = peek(&s.queue())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.attributes["table"] == "a_view")
+        .expect("a_view published");
+    let body: serde_json::Value = serde_json::from_slice(&view.data).unwrap();
+    assert_eq!(body["source"]["view"], true, "{body}");
+    assert_eq!(body["options"]["max_bytes_billed"], 1_000_000, "{body}");
+}
+
 #[test]
 fn every_flag_has_an_environment_twin() {
     let help = String::from_utf8(Command::new(BIN).arg("--help").output().unwrap().stdout).unwrap();

@@ -53,6 +53,12 @@ Fixes, all applied by monkeypatching before the server starts:
      jobs.query; load/copy/query jobs with a destinationTable) first copies
      the table's rows into the emulator's own DuckDB schema, tagged with
      the time that state ended (kept 7 days).
+ 11. Dry runs of a SELECT report totalBytesProcessed (stock: always "0"):
+     the logical bytes (as in 5) of every stored table the query names,
+     views expanded into the tables they read; whole tables, where BigQuery
+     counts only the columns read. A query job whose estimate is above its
+     maximumBytesBilled fails unrun, reason bytesBilledLimitExceeded (stock
+     ignores the cap).
   Empty query parameters (pageToken=, maxResults=) are accepted as "unset".
 
 Usage:
@@ -78,6 +84,7 @@ import urllib.request
 
 import duckdb
 import pyarrow as pa
+import sqlglot
 from fastapi import APIRouter, Query, Request
 
 import bqemulator.api.routes.jobs as jobs_routes
@@ -318,13 +325,10 @@ async def get_table(project_id: str, dataset_id: str, table_id: str, ctx: _Ctx) 
             # reports logical bytes). Async and under the engine's lock: DuckDB's
             # shared connection is not safe for concurrent readers (a sync route
             # would run in a thread pool).
-            ref = quoted_table_ref(project_id, dataset_id, table_id)
             async with ctx.engine.write_lock():
-                rows = ctx.engine.fetch_arrow(f"SELECT COUNT(*) AS n FROM {ref}").column(0)[0].as_py()
-                sample = ctx.engine.fetch_arrow(f"SELECT * FROM {ref} LIMIT 1000")
-            per_row = sample.nbytes / sample.num_rows if sample.num_rows else 0
+                rows, size = _logical_size(ctx, project_id, dataset_id, table_id)
             body["numRows"] = str(rows)
-            body["numBytes"] = body["numActiveLogicalBytes"] = body["numTotalLogicalBytes"] = str(int(rows * per_row))
+            body["numBytes"] = body["numActiveLogicalBytes"] = body["numTotalLogicalBytes"] = str(size)
         except duckdb.Error:
             pass
         # BigQuery moves lastModifiedTime with every change of the rows;
@@ -334,6 +338,16 @@ async def get_table(project_id: str, dataset_id: str, table_id: str, ctx: _Ctx) 
             changed_ms = int(changed.timestamp() * 1000)
             body["lastModifiedTime"] = str(max(int(body.get("lastModifiedTime") or 0), changed_ms))
     return body
+
+
+def _logical_size(ctx: Any, project_id: str, dataset_id: str, table_id: str) -> tuple:
+    """(rows, bytes) of a stored table: bytes from the Arrow size of a sample.
+    Call under ctx.engine.write_lock(); raises duckdb.Error."""
+    ref = quoted_table_ref(project_id, dataset_id, table_id)
+    rows = ctx.engine.fetch_arrow(f"SELECT COUNT(*) AS n FROM {ref}").column(0)[0].as_py()
+    sample = ctx.engine.fetch_arrow(f"SELECT * FROM {ref} LIMIT 1000")
+    per_row = sample.nbytes / sample.num_rows if sample.num_rows else 0
+    return rows, int(rows * per_row)
 
 
 # (project, dataset, table) -> when its rows last changed (insertAll, DML).
@@ -946,6 +960,87 @@ def _create_app(context: Any) -> Any:
 
 
 bq_server.create_app = _create_app  # server.py imported create_app by name
+
+
+# --- 11. dry runs size their queries -------------------------------------------
+def _bytes_read(ctx: Any, project_id: str, bq_sql: str, depth: int = 0) -> int:
+    """What a query reads: the logical bytes (fix 5) of every stored table it
+    names, views expanded into what they read. BigQuery counts only the
+    columns read; this counts whole tables, so it errs high, like a guard
+    should. Call under ctx.engine.write_lock()."""
+    try:
+        tree = sqlglot.parse_one(bq_sql, read="bigquery")
+    except sqlglot.errors.ParseError:
+        return 0
+    total = 0
+    for ref in tree.find_all(sqlglot.exp.Table):
+        p, d, t = ref.catalog or project_id, ref.db, ref.name
+        meta = ctx.catalog.get_table(p, d, t) if d else None  # CTEs and unknowns: nothing
+        if meta is None:
+            continue
+        if meta.table_type == "VIEW":
+            if meta.view_query and depth < 16:
+                total += _bytes_read(ctx, p, meta.view_query, depth + 1)
+            continue
+        try:
+            total += _logical_size(ctx, p, d, t)[1]
+        except duckdb.Error:
+            pass
+    return total
+
+
+_stock_dry_run_response = jobs_routes._dry_run_response
+
+
+async def _sized_dry_run_response(**kwargs: Any) -> dict:
+    """Stock answers totalBytesProcessed "0" for every dry run."""
+    body = await _stock_dry_run_response(**kwargs)
+    if body.get("statementType") == "SELECT":
+        ctx = kwargs["ctx"]
+        async with ctx.engine.write_lock():
+            size = _bytes_read(ctx, kwargs["project_id"], kwargs["bq_sql"])
+        body["totalBytesProcessed"] = str(size)
+    return body
+
+
+# jobs.query and jobs.insert dry runs call it by its module name.
+jobs_routes._dry_run_response = _sized_dry_run_response
+
+_stock_handle_query_job = jobs_routes._handle_query_job
+
+
+async def _capped_query_job(project_id: str, job_id: str, config: dict, **kwargs: Any) -> Any:
+    """A query job whose estimate (as its dry run's) is above its
+    maximumBytesBilled fails, unrun, as BigQuery's does (stock ignores it)."""
+    query = config.get("query") or {}
+    cap = query.get("maximumBytesBilled")
+    if cap is not None and not kwargs.get("dry_run"):
+        ctx = kwargs["ctx"]
+        async with ctx.engine.write_lock():
+            size = _bytes_read(ctx, project_id, query.get("query") or "")
+        if size > int(cap):
+            now = ctx.clock.now()
+            return JobMeta(
+                project_id=project_id,
+                job_id=job_id,
+                job_type="QUERY",
+                state="DONE",
+                configuration=config,
+                statistics={},
+                error_result={
+                    "reason": "bytesBilledLimitExceeded",
+                    "message": f"Query exceeded limit for bytes billed: {cap}. {size} or higher required.",
+                },
+                creation_time=now,
+                start_time=now,
+                end_time=now,
+                etag=generate_etag(project_id, job_id, str(now)),
+            )
+    return await _stock_handle_query_job(project_id, job_id, config, **kwargs)
+
+
+# insert_job() calls it by its module name.
+jobs_routes._handle_query_job = _capped_query_job
 
 
 # --- main ----------------------------------------------------------------------

@@ -53,6 +53,10 @@ pub struct SourceTable {
     /// A partition decorator such as `20240101`, exported as `table$20240101`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition: Option<String>,
+    /// A view or materialized view: it holds no data an extract job can
+    /// read, so it is exported through a query (billed; `--views`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub view: bool,
 }
 
 impl SourceTable {
@@ -74,6 +78,10 @@ pub struct ExportOptions {
     pub header: bool,
     /// Field delimiter (CSV only).
     pub field_delimiter: String,
+    /// The most a view's export query may bill; BigQuery fails the query
+    /// rather than bill more (`--max-bytes-billed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes_billed: Option<u64>,
 }
 
 impl Default for ExportOptions {
@@ -83,6 +91,7 @@ impl Default for ExportOptions {
             compression: Compression::None,
             header: true,
             field_delimiter: ",".to_string(),
+            max_bytes_billed: None,
         }
     }
 }
@@ -174,6 +183,19 @@ impl ExportOptions {
                 "--field-delimiter",
                 format!("{:?} is not a single character", self.field_delimiter),
                 "give one character, such as ',' or '|' or a tab",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks what exporting views needs: their exports are `EXPORT DATA`
+    /// statements, whose reference lists GZIP, DEFLATE and SNAPPY only.
+    pub fn validate_for_views(&self) -> Result<(), crate::error::ConfigError> {
+        if self.compression == Compression::Zstd {
+            return Err(crate::error::ConfigError::new(
+                "--compression",
+                "views are exported with EXPORT DATA, which cannot write zstd",
+                "use --compression snappy or gzip with --views, or drop --views",
             ));
         }
         Ok(())
@@ -287,6 +309,7 @@ mod tests {
                 dataset: "d".into(),
                 table: "t".into(),
                 partition: None,
+                view: false,
             },
             destination: "file:///tmp/out".into(),
             options: ExportOptions::default(),

@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
@@ -83,6 +84,9 @@ pub struct RunPlan {
     pub partitions: PartitionPlan,
     /// Publish a unit only if its source changed since its current export.
     pub only_changed: bool,
+    /// Export views and materialized views through a query (billed), each
+    /// dry-run first against `options.max_bytes_billed`.
+    pub views: bool,
 }
 
 impl RunPlan {
@@ -95,6 +99,7 @@ impl RunPlan {
             options: ExportOptions::default(),
             partitions: PartitionPlan::default(),
             only_changed: false,
+            views: false,
         }
     }
 }
@@ -118,6 +123,8 @@ pub struct ProduceReport {
     /// Units with a current export whose table or partition no longer
     /// exists (found with `--only-changed`); their exports stay.
     pub gone: usize,
+    /// What the dry runs of the run's views say their queries will process.
+    pub view_bytes_estimated: u64,
     pub seconds: f64,
 }
 
@@ -173,6 +180,15 @@ pub fn validate(
     patterns("--include", &plan.include)?;
     patterns("--exclude", &plan.exclude)?;
     plan.options.validate()?;
+    if plan.views {
+        plan.options.validate_for_views()?;
+    } else if plan.options.max_bytes_billed.is_some() {
+        return Err(ConfigError::new(
+            "--max-bytes-billed",
+            "only views' exports are billed queries",
+            "add --views, or leave --max-bytes-billed out",
+        ));
+    }
     if plan.partitions.window.is_some() && !plan.partitions.split {
         return Err(ConfigError::new(
             "--partitions-last-days/--partitions-since",
@@ -281,6 +297,9 @@ struct SourcePlan {
     outside_window: usize,
     unchanged: Vec<CurrentExport>,
     gone: Vec<CurrentExport>,
+    /// Views over `--max-bytes-billed`, with their estimates.
+    too_costly: Vec<String>,
+    view_bytes: u64,
 }
 
 impl SourcePlan {
@@ -293,6 +312,8 @@ impl SourcePlan {
         self.outside_window += other.outside_window;
         self.unchanged.extend(other.unchanged);
         self.gone.extend(other.gone);
+        self.too_costly.extend(other.too_costly);
+        self.view_bytes += other.view_bytes;
     }
 }
 
@@ -348,7 +369,20 @@ async fn publish_new(
         outside_window,
         unchanged,
         gone,
+        too_costly,
+        view_bytes,
     } = all;
+    if let (false, Some(max)) = (too_costly.is_empty(), plan.options.max_bytes_billed) {
+        return Err(ConfigError::new(
+            "--max-bytes-billed",
+            format!(
+                "exporting these views would process more than {max} bytes each: {}",
+                too_costly.join(", ")
+            ),
+            "raise --max-bytes-billed, or leave the views out with --exclude",
+        )
+        .into());
+    }
     // Largest first: the longest exports start first, so the run ends sooner.
     units.sort_by(|a, b| {
         (b.bytes, b.rows)
@@ -407,6 +441,7 @@ async fn publish_new(
         unchanged: manifest.unchanged.len(),
         outside_window,
         gone: manifest.gone.len(),
+        view_bytes_estimated: view_bytes,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -431,6 +466,7 @@ async fn plan_source(
     let mut skipped = Vec::new();
     tables.retain(|t| match t.kind.unexportable_reason() {
         None => true,
+        Some(_) if plan.views && t.kind.is_view() => true,
         Some(reason) => {
             tracing::info!(dataset, table = %t.name, kind = ?t.kind, reason, "skipping");
             skipped.push(SkippedTable {
@@ -444,6 +480,7 @@ async fn plan_source(
             false
         }
     });
+    let (view_bytes, too_costly) = size_views(plan, warehouse, &mut tables, several).await?;
     let (mut units, outside_window, partitions_seen) =
         plan_units(plan, warehouse, &tables, created_at.date_naive(), several).await?;
     let mut unchanged = Vec::new();
@@ -490,7 +527,41 @@ async fn plan_source(
         outside_window,
         unchanged,
         gone,
+        too_costly,
+        view_bytes,
     })
+}
+
+/// Dry-runs the query that would export each view, which sizes it; returns
+/// the bytes they would process and the views over `--max-bytes-billed`.
+async fn size_views(
+    plan: &RunPlan,
+    warehouse: &dyn Warehouse,
+    tables: &mut [TableInfo],
+    several: bool,
+) -> anyhow::Result<(u64, Vec<String>)> {
+    let dataset = warehouse.dataset();
+    let (mut total, mut too_costly) = (0, Vec::new());
+    for view in tables.iter_mut().filter(|t| t.kind.is_view()) {
+        let bytes = warehouse.view_bytes(&view.name).await.with_context(|| {
+            format!(
+                "estimating the bytes an export of view {dataset}.{} would process",
+                view.name
+            )
+        })?;
+        tracing::info!(dataset, view = %view.name, bytes, "view: its export query will process this much");
+        view.bytes = Some(bytes);
+        total += bytes;
+        if plan.options.max_bytes_billed.is_some_and(|max| bytes > max) {
+            let name = if several {
+                format!("{dataset}.{}", view.name)
+            } else {
+                view.name.clone()
+            };
+            too_costly.push(format!("{name} ({bytes} bytes)"));
+        }
+    }
+    Ok((total, too_costly))
 }
 
 /// The run's units: one per table, or with `--partitions` one per partition
@@ -505,12 +576,13 @@ async fn plan_units(
     today: chrono::NaiveDate,
     several: bool,
 ) -> anyhow::Result<(Vec<PlannedUnit>, usize, PartitionsSeen)> {
-    let planned = |table: &str, partition: Option<String>, rows, bytes, change| {
+    let planned = |table: &TableInfo, partition: Option<String>, rows, bytes, change| {
         let source = SourceTable {
             dataset_uri: warehouse.uri().to_string(),
             project: warehouse.project().to_string(),
             dataset: warehouse.dataset().to_string(),
-            table: table.to_string(),
+            table: table.name.clone(),
+            view: table.kind.is_view(),
             partition,
         };
         PlannedUnit {
@@ -557,11 +629,11 @@ async fn plan_units(
             partitions.remove(&table.name);
         }
         let Some(parts) = partitions.remove(&table.name) else {
-            if plan.partitions.window.is_some() {
+            if plan.partitions.window.is_some() && !table.kind.is_view() {
                 tracing::info!(table = %table.name, "not partitioned: exported whole, whatever the partition window");
             }
             let change = markers.remove(&table.name);
-            units.push(planned(&table.name, None, table.rows, table.bytes, change));
+            units.push(planned(table, None, table.rows, table.bytes, change));
             continue;
         };
         for part in parts {
@@ -572,7 +644,7 @@ async fn plan_units(
                 }
             }
             units.push(planned(
-                &table.name,
+                table,
                 Some(part.id),
                 part.rows,
                 part.bytes,
@@ -615,6 +687,12 @@ async fn resume(
         unchanged: manifest.unchanged.len(),
         outside_window: 0,
         gone: manifest.gone.len(),
+        view_bytes_estimated: manifest
+            .units
+            .iter()
+            .filter(|u| u.source.view)
+            .filter_map(|u| u.bytes)
+            .sum(),
         seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -27,10 +27,19 @@ impl TableKind {
     pub fn unexportable_reason(self) -> Option<&'static str> {
         match self {
             TableKind::Table | TableKind::Snapshot => None,
-            TableKind::View => Some("views hold no data to extract"),
-            TableKind::MaterializedView => Some("materialized views cannot be extracted"),
+            TableKind::View => {
+                Some("views hold no data to extract (--views exports them through a query)")
+            }
+            TableKind::MaterializedView => Some(
+                "materialized views cannot be extracted (--views exports them through a query)",
+            ),
             TableKind::External => Some("external tables live outside the warehouse"),
         }
+    }
+
+    /// Views and materialized views: `--views` exports them through a query.
+    pub fn is_view(self) -> bool {
+        matches!(self, TableKind::View | TableKind::MaterializedView)
     }
 }
 
@@ -164,6 +173,10 @@ pub trait Warehouse: Send + Sync {
     /// The partitions of those of these tables that are partitioned, with
     /// their sizes and change markers.
     async fn list_partitions(&self, tables: &[TableInfo]) -> anyhow::Result<Vec<PartitionInfo>>;
+
+    /// The bytes a query reading all of this view would process, and so
+    /// bill: a dry run, which costs nothing.
+    async fn view_bytes(&self, view: &str) -> anyhow::Result<u64>;
 
     async fn export(
         &self,

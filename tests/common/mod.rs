@@ -236,6 +236,7 @@ impl Sandbox {
             dataset: DATASET.into(),
             table: table.into(),
             partition: None,
+            view: false,
         }
     }
 

@@ -1,5 +1,5 @@
 //! BigQuery datasets (`bigquery://PROJECT/DATASET`): list tables, export one
-//! with an extract job.
+//! with an extract job, or a view with an `EXPORT DATA` query job.
 //!
 //! Job ids are derived from the run and the unit, so a redelivered message
 //! re-attaches to the job an earlier delivery started instead of starting a
@@ -15,15 +15,15 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use google_cloud_bigquery_v2::client::{DatasetService, JobService, TableService};
 use google_cloud_bigquery_v2::model::{
-    ErrorProto, Job, JobConfiguration, JobConfigurationExtract, JobReference, ListFormatTable,
-    QueryRequest, TableReference,
+    ErrorProto, Job, JobConfiguration, JobConfigurationExtract, JobConfigurationQuery,
+    JobReference, ListFormatTable, QueryRequest, TableReference,
 };
 use google_cloud_gax::error::rpc::StatusDetails;
 use google_cloud_gax::retry_policy::NeverRetry;
 use tokio::sync::OnceCell;
 
 use super::storage;
-use crate::engine::message::{ExportOptions, Format};
+use crate::engine::message::{Compression, ExportOptions, Format};
 use crate::engine::retry::RetryPolicy;
 use crate::error::{ConfigError, ErrorKind, UnitError};
 use crate::ports::warehouse::{
@@ -73,6 +73,7 @@ const PERMANENT_REASONS: &[&str] = &[
     "billingNotEnabled",
     "blocked",
     "duplicate",
+    "bytesBilledLimitExceeded",
 ];
 
 pub fn is_bigquery(uri: &str) -> bool {
@@ -202,46 +203,32 @@ impl BigQueryWarehouse {
             .map(String::as_str)
     }
 
-    fn extract_job(
+    /// The job exporting the request's unit: an extract job, or for a view
+    /// an `EXPORT DATA` query job capped at `max_bytes_billed`. Both write
+    /// the same shard names.
+    fn export_job(
         &self,
         job_id: &str,
         location: &str,
         request: &ExportRequest,
         as_of: Option<DateTime<Utc>>,
     ) -> Result<Job, UnitError> {
-        let source = &request.source;
-        let mut table_id = match &source.partition {
-            Some(p) => format!("{}${p}", source.table),
-            None => source.table.clone(),
-        };
-        if let Some(at) = as_of {
-            table_id.push_str(&format!("@{}", at.timestamp_millis()));
-        }
         // The producer checked it, but a message may come from elsewhere.
         let (bucket, prefix) = storage::parse(&request.destination_root, "destination")
             .map_err(|e| UnitError::permanent("invalid", e.to_string()))?;
         let wildcard = request.shard_key(0).replace(&format!("_{:012}.", 0), "_*.");
-        let options = &request.options;
-        let mut extract = JobConfigurationExtract::new()
-            .set_source_table(
-                TableReference::new()
-                    .set_project_id(&source.project)
-                    .set_dataset_id(&source.dataset)
-                    .set_table_id(table_id),
-            )
-            .set_destination_uris([format!("gs://{bucket}/{prefix}{wildcard}")])
-            .set_destination_format(match options.format {
-                Format::Csv => "CSV",
-                Format::Json => "NEWLINE_DELIMITED_JSON",
-                Format::Avro => "AVRO",
-                Format::Parquet => "PARQUET",
-            })
-            .set_compression(options.compression.name().to_ascii_uppercase());
-        if options.format == Format::Csv {
-            extract = extract
-                .set_print_header(options.header)
-                .set_field_delimiter(&options.field_delimiter);
-        }
+        let uri = format!("gs://{bucket}/{prefix}{wildcard}");
+        let configuration = if request.source.view {
+            let mut query = JobConfigurationQuery::new()
+                .set_query(export_data_sql(request, &uri))
+                .set_use_legacy_sql(false);
+            if let Some(max) = request.options.max_bytes_billed {
+                query = query.set_maximum_bytes_billed(max as i64);
+            }
+            JobConfiguration::new().set_query(query)
+        } else {
+            JobConfiguration::new().set_extract(extract_config(request, as_of, uri))
+        };
         Ok(Job::new()
             .set_job_reference(
                 JobReference::new()
@@ -249,7 +236,7 @@ impl BigQueryWarehouse {
                     .set_job_id(job_id)
                     .set_location(location),
             )
-            .set_configuration(JobConfiguration::new().set_extract(extract)))
+            .set_configuration(configuration))
     }
 
     async fn get_job(&self, job_id: &str, location: &str) -> Result<Job, UnitError> {
@@ -260,7 +247,7 @@ impl BigQueryWarehouse {
             .set_location(location)
             .send()
             .await
-            .map_err(|e| classify("reading the extract job", &e))
+            .map_err(|e| classify("reading the export job", &e))
     }
 
     /// Starts the job, or finds it if an earlier delivery started it.
@@ -276,7 +263,7 @@ impl BigQueryWarehouse {
             .jobs
             .insert_job()
             .set_project_id(&self.project)
-            .set_job(self.extract_job(job_id, location, request, as_of)?)
+            .set_job(self.export_job(job_id, location, request, as_of)?)
             .send()
             .await;
         match inserted {
@@ -284,11 +271,11 @@ impl BigQueryWarehouse {
             Err(e) if e.http_status_code() == Some(409) || reason(&e) == Some("duplicate") => {
                 tracing::info!(
                     job_id,
-                    "re-attaching to the extract job of an earlier delivery"
+                    "re-attaching to the export job of an earlier delivery"
                 );
                 Ok((self.get_job(job_id, location).await?, false))
             }
-            Err(e) => Err(classify("starting the extract job", &e)),
+            Err(e) => Err(classify("starting the export job", &e)),
         }
     }
 
@@ -403,20 +390,13 @@ impl BigQueryWarehouse {
                 };
                 continue;
             }
-            let files: u64 = job
-                .statistics
-                .as_ref()
-                .and_then(|s| s.extract.as_ref())
-                .map(|x| {
-                    x.destination_uri_file_counts
-                        .iter()
-                        .map(|&n| n.max(0) as u64)
-                        .sum()
-                })
-                .unwrap_or(0);
+            let (files, rows) = match written(&job) {
+                (files, Some(rows)) => (files, Some(rows)),
+                (files, None) => (files, self.exported_rows(request, as_of).await),
+            };
             return Ok(ExportResult {
                 files: (0..files).map(|i| request.shard_key(i)).collect(),
-                rows: self.exported_rows(request, as_of).await,
+                rows,
                 as_of,
             });
         }
@@ -434,7 +414,7 @@ impl BigQueryWarehouse {
         request: &ExportRequest,
         as_of: Option<DateTime<Utc>>,
     ) -> Option<u64> {
-        if request.source.partition.is_some() {
+        if request.source.partition.is_some() || request.source.view {
             return None;
         }
         let table = &request.source.table;
@@ -732,6 +712,123 @@ fn exportable(tables: &[TableInfo]) -> impl Iterator<Item = String> + '_ {
         .map(|t| t.name.clone())
 }
 
+/// The extract job of a table or partition, read `as_of` a snapshot time.
+fn extract_config(
+    request: &ExportRequest,
+    as_of: Option<DateTime<Utc>>,
+    uri: String,
+) -> JobConfigurationExtract {
+    let source = &request.source;
+    let mut table_id = match &source.partition {
+        Some(p) => format!("{}${p}", source.table),
+        None => source.table.clone(),
+    };
+    if let Some(at) = as_of {
+        table_id.push_str(&format!("@{}", at.timestamp_millis()));
+    }
+    let options = &request.options;
+    let extract = JobConfigurationExtract::new()
+        .set_source_table(
+            TableReference::new()
+                .set_project_id(&source.project)
+                .set_dataset_id(&source.dataset)
+                .set_table_id(table_id),
+        )
+        .set_destination_uris([uri])
+        .set_destination_format(match options.format {
+            Format::Csv => "CSV",
+            Format::Json => "NEWLINE_DELIMITED_JSON",
+            Format::Avro => "AVRO",
+            Format::Parquet => "PARQUET",
+        })
+        .set_compression(options.compression.name().to_ascii_uppercase());
+    if options.format == Format::Csv {
+        extract
+            .set_print_header(options.header)
+            .set_field_delimiter(&options.field_delimiter)
+    } else {
+        extract
+    }
+}
+
+/// The `EXPORT DATA` statement that writes a view to `uri` (one `*`), as an
+/// extract job would write a table: same names, format and options.
+/// `overwrite`: a retry writes over what an earlier try left.
+fn export_data_sql(request: &ExportRequest, uri: &str) -> String {
+    let options = &request.options;
+    let mut settings = vec![
+        format!("uri = {}", sql_string(uri)),
+        format!(
+            "format = '{}'",
+            match options.format {
+                Format::Json => "JSON",
+                other => other.name(),
+            }
+            .to_ascii_uppercase()
+        ),
+        "overwrite = true".to_string(),
+    ];
+    if options.compression != Compression::None {
+        settings.push(format!(
+            "compression = '{}'",
+            options.compression.name().to_ascii_uppercase()
+        ));
+    }
+    if options.format == Format::Csv {
+        settings.push(format!("header = {}", options.header));
+        settings.push(format!(
+            "field_delimiter = {}",
+            sql_string(&options.field_delimiter)
+        ));
+    }
+    let source = &request.source;
+    let view = format!("{}.{}.{}", source.project, source.dataset, source.table);
+    format!(
+        "EXPORT DATA OPTIONS ({}) AS SELECT * FROM `{}`",
+        settings.join(", "),
+        view.replace('\\', "\\\\").replace('`', "\\`")
+    )
+}
+
+/// A GoogleSQL string literal.
+fn sql_string(text: &str) -> String {
+    let escaped = text
+        .replace('\\', "\\\\")
+        .replace('\'', "\\'")
+        .replace('\n', "\\n")
+        .replace('\t', "\\t");
+    format!("'{escaped}'")
+}
+
+/// The files a finished export job wrote, and for a query job the rows.
+fn written(job: &Job) -> (u64, Option<u64>) {
+    let Some(statistics) = job.statistics.as_ref() else {
+        return (0, None);
+    };
+    if let Some(exported) = statistics
+        .query
+        .as_ref()
+        .and_then(|q| q.export_data_statistics.as_ref())
+    {
+        let count = |n: Option<i64>| n.map(|n| n.max(0) as u64);
+        return (
+            count(exported.file_count).unwrap_or(0),
+            count(exported.row_count),
+        );
+    }
+    let files = statistics
+        .extract
+        .as_ref()
+        .map(|x| {
+            x.destination_uri_file_counts
+                .iter()
+                .map(|&n| n.max(0) as u64)
+                .sum()
+        })
+        .unwrap_or(0);
+    (files, None)
+}
+
 /// A TIMESTAMP cell of a query result: BigQuery writes seconds as a float
 /// (`1.7963105530718E9`); the emulator writes microseconds.
 fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
@@ -989,13 +1086,40 @@ impl Warehouse for BigQueryWarehouse {
         }
     }
 
+    async fn view_bytes(&self, view: &str) -> anyhow::Result<u64> {
+        let location = self.location().await?;
+        let sql = format!("SELECT * FROM `{}.{}.{}`", self.project, self.dataset, view);
+        let request = QueryRequest::new()
+            .set_query(sql)
+            .set_use_legacy_sql(false)
+            .set_location(location)
+            .set_dry_run(true);
+        let what = format!("dry-running an export of view {view}");
+        let response = metadata_retry()
+            .run(&what, || {
+                let request = request.clone();
+                async {
+                    self.jobs
+                        .query()
+                        .set_project_id(&self.project)
+                        .set_query_request(request)
+                        .send()
+                        .await
+                        .map_err(|e| classify(&what, &e))
+                }
+            })
+            .await?;
+        Ok(response.total_bytes_processed.unwrap_or(0).max(0) as u64)
+    }
+
     async fn export(
         &self,
         request: &ExportRequest,
         cancel: Cancel,
     ) -> Result<ExportResult, UnitError> {
         let location = self.location().await?;
-        if let Some(at) = request.snapshot_at {
+        // BigQuery's time travel reads tables: a view is read as it is now.
+        if let Some(at) = request.snapshot_at.filter(|_| !request.source.view) {
             match self.extract(request, location, Some(at), &cancel).await {
                 Err(e) if e.reason == "invalid" => tracing::warn!(
                     unit = request.source.unit(), snapshot = %at, error = %e,
@@ -1012,8 +1136,8 @@ impl Warehouse for BigQueryWarehouse {
 
 #[cfg(test)]
 mod tests {
-    use super::{decide, job_id, parse_timestamp};
-    use crate::engine::message::SourceTable;
+    use super::{decide, export_data_sql, job_id, parse_timestamp};
+    use crate::engine::message::{Compression, Format, SourceTable};
     use crate::error::ErrorKind::{self, Permanent, Transient};
     use crate::ports::warehouse::ExportRequest;
 
@@ -1026,12 +1150,34 @@ mod tests {
                 dataset: dataset.into(),
                 table: "events".into(),
                 partition: Some("20240101".into()),
+                view: false,
             },
             destination_root: "gs://b/x".into(),
             folder: "events/partition=20240101/run=run:1/".into(),
             options: Default::default(),
             snapshot_at: None,
         }
+    }
+
+    #[test]
+    fn a_view_is_written_by_export_data_with_the_extract_jobs_options() {
+        let mut view = request("r1/v", "d");
+        view.source.partition = None;
+        view.source.view = true;
+        view.options.field_delimiter = "\t".into();
+        assert_eq!(
+            export_data_sql(&view, "gs://b/x/v_*.csv"),
+            "EXPORT DATA OPTIONS (uri = 'gs://b/x/v_*.csv', format = 'CSV', overwrite = true, \
+             header = true, field_delimiter = '\\t') AS SELECT * FROM `p.d.events`"
+        );
+        view.options.format = Format::Json;
+        view.options.compression = Compression::Gzip;
+        view.source.table = "it's`odd".into();
+        assert_eq!(
+            export_data_sql(&view, "gs://b/x/it's_*.json.gz"),
+            "EXPORT DATA OPTIONS (uri = 'gs://b/x/it\\'s_*.json.gz', format = 'JSON', \
+             overwrite = true, compression = 'GZIP') AS SELECT * FROM `p.d.it's\\`odd`"
+        );
     }
 
     #[test]

@@ -285,6 +285,23 @@ impl Warehouse for LocalWarehouse {
         .await?
     }
 
+    /// Free here; estimated the way the BigQuery emulator does, 8 bytes a
+    /// column a row, so the byte guard can be tried out locally.
+    async fn view_bytes(&self, view: &str) -> anyhow::Result<u64> {
+        let path = self.path.clone();
+        let select = format!("SELECT * FROM {}", quote_ident(view));
+        tokio::task::spawn_blocking(move || {
+            let conn = connect(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            let columns = conn.prepare(&select)?.column_count() as u64;
+            let rows: u64 =
+                conn.query_row(&format!("SELECT count(*) FROM ({select})"), [], |r| {
+                    r.get(0)
+                })?;
+            Ok(rows * columns * 8)
+        })
+        .await?
+    }
+
     async fn export(
         &self,
         request: &ExportRequest,
@@ -318,10 +335,11 @@ fn export_blocking(
     let conn = connect(db, OpenFlags::SQLITE_OPEN_READ_WRITE)
         .map_err(|e| sqlite_error("opening dataset", e))?;
     let stall = Fault::take(&conn, table).map_err(|e| sqlite_error("reading faults", e))??;
+    let kind = if request.source.view { "view" } else { "table" };
     let exists: Option<String> = conn
         .query_row(
-            "SELECT type FROM sqlite_master WHERE name = ?1 AND type = 'table'",
-            [table],
+            "SELECT type FROM sqlite_master WHERE name = ?1 AND type = ?2",
+            [table, kind],
             |r| r.get(0),
         )
         .optional()
@@ -643,6 +661,7 @@ mod tests {
                 dataset: "wh".into(),
                 table: table.into(),
                 partition: None,
+                view: false,
             },
             destination_root: format!("file://{}", out.display()),
             folder: format!("{table}/run=r/"),
