@@ -14,11 +14,18 @@
 //!   with BigQuery behind a counting proxy: wall time and BigQuery calls
 //!   (and how long creating the tables in the emulator took);
 //! - `status`: `bqdrain status` of a run of 10,000 exported units whose
-//!   records are in Cloud Storage.
+//!   records are in Cloud Storage;
+//! - `incremental`: 1,000 tables of 1,000 rows drained by 8 worker
+//!   processes, then 50 of them changed and an `--only-changed` run: each
+//!   run's producer + drain wall time;
+//! - `skew`: 99 small tables and `events`, as many rows as all of them over
+//!   60 daily partitions, drained by 8 tasks as whole tables and as
+//!   partition units: makespan against its lower bound (once each).
 //!
 //! It checks the work was done (every message acked, every table exported)
 //! and asserts nothing about speed. `BQDRAIN_BENCH_QUICK=1` runs each once
-//! with smaller sizes (500 tables for `producer`, 500 units for `status`).
+//! with smaller sizes (500 tables for `producer`, 500 units for `status`,
+//! 100 tables with 5 changed for `incremental`, 99 × 50 rows for `skew`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -35,7 +42,7 @@ use bqdrain::engine::message::{Envelope, SourceTable};
 use bqdrain::engine::producer::{produce, ProduceReport, RunId, RunPlan};
 use common::fault_proxy::FaultProxy;
 use common::gcp::{emulators, GcpSandbox};
-use support::{emit, median, mib, spread_json};
+use support::{emit, median, mib, spread_json, Schedule};
 
 const NOOP_CHILD: &str = "--noop-child";
 const CONCURRENCY: usize = 10;
@@ -50,6 +57,11 @@ struct Sizes {
     dataset_tables: usize,
     /// Units of the run whose `status` is read.
     status_units: usize,
+    /// Tables of the incremental runs, and how many change between them.
+    incremental_tables: usize,
+    incremental_changed: usize,
+    /// Rows of each small table of the skewed dataset.
+    skew_small_rows: u64,
 }
 
 fn main() {
@@ -67,6 +79,9 @@ fn main() {
             tables: 5,
             dataset_tables: 500,
             status_units: 500,
+            incremental_tables: 100,
+            incremental_changed: 5,
+            skew_small_rows: 50,
         }
     } else {
         Sizes {
@@ -77,6 +92,9 @@ fn main() {
             tables: 30,
             dataset_tables: 10_000,
             status_units: 10_000,
+            incremental_tables: 1_000,
+            incremental_changed: 50,
+            skew_small_rows: 1_000,
         }
     };
     // BigQuery's own shard size (1 GB), not the tests' small one.
@@ -123,6 +141,12 @@ fn main() {
         }
         if wanted("status") {
             status(&sb, &s).await;
+        }
+        if wanted("incremental") {
+            incremental(&s).await;
+        }
+        if wanted("skew") {
+            skew(&s).await;
         }
     });
 }
@@ -469,4 +493,191 @@ async fn status(sb: &GcpSandbox, s: &Sizes) {
             s.status_units
         ),
     );
+}
+
+/// Produces a run of `plan` in process, from a fresh subscription (the
+/// emulator keeps offering messages to the streams of exited workers), and
+/// drains it with `tasks` worker processes of concurrency 1; returns the
+/// producer's report and the wall time of both.
+async fn produce_and_drain(
+    sb: &GcpSandbox,
+    plan: &RunPlan,
+    tasks: usize,
+    folder: &str,
+) -> (ProduceReport, f64) {
+    let run_id = match &plan.run {
+        RunId::Given { id, .. } => id.clone(),
+        _ => unreachable!("benchmark runs are named"),
+    };
+    sb.resubscribe(&format!("work_{run_id}")).await;
+    let started = Instant::now();
+    let warehouse = bqdrain::adapters::backends::open_warehouse(&sb.source(), "bench")
+        .await
+        .unwrap();
+    let topic = bqdrain::adapters::backends::open_topic(&sb.topic(), "bench")
+        .await
+        .unwrap();
+    let destination = sb.destination(folder);
+    let store = bqdrain::adapters::backends::open_store(&destination, "bench")
+        .await
+        .unwrap();
+    let report = produce(plan, &[warehouse], topic.as_ref(), store.as_ref())
+        .await
+        .unwrap();
+    let workers: Vec<_> = (0..tasks)
+        .map(|_| {
+            sb.spawn_worker(
+                &[
+                    "--run-id",
+                    &run_id,
+                    "--destination",
+                    &destination,
+                    "--concurrency",
+                    "1",
+                ],
+                None,
+            )
+        })
+        .collect();
+    for worker in workers {
+        let (status, outcome) = common::finish(worker, Duration::from_secs(1800));
+        assert!(status.success(), "{outcome}\n{}", sb.logs());
+    }
+    (report, started.elapsed().as_secs_f64())
+}
+
+/// The completion records of a run; every unit it published has one.
+async fn run_records(sb: &GcpSandbox, folder: &str, report: &ProduceReport) -> Vec<TableManifest> {
+    let prefix = format!("{folder}/{}", layout::done_prefix(&report.run_id));
+    let mut records = Vec::new();
+    for (key, _) in sb.objects(&prefix).await {
+        let bytes = sb.download(&key).await.expect("a record");
+        records.push(serde_json::from_slice::<TableManifest>(&bytes).expect("a record"));
+    }
+    assert_eq!(records.len(), report.published, "every unit was exported");
+    records
+}
+
+fn named(run_id: &str, plan: RunPlan) -> RunPlan {
+    RunPlan {
+        run: RunId::Given {
+            id: run_id.to_string(),
+            resume: false,
+        },
+        ..plan
+    }
+}
+
+async fn incremental(s: &Sizes) {
+    const TASKS: usize = 8;
+    let sb = GcpSandbox::new("incremental", 5).await;
+    let started = Instant::now();
+    let names = create_tables_in_parallel(&sb, s.incremental_tables, 1000).await;
+    let create_seconds = started.elapsed().as_secs_f64();
+    let plan = RunPlan {
+        only_changed: true,
+        ..RunPlan::every_table(RunId::New)
+    };
+    let (full, full_s) = produce_and_drain(&sb, &named("full", plan.clone()), TASKS, "inc").await;
+    assert_eq!(full.published, s.incremental_tables);
+    run_records(&sb, "inc", &full).await;
+    let step = s.incremental_tables / s.incremental_changed;
+    for table in names.iter().step_by(step).take(s.incremental_changed) {
+        sb.dml(table, "UPDATE {table} SET age = age + 1 WHERE id = 1")
+            .await;
+    }
+    let (second, second_s) = produce_and_drain(&sb, &named("second", plan), TASKS, "inc").await;
+    assert_eq!(
+        (second.published, second.unchanged),
+        (
+            s.incremental_changed,
+            s.incremental_tables - s.incremental_changed
+        )
+    );
+    run_records(&sb, "inc", &second).await;
+    emit(
+        json!({
+            "bench": "incremental",
+            "tables": s.incremental_tables,
+            "changed": s.incremental_changed,
+            "tasks": TASKS,
+            "full_seconds": full_s,
+            "full_producer_seconds": full.seconds,
+            "only_changed_seconds": second_s,
+            "only_changed_producer_seconds": second.seconds,
+            "ratio": second_s / full_s,
+            "create_tables_seconds": create_seconds,
+        }),
+        format!(
+            "incremental, {} tables x 1000 rows, {} changed, {TASKS} tasks: full run {full_s:.2} s \
+             (producer {:.2} s), --only-changed run {second_s:.2} s (producer {:.2} s): {:.1} % of \
+             the full run (producer + drain)",
+            s.incremental_tables,
+            s.incremental_changed,
+            full.seconds,
+            second.seconds,
+            100.0 * second_s / full_s
+        ),
+    );
+}
+
+/// Creates `count` tables of `rows` rows, a few requests in flight.
+async fn create_tables_in_parallel(sb: &GcpSandbox, count: usize, rows: u64) -> Vec<String> {
+    let names: Vec<String> = (1..=count).map(|i| format!("t_{i:04}")).collect();
+    futures::stream::iter(names.iter())
+        .for_each_concurrent(8, |name| sb.create_table(name, rows))
+        .await;
+    names
+}
+
+async fn skew(s: &Sizes) {
+    const TASKS: usize = 8;
+    const DAYS: i64 = 60;
+    let sb = GcpSandbox::new("skew", 5).await;
+    create_tables_in_parallel(&sb, 99, s.skew_small_rows).await;
+    let per_day = 99 * s.skew_small_rows / DAYS as u64;
+    let first_day = chrono::NaiveDate::from_ymd_opt(2026, 10, 3).expect("a date");
+    let days: Vec<String> = (0..DAYS)
+        .map(|d| (first_day + chrono::Days::new(d as u64)).to_string())
+        .collect();
+    let days: Vec<&str> = days.iter().map(String::as_str).collect();
+    sb.create_daily_table("events", &days, per_day).await;
+    for split in [false, true] {
+        let plan = RunPlan {
+            partitions: bqdrain::engine::selection::PartitionPlan {
+                split,
+                ..Default::default()
+            },
+            ..RunPlan::every_table(RunId::New)
+        };
+        let run_id = if split { "partitions" } else { "tables" };
+        let (report, _) = produce_and_drain(&sb, &named(run_id, plan), TASKS, "skew").await;
+        let schedule = Schedule::of(&run_records(&sb, "skew", &report).await, TASKS);
+        emit(
+            json!({
+                "bench": "skew",
+                "units": run_id,
+                "unit_count": report.published,
+                "tasks": TASKS,
+                "makespan_seconds": schedule.makespan,
+                "largest_unit_seconds": schedule.largest_unit,
+                "total_work_seconds": schedule.total_work,
+                "lower_bound_seconds": schedule.lower_bound,
+                "ratio": schedule.ratio(),
+            }),
+            format!(
+                "skew, 99 tables x {} rows + events ({} rows over {DAYS} days), {TASKS} tasks, {} ({}): \
+                 makespan {:.2} s, lower bound {:.2} s (largest unit {:.2} s, total work {:.2} s), ratio {:.2}",
+                s.skew_small_rows,
+                per_day * DAYS as u64,
+                if split { "partition units" } else { "whole tables" },
+                report.published,
+                schedule.makespan,
+                schedule.lower_bound,
+                schedule.largest_unit,
+                schedule.total_work,
+                schedule.ratio()
+            ),
+        );
+    }
 }

@@ -44,7 +44,7 @@ use bqdrain::engine::producer::{produce, ProduceReport, RunId, RunPlan};
 use bqdrain::engine::selection::PartitionPlan;
 use bqdrain::ports::queue::Topic;
 use bqdrain::ports::warehouse::{Cancel, ExportRequest, Partitioning, Warehouse};
-use support::{emit, median, mib, spread, spread_json};
+use support::{emit, median, mib, spread, spread_json, Schedule};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bqdrain");
 const BODY_BYTES: usize = 200;
@@ -546,21 +546,13 @@ fn skew(rt: &tokio::runtime::Runtime, s: &Sizes) {
         };
         let (report, _) = runs.run(rt, &plan, TASKS);
         let records = runs.records(&report);
-        let span = |r: &TableManifest| {
-            let started = r.started_at.expect("records carry their start");
-            (started, r.finished_at)
-        };
-        let first = records.iter().map(|r| span(r).0).min().expect("units");
-        let last = records.iter().map(|r| span(r).1).max().expect("units");
-        let seconds = |d: chrono::TimeDelta| d.num_microseconds().expect("short") as f64 / 1e6;
-        let makespan = seconds(last - first);
-        let work: Vec<f64> = records
-            .iter()
-            .map(|r| seconds(span(r).1 - span(r).0))
-            .collect();
-        let largest = work.iter().cloned().fold(0.0, f64::max);
-        let total: f64 = work.iter().sum();
-        let bound = largest.max(total / TASKS as f64);
+        let schedule = Schedule::of(&records, TASKS);
+        let (makespan, largest, total, bound) = (
+            schedule.makespan,
+            schedule.largest_unit,
+            schedule.total_work,
+            schedule.lower_bound,
+        );
         let units = if split {
             "partition units"
         } else {

@@ -32,3 +32,44 @@ pub fn emit(figure: Value, human: String) {
 pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
+
+/// How well a run's units were spread over its tasks, from the start and
+/// end times in their completion records.
+pub struct Schedule {
+    /// First start to last finish.
+    pub makespan: f64,
+    pub largest_unit: f64,
+    pub total_work: f64,
+    /// No schedule can do better: max(largest unit, total work / tasks).
+    pub lower_bound: f64,
+}
+
+impl Schedule {
+    pub fn of(records: &[bqdrain::engine::layout::TableManifest], tasks: usize) -> Schedule {
+        let span = |r: &bqdrain::engine::layout::TableManifest| {
+            (
+                r.started_at.expect("records carry their start"),
+                r.finished_at,
+            )
+        };
+        let first = records.iter().map(|r| span(r).0).min().expect("units");
+        let last = records.iter().map(|r| span(r).1).max().expect("units");
+        let seconds = |d: chrono::TimeDelta| d.num_microseconds().expect("short") as f64 / 1e6;
+        let work: Vec<f64> = records
+            .iter()
+            .map(|r| seconds(span(r).1 - span(r).0))
+            .collect();
+        let largest_unit = work.iter().cloned().fold(0.0, f64::max);
+        let total_work: f64 = work.iter().sum();
+        Schedule {
+            makespan: seconds(last - first),
+            largest_unit,
+            total_work,
+            lower_bound: largest_unit.max(total_work / tasks as f64),
+        }
+    }
+
+    pub fn ratio(&self) -> f64 {
+        self.makespan / self.lower_bound
+    }
+}
