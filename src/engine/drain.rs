@@ -26,8 +26,14 @@ const PULL_WAIT: Duration = Duration::from_millis(500);
 /// The same while work is in flight, so that its end (and perhaps the end of
 /// the run) is noticed soon.
 const BUSY_PULL_WAIT: Duration = Duration::from_millis(50);
-/// How often an idle worker asks whether its runs are complete.
+/// How often an idle worker asks whether its runs are complete: soon after
+/// its last work (another task may be finishing the run's last unit), then
+/// less and less often, down to once a second, which bounds the listings
+/// idle workers make while a run's last long export goes on.
+const DRAINED_CHECK_FIRST: Duration = Duration::from_millis(100);
 const DRAINED_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// The shortest pull, so a check that is due does not make the loop spin.
+const MIN_PULL_WAIT: Duration = Duration::from_millis(10);
 /// Pulls that fail in a row before the worker gives up on the queue (the
 /// backoff between them adds up to about 25 s).
 pub const MAX_PULL_FAILURES: u32 = 6;
@@ -172,7 +178,7 @@ pub async fn drain(
     let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
     let mut in_flight = JoinSet::new();
     let mut last_activity = Instant::now();
-    let mut last_drained_check: Option<Instant> = None;
+    let mut next_drained_check = Instant::now();
     let mut progress = Progress::NoRun;
     let patience = config
         .idle_timeout
@@ -183,18 +189,20 @@ pub async fn drain(
         while let Some(joined) = in_flight.try_join_next() {
             report_panic(joined);
             last_activity = Instant::now();
-            last_drained_check = None;
+            next_drained_check = last_activity;
         }
         if shutdown.phase() != Phase::Running {
             break ExitReason::Signal;
         }
         if in_flight.is_empty() {
-            if last_drained_check.is_none_or(|t| t.elapsed() >= DRAINED_CHECK_EVERY) {
-                last_drained_check = Some(Instant::now());
+            if Instant::now() >= next_drained_check {
                 progress = ctx.handler.progress().await;
                 if progress == Progress::Complete {
                     break ExitReason::Drained;
                 }
+                let idle = last_activity.elapsed();
+                next_drained_check =
+                    Instant::now() + idle.clamp(DRAINED_CHECK_FIRST, DRAINED_CHECK_EVERY);
             }
             let idle = last_activity.elapsed();
             if idle >= config.idle_timeout {
@@ -220,14 +228,16 @@ pub async fn drain(
                         report_panic(joined);
                     }
                     last_activity = Instant::now();
-                    last_drained_check = None;
+                    next_drained_check = last_activity;
                 }
                 _ = shutdown.draining() => {}
             }
             continue;
         }
         let wait = if in_flight.is_empty() {
-            PULL_WAIT
+            next_drained_check
+                .saturating_duration_since(Instant::now())
+                .clamp(MIN_PULL_WAIT, PULL_WAIT)
         } else {
             BUSY_PULL_WAIT
         };
