@@ -1,7 +1,8 @@
 # One service account per role, each granted only what its job calls, on
 # the narrowest resource that carries the permission. No basic or admin
-# roles: the only project-level grant is the worker's right to run BigQuery
-# jobs, which BigQuery grants nowhere narrower.
+# roles: the only project-level grants are the right to run BigQuery jobs,
+# which BigQuery grants nowhere narrower: the worker's always, the
+# producer's only when it runs queries.
 
 resource "google_service_account" "producer" {
   project      = var.project_id
@@ -32,6 +33,25 @@ resource "google_bigquery_dataset_iam_member" "producer_metadata" {
   dataset_id = var.dataset_id
   role       = "roles/bigquery.metadataViewer"
   member     = google_service_account.producer.member
+}
+
+resource "google_bigquery_dataset_iam_member" "producer_metadata_extra" {
+  for_each = toset(var.extra_dataset_ids)
+
+  project    = local.dataset_project_id
+  dataset_id = each.value
+  role       = "roles/bigquery.metadataViewer"
+  member     = google_service_account.producer.member
+}
+
+# INFORMATION_SCHEMA.PARTITIONS and views' dry runs are query jobs, and
+# jobs.create exists only at project level: granted only when used.
+resource "google_project_iam_member" "producer_runs_queries" {
+  count = local.producer_runs_queries ? 1 : 0
+
+  project = local.dataset_project_id
+  role    = "roles/bigquery.jobUser"
+  member  = google_service_account.producer.member
 }
 
 resource "google_pubsub_topic_iam_member" "producer_publishes_work" {
@@ -74,6 +94,15 @@ resource "google_cloud_run_v2_job_iam_member" "producer_launches_workers" {
 resource "google_bigquery_dataset_iam_member" "worker_reads_dataset" {
   project    = local.dataset_project_id
   dataset_id = var.dataset_id
+  role       = "roles/bigquery.dataViewer"
+  member     = google_service_account.worker.member
+}
+
+resource "google_bigquery_dataset_iam_member" "worker_reads_extra_datasets" {
+  for_each = toset(var.extra_dataset_ids)
+
+  project    = local.dataset_project_id
+  dataset_id = each.value
   role       = "roles/bigquery.dataViewer"
   member     = google_service_account.worker.member
 }

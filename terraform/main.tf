@@ -22,7 +22,8 @@ locals {
   # (see the README's destination layout).
   run_records_prefix = "${var.export_prefix}_bqdrain/runs/"
 
-  source_uri      = "bigquery://${local.dataset_project_id}/${var.dataset_id}"
+  dataset_ids     = concat([var.dataset_id], var.extra_dataset_ids)
+  source_uris     = [for d in local.dataset_ids : "bigquery://${local.dataset_project_id}/${d}"]
   destination_uri = "gs://${google_storage_bucket.exports.name}/${var.export_prefix}"
 
   image = coalesce(
@@ -35,6 +36,9 @@ locals {
   pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
 
   launched_by_producer = var.worker_launch == "producer"
+
+  # Partitions, change markers and views' dry runs are BigQuery queries.
+  producer_runs_queries = var.export_partitions || var.only_changed || var.export_views
 
   labels = merge(var.labels, { "app" = "bqdrain" })
 }

@@ -7,7 +7,7 @@ locals {
 
   producer_env = merge(
     {
-      BQDRAIN_SOURCE      = local.source_uri
+      BQDRAIN_SOURCE      = join(",", local.source_uris)
       BQDRAIN_TOPIC       = "pubsub://${google_pubsub_topic.work.id}"
       BQDRAIN_DESTINATION = local.destination_uri
       BQDRAIN_FORMAT      = var.export_format
@@ -16,6 +16,10 @@ locals {
     },
     length(var.include_tables) > 0 ? { BQDRAIN_INCLUDE = join(",", var.include_tables) } : {},
     length(var.exclude_tables) > 0 ? { BQDRAIN_EXCLUDE = join(",", var.exclude_tables) } : {},
+    var.export_partitions ? { BQDRAIN_PARTITIONS = "true" } : {},
+    var.only_changed ? { BQDRAIN_ONLY_CHANGED = "true" } : {},
+    var.export_views ? { BQDRAIN_VIEWS = "true" } : {},
+    var.max_bytes_billed != null ? { BQDRAIN_MAX_BYTES_BILLED = tostring(var.max_bytes_billed) } : {},
     local.launched_by_producer ? {
       BQDRAIN_LAUNCH_WORKERS = "projects/${var.project_id}/locations/${var.region}/jobs/${google_cloud_run_v2_job.worker.name}"
       BQDRAIN_MAX_TASKS      = tostring(var.max_tasks)

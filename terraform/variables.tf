@@ -49,6 +49,50 @@ variable "dataset_project_id" {
   default     = null
 }
 
+variable "extra_dataset_ids" {
+  type        = list(string)
+  description = "More datasets of dataset_project_id exported in the same run, each into its own folder (units are then named DATASET.TABLE, and include/exclude globs may name DATASET.TABLE). Each must exist; the dataset names must differ."
+  default     = []
+
+  validation {
+    condition     = alltrue([for d in var.extra_dataset_ids : can(regex("^[A-Za-z0-9_]+$", d)) && length(d) <= 1024])
+    error_message = "extra_dataset_ids must be dataset ids: letters, digits and underscores (not project:dataset)."
+  }
+  validation {
+    condition     = !contains(var.extra_dataset_ids, var.dataset_id) && length(distinct(var.extra_dataset_ids)) == length(var.extra_dataset_ids)
+    error_message = "extra_dataset_ids must not repeat a dataset, nor name dataset_id again."
+  }
+}
+
+variable "export_partitions" {
+  type        = bool
+  description = "Export each partition of a partitioned table as its own unit (--partitions). The producer then queries INFORMATION_SCHEMA.PARTITIONS, so it is granted bigquery.jobUser on the dataset's project."
+  default     = false
+}
+
+variable "only_changed" {
+  type        = bool
+  description = "Export only the tables (and partitions) that changed since their last export (--only-changed). The producer reads change markers with a query, so it is granted bigquery.jobUser on the dataset's project."
+  default     = false
+}
+
+variable "export_views" {
+  type        = bool
+  description = "Export views and materialized views too, through EXPORT DATA query jobs, which are billed (--views); the producer dry-runs each first, so it is granted bigquery.jobUser on the dataset's project. The worker reads a view with its own grants: give it bigquery.dataViewer on the datasets the views read, or authorize the views."
+  default     = false
+}
+
+variable "max_bytes_billed" {
+  type        = number
+  description = "With export_views: refuse a run whose views would process more bytes than this (dry run), and cap each view's export query at it (--max-bytes-billed). null: no cap."
+  default     = null
+
+  validation {
+    condition     = var.max_bytes_billed == null || (var.export_views && coalesce(var.max_bytes_billed, 0) > 0)
+    error_message = "max_bytes_billed must be a positive number of bytes, and needs export_views = true."
+  }
+}
+
 variable "include_tables" {
   type        = list(string)
   description = "Export only tables matching these globs (all tables when empty)."
@@ -88,6 +132,10 @@ variable "export_compression" {
       var.export_compression,
     )
     error_message = "export_compression does not go with export_format: gzip for csv/json; deflate, snappy for avro; snappy, gzip, zstd for parquet; or none."
+  }
+  validation {
+    condition     = !(var.export_views && var.export_compression == "zstd")
+    error_message = "export_views exports views with EXPORT DATA, which cannot write zstd: use snappy or gzip."
   }
 }
 

@@ -34,17 +34,21 @@ TFVARS_EXAMPLE = EXAMPLE / "terraform.tfvars.example"
 #      Pub/Sub service agent, service-<project number>@gcp-sa-pubsub...);
 # on:  what the grant's target attribute references;
 # only: None, or the var.worker_launch value under which the grant exists
-#      (created with count/for_each), e.g. "producer" = if workers are
-#      launched by the producer;
+#      (created with count), e.g. "producer" = if workers are launched by
+#      the producer; "queries" = only if the producer runs BigQuery queries
+#      (any of QUERY_FLAGS); "each" = one per var.extra_dataset_ids;
 # condition: text the IAM condition's expression must contain (None: no
 #      condition block allowed).
 ALLOW_LIST = [
     # who            role                                   resource type                            on                                   only        condition
     ("producer",     "roles/bigquery.metadataViewer",       "google_bigquery_dataset_iam_member",    "var.dataset_id",                    None,       None),
+    ("producer",     "roles/bigquery.metadataViewer",       "google_bigquery_dataset_iam_member",    "var.extra_dataset_ids",             "each",     None),
+    ("producer",     "roles/bigquery.jobUser",              "google_project_iam_member",             "var.dataset_project_id",            "queries",  None),
     ("producer",     "roles/pubsub.publisher",              "google_pubsub_topic_iam_member",        "google_pubsub_topic.work",          None,       None),
     ("producer",     "roles/storage.objectUser",            "google_storage_bucket_iam_member",      "google_storage_bucket.exports",     None,       "_bqdrain/runs/"),
     ("producer",     "roles/run.jobsExecutorWithOverrides", "google_cloud_run_v2_job_iam_member",    "google_cloud_run_v2_job.worker",    "producer", None),
     ("worker",       "roles/bigquery.dataViewer",           "google_bigquery_dataset_iam_member",    "var.dataset_id",                    None,       None),
+    ("worker",       "roles/bigquery.dataViewer",           "google_bigquery_dataset_iam_member",    "var.extra_dataset_ids",             "each",     None),
     ("worker",       "roles/bigquery.jobUser",              "google_project_iam_member",             "var.dataset_project_id",            None,       None),
     ("worker",       "roles/storage.objectUser",            "google_storage_bucket_iam_member",      "google_storage_bucket.exports",     None,       None),
     ("worker",       "roles/pubsub.subscriber",             "google_pubsub_subscription_iam_member", "google_pubsub_subscription.work",   None,       None),
@@ -56,6 +60,8 @@ ALLOW_LIST = [
     ("pubsub-agent", "roles/pubsub.subscriber",             "google_pubsub_subscription_iam_member", "google_pubsub_subscription.work",   None,       None),
 ]
 WORKER_LAUNCH_VALUES = ("producer", "schedule")
+# The producer runs BigQuery queries when any of these is on.
+QUERY_FLAGS = ("export_partitions", "only_changed", "export_views")
 
 # The attribute that names what a grant is on, per IAM resource type.
 TARGET_ATTRIBUTE = {
@@ -120,6 +126,8 @@ def target(config: Config, rtype: str, body: dict) -> str:
     if attribute is None:
         return f"? no known target attribute for {rtype}"
     text = config.expand(body.get(attribute, ""))
+    if "for_each" in body and "each." in text:
+        text = config.expand(body["for_each"])
     found = [t for t in TARGETS if refers_to(text, t)]
     return found[0] if found else f"? {attribute} = {body.get(attribute)}"
 
@@ -129,7 +137,13 @@ def only_when(config: Config, address: str, body: dict) -> str | None:
     if "count" not in body and "for_each" not in body:
         return None
     if "for_each" in body:
-        return "? for_each (use count on var.worker_launch)"
+        text = config.expand(body["for_each"])
+        return "each" if refers_to(text, "var.extra_dataset_ids") else f"? for_each = {text}"
+    if any(refers_to(config.expand(body["count"]), f"var.{flag}") for flag in QUERY_FLAGS):
+        off = {flag: False for flag in QUERY_FLAGS}
+        counts = [Evaluator(dict(off, **({flag: True} if flag else {})), config).eval(body["count"])
+                  for flag in (None, *QUERY_FLAGS)]
+        return "queries" if counts == [0, 1, 1, 1] else f"? count = {counts} off, then each flag on"
     exists = []
     for launch in WORKER_LAUNCH_VALUES:
         try:
@@ -186,9 +200,12 @@ def test_iam_only_through_members(folder):
         assert [a for a in config.resources if "_iam_" in a] == [], "grants belong in the module"
 
 
-def test_only_one_project_level_grant(module):
-    project_level = [a for a in module.resources if a.startswith("google_project_iam_")]
-    assert len(project_level) == 1, project_level
+def test_project_level_grants_are_only_the_right_to_run_jobs(module):
+    project_level = sorted(a for a in module.resources if a.startswith("google_project_iam_"))
+    assert project_level == [
+        "google_project_iam_member.producer_runs_queries",
+        "google_project_iam_member.worker_runs_jobs",
+    ]
 
 
 # --- Pub/Sub limits ------------------------------------------------------------

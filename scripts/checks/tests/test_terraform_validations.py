@@ -104,6 +104,9 @@ def test_minimum_backoff_at_most_maximum(variables_only):
     ("export_prefix", "exports/daily/", "/exports"),
     ("worker_launch", "schedule", "cron"),
     ("worker_memory", "2Gi", "2GB"),
+    ("extra_dataset_ids", ["sales", "hr_2026"], ["my-project:sales"]),
+    ("extra_dataset_ids", ["sales"], ["sales", "sales"]),
+    ("extra_dataset_ids", ["sales"], ["analytics"]),
 ])
 def test_values(variables_only, name, good, bad):
     assert_accepted(variables_only, **{name: good})
@@ -113,3 +116,11 @@ def test_values(variables_only, name, good, bad):
 def test_compression_must_suit_the_format(variables_only):
     assert_accepted(variables_only, export_format="parquet", export_compression="zstd")
     assert_rejected(variables_only, "export_compression", export_format="csv", export_compression="snappy")
+
+
+def test_views_settings_go_together(variables_only):
+    assert_accepted(variables_only, export_views=True, max_bytes_billed=10**12)
+    assert_rejected(variables_only, "max_bytes_billed", max_bytes_billed=10**12)
+    assert_rejected(variables_only, "max_bytes_billed", export_views=True, max_bytes_billed=0)
+    assert_rejected(variables_only, "export_compression", export_views=True,
+                    export_format="parquet", export_compression="zstd")
