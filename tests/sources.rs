@@ -97,3 +97,59 @@ async fn two_sources_with_one_dataset_name_are_refused() {
     );
     assert_eq!(sb.depth("work").await, 0, "nothing was published");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_two_datasets_resumes_with_the_same_sources_in_any_order() {
+    let sb = Sandbox::new();
+    sb.make_tables(2, 10);
+    let other = sb.path("other.db");
+    dataset::create_dummy_tables(&other, &["t_001".to_string()], 4).unwrap();
+    let sources = vec![sb.source(""), format!("sqlite://{}", other.display())];
+    let first = sb
+        .try_produce_sources(&sources, "work", &run("r1"))
+        .await
+        .unwrap();
+    assert_eq!(first.published, 3);
+
+    let resume = RunPlan::every_table(RunId::Given {
+        id: "r1".into(),
+        resume: true,
+    });
+    // Only one of its sources: refused, naming both.
+    let err = sb
+        .try_produce_sources(&sources[..1], "work", &resume)
+        .await
+        .expect_err("a resumed run keeps its sources");
+    let config = err
+        .downcast_ref::<ConfigError>()
+        .expect("a configuration error");
+    assert_eq!(config.flag, "--source");
+    assert!(config.fix.contains(&sources[1]), "{config}");
+
+    // The same sources in another order: nothing exported yet, so all
+    // three are published again (a duplicate of a queued one is harmless).
+    let reversed: Vec<String> = sources.iter().rev().cloned().collect();
+    let again = sb
+        .try_produce_sources(&reversed, "work", &resume)
+        .await
+        .unwrap();
+    assert_eq!((again.resumed, again.published), (true, 3), "{again:?}");
+    let worker = sb.spawn_worker(&sb.subscription(""), &["--idle-timeout", "1"]);
+    let (status, _) = finish(worker, Duration::from_secs(60));
+    assert!(status.success(), "{}", sb.logs());
+    for (unit, rows) in [
+        ("warehouse.t_001", 10),
+        ("warehouse.t_002", 10),
+        ("other.t_001", 4),
+    ] {
+        let record = sb.manifest("r1", unit).unwrap_or_else(|| panic!("{unit}"));
+        assert_eq!(record.rows, Some(rows), "{unit}");
+    }
+
+    // Done: resuming publishes nothing.
+    let done = sb
+        .try_produce_sources(&reversed, "work", &resume)
+        .await
+        .unwrap();
+    assert_eq!((done.published, done.pending), (0, 0), "{done:?}");
+}
