@@ -42,7 +42,7 @@ use bqdrain::engine::message::{Envelope, SourceTable};
 use bqdrain::engine::producer::{produce, ProduceReport, RunId, RunPlan};
 use common::fault_proxy::FaultProxy;
 use common::gcp::{emulators, GcpSandbox};
-use support::{emit, median, mib, spread_json, Schedule};
+use support::{emit, median, mib, spread_json, Incremental, Schedule};
 
 const NOOP_CHILD: &str = "--noop-child";
 const CONCURRENCY: usize = 10;
@@ -595,30 +595,14 @@ async fn incremental(s: &Sizes) {
         )
     );
     run_records(&sb, "inc", &second).await;
-    emit(
-        json!({
-            "bench": "incremental",
-            "tables": s.incremental_tables,
-            "changed": s.incremental_changed,
-            "tasks": TASKS,
-            "full_seconds": full_s,
-            "full_producer_seconds": full.seconds,
-            "only_changed_seconds": second_s,
-            "only_changed_producer_seconds": second.seconds,
-            "ratio": second_s / full_s,
-            "create_tables_seconds": create_seconds,
-        }),
-        format!(
-            "incremental, {} tables x 1000 rows, {} changed, {TASKS} tasks: full run {full_s:.2} s \
-             (producer {:.2} s), --only-changed run {second_s:.2} s (producer {:.2} s): {:.1} % of \
-             the full run (producer + drain)",
-            s.incremental_tables,
-            s.incremental_changed,
-            full.seconds,
-            second.seconds,
-            100.0 * second_s / full_s
-        ),
-    );
+    Incremental {
+        tables: s.incremental_tables,
+        changed: s.incremental_changed,
+        tasks: TASKS,
+        full: (full_s, full.seconds),
+        only_changed: (second_s, second.seconds),
+    }
+    .emit(json!({"create_tables_seconds": create_seconds}));
 }
 
 /// Creates `count` tables of `rows` rows, a few requests in flight.

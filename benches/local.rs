@@ -44,7 +44,7 @@ use bqdrain::engine::producer::{produce, ProduceReport, RunId, RunPlan};
 use bqdrain::engine::selection::PartitionPlan;
 use bqdrain::ports::queue::Topic;
 use bqdrain::ports::warehouse::{Cancel, ExportRequest, Partitioning, Warehouse};
-use support::{emit, median, mib, spread, spread_json, Schedule};
+use support::{emit, median, mib, spread, spread_json, Incremental, Schedule};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bqdrain");
 const BODY_BYTES: usize = 200;
@@ -500,28 +500,14 @@ fn incremental(rt: &tokio::runtime::Runtime, s: &Sizes) {
         )
     );
     runs.records(&second);
-    emit(
-        json!({
-            "bench": "incremental",
-            "tables": s.incremental_tables,
-            "changed": s.incremental_changed,
-            "full_seconds": full_s,
-            "full_producer_seconds": full.seconds,
-            "only_changed_seconds": second_s,
-            "only_changed_producer_seconds": second.seconds,
-            "ratio": second_s / full_s,
-        }),
-        format!(
-            "incremental, {} tables x 1000 rows, {} changed, 8 tasks: full run {full_s:.2} s \
-             (producer {:.2} s), --only-changed run {second_s:.2} s (producer {:.2} s): {:.1} % of \
-             the full run (producer + drain)",
-            s.incremental_tables,
-            s.incremental_changed,
-            full.seconds,
-            second.seconds,
-            100.0 * second_s / full_s
-        ),
-    );
+    Incremental {
+        tables: s.incremental_tables,
+        changed: s.incremental_changed,
+        tasks: 8,
+        full: (full_s, full.seconds),
+        only_changed: (second_s, second.seconds),
+    }
+    .emit(json!({}));
 }
 
 fn skew(rt: &tokio::runtime::Runtime, s: &Sizes) {

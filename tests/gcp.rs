@@ -959,26 +959,19 @@ async fn a_whole_project_is_every_dataset_with_globs_on_dataset_and_table() {
 async fn views_are_exported_with_export_data_under_the_byte_guard() {
     let sb = GcpSandbox::new("views", 5).await;
     sb.create_table("t_001", 100).await;
-    sb.dml(
-        "first_30",
-        "CREATE VIEW {table} AS SELECT * FROM `{source}` WHERE id <= 30"
-            .replace(
-                "{source}",
-                &format!("{}.{}.t_001", common::gcp::PROJECT, sb.dataset),
-            )
-            .as_str(),
-    )
-    .await;
-    sb.dml(
-        "names",
-        "CREATE MATERIALIZED VIEW {table} AS SELECT * FROM `{source}`"
-            .replace(
-                "{source}",
-                &format!("{}.{}.t_001", common::gcp::PROJECT, sb.dataset),
-            )
-            .as_str(),
-    )
-    .await;
+    let t_001 = format!("`{}.{}.t_001`", common::gcp::PROJECT, sb.dataset);
+    for (view, sql) in [
+        (
+            "first_30",
+            format!("CREATE VIEW {{table}} AS SELECT * FROM {t_001} WHERE id <= 30"),
+        ),
+        (
+            "names",
+            format!("CREATE MATERIALIZED VIEW {{table}} AS SELECT * FROM {t_001}"),
+        ),
+    ] {
+        sb.dml(view, &sql).await;
+    }
 
     // Above the guard: refused before anything is published.
     let out = sb.produce(

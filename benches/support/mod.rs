@@ -73,3 +73,46 @@ impl Schedule {
         self.makespan / self.lower_bound
     }
 }
+
+/// A full run, then an `--only-changed` run after a few tables changed.
+pub struct Incremental {
+    pub tables: usize,
+    pub changed: usize,
+    pub tasks: usize,
+    /// Each run's wall time (producer + drain) and its producer's part.
+    pub full: (f64, f64),
+    pub only_changed: (f64, f64),
+}
+
+impl Incremental {
+    /// Prints the figures; `extra` joins the JSON line.
+    pub fn emit(&self, extra: Value) {
+        let ((full, full_producer), (second, second_producer)) = (self.full, self.only_changed);
+        let mut figure = json!({
+            "bench": "incremental",
+            "tables": self.tables,
+            "changed": self.changed,
+            "tasks": self.tasks,
+            "full_seconds": full,
+            "full_producer_seconds": full_producer,
+            "only_changed_seconds": second,
+            "only_changed_producer_seconds": second_producer,
+            "ratio": second / full,
+        });
+        if let (Some(figure), Value::Object(extra)) = (figure.as_object_mut(), extra) {
+            figure.extend(extra);
+        }
+        emit(
+            figure,
+            format!(
+                "incremental, {} tables x 1000 rows, {} changed, {} tasks: full run {full:.2} s \
+                 (producer {full_producer:.2} s), --only-changed run {second:.2} s (producer \
+                 {second_producer:.2} s): {:.1} % of the full run (producer + drain)",
+                self.tables,
+                self.changed,
+                self.tasks,
+                100.0 * second / full
+            ),
+        );
+    }
+}

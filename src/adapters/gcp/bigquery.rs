@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use google_cloud_bigquery_v2::client::{DatasetService, JobService, TableService};
 use google_cloud_bigquery_v2::model::{
     ErrorProto, Job, JobConfiguration, JobConfigurationExtract, JobConfigurationQuery,
-    JobReference, ListFormatTable, QueryRequest, TableReference,
+    JobReference, ListFormatTable, QueryRequest, QueryResponse, TableReference,
 };
 use google_cloud_gax::error::rpc::StatusDetails;
 use google_cloud_gax::retry_policy::NeverRetry;
@@ -555,20 +555,7 @@ impl BigQueryWarehouse {
             .set_location(location)
             .set_max_results(QUERY_PAGE_ROWS)
             .set_timeout_ms(QUERY_WAIT.as_millis() as u32);
-        let first = metadata_retry()
-            .run(what, || {
-                let request = request.clone();
-                async move {
-                    self.jobs
-                        .query()
-                        .set_project_id(&self.project)
-                        .set_query_request(request)
-                        .send()
-                        .await
-                        .map_err(|e| classify(what, &e))
-                }
-            })
-            .await?;
+        let first = self.jobs_query(request, what).await?;
         let job_id = first.job_reference.map(|r| r.job_id).unwrap_or_default();
         let mut all = Vec::new();
         let (mut rows, mut page_token, mut complete) = (
@@ -605,6 +592,28 @@ impl BigQueryWarehouse {
             rows = if complete { page.rows } else { Vec::new() };
             page_token = page.page_token;
         }
+    }
+
+    /// `jobs.query`, retried.
+    async fn jobs_query(
+        &self,
+        request: QueryRequest,
+        what: &str,
+    ) -> Result<QueryResponse, UnitError> {
+        metadata_retry()
+            .run(what, || {
+                let request = request.clone();
+                async move {
+                    self.jobs
+                        .query()
+                        .set_project_id(&self.project)
+                        .set_query_request(request)
+                        .send()
+                        .await
+                        .map_err(|e| classify(what, &e))
+                }
+            })
+            .await
     }
 
     /// The fallback: `tables.list`, then one `tables.get` per table for
@@ -1095,20 +1104,7 @@ impl Warehouse for BigQueryWarehouse {
             .set_location(location)
             .set_dry_run(true);
         let what = format!("dry-running an export of view {view}");
-        let response = metadata_retry()
-            .run(&what, || {
-                let request = request.clone();
-                async {
-                    self.jobs
-                        .query()
-                        .set_project_id(&self.project)
-                        .set_query_request(request)
-                        .send()
-                        .await
-                        .map_err(|e| classify(&what, &e))
-                }
-            })
-            .await?;
+        let response = self.jobs_query(request, &what).await?;
         Ok(response.total_bytes_processed.unwrap_or(0).max(0) as u64)
     }
 
