@@ -170,7 +170,7 @@ variable "export_prefix" {
 
 variable "run_record_retention_days" {
   type        = number
-  description = "Days bqdrain's run records (_bqdrain/runs/) are kept. The worker deletes a superseded export only while its run manifest exists, so keep this above the longest time a table may go without a new export."
+  description = "Days bqdrain's run records (_bqdrain/runs/) are kept: status, the run report and replay read them. An export outlives them: its folder's _MANIFEST.json tells the worker it was committed, so a later run still replaces it (a manifest written before the run_started_at field existed still needs its run's manifest)."
   default     = 400
 
   validation {

@@ -458,6 +458,23 @@ async fn second_run_replaces_the_first_without_stale_shards() {
 }
 
 #[tokio::test]
+async fn an_export_outliving_its_run_records_is_still_replaced() {
+    let sb = GcpSandbox::new("outlived", 5).await;
+    sb.create_table("t_001", 100).await;
+    produced(&sb.produce("exports", &["--run-id", "r1"]));
+    all_drained(&sb, workers(&sb, 1, "exports", "r1"));
+    sb.assert_exported("exports", "r1", "t_001", 100).await;
+    // The lifecycle rule expires run records; the export stays current.
+    sb.delete_objects("exports/_bqdrain/runs/r1/").await;
+
+    sb.resubscribe("work2").await;
+    produced(&sb.produce("exports", &["--run-id", "r2"]));
+    all_drained(&sb, workers(&sb, 1, "exports", "r2"));
+    // Checks the table's folder holds run 2's export only.
+    sb.assert_exported("exports", "r2", "t_001", 100).await;
+}
+
+#[tokio::test]
 async fn a_producer_failing_half_way_is_resumed_by_its_retried_execution() {
     let sb = GcpSandbox::new("halfway", 5).await;
     sb.make_tables(3, 100).await;

@@ -107,6 +107,27 @@ async fn a_new_run_replaces_the_old_export_even_with_fewer_files() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_outliving_its_run_records_is_still_replaced() {
+    let sb = Sandbox::new();
+    sb.make_tables(1, 100);
+    sb.produce("", "r1").await;
+    let sub = sb.subscription("");
+    let (status, _) = finish(sb.spawn_worker(&sub, &[]), Duration::from_secs(60));
+    assert!(status.success());
+    assert_exported(&sb, "r1", "t_001", 100);
+    // Run records expire (the module's lifecycle rule) while an export that
+    // `--only-changed` keeps current stays: its folder's manifest still
+    // says it was committed, and when.
+    std::fs::remove_dir_all(sb.exports().join("_bqdrain/runs/r1")).unwrap();
+
+    sb.produce("", "r2").await;
+    let (status, _) = finish(sb.spawn_worker(&sub, &[]), Duration::from_secs(60));
+    assert!(status.success(), "{}", sb.logs());
+    // assert_exported checks the table folder holds run 2's export only.
+    assert_exported(&sb, "r2", "t_001", 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_run_finishing_late_does_not_replace_a_newer_export() {
     let sb = Sandbox::new();
     sb.make_tables(1, 200);

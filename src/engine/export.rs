@@ -223,11 +223,7 @@ impl ExportHandler {
         for run in runs {
             // Only a committed export counts: an uncommitted folder may belong
             // to a run that is still exporting, and is that run's to delete.
-            let Some(other) = store
-                .read(&layout::done_record(run, &unit))
-                .await
-                .map_err(io("reading another run's completion record"))?
-            else {
+            let Some(other) = committed_record(msg, store, listed, run).await? else {
                 continue;
             };
             let Some(started) = self.run_started(store, run, &other).await? else {
@@ -345,6 +341,38 @@ impl ExportHandler {
             .lock()
             .expect("run start cache lock poisoned")
     }
+}
+
+/// The completion record of another run's export of this unit, if that run
+/// committed it. The export's folder manifest is a copy written after the
+/// commit and kept with the export, so it outlives the run records (which a
+/// lifecycle rule may expire while `--only-changed` keeps the export
+/// current); a listing may carry it as the summary. Without one, the run's
+/// completion record.
+async fn committed_record(
+    msg: &WorkMessage,
+    store: &dyn ObjectStore,
+    listed: &[ObjectInfo],
+    run: &str,
+) -> Result<Option<Vec<u8>>, UnitError> {
+    let io = |what| move |e| UnitError::io(what, e);
+    let manifest_key = layout::export_manifest(&msg.source, run);
+    if let Some(manifest) = listed.iter().find(|o| o.key == manifest_key) {
+        if let Some(summary) = &manifest.summary {
+            return Ok(Some(summary.clone().into_bytes()));
+        }
+        let read = store
+            .read(&manifest_key)
+            .await
+            .map_err(io("reading another run's export manifest"))?;
+        if read.is_some() {
+            return Ok(read);
+        }
+    }
+    store
+        .read(&layout::done_record(run, &msg.unit()))
+        .await
+        .map_err(io("reading another run's completion record"))
 }
 
 /// What one try of an export found or did.

@@ -548,6 +548,20 @@ impl GcpSandbox {
         Some(response.bytes().await.unwrap().to_vec())
     }
 
+    /// Deletes every object under `prefix`, as a lifecycle rule would.
+    pub async fn delete_objects(&self, prefix: &str) {
+        for (object, _) in self.objects(prefix).await {
+            let mut url = reqwest::Url::parse(&format!(
+                "http://{}/storage/v1/b/{}/o/",
+                self.emulators.storage, self.bucket
+            ))
+            .unwrap();
+            url.path_segments_mut().unwrap().pop().push(&object);
+            let response = self.http.delete(url).send().await.unwrap();
+            assert!(response.status().is_success(), "delete {object}");
+        }
+    }
+
     pub async fn done_record(
         &self,
         folder: &str,
