@@ -42,7 +42,7 @@ use bqdrain::engine::message::{Envelope, SourceTable};
 use bqdrain::engine::producer::{produce, ProduceReport, RunId, RunPlan};
 use common::fault_proxy::FaultProxy;
 use common::gcp::{emulators, GcpSandbox};
-use support::{emit, median, mib, spread_json, Incremental, Schedule};
+use support::{emit, median, median_unit_seconds, mib, spread_json, Incremental, Schedule};
 
 const NOOP_CHILD: &str = "--noop-child";
 const CONCURRENCY: usize = 10;
@@ -580,7 +580,7 @@ async fn incremental(s: &Sizes) {
     };
     let (full, full_s) = produce_and_drain(&sb, &named("full", plan.clone()), TASKS, "inc").await;
     assert_eq!(full.published, s.incremental_tables);
-    run_records(&sb, "inc", &full).await;
+    let full_unit = median_unit_seconds(&run_records(&sb, "inc", &full).await);
     let step = s.incremental_tables / s.incremental_changed;
     for table in names.iter().step_by(step).take(s.incremental_changed) {
         sb.dml(table, "UPDATE {table} SET age = age + 1 WHERE id = 1")
@@ -594,13 +594,14 @@ async fn incremental(s: &Sizes) {
             s.incremental_tables - s.incremental_changed
         )
     );
-    run_records(&sb, "inc", &second).await;
+    let second_unit = median_unit_seconds(&run_records(&sb, "inc", &second).await);
     Incremental {
         tables: s.incremental_tables,
         changed: s.incremental_changed,
         tasks: TASKS,
         full: (full_s, full.seconds),
         only_changed: (second_s, second.seconds),
+        unit_seconds: (full_unit, second_unit),
     }
     .emit(json!({"create_tables_seconds": create_seconds}));
 }

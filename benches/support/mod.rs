@@ -44,6 +44,19 @@ pub struct Schedule {
     pub lower_bound: f64,
 }
 
+/// The median time of a run's units, from their completion records.
+pub fn median_unit_seconds(records: &[bqdrain::engine::layout::TableManifest]) -> f64 {
+    median(
+        records
+            .iter()
+            .map(|r| {
+                let started = r.started_at.expect("records carry their start");
+                (r.finished_at - started).num_microseconds().expect("short") as f64 / 1e6
+            })
+            .collect(),
+    )
+}
+
 impl Schedule {
     pub fn of(records: &[bqdrain::engine::layout::TableManifest], tasks: usize) -> Schedule {
         let span = |r: &bqdrain::engine::layout::TableManifest| {
@@ -82,6 +95,9 @@ pub struct Incremental {
     /// Each run's wall time (producer + drain) and its producer's part.
     pub full: (f64, f64),
     pub only_changed: (f64, f64),
+    /// Each run's median unit time, from its completion records (a unit's
+    /// start to its commit), which leaves the workers' start out.
+    pub unit_seconds: (f64, f64),
 }
 
 impl Incremental {
@@ -98,6 +114,8 @@ impl Incremental {
             "only_changed_seconds": second,
             "only_changed_producer_seconds": second_producer,
             "ratio": second / full,
+            "full_unit_median_seconds": self.unit_seconds.0,
+            "only_changed_unit_median_seconds": self.unit_seconds.1,
         });
         if let (Some(figure), Value::Object(extra)) = (figure.as_object_mut(), extra) {
             figure.extend(extra);
@@ -107,11 +125,14 @@ impl Incremental {
             format!(
                 "incremental, {} tables x 1000 rows, {} changed, {} tasks: full run {full:.2} s \
                  (producer {full_producer:.2} s), --only-changed run {second:.2} s (producer \
-                 {second_producer:.2} s): {:.1} % of the full run (producer + drain)",
+                 {second_producer:.2} s): {:.1} % of the full run (producer + drain); median \
+                 unit {:.0} ms, then {:.0} ms",
                 self.tables,
                 self.changed,
                 self.tasks,
-                100.0 * second / full
+                100.0 * second / full,
+                1000.0 * self.unit_seconds.0,
+                1000.0 * self.unit_seconds.1
             ),
         );
     }
