@@ -44,7 +44,7 @@ use bqdrain::engine::producer::{produce, ProduceReport, RunId, RunPlan};
 use bqdrain::engine::selection::PartitionPlan;
 use bqdrain::ports::queue::Topic;
 use bqdrain::ports::warehouse::{Cancel, ExportRequest, Partitioning, Warehouse};
-use support::{emit, median, median_unit_seconds, mib, spread, spread_json, Incremental, Schedule};
+use support::{emit, median, mib, spread, spread_json, unit_times, Incremental, Schedule};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bqdrain");
 const BODY_BYTES: usize = 200;
@@ -483,7 +483,7 @@ fn incremental(rt: &tokio::runtime::Runtime, s: &Sizes) {
     };
     let (full, full_s) = runs.run(rt, &plan, 8);
     assert_eq!(full.published, s.incremental_tables);
-    let full_unit = median_unit_seconds(&runs.records(&full));
+    let (full_unit, full_span) = unit_times(&runs.records(&full));
     let step = s.incremental_tables / s.incremental_changed;
     let changes: String = names
         .iter()
@@ -500,7 +500,7 @@ fn incremental(rt: &tokio::runtime::Runtime, s: &Sizes) {
             s.incremental_tables - s.incremental_changed
         )
     );
-    let second_unit = median_unit_seconds(&runs.records(&second));
+    let (second_unit, second_span) = unit_times(&runs.records(&second));
     Incremental {
         tables: s.incremental_tables,
         changed: s.incremental_changed,
@@ -508,6 +508,7 @@ fn incremental(rt: &tokio::runtime::Runtime, s: &Sizes) {
         full: (full_s, full.seconds),
         only_changed: (second_s, second.seconds),
         unit_seconds: (full_unit, second_unit),
+        span_seconds: (full_span, second_span),
     }
     .emit(json!({}));
 }

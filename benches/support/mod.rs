@@ -44,17 +44,20 @@ pub struct Schedule {
     pub lower_bound: f64,
 }
 
-/// The median time of a run's units, from their completion records.
-pub fn median_unit_seconds(records: &[bqdrain::engine::layout::TableManifest]) -> f64 {
-    median(
-        records
-            .iter()
-            .map(|r| {
-                let started = r.started_at.expect("records carry their start");
-                (r.finished_at - started).num_microseconds().expect("short") as f64 / 1e6
-            })
-            .collect(),
-    )
+/// The median time of a run's units, and their span (first start to last
+/// commit), from their completion records.
+pub fn unit_times(records: &[bqdrain::engine::layout::TableManifest]) -> (f64, f64) {
+    let seconds = |d: chrono::TimeDelta| d.num_microseconds().expect("short") as f64 / 1e6;
+    let started = |r: &bqdrain::engine::layout::TableManifest| {
+        r.started_at.expect("records carry their start")
+    };
+    let first = records.iter().map(started).min().expect("units");
+    let last = records.iter().map(|r| r.finished_at).max().expect("units");
+    let each = records
+        .iter()
+        .map(|r| seconds(r.finished_at - started(r)))
+        .collect();
+    (median(each), seconds(last - first))
 }
 
 impl Schedule {
@@ -98,6 +101,8 @@ pub struct Incremental {
     /// Each run's median unit time, from its completion records (a unit's
     /// start to its commit), which leaves the workers' start out.
     pub unit_seconds: (f64, f64),
+    /// Each run's first unit start to its last commit, from the same records.
+    pub span_seconds: (f64, f64),
 }
 
 impl Incremental {
@@ -116,6 +121,8 @@ impl Incremental {
             "ratio": second / full,
             "full_unit_median_seconds": self.unit_seconds.0,
             "only_changed_unit_median_seconds": self.unit_seconds.1,
+            "full_units_span_seconds": self.span_seconds.0,
+            "only_changed_units_span_seconds": self.span_seconds.1,
         });
         if let (Some(figure), Value::Object(extra)) = (figure.as_object_mut(), extra) {
             figure.extend(extra);
@@ -126,13 +133,15 @@ impl Incremental {
                 "incremental, {} tables x 1000 rows, {} changed, {} tasks: full run {full:.2} s \
                  (producer {full_producer:.2} s), --only-changed run {second:.2} s (producer \
                  {second_producer:.2} s): {:.1} % of the full run (producer + drain); median \
-                 unit {:.0} ms, then {:.0} ms",
+                 unit {:.0} ms, then {:.0} ms; first unit start to last commit {:.2} s, then {:.2} s",
                 self.tables,
                 self.changed,
                 self.tasks,
                 100.0 * second / full,
                 1000.0 * self.unit_seconds.0,
-                1000.0 * self.unit_seconds.1
+                1000.0 * self.unit_seconds.1,
+                self.span_seconds.0,
+                self.span_seconds.1
             ),
         );
     }
