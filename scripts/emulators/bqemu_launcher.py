@@ -254,18 +254,26 @@ async def _extract_job(project_id: str, job_id: str, config: dict, ctx: Any) -> 
         error = {"reason": "invalid", "message": str(exc)}
 
     # insert_job() persists this with ctx.catalog.upsert_job(), so jobs.get finds it.
+    return _done_job(project_id, job_id, "EXTRACT", config, statistics, error, now, ctx)
+
+
+def _done_job(
+    project_id: str, job_id: str, job_type: str, config: dict,
+    statistics: dict, error: Optional[dict], started: datetime, ctx: Any,
+) -> JobMeta:
+    """A finished job as insert_job() persists it (jobs.get then finds it)."""
     return JobMeta(
         project_id=project_id,
         job_id=job_id,
-        job_type="EXTRACT",
+        job_type=job_type,
         state="DONE",
         configuration=config,
         statistics=statistics,
         error_result=error,
-        creation_time=now,
-        start_time=now,
+        creation_time=started,
+        start_time=started,
         end_time=ctx.clock.now(),
-        etag=generate_etag(project_id, job_id, str(now)),
+        etag=generate_etag(project_id, job_id, str(started)),
     )
 
 
@@ -1019,23 +1027,11 @@ async def _capped_query_job(project_id: str, job_id: str, config: dict, **kwargs
         async with ctx.engine.write_lock():
             size = _bytes_read(ctx, project_id, query.get("query") or "")
         if size > int(cap):
-            now = ctx.clock.now()
-            return JobMeta(
-                project_id=project_id,
-                job_id=job_id,
-                job_type="QUERY",
-                state="DONE",
-                configuration=config,
-                statistics={},
-                error_result={
-                    "reason": "bytesBilledLimitExceeded",
-                    "message": f"Query exceeded limit for bytes billed: {cap}. {size} or higher required.",
-                },
-                creation_time=now,
-                start_time=now,
-                end_time=now,
-                etag=generate_etag(project_id, job_id, str(now)),
-            )
+            error = {
+                "reason": "bytesBilledLimitExceeded",
+                "message": f"Query exceeded limit for bytes billed: {cap}. {size} or higher required.",
+            }
+            return _done_job(project_id, job_id, "QUERY", config, {}, error, ctx.clock.now(), ctx)
     return await _stock_handle_query_job(project_id, job_id, config, **kwargs)
 
 

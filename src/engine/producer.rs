@@ -470,11 +470,7 @@ async fn plan_source(
         Some(reason) => {
             tracing::info!(dataset, table = %t.name, kind = ?t.kind, reason, "skipping");
             skipped.push(SkippedTable {
-                table: if several {
-                    format!("{dataset}.{}", t.name)
-                } else {
-                    t.name.clone()
-                },
+                table: run_name(dataset, &t.name, several),
                 reason: reason.to_string(),
             });
             false
@@ -532,6 +528,16 @@ async fn plan_source(
     })
 }
 
+/// A table's or unit's name in a run: `DATASET.NAME` in a run of `several`
+/// datasets, where two datasets may have tables of one name.
+fn run_name(dataset: &str, name: &str, several: bool) -> String {
+    if several {
+        format!("{dataset}.{name}")
+    } else {
+        name.to_string()
+    }
+}
+
 /// Dry-runs the query that would export each view, which sizes it; returns
 /// the bytes they would process and the views over `--max-bytes-billed`.
 async fn size_views(
@@ -553,11 +559,7 @@ async fn size_views(
         view.bytes = Some(bytes);
         total += bytes;
         if plan.options.max_bytes_billed.is_some_and(|max| bytes > max) {
-            let name = if several {
-                format!("{dataset}.{}", view.name)
-            } else {
-                view.name.clone()
-            };
+            let name = run_name(dataset, &view.name, several);
             too_costly.push(format!("{name} ({bytes} bytes)"));
         }
     }
@@ -586,11 +588,7 @@ async fn plan_units(
             partition,
         };
         PlannedUnit {
-            unit: if several {
-                format!("{}.{}", source.dataset, source.unit())
-            } else {
-                source.unit()
-            },
+            unit: run_name(&source.dataset, &source.unit(), several),
             source,
             rows,
             bytes,

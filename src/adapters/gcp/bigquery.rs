@@ -791,11 +791,19 @@ fn export_data_sql(request: &ExportRequest, uri: &str) -> String {
         ));
     }
     let source = &request.source;
-    let view = format!("{}.{}.{}", source.project, source.dataset, source.table);
     format!(
-        "EXPORT DATA OPTIONS ({}) AS SELECT * FROM `{}`",
+        "EXPORT DATA OPTIONS ({}) AS {}",
         settings.join(", "),
-        view.replace('\\', "\\\\").replace('`', "\\`")
+        select_all(&source.project, &source.dataset, &source.table)
+    )
+}
+
+/// `SELECT * FROM` a table or view, its path quoted.
+fn select_all(project: &str, dataset: &str, table: &str) -> String {
+    let path = format!("{project}.{dataset}.{table}");
+    format!(
+        "SELECT * FROM `{}`",
+        path.replace('\\', "\\\\").replace('`', "\\`")
     )
 }
 
@@ -1097,7 +1105,7 @@ impl Warehouse for BigQueryWarehouse {
 
     async fn view_bytes(&self, view: &str) -> anyhow::Result<u64> {
         let location = self.location().await?;
-        let sql = format!("SELECT * FROM `{}.{}.{}`", self.project, self.dataset, view);
+        let sql = select_all(&self.project, &self.dataset, view);
         let request = QueryRequest::new()
             .set_query(sql)
             .set_use_legacy_sql(false)
