@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
+use bqdrain::contract::message::{Envelope, SourceTable};
 use bqdrain::engine::layout::{self, PlannedUnit, RecordBody, RunManifest, TableManifest};
-use bqdrain::engine::message::{Envelope, SourceTable};
 use bqdrain::engine::producer::{produce, ProduceReport, RunId, RunPlan};
 use common::fault_proxy::FaultProxy;
 use common::gcp::{emulators, GcpSandbox};

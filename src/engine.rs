@@ -3,7 +3,6 @@
 pub mod drain;
 pub mod export;
 pub mod layout;
-pub mod message;
 pub mod producer;
 pub mod retry;
 pub mod runs;

@@ -1,6 +1,8 @@
 //! bqdrain: export warehouse tables to object storage through a work queue.
 //!
 //! The core is ports and adapters, and the tree follows it:
+//! - [`contract`]: the work message and its export options, which ports and
+//!   engine share;
 //! - [`ports`]: the work queue (topics and subscriptions), the warehouse
 //!   (list tables, export one) and the object store (objects by key);
 //! - [`engine`], written once against the ports: the producer publishes one
@@ -19,6 +21,7 @@
 pub mod adapters;
 pub mod cli;
 pub mod commands;
+pub mod contract;
 pub mod engine;
 pub mod error;
 pub mod logging;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bqdrain::adapters::local::dataset::{self, Fault};
 use bqdrain::adapters::local::queue::peek;
-use bqdrain::engine::message::Envelope;
+use bqdrain::contract::message::Envelope;
 use common::*;
 
 fn first_shard_written(sb: &Sandbox, table: &str, run: &str) -> bool {

@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use bqdrain::adapters::local::{dataset, partitions};
+use bqdrain::contract::message::SourceTable;
 use bqdrain::engine::layout;
-use bqdrain::engine::message::SourceTable;
 use bqdrain::engine::producer::{ProduceReport, RunId, RunPlan};
 use bqdrain::engine::selection::{PartitionPlan, PartitionWindow};
 use bqdrain::ports::warehouse::Partitioning;

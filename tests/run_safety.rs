@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use bqdrain::adapters::local::dataset::{self, Fault};
-use bqdrain::engine::message::WorkMessage;
+use bqdrain::contract::message::WorkMessage;
 use bqdrain::engine::producer::{ProduceReport, RunId};
 use bqdrain::error::ConfigError;
 use common::*;

@@ -8,9 +8,9 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::contract::message::{WorkMessage, SCHEMA_VERSION};
 use crate::engine::drain::{ATTR_DELIVERY_ATTEMPT, ATTR_ERROR_MESSAGE, ATTR_ERROR_REASON};
 use crate::engine::layout::{self, DeadRecord, RecordBody};
-use crate::engine::message::{WorkMessage, SCHEMA_VERSION};
 use crate::engine::task::TaskIdentity;
 use crate::error::UnitError;
 use crate::ports::queue::{Delivery, Subscription, Sweep};

@@ -11,11 +11,11 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::contract::message::{Envelope, WorkMessage, ATTR_RUN_ID, ATTR_TABLE};
 use crate::engine::drain::{
     ATTR_DELIVERY_ATTEMPT, ATTR_ERROR_MESSAGE, ATTR_ERROR_REASON, ATTR_FAILED_AT, ATTR_SUBSCRIPTION,
 };
 use crate::engine::layout;
-use crate::engine::message::{Envelope, WorkMessage, ATTR_RUN_ID, ATTR_TABLE};
 use crate::error::ConfigError;
 use crate::ports::queue::{Delivery, Subscription, Sweep, Topic};
 

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::engine::message::Envelope;
+use crate::contract::message::Envelope;
 use crate::engine::shutdown::{Phase, Shutdown};
 use crate::error::UnitError;
 use crate::ports::queue::{Delivery, Subscription, Topic};

@@ -21,11 +21,11 @@ use chrono::{DateTime, Utc};
 
 use crate::adapters::backends::OpenBackends;
 use crate::commands::reconcile::{write_dead_record, LastTry};
+use crate::contract::message::{WorkMessage, SCHEMA_VERSION};
 use crate::engine::drain::{Disposition, Handler, Progress};
 use crate::engine::layout::{
     self, ExportedFile, RecordBody, RunManifest, SupersededRecord, TableManifest,
 };
-use crate::engine::message::{WorkMessage, SCHEMA_VERSION};
 use crate::engine::retry::RetryPolicy;
 use crate::engine::runs::RunTracker;
 use crate::engine::task::TaskIdentity;

@@ -19,7 +19,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::message::{ExportOptions, SourceTable};
+use crate::contract::message::{ExportOptions, SourceTable};
 use crate::engine::selection::CurrentExport;
 use crate::ports::warehouse::ChangeMarker;
 

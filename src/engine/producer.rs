@@ -18,10 +18,10 @@ use anyhow::Context;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::layout::{self, PlannedUnit, RunManifest, SkippedTable};
-use crate::engine::message::{
+use crate::contract::message::{
     check_path_segment, ExportOptions, SourceTable, WorkMessage, SCHEMA_VERSION,
 };
+use crate::engine::layout::{self, PlannedUnit, RunManifest, SkippedTable};
 use crate::engine::retry::RetryPolicy;
 use crate::engine::runs;
 use crate::engine::selection::{

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::engine::message::Envelope;
+use crate::contract::message::Envelope;
 
 /// A leased message.
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::message::{ExportOptions, SourceTable};
+use crate::contract::message::{ExportOptions, SourceTable};
 use crate::error::{ConfigError, UnitError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use bqdrain::adapters::backends;
 use bqdrain::adapters::local::dataset::{self, Fault};
 use bqdrain::adapters::local::queue::LocalSubscription;
+use bqdrain::contract::message::{Envelope, SourceTable};
 use bqdrain::engine::layout::{self, TableManifest};
-use bqdrain::engine::message::{Envelope, SourceTable};
 use bqdrain::engine::producer::{produce, ProduceReport, RunId, RunPlan};
 use bqdrain::ports::queue::ReceiveSettings;
 

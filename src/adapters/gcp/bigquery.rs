@@ -23,7 +23,7 @@ use google_cloud_gax::retry_policy::NeverRetry;
 use tokio::sync::OnceCell;
 
 use super::storage;
-use crate::engine::message::{Compression, ExportOptions, Format};
+use crate::contract::message::{Compression, ExportOptions, Format};
 use crate::engine::retry::RetryPolicy;
 use crate::error::{ConfigError, ErrorKind, UnitError};
 use crate::ports::warehouse::{
@@ -1141,7 +1141,7 @@ impl Warehouse for BigQueryWarehouse {
 #[cfg(test)]
 mod tests {
     use super::{decide, export_data_sql, job_id, parse_timestamp};
-    use crate::engine::message::{Compression, Format, SourceTable};
+    use crate::contract::message::{Compression, Format, SourceTable};
     use crate::error::ErrorKind::{self, Permanent, Transient};
     use crate::ports::warehouse::ExportRequest;
 

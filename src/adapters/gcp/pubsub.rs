@@ -21,7 +21,7 @@ use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior, ShutdownT
 use tokio::sync::mpsc;
 
 use super::startup_error;
-use crate::engine::message::Envelope;
+use crate::contract::message::Envelope;
 use crate::error::ConfigError;
 use crate::ports::queue::{Delivery, ReceiveSettings, Subscription, Topic};
 

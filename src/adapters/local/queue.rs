@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{absolute, now_millis, LocalUri};
-use crate::engine::message::Envelope;
+use crate::contract::message::Envelope;
 use crate::error::ConfigError;
 use crate::ports::queue::{Delivery, ReceiveSettings, Subscription, Topic};
 

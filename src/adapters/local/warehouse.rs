@@ -23,7 +23,7 @@ use super::dataset::{Fault, FAULTS_TABLE};
 use super::partitions;
 use super::store::{place, staging_file, FsStore};
 use super::{absolute, LocalUri};
-use crate::engine::message::{Compression, ExportOptions, Format};
+use crate::contract::message::{Compression, ExportOptions, Format};
 use crate::error::{ConfigError, UnitError};
 use crate::ports::warehouse::{
     Cancel, ChangeMarker, ExportRequest, ExportResult, PartitionInfo, TableInfo, TableKind,
@@ -647,7 +647,7 @@ impl Drop for ShardWriter<'_> {
 mod tests {
     use super::*;
     use crate::adapters::local::dataset;
-    use crate::engine::message::SourceTable;
+    use crate::contract::message::SourceTable;
     use std::io::Read;
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
