@@ -2,4 +2,6 @@
 //! workers exchange, with the export options it carries. It imports nothing
 //! above it, so ports and engine can both depend on it.
 
+pub mod change;
 pub mod message;
+pub mod options;

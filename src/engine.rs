@@ -1,5 +1,6 @@
 //! The engine: the same code whatever the adapters.
 
+pub mod dead_letter;
 pub mod drain;
 pub mod export;
 pub mod layout;

@@ -12,7 +12,7 @@ use bqdrain::cli::{fail, print_json};
 use bqdrain::commands::launch::{
     self, LaunchPlan, DEFAULT_ENDPOINT, DEFAULT_MAX_TASKS, DEFAULT_UNITS_PER_TASK,
 };
-use bqdrain::contract::message::{Compression, ExportOptions, Format};
+use bqdrain::contract::options::{Compression, ExportOptions, Format};
 use bqdrain::engine::producer::{produce, RunId, RunPlan, EXECUTION_VAR};
 use bqdrain::engine::selection::{PartitionPlan, PartitionWindow};
 use bqdrain::logging::{self, LogFormat};

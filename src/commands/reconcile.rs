@@ -5,13 +5,12 @@
 //! consuming it (every message is given back, for replay) and writes the
 //! records that are missing.
 
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::contract::message::{WorkMessage, SCHEMA_VERSION};
+use crate::contract::message::WorkMessage;
+use crate::engine::dead_letter::write_dead_record;
 use crate::engine::drain::{ATTR_DELIVERY_ATTEMPT, ATTR_ERROR_MESSAGE, ATTR_ERROR_REASON};
-use crate::engine::layout::{self, DeadRecord, RecordBody};
-use crate::engine::task::TaskIdentity;
+use crate::engine::layout;
 use crate::error::UnitError;
 use crate::ports::queue::{Delivery, Subscription, Sweep};
 use crate::ports::store::ObjectStore;
@@ -27,44 +26,6 @@ pub struct ReconcileReport {
     pub seen: usize,
     /// Units of the run given a dead-letter record they lacked.
     pub recorded: Vec<String>,
-}
-
-/// The task that last tried a unit, and when that try began.
-pub struct LastTry<'a> {
-    pub task: &'a TaskIdentity,
-    pub started_at: DateTime<Utc>,
-}
-
-/// Writes the record that makes a unit count as dead-lettered; `last_try`
-/// is `None` when no worker of this process tried it.
-pub async fn write_dead_record(
-    store: &dyn ObjectStore,
-    msg: &WorkMessage,
-    error: &UnitError,
-    delivery_attempt: u32,
-    last_try: Option<LastTry<'_>>,
-) -> anyhow::Result<()> {
-    let unit = msg.unit();
-    let record = DeadRecord {
-        v: SCHEMA_VERSION,
-        run_id: msg.run_id.clone(),
-        unit: unit.clone(),
-        reason: error.reason.clone(),
-        message: error.message.clone(),
-        delivery_attempt,
-        at: Utc::now(),
-        task: last_try.as_ref().map(|t| t.task.to_string()),
-        task_index: last_try.as_ref().and_then(|t| t.task.index),
-        started_at: last_try.as_ref().map(|t| t.started_at),
-    };
-    let body = RecordBody::of(&record);
-    store
-        .write(
-            &layout::dead_record(&msg.run_id, &unit),
-            &body.pretty,
-            Some(&body.summary),
-        )
-        .await
 }
 
 /// Why a dead letter is there and after how many attempts: bqdrain's

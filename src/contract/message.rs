@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::contract::change::ChangeMarker;
+use crate::contract::options::ExportOptions;
 use crate::error::UnitError;
-use crate::ports::warehouse::ChangeMarker;
 
 /// The body schema version this build writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -66,139 +67,6 @@ impl SourceTable {
             Some(p) => format!("{}${}", self.table, p),
             None => self.table.clone(),
         }
-    }
-}
-
-/// How the files are written. The defaults are BigQuery's.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ExportOptions {
-    pub format: Format,
-    pub compression: Compression,
-    /// Print a header row (CSV only).
-    pub header: bool,
-    /// Field delimiter (CSV only).
-    pub field_delimiter: String,
-    /// The most a view's export query may bill; BigQuery fails the query
-    /// rather than bill more (`--max-bytes-billed`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_bytes_billed: Option<u64>,
-}
-
-impl Default for ExportOptions {
-    fn default() -> Self {
-        ExportOptions {
-            format: Format::Csv,
-            compression: Compression::None,
-            header: true,
-            field_delimiter: ",".to_string(),
-            max_bytes_billed: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    Csv,
-    Json,
-    Avro,
-    Parquet,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    None,
-    Gzip,
-    Deflate,
-    Snappy,
-    Zstd,
-}
-
-impl Format {
-    /// Compressions BigQuery accepts for this format.
-    pub fn compressions(self) -> &'static [Compression] {
-        use Compression::*;
-        match self {
-            Format::Csv | Format::Json => &[None, Gzip],
-            Format::Avro => &[None, Deflate, Snappy],
-            Format::Parquet => &[None, Snappy, Gzip, Zstd],
-        }
-    }
-
-    /// File extension of the shards, as BigQuery users name them.
-    pub fn extension(self, compression: Compression) -> &'static str {
-        match (self, compression) {
-            (Format::Csv, Compression::Gzip) => "csv.gz",
-            (Format::Csv, _) => "csv",
-            (Format::Json, Compression::Gzip) => "json.gz",
-            (Format::Json, _) => "json",
-            (Format::Avro, _) => "avro",
-            (Format::Parquet, _) => "parquet",
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::Csv => "csv",
-            Format::Json => "json",
-            Format::Avro => "avro",
-            Format::Parquet => "parquet",
-        }
-    }
-}
-
-impl Compression {
-    pub fn name(self) -> &'static str {
-        match self {
-            Compression::None => "none",
-            Compression::Gzip => "gzip",
-            Compression::Deflate => "deflate",
-            Compression::Snappy => "snappy",
-            Compression::Zstd => "zstd",
-        }
-    }
-}
-
-impl ExportOptions {
-    /// Checks the combination the way BigQuery would, but before anything is
-    /// published. Returns the problem and its fix.
-    pub fn validate(&self) -> Result<(), crate::error::ConfigError> {
-        use crate::error::ConfigError;
-        let allowed = self.format.compressions();
-        if !allowed.contains(&self.compression) {
-            let names: Vec<_> = allowed.iter().map(|c| c.name()).collect();
-            return Err(ConfigError::new(
-                "--compression",
-                format!(
-                    "{} cannot be written with {} compression",
-                    self.format.name(),
-                    self.compression.name()
-                ),
-                format!("use one of: {}", names.join(", ")),
-            ));
-        }
-        if self.format == Format::Csv && self.field_delimiter.chars().count() != 1 {
-            return Err(ConfigError::new(
-                "--field-delimiter",
-                format!("{:?} is not a single character", self.field_delimiter),
-                "give one character, such as ',' or '|' or a tab",
-            ));
-        }
-        Ok(())
-    }
-
-    /// Checks what exporting views needs: their exports are `EXPORT DATA`
-    /// statements, whose reference lists GZIP, DEFLATE and SNAPPY only.
-    pub fn validate_for_views(&self) -> Result<(), crate::error::ConfigError> {
-        if self.compression == Compression::Zstd {
-            return Err(crate::error::ConfigError::new(
-                "--compression",
-                "views are exported with EXPORT DATA, which cannot write zstd",
-                "use --compression snappy or gzip with --views, or drop --views",
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -351,24 +219,5 @@ mod tests {
         m.source.table = "../etc".into();
         let err = WorkMessage::decode(&serde_json::to_vec(&m).unwrap()).unwrap_err();
         assert!(err.message.contains("source.table"), "{}", err.message);
-    }
-
-    #[test]
-    fn compression_follows_bigquery_rules() {
-        let mut o = ExportOptions {
-            format: Format::Avro,
-            compression: Compression::Gzip,
-            ..Default::default()
-        };
-        assert!(o
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("deflate, snappy"));
-        o.compression = Compression::Snappy;
-        o.validate().unwrap();
-        o.format = Format::Parquet;
-        o.compression = Compression::Zstd;
-        o.validate().unwrap();
     }
 }

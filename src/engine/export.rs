@@ -20,8 +20,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::adapters::backends::OpenBackends;
-use crate::commands::reconcile::{write_dead_record, LastTry};
 use crate::contract::message::{WorkMessage, SCHEMA_VERSION};
+use crate::engine::dead_letter::{write_dead_record, LastTry};
 use crate::engine::drain::{Disposition, Handler, Progress};
 use crate::engine::layout::{
     self, ExportedFile, RecordBody, RunManifest, SupersededRecord, TableManifest,

@@ -19,9 +19,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::contract::message::{ExportOptions, SourceTable};
+use crate::contract::change::ChangeMarker;
+use crate::contract::message::SourceTable;
+use crate::contract::options::ExportOptions;
 use crate::engine::selection::CurrentExport;
-use crate::ports::warehouse::ChangeMarker;
 
 /// Reserved top-level folder for bqdrain's own records.
 pub const META: &str = "_bqdrain";

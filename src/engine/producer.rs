@@ -18,9 +18,8 @@ use anyhow::Context;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
-use crate::contract::message::{
-    check_path_segment, ExportOptions, SourceTable, WorkMessage, SCHEMA_VERSION,
-};
+use crate::contract::message::{check_path_segment, SourceTable, WorkMessage, SCHEMA_VERSION};
+use crate::contract::options::ExportOptions;
 use crate::engine::layout::{self, PlannedUnit, RunManifest, SkippedTable};
 use crate::engine::retry::RetryPolicy;
 use crate::engine::runs;

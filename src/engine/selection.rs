@@ -9,9 +9,10 @@ use chrono::{Months, NaiveDate};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 
+use crate::contract::change::ChangeMarker;
 use crate::engine::layout::{self, TableManifest};
 use crate::ports::store::ObjectStore;
-use crate::ports::warehouse::{ChangeMarker, Partitioning};
+use crate::ports::warehouse::Partitioning;
 
 /// Folder manifests read at once where the listing carried no summary.
 const READ_CONCURRENCY: usize = 32;

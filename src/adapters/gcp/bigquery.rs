@@ -23,12 +23,13 @@ use google_cloud_gax::retry_policy::NeverRetry;
 use tokio::sync::OnceCell;
 
 use super::storage;
-use crate::contract::message::{Compression, ExportOptions, Format};
+use crate::contract::change::ChangeMarker;
+use crate::contract::options::{Compression, ExportOptions, Format};
 use crate::engine::retry::RetryPolicy;
 use crate::error::{ConfigError, ErrorKind, UnitError};
 use crate::ports::warehouse::{
-    Cancel, ChangeMarker, ExportRequest, ExportResult, PartitionInfo, Partitioning, TableInfo,
-    TableKind, Warehouse,
+    Cancel, ExportRequest, ExportResult, PartitionInfo, Partitioning, TableInfo, TableKind,
+    Warehouse,
 };
 
 pub const SCHEME: &str = "bigquery://";
@@ -1141,7 +1142,8 @@ impl Warehouse for BigQueryWarehouse {
 #[cfg(test)]
 mod tests {
     use super::{decide, export_data_sql, job_id, parse_timestamp};
-    use crate::contract::message::{Compression, Format, SourceTable};
+    use crate::contract::message::SourceTable;
+    use crate::contract::options::{Compression, Format};
     use crate::error::ErrorKind::{self, Permanent, Transient};
     use crate::ports::warehouse::ExportRequest;
 

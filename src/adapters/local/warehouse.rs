@@ -23,11 +23,11 @@ use super::dataset::{Fault, FAULTS_TABLE};
 use super::partitions;
 use super::store::{place, staging_file, FsStore};
 use super::{absolute, LocalUri};
-use crate::contract::message::{Compression, ExportOptions, Format};
+use crate::contract::change::ChangeMarker;
+use crate::contract::options::{Compression, ExportOptions, Format};
 use crate::error::{ConfigError, UnitError};
 use crate::ports::warehouse::{
-    Cancel, ChangeMarker, ExportRequest, ExportResult, PartitionInfo, TableInfo, TableKind,
-    Warehouse,
+    Cancel, ExportRequest, ExportResult, PartitionInfo, TableInfo, TableKind, Warehouse,
 };
 
 /// BigQuery's own limit on one exported file.
