@@ -462,6 +462,7 @@ async fn status(sb: &GcpSandbox, s: &Sizes) {
                 run_started_at: Some(manifest.created_at),
                 change: None,
                 as_of: None,
+                options: None,
             };
             let body = RecordBody::of(&record);
             store

@@ -352,6 +352,7 @@ mod tests {
                     run_started_at: None,
                     change: None,
                     as_of: None,
+                    options: None,
                 }),
             },
         }

@@ -129,6 +129,7 @@ impl ExportHandler {
                 files.push(ExportedFile {
                     key: object.key.clone(),
                     bytes: object.size,
+                    checksum: object.checksum.clone(),
                 });
             } else {
                 stale.push(object.key.clone());
@@ -166,6 +167,7 @@ impl ExportHandler {
             run_started_at: Some(msg.enqueued_at),
             change: msg.change.clone(),
             as_of: result.as_of,
+            options: Some(msg.options.clone()),
         };
         let body = RecordBody::of(&manifest);
         let committed = store

@@ -179,6 +179,11 @@ impl RecordBody {
 pub struct ExportedFile {
     pub key: String,
     pub bytes: u64,
+    /// The file's checksum as the store listed it at commit (Cloud Storage:
+    /// CRC32C, base64), for `bqdrain verify`; absent where the store keeps
+    /// none, and in records of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
 }
 
 /// An export's manifest; the same document is the completion record.
@@ -214,6 +219,12 @@ pub struct TableManifest {
     /// history, or the time-travel window had passed (a late replay).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub as_of: Option<DateTime<Utc>>,
+    /// How the files were written: `--only-changed` exports a unit again
+    /// when the run's options differ, so a table never mixes formats.
+    /// Absent in records of earlier versions (such an export counts as
+    /// changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<ExportOptions>,
 }
 
 /// Written by a run that committed a unit after a newer run had: its own

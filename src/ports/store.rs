@@ -12,6 +12,11 @@ pub struct ObjectInfo {
     /// Listings return it, so `status` reads a run's 10,000 records from a
     /// few listing pages instead of 10,000 reads. The object stays the truth.
     pub summary: Option<String>,
+    /// The object's checksum as the store reports it in listings (Cloud
+    /// Storage: CRC32C, base64), so an export's files can be checked
+    /// against its manifest without reading them; `None` where the store
+    /// keeps none.
+    pub checksum: Option<String>,
 }
 
 /// Longer summaries are not kept (Cloud Storage allows 8 KiB of custom

@@ -159,6 +159,7 @@ impl ObjectStore for GcsStore {
                         key: key.to_string(),
                         size: object.size.max(0) as u64,
                         summary: object.metadata.and_then(|mut m| m.remove(SUMMARY_KEY)),
+                        checksum: object.crc32c,
                     });
                 }
             }

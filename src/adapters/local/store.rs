@@ -154,6 +154,7 @@ fn walk(dir: &Path, root: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> std
                     key,
                     size,
                     summary: None,
+                    checksum: None,
                 });
             }
         }
