@@ -28,12 +28,16 @@ use crate::engine::selection::CurrentExport;
 pub const META: &str = "_bqdrain";
 const TABLE_MANIFEST: &str = "_MANIFEST.json";
 const RUN_FOLDER_PREFIX: &str = "run=";
+const PARTITION_FOLDER_PREFIX: &str = "partition=";
 
 /// The folder of a unit across runs: `DATASET/TABLE/` or
 /// `DATASET/TABLE/partition=P/`.
 pub fn unit_folder(source: &SourceTable) -> String {
     match &source.partition {
-        Some(p) => format!("{}/{}/partition={}/", source.dataset, source.table, p),
+        Some(p) => format!(
+            "{}/{}/{PARTITION_FOLDER_PREFIX}{p}/",
+            source.dataset, source.table
+        ),
         None => format!("{}/{}/", source.dataset, source.table),
     }
 }
@@ -94,6 +98,45 @@ pub fn run_of_key<'a>(unit_folder: &str, key: &'a str) -> Option<&'a str> {
         .strip_prefix(unit_folder)?
         .strip_prefix(RUN_FOLDER_PREFIX)?;
     rest.split_once('/').map(|(run, _)| run)
+}
+
+/// Where an object of a dataset's folder lies: the table, partition and
+/// run whose export holds it, and its name in that export's folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportPath<'a> {
+    pub table: &'a str,
+    pub partition: Option<&'a str>,
+    pub run: &'a str,
+    /// The file's name inside the export folder (a shard, or the manifest).
+    pub file: &'a str,
+}
+
+impl<'a> ExportPath<'a> {
+    /// Parses `DATASET/TABLE/run=RUN/FILE` or
+    /// `DATASET/TABLE/partition=P/run=RUN/FILE`; `None` for any other key.
+    pub fn parse(dataset: &str, key: &'a str) -> Option<ExportPath<'a>> {
+        let rest = key.strip_prefix(dataset)?.strip_prefix('/')?;
+        let (table, rest) = rest.split_once('/')?;
+        let (partition, rest) = match rest.strip_prefix(PARTITION_FOLDER_PREFIX) {
+            Some(rest) => {
+                let (partition, rest) = rest.split_once('/')?;
+                (Some(partition), rest)
+            }
+            None => (None, rest),
+        };
+        let (run, file) = rest.strip_prefix(RUN_FOLDER_PREFIX)?.split_once('/')?;
+        (!file.is_empty() && !file.contains('/')).then_some(ExportPath {
+            table,
+            partition,
+            run,
+            file,
+        })
+    }
+
+    /// Whether this is the export folder's manifest.
+    pub fn is_manifest(&self) -> bool {
+        self.file == TABLE_MANIFEST
+    }
 }
 
 /// The unit named by a record key under `prefix`.
@@ -262,6 +305,28 @@ pub struct DeadRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn export_keys_parse_into_table_partition_run_and_file() {
+        let whole = ExportPath::parse("d", "d/t/run=r1/t_000000000000.csv").unwrap();
+        assert_eq!(
+            (whole.table, whole.partition, whole.run, whole.file),
+            ("t", None, "r1", "t_000000000000.csv")
+        );
+        let part = ExportPath::parse("d", "d/t/partition=20261201/run=r2/_MANIFEST.json").unwrap();
+        assert_eq!((part.partition, part.run), (Some("20261201"), "r2"));
+        assert!(part.is_manifest());
+        for other in [
+            "d/t/t.csv",
+            "d/t/run=r1/",
+            "d/t/run=r1/x/y.csv",
+            "e/t/run=r1/a.csv",
+            "dx/t/run=r1/a.csv",
+            "d/t/partition=p/a.csv",
+        ] {
+            assert_eq!(ExportPath::parse("d", other), None, "{other}");
+        }
+    }
 
     /// Records as the previous version wrote them, without the run report's
     /// fields: they must still read.
