@@ -434,6 +434,8 @@ async fn status(sb: &GcpSandbox, s: &Sizes) {
         skipped: vec![],
         unchanged: vec![],
         gone: vec![],
+        partly_covered: vec![],
+        retired: vec![],
     };
     let seeding = Instant::now();
     store

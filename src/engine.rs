@@ -4,6 +4,7 @@ pub mod dead_letter;
 pub mod drain;
 pub mod export;
 pub mod layout;
+pub mod ownership;
 pub mod producer;
 pub mod retry;
 pub mod runs;

@@ -112,6 +112,51 @@ async fn thirty_tables_three_workers_export_every_row() {
     assert_queues_empty(&sb).await;
 }
 
+/// Two runs of a dataset published a moment apart and drained together by
+/// one worker at concurrency 32 keep one export per table: each run decides
+/// from a listing taken after its commit, so of two runs committing a table
+/// at once the later sees the other. Before, 1-2 of 30 tables kept both
+/// runs' folders in each of three tries.
+#[tokio::test]
+async fn overlapping_runs_keep_one_export_per_table() {
+    let sb = GcpSandbox::new("overlap", 5).await;
+    let tables = sb.make_tables(30, 10).await;
+    produced(&sb.produce("exports", &["--run-id", "r1"]));
+    produced(&sb.produce("exports", &["--run-id", "r2"]));
+    let destination = sb.destination("exports");
+    let worker = sb.spawn_worker(
+        &[
+            "--run-id",
+            "r2",
+            "--destination",
+            &destination,
+            "--concurrency",
+            "32",
+        ],
+        None,
+    );
+    let outcomes = all_drained(&sb, vec![worker]);
+    assert_eq!(total(&outcomes, "acked"), 60, "{outcomes:?}");
+    for table in &tables {
+        let mut runs: Vec<String> = sb
+            .objects(&format!("exports/{}/{table}/", sb.dataset))
+            .await
+            .into_iter()
+            .filter_map(|(name, _)| {
+                let run = name.split("/run=").nth(1)?.split('/').next()?;
+                Some(run.to_string())
+            })
+            .collect();
+        runs.dedup();
+        assert_eq!(
+            runs.len(),
+            1,
+            "{table}: one run's export, not {runs:?}\n{}",
+            sb.logs()
+        );
+    }
+}
+
 #[tokio::test]
 async fn task_count_independent_of_table_count() {
     for (name, tables, tasks) in [("few", 10, 30), ("many", 30, 10)] {

@@ -316,8 +316,11 @@ async fn a_table_made_again_counts_as_changed() {
     assert_exported(&sb, "r2", "t_002", 20);
 }
 
+/// A dropped table keeps its last export (it may be someone's only copy);
+/// a partition gone from a live table is retired, since its rows are gone
+/// from the table (or moved to another partition). `status` says which.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_source_gone_keeps_its_export_and_status_says_so() {
+async fn a_source_gone_keeps_its_export_and_a_gone_partition_is_retired() {
     let sb = Sandbox::new();
     make_dataset(&sb, 2, 20, 10);
     produce(&sb, &plan("r1", None, true)).await;
@@ -328,16 +331,24 @@ async fn a_source_gone_keeps_its_export_and_status_says_so() {
     )
     .unwrap();
     let second = produce(&sb, &plan("r2", None, true)).await;
-    assert_eq!((second.published, second.gone), (0, 2), "{second:?}");
+    assert_eq!(
+        (second.published, second.gone, second.retired),
+        (0, 1, 1),
+        "{second:?}"
+    );
     let status = sb.status("r2", &[]);
-    let gone: Vec<&str> = status["gone"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| g["unit"].as_str().unwrap())
-        .collect();
-    assert_eq!(gone, ["events$20261201", "t_002"]);
-    // Their last exports stay.
+    let units = |key: &str| -> Vec<String> {
+        status[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["unit"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(units("gone"), ["t_002"]);
+    assert_eq!(units("retired"), ["events$20261201"]);
+    // The dropped table's last export stays; the partition's is gone.
     assert_exported(&sb, "r1", "t_002", 20);
-    assert_eq!(exported_days(&sb, "r1", "20261201").len(), 10);
+    let folder = layout::unit_folder(&partition_source(&sb, "20261201"));
+    assert!(!sb.exports().join(folder).exists(), "{}", sb.logs());
 }

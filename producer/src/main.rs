@@ -95,6 +95,13 @@ struct Cli {
     /// jobs, which are billed; each is dry-run first.
     #[arg(long, env = "BQDRAIN_VIEWS")]
     views: bool,
+    /// Delete the exports of tables gone from the source. Without it a
+    /// dropped table keeps its last export (it may be someone's only copy)
+    /// and the run reports it as gone. On a bucket with object versioning
+    /// the deleted files stay as noncurrent versions for the bucket's
+    /// retention (terraform/: noncurrent_retention_days).
+    #[arg(long, env = "BQDRAIN_PRUNE_GONE")]
+    prune_gone: bool,
     /// With --views: refuse the run (exit 2, nothing published) when a view's
     /// dry run says its export would process more bytes than this; each
     /// export query is also capped at it (BigQuery's maximumBytesBilled).
@@ -160,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         only_changed: cli.only_changed,
         views: cli.views,
+        prune_gone: cli.prune_gone,
     };
     let report = produce(&plan, &warehouses, topic.as_ref(), store.as_ref()).await?;
     let launched = match (&launch_plan, &jobs) {
@@ -175,7 +183,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         println!(
             "run {}{}: published {} message(s), {} unit(s) pending, skipped {}, excluded {}, \
-             unchanged {}, outside the partition window {}, source gone {}",
+             unchanged {}, outside the partition window {}, source gone {}, retired {}",
             report.run_id,
             if report.resumed { " (resumed)" } else { "" },
             report.published,
@@ -184,7 +192,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             report.excluded,
             report.unchanged,
             report.outside_window,
-            report.gone
+            report.gone,
+            report.retired
         );
         if report.pending == 0 && !report.resumed {
             println!(

@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::engine::layout;
+use crate::engine::layout::{self, RetiredExport};
 use crate::engine::runs::{RunState, Totals, UnitState, UnitStatus};
 use crate::engine::selection::CurrentExport;
 use crate::error::ConfigError;
@@ -28,6 +28,9 @@ pub struct StatusReport {
     /// Units whose source was gone when the run was planned; their last
     /// export stays.
     pub gone: Vec<CurrentExport>,
+    /// Exports the producer retired while planning: partitions gone from
+    /// live tables, and with `--prune-gone` tables gone from the source.
+    pub retired: Vec<RetiredExport>,
 }
 
 pub async fn run_status(store: &dyn ObjectStore, run_id: &str) -> anyhow::Result<StatusReport> {
@@ -66,6 +69,7 @@ pub async fn run_status(store: &dyn ObjectStore, run_id: &str) -> anyhow::Result
         rows_unknown,
         unchanged: state.manifest.unchanged.clone(),
         gone: state.manifest.gone.clone(),
+        retired: state.manifest.retired.clone(),
         units: state.units,
     })
 }
@@ -109,6 +113,13 @@ impl StatusReport {
                 out,
                 "  {:width$}  source gone  its table or partition no longer exists; run {}'s export stays",
                 g.unit, g.exported_by
+            );
+        }
+        for r in &self.retired {
+            let _ = writeln!(
+                out,
+                "  {:width$}  retired      {}: run {}'s export was deleted",
+                r.unit, r.why, r.exported_by
             );
         }
         if !self.unchanged.is_empty() {

@@ -96,6 +96,15 @@ impl Compression {
 }
 
 impl ExportOptions {
+    /// Whether files written with `other` are written the same way: what
+    /// `--only-changed` asks before it leaves an export alone. The byte
+    /// guard of views' queries changes no file.
+    pub fn writes_like(&self, other: &ExportOptions) -> bool {
+        let files =
+            |o: &ExportOptions| (o.format, o.compression, o.header, o.field_delimiter.clone());
+        files(self) == files(other)
+    }
+
     /// Checks the combination the way BigQuery would, but before anything is
     /// published. Returns the problem and its fix.
     pub fn validate(&self) -> Result<(), crate::error::ConfigError> {

@@ -3,24 +3,35 @@
 //! The order of steps is what makes retries, crashes, duplicates and
 //! overlapping runs safe:
 //! 1. a completion record already there means the unit is done: settle again
-//!    (step 5) and ack;
-//! 2. export into the run's own folder (older exports are untouched);
-//! 3. delete whatever else is in that folder (shards of a crashed attempt);
-//! 4. write the completion record if absent: the first writer wins;
-//! 5. settle: if a newer run has committed the unit, this run's export is
-//!    superseded: record that and delete this run's folder. Otherwise write
-//!    the folder's manifest (only over files that are all there) and delete
-//!    older runs' *committed* folders. An older run's uncommitted folder may
-//!    still be filling: that run deletes it itself when it settles.
+//!    (step 4) and ack;
+//! 2. export into the run's own folder (older exports are untouched), and
+//!    list it for the files' sizes; nothing is deleted yet, since another
+//!    delivery of the unit may be writing there too;
+//! 3. write the completion record if absent: the first writer wins; then
+//!    the folder's manifest, a copy of it;
+//! 4. settle, from a listing of the table's folder taken after the record
+//!    was written: if a newer run has committed an export holding this
+//!    unit's rows, this run's export is superseded: record that and delete
+//!    this run's folder. Otherwise write the folder's manifest if a
+//!    crashed delivery did not (only over files that are all there), delete what the folder holds besides the
+//!    committed files (shards of a crashed or losing attempt), and delete
+//!    older runs' *committed* exports of the unit. An older run's
+//!    uncommitted folder may still be filling: that run deletes it itself
+//!    when it settles;
+//! 5. a partition unit whose run holds every unit of the table committed
+//!    also retires the older exports the table's units replace together:
+//!    the whole table's (it switched to partitions) and those of partitions
+//!    the table no longer has. A whole-table unit replaces every older
+//!    export of its table in step 4.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::adapters::backends::OpenBackends;
-use crate::contract::message::{WorkMessage, SCHEMA_VERSION};
+use crate::contract::message::{SourceTable, WorkMessage, SCHEMA_VERSION};
 use crate::engine::dead_letter::{write_dead_record, LastTry};
 use crate::engine::drain::{Disposition, Handler, Progress};
 use crate::engine::layout::{
@@ -114,40 +125,35 @@ impl ExportHandler {
             Tried::Exported(result) => result,
             Tried::AlreadyCommitted(record) => {
                 tracing::info!(run_id = %msg.run_id, unit, "already exported: settling the duplicate");
-                let listed = self.list_unit(msg, store).await?;
-                return self.settle(msg, store, &listed, &record).await;
+                return self.settle(msg, store, &record).await;
             }
         };
 
-        // One listing serves the stale-shard cleanup and settling.
-        let mut listed = self.list_unit(msg, store).await?;
-        let written: HashSet<&str> = result.files.iter().map(String::as_str).collect();
-        let mut files = Vec::with_capacity(written.len());
-        let mut stale = Vec::new();
-        for object in listed.iter().filter(|o| o.key.starts_with(&folder)) {
-            if written.contains(object.key.as_str()) {
-                files.push(ExportedFile {
-                    key: object.key.clone(),
-                    bytes: object.size,
-                    checksum: object.checksum.clone(),
-                });
-            } else {
-                stale.push(object.key.clone());
-            }
-        }
-        for key in &stale {
-            store
-                .delete(key)
-                .await
-                .map_err(|e| UnitError::io("deleting stale object", e))?;
-        }
-        listed.retain(|o| !stale.contains(&o.key));
-        if files.len() != written.len() {
+        // Sizes and checksums of what this delivery wrote. Nothing is
+        // deleted before the commit: another delivery of this unit may be
+        // writing beside this one, and its files are not this one's to judge.
+        let listed = store
+            .list(&folder)
+            .await
+            .map_err(|e| UnitError::io("listing the export folder", e))?;
+        let by_key: HashMap<&str, &ObjectInfo> =
+            listed.iter().map(|o| (o.key.as_str(), o)).collect();
+        let files: Vec<ExportedFile> = result
+            .files
+            .iter()
+            .filter_map(|key| by_key.get(key.as_str()))
+            .map(|object| ExportedFile {
+                key: object.key.clone(),
+                bytes: object.size,
+                checksum: object.checksum.clone(),
+            })
+            .collect();
+        if files.len() != result.files.len() {
             return Err(UnitError::transient(
                 "backendError",
                 format!(
                     "export reported {} files but {} are in {folder}",
-                    written.len(),
+                    result.files.len(),
                     files.len()
                 ),
             ));
@@ -181,96 +187,181 @@ impl ExportHandler {
                 .await
                 .map_err(|e| UnitError::io("reading completion record", e))?
                 .unwrap_or_default();
-            return self.settle(msg, store, &listed, &record).await;
+            return self.settle(msg, store, &record).await;
         }
+        // The folder's manifest before the listing that settles: written
+        // after it, it could land in a folder a newer run has just deleted.
+        store
+            .write_if_absent(
+                &layout::export_manifest(&msg.source, &msg.run_id),
+                &body.pretty,
+                Some(&body.summary),
+            )
+            .await
+            .map_err(|e| UnitError::io("writing the export manifest", e))?;
         tracing::info!(
             run_id = %msg.run_id, unit, files = manifest.files.len(), bytes = manifest.bytes,
             rows = manifest.rows, seconds = started.elapsed().as_secs_f64(), "exported"
         );
-        self.settle(msg, store, &listed, &body.pretty).await
-    }
-
-    async fn list_unit(
-        &self,
-        msg: &WorkMessage,
-        store: &dyn ObjectStore,
-    ) -> Result<Vec<ObjectInfo>, UnitError> {
-        store
-            .list(&layout::unit_folder(&msg.source))
-            .await
-            .map_err(|e| UnitError::io("listing unit folder", e))
+        self.settle(msg, store, &body.pretty).await
     }
 
     /// What follows a commit, safe to repeat (a redelivered duplicate does it
-    /// again). `listed` is the unit's folder as listed after this run's
-    /// files were written; `record` is this run's completion record.
+    /// again); `record` is this run's completion record of the unit. It
+    /// decides from a listing of the table's folder taken after the record
+    /// was written: of two runs committing one unit at once, the later
+    /// listing then sees the other's commit, so exactly one export stands.
     async fn settle(
         &self,
         msg: &WorkMessage,
         store: &dyn ObjectStore,
-        listed: &[ObjectInfo],
         record: &[u8],
     ) -> Result<(), UnitError> {
         let io = |what| move |e| UnitError::io(what, e);
         let unit = msg.unit();
-        let unit_folder = layout::unit_folder(&msg.source);
-        let mut runs: Vec<&str> = listed
-            .iter()
-            .filter_map(|o| layout::run_of_key(&unit_folder, &o.key))
-            .filter(|run| *run != msg.run_id)
-            .collect();
-        runs.dedup();
+        let listed = store
+            .list(&layout::table_folder(&msg.source))
+            .await
+            .map_err(io("listing the table's folder"))?;
+        let exports = ExportFolders::of(&msg.source.dataset, &listed);
         let ours = (msg.enqueued_at, msg.run_id.as_str());
-        let mut older = Vec::new();
-        for run in runs {
-            // Only a committed export counts: an uncommitted folder may belong
-            // to a run that is still exporting, and is that run's to delete.
-            let Some(other) = committed_record(msg, store, listed, run).await? else {
+        let own_partition = msg.source.partition.as_deref();
+        // Other runs' committed exports this one replaces now, and (for a
+        // partition) those it retires once the table's every unit of this
+        // run is committed: whole-table exports, and partitions now gone.
+        let (mut older, mut retire_with_table) = (Vec::new(), Vec::new());
+        for (id, objects) in exports.folders() {
+            if id.run == msg.run_id {
+                continue;
+            }
+            let overlaps =
+                own_partition.is_none() || id.partition.is_none() || id.partition == own_partition;
+            let Some(other) = committed_record(msg, store, objects, id).await? else {
+                // Uncommitted: a run still exporting, which settles it.
                 continue;
             };
-            let Some(started) = self.run_started(store, run, &other).await? else {
+            let Some(started) = self.run_started(store, id.run, &other).await? else {
                 tracing::warn!(
-                    unit_folder,
-                    run,
+                    folder = id.folder(msg),
                     "leaving a folder of a run with no manifest"
                 );
                 continue;
             };
-            if (started, run) > ours {
-                return self.supersede(msg, store, listed, run).await;
+            let newer = (started, id.run) > ours;
+            if newer && overlaps {
+                return self.supersede(msg, store, &exports, id.run).await;
             }
-            older.push(run);
+            if newer {
+                continue;
+            }
+            match (own_partition, id.partition) {
+                (Some(_), None) => retire_with_table.push(id),
+                (Some(own), Some(other)) if own != other => retire_with_table.push(id),
+                _ => older.push(id),
+            }
         }
 
-        let folder = layout::export_folder(&msg.source, &msg.run_id);
-        let manifest_key = layout::export_manifest(&msg.source, &msg.run_id);
-        let ours_listed: HashSet<&str> = listed
-            .iter()
-            .filter(|o| o.key.starts_with(&folder))
-            .map(|o| o.key.as_str())
-            .collect();
+        let own = FolderId {
+            partition: own_partition,
+            run: &msg.run_id,
+        };
         let committed: Option<TableManifest> = serde_json::from_slice(record).ok();
+        let ours_listed: HashSet<&str> = exports.keys(own).into_iter().collect();
         let intact = committed
             .as_ref()
             .is_some_and(|m| m.files.iter().all(|f| ours_listed.contains(f.key.as_str())));
-        if !intact {
+        let Some(committed) = committed.filter(|_| intact) else {
             // Never recreate a manifest over files that are gone.
-            tracing::warn!(run_id = %msg.run_id, unit, "this run's export is no longer complete in {folder}: leaving it as it is");
+            tracing::warn!(run_id = %msg.run_id, unit, "this run's export is no longer complete in {}: leaving it as it is", own.folder(msg));
             return Ok(());
-        }
+        };
+        let manifest_key = layout::export_manifest(&msg.source, &msg.run_id);
         if !ours_listed.contains(manifest_key.as_str()) {
-            // With its summary, the next run's `--only-changed` plans from
-            // a listing of the destination.
-            let summary = committed.as_ref().map(|m| RecordBody::of(m).summary);
+            // A duplicate finishing what a crashed delivery began. With its
+            // summary, the next run's `--only-changed` plans from a listing
+            // of the destination.
+            let summary = RecordBody::of(&committed).summary;
             store
-                .write_if_absent(&manifest_key, record, summary.as_deref())
+                .write_if_absent(&manifest_key, record, Some(&summary))
                 .await
                 .map_err(io("writing the export manifest"))?;
         }
-        for run in older {
-            let doomed = layout::export_folder(&msg.source, run);
-            delete_listed(store, listed, &doomed).await?;
-            tracing::info!(folder = doomed, "deleted superseded export");
+        // What a crashed attempt, or a delivery that lost the commit, left
+        // beside the committed files.
+        let named: HashSet<&str> = committed.files.iter().map(|f| f.key.as_str()).collect();
+        for key in ours_listed {
+            if !named.contains(key) && key != manifest_key {
+                store
+                    .delete(key)
+                    .await
+                    .map_err(io("deleting a stale shard"))?;
+            }
+        }
+        for id in older {
+            exports.delete(store, id).await?;
+            tracing::info!(folder = id.folder(msg), "deleted superseded export");
+        }
+        if !retire_with_table.is_empty() {
+            self.retire_with_table(msg, store, &exports, retire_with_table)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// For a partition unit: once every unit this run exports of the table
+    /// is committed, deletes the older exports that stand beside them: the
+    /// whole table's, and those of partitions the table no longer has (when
+    /// the run took all its partitions). Before that, they still hold rows
+    /// no committed export of this run holds.
+    async fn retire_with_table(
+        &self,
+        msg: &WorkMessage,
+        store: &dyn ObjectStore,
+        exports: &ExportFolders<'_>,
+        candidates: Vec<FolderId<'_>>,
+    ) -> Result<(), UnitError> {
+        let io = |what| move |e| UnitError::io(what, e);
+        let manifest = self
+            .runs
+            .manifest(&msg.run_id, store)
+            .await
+            .map_err(io("reading the run manifest"))?
+            .ok_or_else(|| {
+                UnitError::transient(
+                    "backendError",
+                    format!("run {} has no manifest", msg.run_id),
+                )
+            })?;
+        let table = manifest.table_plan(&msg.source);
+        let current: HashSet<&str> = table.partitions.iter().map(String::as_str).collect();
+        let doomed: Vec<FolderId> = candidates
+            .into_iter()
+            .filter(|id| match id.partition {
+                None => table.covered,
+                Some(p) => table.covered && !current.contains(p),
+            })
+            .collect();
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let done_prefix = layout::done_prefix(&msg.run_id);
+        let committed: HashSet<String> = store
+            .list(&format!("{done_prefix}{}$", table_unit_prefix(msg)))
+            .await
+            .map_err(io("listing the run's completion records"))?
+            .iter()
+            .filter_map(|o| layout::unit_of_record(&done_prefix, &o.key).map(str::to_string))
+            .collect();
+        if !table.units.iter().all(|u| committed.contains(u)) {
+            // A unit of the table is still to commit: it retires them.
+            return Ok(());
+        }
+        for id in doomed {
+            exports.delete(store, id).await?;
+            tracing::info!(
+                folder = id.folder(msg),
+                "retired: the table's units of this run replace it"
+            );
         }
         Ok(())
     }
@@ -281,7 +372,7 @@ impl ExportHandler {
         &self,
         msg: &WorkMessage,
         store: &dyn ObjectStore,
-        listed: &[ObjectInfo],
+        exports: &ExportFolders<'_>,
         newer: &str,
     ) -> Result<(), UnitError> {
         let unit = msg.unit();
@@ -301,12 +392,11 @@ impl ExportHandler {
             )
             .await
             .map_err(|e| UnitError::io("writing the superseded record", e))?;
-        delete_listed(
-            store,
-            listed,
-            &layout::export_folder(&msg.source, &msg.run_id),
-        )
-        .await?;
+        let own = FolderId {
+            partition: msg.source.partition.as_deref(),
+            run: &msg.run_id,
+        };
+        exports.delete(store, own).await?;
         tracing::info!(run_id = %msg.run_id, unit, newer, "superseded by a newer run's export: deleted this run's");
         Ok(())
     }
@@ -345,21 +435,106 @@ impl ExportHandler {
     }
 }
 
-/// The completion record of another run's export of this unit, if that run
-/// committed it. The export's folder manifest is a copy written after the
-/// commit and kept with the export, so it outlives the run records (which a
-/// lifecycle rule may expire while `--only-changed` keeps the export
-/// current); a listing may carry it as the summary. Without one, the run's
-/// completion record.
+/// The name this run gives the table's units before `$`: `TABLE`, or
+/// `DATASET.TABLE` in a run of several datasets.
+fn table_unit_prefix(msg: &WorkMessage) -> String {
+    match &msg.unit {
+        Some(_) => format!("{}.{}", msg.source.dataset, msg.source.table),
+        None => msg.source.table.clone(),
+    }
+}
+
+/// One run's export folder of a table: the whole table's, or a partition's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct FolderId<'a> {
+    partition: Option<&'a str>,
+    run: &'a str,
+}
+
+impl FolderId<'_> {
+    fn source(&self, msg: &WorkMessage) -> SourceTable {
+        SourceTable {
+            partition: self.partition.map(str::to_string),
+            ..msg.source.clone()
+        }
+    }
+
+    fn folder(&self, msg: &WorkMessage) -> String {
+        layout::export_folder(&self.source(msg), self.run)
+    }
+
+    /// The unit's name in a run that names its units as `msg`'s run does.
+    fn unit(&self, msg: &WorkMessage) -> String {
+        let unit = self.source(msg).unit();
+        match &msg.unit {
+            Some(_) => format!("{}.{unit}", msg.source.dataset),
+            None => unit,
+        }
+    }
+}
+
+/// A table's folder as listed, grouped into export folders.
+struct ExportFolders<'a> {
+    folders: BTreeMap<FolderId<'a>, Vec<&'a ObjectInfo>>,
+}
+
+impl<'a> ExportFolders<'a> {
+    fn of(dataset: &str, listed: &'a [ObjectInfo]) -> ExportFolders<'a> {
+        let mut folders: BTreeMap<FolderId, Vec<&ObjectInfo>> = BTreeMap::new();
+        for object in listed {
+            if let Some(path) = layout::ExportPath::parse(dataset, &object.key) {
+                let id = FolderId {
+                    partition: path.partition,
+                    run: path.run,
+                };
+                folders.entry(id).or_default().push(object);
+            }
+        }
+        ExportFolders { folders }
+    }
+
+    fn folders(&self) -> impl Iterator<Item = (FolderId<'a>, &[&'a ObjectInfo])> + '_ {
+        self.folders
+            .iter()
+            .map(|(id, objects)| (*id, objects.as_slice()))
+    }
+
+    fn keys(&self, id: FolderId<'_>) -> Vec<&'a str> {
+        self.folders
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .map(|o| o.key.as_str())
+            .collect()
+    }
+
+    /// Deletes every listed object of one export folder.
+    async fn delete(&self, store: &dyn ObjectStore, id: FolderId<'_>) -> Result<(), UnitError> {
+        for key in self.keys(id) {
+            store
+                .delete(key)
+                .await
+                .map_err(|e| UnitError::io("deleting an export's files", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// The completion record of another run's export folder `id` of this
+/// table, if that run committed it. The folder's manifest is a copy written
+/// after the commit and kept with the export, so it outlives the run
+/// records (which a lifecycle rule may expire while `--only-changed` keeps
+/// the export current); a listing may carry it as the summary. Without one,
+/// the run's completion record.
 async fn committed_record(
     msg: &WorkMessage,
     store: &dyn ObjectStore,
-    listed: &[ObjectInfo],
-    run: &str,
+    objects: &[&ObjectInfo],
+    id: FolderId<'_>,
 ) -> Result<Option<Vec<u8>>, UnitError> {
     let io = |what| move |e| UnitError::io(what, e);
-    let manifest_key = layout::export_manifest(&msg.source, run);
-    if let Some(manifest) = listed.iter().find(|o| o.key == manifest_key) {
+    let manifest_key = layout::export_manifest(&id.source(msg), id.run);
+    if let Some(manifest) = objects.iter().find(|o| o.key == manifest_key) {
         if let Some(summary) = &manifest.summary {
             return Ok(Some(summary.clone().into_bytes()));
         }
@@ -372,7 +547,7 @@ async fn committed_record(
         }
     }
     store
-        .read(&layout::done_record(run, &msg.unit()))
+        .read(&layout::done_record(id.run, &id.unit(msg)))
         .await
         .map_err(io("reading another run's completion record"))
 }
@@ -382,21 +557,6 @@ enum Tried {
     Exported(ExportResult),
     /// The unit has a completion record already (this body).
     AlreadyCommitted(Vec<u8>),
-}
-
-/// Deletes every listed object under `folder`.
-async fn delete_listed(
-    store: &dyn ObjectStore,
-    listed: &[ObjectInfo],
-    folder: &str,
-) -> Result<(), UnitError> {
-    for object in listed.iter().filter(|o| o.key.starts_with(folder)) {
-        store
-            .delete(&object.key)
-            .await
-            .map_err(|e| UnitError::io("deleting an export's files", e))?;
-    }
-    Ok(())
 }
 
 /// Deletes what a failed export of this run left in its folder, unless the
@@ -412,12 +572,10 @@ async fn remove_uncommitted(msg: &WorkMessage, store: &dyn ObjectStore) -> Resul
     {
         return Ok(());
     }
-    let folder = layout::export_folder(&msg.source, &msg.run_id);
-    let listed = store
-        .list(&folder)
+    store
+        .delete_all(&layout::export_folder(&msg.source, &msg.run_id))
         .await
-        .map_err(|e| UnitError::io("listing export folder", e))?;
-    delete_listed(store, &listed, &folder).await
+        .map_err(|e| UnitError::io("deleting the failed export's files", e))
 }
 
 /// A URI the message names that no adapter accepts is the message's fault;

@@ -9,6 +9,7 @@
 //! _bqdrain/runs/RUN_ID/done/UNIT.json               completion record, written if absent
 //! _bqdrain/runs/RUN_ID/dead/UNIT.json               dead-letter record with the reason
 //! _bqdrain/runs/RUN_ID/superseded/UNIT.json         a newer run's export replaced this run's
+//! _bqdrain/datasets/DATASET.json                    the source DATASET/ belongs to
 //! ```
 //!
 //! Each run exports into its own folder, so a failed or partial export never
@@ -42,6 +43,11 @@ pub fn unit_folder(source: &SourceTable) -> String {
     }
 }
 
+/// The folder of a table across runs and units: `DATASET/TABLE/`.
+pub fn table_folder(source: &SourceTable) -> String {
+    format!("{}/{}/", source.dataset, source.table)
+}
+
 /// The folder of one run's export of a unit.
 pub fn export_folder(source: &SourceTable, run_id: &str) -> String {
     format!("{}{RUN_FOLDER_PREFIX}{run_id}/", unit_folder(source))
@@ -50,6 +56,11 @@ pub fn export_folder(source: &SourceTable, run_id: &str) -> String {
 /// The manifest inside one run's export folder of a unit.
 pub fn export_manifest(source: &SourceTable, run_id: &str) -> String {
     format!("{}{TABLE_MANIFEST}", export_folder(source, run_id))
+}
+
+/// Who a dataset's folder belongs to (see [`crate::engine::ownership`]).
+pub fn dataset_owner(dataset: &str) -> String {
+    format!("{META}/datasets/{dataset}.json")
 }
 
 pub fn run_manifest(run_id: &str) -> String {
@@ -139,6 +150,20 @@ impl<'a> ExportPath<'a> {
     }
 }
 
+/// The table and partition a unit of `dataset` names: `TABLE`,
+/// `TABLE$PARTITION`, or either behind `DATASET.` in a run of several
+/// datasets.
+pub fn table_and_partition<'a>(dataset: &str, unit: &'a str) -> (&'a str, Option<&'a str>) {
+    let bare = unit
+        .strip_prefix(dataset)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .unwrap_or(unit);
+    match bare.split_once('$') {
+        Some((table, partition)) => (table, Some(partition)),
+        None => (bare, None),
+    }
+}
+
 /// The unit named by a record key under `prefix`.
 pub fn unit_of_record<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
     key.strip_prefix(prefix)?.strip_suffix(".json")
@@ -170,9 +195,54 @@ pub struct RunManifest {
     /// the source (`--only-changed` looks): their last export stays.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gone: Vec<CurrentExport>,
+    /// Tables (their folders, `DATASET/TABLE/`) whose partitions the run's
+    /// window left partly out: their other partitions' exports are not this
+    /// run's to retire.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partly_covered: Vec<String>,
+    /// Exports the producer retired while planning: partitions gone from
+    /// live tables of which the run exports nothing else, and with
+    /// `--prune-gone` the exports of tables gone from the source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<RetiredExport>,
+}
+
+/// An export the producer retired while planning a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetiredExport {
+    pub unit: String,
+    /// The run whose export was current.
+    pub exported_by: String,
+    /// The folder deleted, every run's export in it.
+    pub folder: String,
+    pub why: String,
 }
 
 impl RunManifest {
+    /// What the run holds of one table: the units it exports of it, and the
+    /// partitions current after it (those it exports and those it left
+    /// unchanged).
+    pub fn table_plan(&self, source: &SourceTable) -> TablePlan {
+        let folder = table_folder(source);
+        let of_table = |s: &SourceTable| s.dataset == source.dataset && s.table == source.table;
+        let mut plan = TablePlan {
+            units: Vec::new(),
+            partitions: Vec::new(),
+            covered: !self.partly_covered.contains(&folder),
+        };
+        for unit in self.units.iter().filter(|u| of_table(&u.source)) {
+            plan.units.push(unit.unit.clone());
+            plan.partitions.extend(unit.source.partition.clone());
+        }
+        for kept in &self.unchanged {
+            let (table, partition) = table_and_partition(&source.dataset, &kept.unit);
+            if table == source.table {
+                plan.partitions.extend(partition.map(str::to_string));
+            }
+        }
+        plan
+    }
+
     /// The URI of every dataset the run exports.
     pub fn source_uris(&self) -> Vec<String> {
         if self.sources.is_empty() {
@@ -181,6 +251,18 @@ impl RunManifest {
             self.sources.clone()
         }
     }
+}
+
+/// One table's part of a run: see [`RunManifest::table_plan`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TablePlan {
+    /// The run's units of the table, by name.
+    pub units: Vec<String>,
+    /// The partitions with a current export after the run.
+    pub partitions: Vec<String>,
+    /// Whether the run took every partition of the table (no window left
+    /// any out), so that it may retire exports of partitions now gone.
+    pub covered: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

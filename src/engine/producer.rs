@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::contract::message::{check_path_segment, SourceTable, WorkMessage, SCHEMA_VERSION};
 use crate::contract::options::ExportOptions;
-use crate::engine::layout::{self, PlannedUnit, RunManifest, SkippedTable};
+use crate::engine::layout::{self, PlannedUnit, RetiredExport, RunManifest, SkippedTable};
+use crate::engine::ownership;
 use crate::engine::retry::RetryPolicy;
 use crate::engine::runs;
 use crate::engine::selection::{
@@ -86,6 +87,10 @@ pub struct RunPlan {
     /// Export views and materialized views through a query (billed), each
     /// dry-run first against `options.max_bytes_billed`.
     pub views: bool,
+    /// Retire (delete) the exports of tables gone from the source. Without
+    /// it a dropped table keeps its last export, which may be someone's
+    /// only copy.
+    pub prune_gone: bool,
 }
 
 impl RunPlan {
@@ -99,6 +104,7 @@ impl RunPlan {
             partitions: PartitionPlan::default(),
             only_changed: false,
             views: false,
+            prune_gone: false,
         }
     }
 }
@@ -120,8 +126,13 @@ pub struct ProduceReport {
     /// Partitions left out by the partition window.
     pub outside_window: usize,
     /// Units with a current export whose table or partition no longer
-    /// exists (found with `--only-changed`); their exports stay.
+    /// exists (found when the producer lists the current exports); their
+    /// exports stay.
     pub gone: usize,
+    /// Exports retired while planning: partitions gone from live tables of
+    /// which the run exports nothing else, and with `--prune-gone` tables
+    /// gone from the source.
+    pub retired: usize,
     /// What the dry runs of the run's views say their queries will process.
     pub view_bytes_estimated: u64,
     pub seconds: f64,
@@ -299,6 +310,8 @@ struct SourcePlan {
     /// Views over `--max-bytes-billed`, with their estimates.
     too_costly: Vec<String>,
     view_bytes: u64,
+    partly_covered: Vec<String>,
+    retired: Vec<RetiredExport>,
 }
 
 impl SourcePlan {
@@ -313,6 +326,8 @@ impl SourcePlan {
         self.gone.extend(other.gone);
         self.too_costly.extend(other.too_costly);
         self.view_bytes += other.view_bytes;
+        self.partly_covered.extend(other.partly_covered);
+        self.retired.extend(other.retired);
     }
 }
 
@@ -342,7 +357,7 @@ async fn publish_new(
     store: &dyn ObjectStore,
     started: Instant,
 ) -> anyhow::Result<ProduceReport> {
-    let created_at = Utc::now();
+    let today = Utc::now().date_naive();
     let filters = Filters {
         include: patterns("--include", &plan.include)?,
         exclude: patterns("--exclude", &plan.exclude)?,
@@ -354,12 +369,18 @@ async fn publish_new(
             &filters,
             warehouse.as_ref(),
             store,
-            created_at,
+            today,
             warehouses.len() > 1,
         )
         .await?;
         all.absorb(source);
     }
+    // The run's snapshot, taken after every change marker was read: a change
+    // made while planning is then in the data each unit exports, and its
+    // marker moves again by the next run, which exports it once more. Taken
+    // before, such a change would be in the marker but not in the data, and
+    // `--only-changed` would skip it for good.
+    let created_at = Utc::now();
     let SourcePlan {
         mut units,
         skipped,
@@ -370,6 +391,8 @@ async fn publish_new(
         gone,
         too_costly,
         view_bytes,
+        partly_covered,
+        retired,
     } = all;
     if let (false, Some(max)) = (too_costly.is_empty(), plan.options.max_bytes_billed) {
         return Err(ConfigError::new(
@@ -381,6 +404,10 @@ async fn publish_new(
             "raise --max-bytes-billed, or leave the views out with --exclude",
         )
         .into());
+    }
+    // Nothing is written before this: a run refused above leaves no trace.
+    for warehouse in warehouses {
+        ownership::claim_dataset_folder(warehouse.as_ref(), store, &run_id).await?;
     }
     // Largest first: the longest exports start first, so the run ends sooner.
     units.sort_by(|a, b| {
@@ -411,6 +438,8 @@ async fn publish_new(
         skipped: skipped.clone(),
         unchanged,
         gone,
+        partly_covered,
+        retired,
     };
     let body = serde_json::to_vec_pretty(&manifest)?;
     let manifest_key = layout::run_manifest(&run_id);
@@ -419,6 +448,17 @@ async fn publish_new(
             store.write(&manifest_key, &body, None)
         })
         .await?;
+    for export in &manifest.retired {
+        RETRY
+            .run_any("retiring an export", || store.delete_all(&export.folder))
+            .await?;
+        tracing::info!(
+            run_id,
+            folder = export.folder,
+            unit = export.unit,
+            "retired"
+        );
+    }
     let units: Vec<&PlannedUnit> = manifest.units.iter().collect();
     let published = publish(&manifest, &units, topic, store).await?;
     tracing::info!(
@@ -440,6 +480,7 @@ async fn publish_new(
         unchanged: manifest.unchanged.len(),
         outside_window,
         gone: manifest.gone.len(),
+        retired: manifest.retired.len(),
         view_bytes_estimated: view_bytes,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -453,7 +494,7 @@ async fn plan_source(
     filters: &Filters,
     warehouse: &dyn Warehouse,
     store: &dyn ObjectStore,
-    created_at: chrono::DateTime<Utc>,
+    today: chrono::NaiveDate,
     several: bool,
 ) -> anyhow::Result<SourcePlan> {
     let dataset = warehouse.dataset();
@@ -476,27 +517,36 @@ async fn plan_source(
         }
     });
     let (view_bytes, too_costly) = size_views(plan, warehouse, &mut tables, several).await?;
-    let (mut units, outside_window, partitions_seen) =
-        plan_units(plan, warehouse, &tables, created_at.date_naive(), several).await?;
-    let mut unchanged = Vec::new();
-    let mut gone = Vec::new();
-    if plan.only_changed {
-        let current = RETRY
+    // The current exports, where the plan depends on them.
+    let windowed = plan.partitions.split && plan.partitions.window.is_some();
+    let current = if plan.only_changed || plan.prune_gone || windowed {
+        RETRY
             .run_any("listing the current exports", || {
                 selection::current_exports(store, dataset)
             })
-            .await?;
-        gone = selection::sources_gone(&current, dataset, &every_table, &partitions_seen);
-        for g in &gone {
-            tracing::info!(
-                dataset,
-                unit = g.unit,
-                exported_by = g.exported_by,
-                "source gone: its last export stays"
-            );
-        }
+            .await?
+    } else {
+        HashMap::new()
+    };
+    let exported_whole: HashSet<&str> = current
+        .keys()
+        .filter_map(|unit| match layout::table_and_partition(dataset, unit) {
+            (table, None) => Some(table),
+            _ => None,
+        })
+        .collect();
+    let units = plan_units(plan, warehouse, &tables, today, several, &exported_whole).await?;
+    let PlannedUnits {
+        mut units,
+        outside_window,
+        seen: partitions_seen,
+        partly_covered,
+    } = units;
+    let mut unchanged = Vec::new();
+    if plan.only_changed {
         units.retain(|u| {
-            match selection::unchanged_since(current.get(&u.unit), u.change.as_ref()) {
+            match selection::unchanged_since(current.get(&u.unit), u.change.as_ref(), &plan.options)
+            {
                 Some(run) => {
                     tracing::debug!(
                         dataset,
@@ -514,6 +564,53 @@ async fn plan_source(
             }
         });
     }
+    let gone = selection::sources_gone(&current, dataset, &every_table, &partitions_seen);
+    let exported_tables: HashSet<&str> = units.iter().map(|u| u.source.table.as_str()).collect();
+    let (retired, gone): (Vec<_>, Vec<_>) = gone.into_iter().partition(|g| {
+        let (table, partition) = layout::table_and_partition(dataset, &g.unit);
+        match partition {
+            // A partition gone from a live table: retired now when the run
+            // exports nothing else of the table (the rows it held are gone
+            // from the source); else by the run's worker that commits the
+            // table's last unit, so that rows moved to another partition
+            // are never missing from the destination meanwhile.
+            Some(_) => every_table.contains(table) && !exported_tables.contains(table),
+            None => plan.prune_gone && !every_table.contains(table),
+        }
+    });
+    for g in &gone {
+        tracing::info!(
+            dataset,
+            unit = g.unit,
+            exported_by = g.exported_by,
+            "source gone: its last export stays"
+        );
+    }
+    let retired = retired
+        .into_iter()
+        .map(|g| {
+            let (table, partition) = layout::table_and_partition(dataset, &g.unit);
+            let source = SourceTable {
+                dataset_uri: warehouse.uri().to_string(),
+                project: warehouse.project().to_string(),
+                dataset: dataset.to_string(),
+                table: table.to_string(),
+                partition: partition.map(str::to_string),
+                view: false,
+            };
+            let why = if partition.is_some() {
+                "the partition is gone from the table"
+            } else {
+                "the table is gone from the source (--prune-gone)"
+            };
+            RetiredExport {
+                folder: layout::unit_folder(&source),
+                unit: g.unit,
+                exported_by: g.exported_by,
+                why: why.to_string(),
+            }
+        })
+        .collect();
     Ok(SourcePlan {
         units,
         skipped,
@@ -524,6 +621,8 @@ async fn plan_source(
         gone,
         too_costly,
         view_bytes,
+        partly_covered,
+        retired,
     })
 }
 
@@ -565,18 +664,31 @@ async fn size_views(
     Ok((total, too_costly))
 }
 
+/// A source's units, as [`plan_units`] plans them.
+struct PlannedUnits {
+    units: Vec<PlannedUnit>,
+    /// Partitions the window left out.
+    outside_window: usize,
+    /// The ids of every partition of each table the run split.
+    seen: PartitionsSeen,
+    /// The folders of tables the window left partly out.
+    partly_covered: Vec<String>,
+}
+
 /// The run's units: one per table, or with `--partitions` one per partition
 /// of each partitioned table (in the window, if one is given), each with its
-/// change marker where the warehouse gives one; how many partitions the
-/// window left out; and the ids of every partition of each table it split.
-/// Units are named `DATASET.TABLE` in a run of `several` datasets.
+/// change marker where the warehouse gives one. A table in `exported_whole`
+/// (its current export is of the whole table) is split in full whatever the
+/// window, once: its export is then replaced by partitions covering all its
+/// rows. Units are named `DATASET.TABLE` in a run of `several` datasets.
 async fn plan_units(
     plan: &RunPlan,
     warehouse: &dyn Warehouse,
     tables: &[TableInfo],
     today: chrono::NaiveDate,
     several: bool,
-) -> anyhow::Result<(Vec<PlannedUnit>, usize, PartitionsSeen)> {
+    exported_whole: &HashSet<&str>,
+) -> anyhow::Result<PlannedUnits> {
     let planned = |table: &TableInfo, partition: Option<String>, rows, bytes, change| {
         let source = SourceTable {
             dataset_uri: warehouse.uri().to_string(),
@@ -610,13 +722,13 @@ async fn plan_units(
                 .push(partition);
         }
     }
-    let seen: PartitionsSeen = partitions
-        .iter()
-        .map(|(table, parts)| (table.clone(), parts.iter().map(|p| p.id.clone()).collect()))
-        .collect();
     let first_day = plan.partitions.window.map(|w| w.first_day(today));
-    let mut units = Vec::with_capacity(tables.len());
-    let mut outside_window = 0;
+    let mut planned_units = PlannedUnits {
+        units: Vec::with_capacity(tables.len()),
+        outside_window: 0,
+        seen: PartitionsSeen::new(),
+        partly_covered: Vec::new(),
+    };
     for table in tables {
         let small = table
             .rows
@@ -630,17 +742,32 @@ async fn plan_units(
                 tracing::info!(table = %table.name, "not partitioned: exported whole, whatever the partition window");
             }
             let change = markers.remove(&table.name);
-            units.push(planned(table, None, table.rows, table.bytes, change));
+            planned_units
+                .units
+                .push(planned(table, None, table.rows, table.bytes, change));
             continue;
         };
+        planned_units.seen.insert(
+            table.name.clone(),
+            parts.iter().map(|p| p.id.clone()).collect(),
+        );
+        let first_day = first_day.filter(|_| {
+            let whole = exported_whole.contains(table.name.as_str());
+            if whole {
+                tracing::info!(table = %table.name, "its current export is of the whole table: all its partitions are exported this once, whatever the window");
+            }
+            !whole
+        });
+        let mut left_out = false;
         for part in parts {
             if let Some(first_day) = first_day {
                 if !PartitionWindow::holds(first_day, part.unit, &part.id) {
-                    outside_window += 1;
+                    planned_units.outside_window += 1;
+                    left_out = true;
                     continue;
                 }
             }
-            units.push(planned(
+            planned_units.units.push(planned(
                 table,
                 Some(part.id),
                 part.rows,
@@ -648,8 +775,14 @@ async fn plan_units(
                 part.change,
             ));
         }
+        if left_out {
+            let folder = planned(table, None, None, None, None);
+            planned_units
+                .partly_covered
+                .push(layout::table_folder(&folder.source));
+        }
     }
-    Ok((units, outside_window, seen))
+    Ok(planned_units)
 }
 
 /// Continues an existing run as its manifest planned it: with `again`, its
@@ -684,6 +817,7 @@ async fn resume(
         unchanged: manifest.unchanged.len(),
         outside_window: 0,
         gone: manifest.gone.len(),
+        retired: manifest.retired.len(),
         view_bytes_estimated: manifest
             .units
             .iter()

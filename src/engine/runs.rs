@@ -235,12 +235,10 @@ pub struct RunTracker {
     runs: Mutex<HashMap<String, TrackedRun>>,
 }
 
-/// A run's units, read from its manifest once.
-type Units = Arc<Vec<String>>;
-
 struct TrackedRun {
     store: Arc<dyn ObjectStore>,
-    units: Option<Units>,
+    /// Read once, when first needed.
+    manifest: Option<Arc<RunManifest>>,
     /// Units not yet settled at the last check; `None` before the first.
     pending: Option<usize>,
     /// Listing a large run's records is not free: it is not done again
@@ -256,7 +254,7 @@ impl RunTracker {
         let mut runs = self.runs.lock().expect("run tracker lock poisoned");
         runs.entry(run_id.to_string()).or_insert(TrackedRun {
             store,
-            units: None,
+            manifest: None,
             pending: None,
             next_check: Instant::now(),
         });
@@ -266,7 +264,7 @@ impl RunTracker {
     /// expected unit settled (exported, dead-lettered or superseded); else
     /// the first open run.
     pub async fn progress(&self) -> Progress {
-        let due: Vec<(String, Arc<dyn ObjectStore>, Option<Units>)> = {
+        let due: Vec<(String, Arc<dyn ObjectStore>)> = {
             let runs = self.runs.lock().expect("run tracker lock poisoned");
             if runs.is_empty() {
                 return Progress::NoRun;
@@ -279,11 +277,11 @@ impl RunTracker {
                     pending: run.pending,
                 };
             }
-            open.map(|(id, r)| (id.clone(), Arc::clone(&r.store), r.units.clone()))
+            open.map(|(id, r)| (id.clone(), Arc::clone(&r.store)))
                 .collect()
         };
-        for (run_id, store, units) in due {
-            match self.check(&run_id, store.as_ref(), units).await {
+        for (run_id, store) in due {
+            match self.check(&run_id, store.as_ref()).await {
                 Ok(Some(0)) => tracing::info!(run_id, "run complete"),
                 Ok(pending) => return Progress::Incomplete { run_id, pending },
                 Err(err) => {
@@ -298,32 +296,41 @@ impl RunTracker {
         Progress::Complete
     }
 
-    /// The run's pending units now; `None` while it has no manifest.
-    async fn check(
+    /// The manifest of a run this tracker has seen, read once; `None`
+    /// while the run has none.
+    pub async fn manifest(
         &self,
         run_id: &str,
         store: &dyn ObjectStore,
-        units: Option<Units>,
-    ) -> anyhow::Result<Option<usize>> {
-        let units = match units {
-            Some(units) => units,
-            None => {
-                let Some(manifest) =
-                    read_json::<RunManifest>(store, &layout::run_manifest(run_id)).await?
-                else {
-                    return Ok(None);
-                };
-                let units: Units = Arc::new(manifest.units.into_iter().map(|u| u.unit).collect());
-                self.update(run_id, |r| r.units = Some(Arc::clone(&units)));
-                units
-            }
+    ) -> anyhow::Result<Option<Arc<RunManifest>>> {
+        let known = {
+            let runs = self.runs.lock().expect("run tracker lock poisoned");
+            runs.get(run_id).and_then(|r| r.manifest.clone())
+        };
+        if known.is_some() {
+            return Ok(known);
+        }
+        let Some(manifest) = read_json::<RunManifest>(store, &layout::run_manifest(run_id)).await?
+        else {
+            return Ok(None);
+        };
+        let manifest = Arc::new(manifest);
+        self.update(run_id, |r| r.manifest = Some(Arc::clone(&manifest)));
+        Ok(Some(manifest))
+    }
+
+    /// The run's pending units now; `None` while it has no manifest.
+    async fn check(&self, run_id: &str, store: &dyn ObjectStore) -> anyhow::Result<Option<usize>> {
+        let Some(manifest) = self.manifest(run_id, store).await? else {
+            return Ok(None);
         };
         let records = Records::list(store, run_id).await?;
-        let pending = units
+        let pending = manifest
+            .units
             .iter()
-            .filter(|u| matches!(records.of(u), Settled::Pending))
+            .filter(|u| matches!(records.of(&u.unit), Settled::Pending))
             .count();
-        let pause = CHECK_PAUSE_PER_1000_UNITS.mul_f64(units.len() as f64 / 1000.0);
+        let pause = CHECK_PAUSE_PER_1000_UNITS.mul_f64(manifest.units.len() as f64 / 1000.0);
         self.update(run_id, |r| {
             r.pending = Some(pending);
             r.next_check = Instant::now() + pause;

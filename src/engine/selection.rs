@@ -10,6 +10,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::contract::change::ChangeMarker;
+use crate::contract::options::ExportOptions;
 use crate::engine::layout::{self, TableManifest};
 use crate::ports::store::ObjectStore;
 use crate::ports::warehouse::Partitioning;
@@ -143,16 +144,10 @@ pub fn sources_gone(
     tables: &HashSet<String>,
     partitions: &PartitionsSeen,
 ) -> Vec<CurrentExport> {
-    let prefix = format!("{dataset}.");
     let mut gone: Vec<CurrentExport> = current
         .iter()
         .filter(|(unit, _)| {
-            // Runs of several datasets name units DATASET.TABLE.
-            let bare = unit.strip_prefix(&prefix).unwrap_or(unit);
-            let (table, partition) = match bare.split_once('$') {
-                Some((table, partition)) => (table, Some(partition)),
-                None => (bare, None),
-            };
+            let (table, partition) = layout::table_and_partition(dataset, unit);
             !tables.contains(table)
                 || partition
                     .is_some_and(|p| partitions.get(table).is_some_and(|ids| !ids.contains(p)))
@@ -166,18 +161,26 @@ pub fn sources_gone(
     gone
 }
 
-/// The run whose current export already holds this data, if one does: the
-/// unit's marker now equals the one that export was planned with. A unit
-/// without a marker (the warehouse cannot tell) always counts as changed,
-/// and so does one whose export missed rows in the streaming buffer.
+/// The run whose current export already holds this data as this run
+/// would write it, if one does: the unit's marker now equals the one that
+/// export was planned with, and its files were written with `options`. A
+/// unit without a marker (the warehouse cannot tell) always counts as
+/// changed, and so does one whose export missed rows in the streaming
+/// buffer, or whose record does not say how its files were written (records
+/// of earlier versions).
 pub fn unchanged_since<'a>(
     current: Option<&'a TableManifest>,
     marker: Option<&ChangeMarker>,
+    options: &ExportOptions,
 ) -> Option<&'a str> {
     let current = current?;
     let marker = marker?;
     let exported = current.change.as_ref()?;
-    (exported == marker && !exported.streaming).then_some(current.run_id.as_str())
+    let written_alike = current
+        .options
+        .as_ref()
+        .is_some_and(|o| o.writes_like(options));
+    (exported == marker && !exported.streaming && written_alike).then_some(current.run_id.as_str())
 }
 
 #[cfg(test)]
@@ -228,13 +231,42 @@ mod tests {
         let export: TableManifest = serde_json::from_value(serde_json::json!({
             "v": 1, "run_id": "r1", "unit": "t", "files": [], "bytes": 0, "rows": 10,
             "finished_at": "2026-12-01T00:00:00Z", "delivery_attempt": 1, "task": "t",
-            "change": {"version": 4, "rows": 10}
+            "change": {"version": 4, "rows": 10},
+            "options": {"format": "csv", "compression": "none", "header": true, "field_delimiter": ","}
         }))
         .unwrap();
-        assert_eq!(unchanged_since(Some(&export), Some(&marker(4))), Some("r1"));
-        assert_eq!(unchanged_since(Some(&export), Some(&marker(5))), None);
-        assert_eq!(unchanged_since(Some(&export), None), None);
-        assert_eq!(unchanged_since(None, Some(&marker(4))), None);
+        let csv = ExportOptions::default();
+        let (four, five) = (marker(4), marker(5));
+        assert_eq!(
+            unchanged_since(Some(&export), Some(&four), &csv),
+            Some("r1")
+        );
+        assert_eq!(unchanged_since(Some(&export), Some(&five), &csv), None);
+        assert_eq!(unchanged_since(Some(&export), None, &csv), None);
+        assert_eq!(unchanged_since(None, Some(&four), &csv), None);
+        let gzip = ExportOptions {
+            compression: crate::contract::options::Compression::Gzip,
+            ..ExportOptions::default()
+        };
+        assert_eq!(
+            unchanged_since(Some(&export), Some(&four), &gzip),
+            None,
+            "written another way"
+        );
+        let capped = ExportOptions {
+            max_bytes_billed: Some(10),
+            ..ExportOptions::default()
+        };
+        assert_eq!(
+            unchanged_since(Some(&export), Some(&four), &capped),
+            Some("r1"),
+            "the byte guard writes no file"
+        );
+        let unwritten = TableManifest {
+            options: None,
+            ..export.clone()
+        };
+        assert_eq!(unchanged_since(Some(&unwritten), Some(&four), &csv), None);
         let streaming = TableManifest {
             change: Some(ChangeMarker {
                 streaming: true,
@@ -242,11 +274,11 @@ mod tests {
             }),
             ..export.clone()
         };
-        assert_eq!(unchanged_since(Some(&streaming), Some(&marker(4))), None);
+        assert_eq!(unchanged_since(Some(&streaming), Some(&four), &csv), None);
         let unmarked = TableManifest {
             change: None,
             ..export
         };
-        assert_eq!(unchanged_since(Some(&unmarked), Some(&marker(4))), None);
+        assert_eq!(unchanged_since(Some(&unmarked), Some(&four), &csv), None);
     }
 }

@@ -48,4 +48,12 @@ pub trait ObjectStore: Send + Sync {
 
     /// Deletes; a missing object is not an error.
     async fn delete(&self, key: &str) -> anyhow::Result<()>;
+
+    /// Deletes every object whose key starts with `prefix`.
+    async fn delete_all(&self, prefix: &str) -> anyhow::Result<()> {
+        for object in self.list(prefix).await? {
+            self.delete(&object.key).await?;
+        }
+        Ok(())
+    }
 }

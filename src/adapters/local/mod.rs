@@ -7,6 +7,7 @@
 //! - [`store`]: a folder as an object store (`file://`).
 
 pub mod dataset;
+pub mod jobs;
 pub mod partitions;
 pub mod queue;
 pub mod store;

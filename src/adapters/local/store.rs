@@ -59,7 +59,7 @@ impl FsStore {
 /// Where files are written before they are renamed into place: outside every
 /// folder that is listed, so a listing never sees half-written files and
 /// concurrent writers never delete each other's.
-const STAGING: &str = ".bqdrain-tmp";
+pub(crate) const STAGING: &str = ".bqdrain-tmp";
 
 /// Staged files older than this were left by a crashed process.
 const STAGING_MAX_AGE: Duration = Duration::from_secs(24 * 3600);

@@ -20,9 +20,9 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use super::dataset::{Fault, FAULTS_TABLE};
-use super::partitions;
 use super::store::{place, staging_file, FsStore};
 use super::{absolute, LocalUri};
+use super::{jobs, partitions};
 use crate::contract::change::ChangeMarker;
 use crate::contract::options::{Compression, ExportOptions, Format};
 use crate::error::{ConfigError, UnitError};
@@ -313,7 +313,13 @@ impl Warehouse for LocalWarehouse {
         let shard_bytes = self.shard_bytes;
         let request = request.clone();
         tokio::task::spawn_blocking(move || {
-            export_blocking(&path, &root, shard_bytes, &request, &cancel)
+            let (job, finished) = jobs::start(&root, &request.job_key, &cancel)?;
+            if let Some(result) = finished {
+                return Ok(result);
+            }
+            let result = export_blocking(&path, &root, shard_bytes, &request, &cancel)?;
+            job.finish(&request.job_key, &result)?;
+            Ok(result)
         })
         .await
         .map_err(|e| UnitError::transient("backendError", format!("export task failed: {e}")))?
@@ -390,7 +396,7 @@ fn export_blocking(
         }
         shards.write_row(&line)?;
         count += 1;
-        if count % 4096 == 0 && cancel.load(Ordering::Relaxed) {
+        if count.is_multiple_of(4096) && cancel.load(Ordering::Relaxed) {
             return Err(UnitError::transient(
                 "cancelled",
                 "export cancelled by shutdown",
@@ -654,7 +660,8 @@ mod tests {
 
     fn request(out: &Path, table: &str, options: ExportOptions) -> ExportRequest {
         ExportRequest {
-            job_key: "j".into(),
+            // A job of its own per export: one key is one job, taken again.
+            job_key: format!("j_{table}_{:x}", fastrand::u64(..)),
             source: SourceTable {
                 dataset_uri: String::new(),
                 project: "local".into(),

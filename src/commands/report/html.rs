@@ -98,7 +98,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, d) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(d);
@@ -469,6 +469,7 @@ mod tests {
             rows_unknown: 0,
             unchanged: Vec::new(),
             gone: Vec::new(),
+            retired: Vec::new(),
             units: vec![UnitStatus {
                 unit: "t<1>".into(),
                 state: UnitState::DeadLettered {
