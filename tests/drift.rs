@@ -477,3 +477,44 @@ impl Warehouse for Timed {
         self.inner.export(request, cancel).await
     }
 }
+
+/// A dropped table keeps its last export until `--prune-gone` retires it;
+/// the run manifest and `status` say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_gone_retires_the_exports_of_dropped_tables() {
+    let sb = Sandbox::new();
+    sb.make_tables(2, 10);
+    sb.produce("", "r1").await;
+    drain(&sb, &[]);
+    dataset::execute(&sb.warehouse(), "DROP TABLE t_002;").unwrap();
+    let kept = sb
+        .try_produce_plan(&sb.source(""), "work", &RunPlan::every_table(run("r2")))
+        .await
+        .unwrap();
+    drain(&sb, &[]);
+    assert_eq!((kept.gone, kept.retired), (1, 0), "{kept:?}");
+    assert_exported(&sb, "r1", "t_002", 10);
+
+    let pruned = sb
+        .try_produce_plan(
+            &sb.source(""),
+            "work",
+            &RunPlan {
+                prune_gone: true,
+                ..RunPlan::every_table(run("r3"))
+            },
+        )
+        .await
+        .unwrap();
+    drain(&sb, &[]);
+    assert_eq!((pruned.gone, pruned.retired), (0, 1), "{pruned:?}");
+    assert!(
+        sb.files_of("t_002").is_empty(),
+        "{:?}",
+        sb.files_of("t_002")
+    );
+    let status = sb.status("r3", &[]);
+    assert_eq!(status["retired"][0]["unit"], "t_002", "{status}");
+    assert_eq!(status["retired"][0]["exported_by"], "r1", "{status}");
+    assert_equals_source(&sb, "t_001", &[whole(&sb, "t_001", "r3")]);
+}

@@ -3,7 +3,9 @@
 //! The order of steps is what makes retries, crashes, duplicates and
 //! overlapping runs safe:
 //! 1. a completion record already there means the unit is done: settle again
-//!    (step 4) and ack;
+//!    (step 4) and ack (looked for on redeliveries and retries; a first
+//!    delivery's duplicate shares its export job and finds the record when
+//!    it commits);
 //! 2. export into the run's own folder (older exports are untouched), and
 //!    list it for the files' sizes; nothing is deleted yet, since another
 //!    delivery of the unit may be writing there too;
@@ -98,17 +100,26 @@ impl ExportHandler {
             snapshot_at: Some(msg.enqueued_at),
         };
         let started = std::time::Instant::now();
-        // Every try first looks for a completion record: a duplicate, or a
-        // task that won a race while this one was backing off, ends here.
+        // A redelivery, and every try after the first, first looks for a
+        // completion record: a task that crashed after its commit, or won a
+        // race while this one was backing off, ends here. A first delivery's
+        // first try goes straight to the export: a duplicate of it (a
+        // resumed run, a publish retried) is given the first export's job,
+        // as BigQuery gives a job id inserted twice, and finds the record
+        // when it commits.
+        let tries = std::sync::atomic::AtomicU32::new(0);
         let outcome = self
             .retry
             .run("export", || async {
-                let done = store
-                    .read(&done_key)
-                    .await
-                    .map_err(|e| UnitError::io("reading completion record", e))?;
-                if let Some(record) = done {
-                    return Ok(Tried::AlreadyCommitted(record));
+                let first = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
+                if attempt > 1 || !first {
+                    let done = store
+                        .read(&done_key)
+                        .await
+                        .map_err(|e| UnitError::io("reading completion record", e))?;
+                    if let Some(record) = done {
+                        return Ok(Tried::AlreadyCommitted(record));
+                    }
                 }
                 let warehouse = self
                     .backends

@@ -517,17 +517,12 @@ async fn plan_source(
         }
     });
     let (view_bytes, too_costly) = size_views(plan, warehouse, &mut tables, several).await?;
-    // The current exports, where the plan depends on them.
-    let windowed = plan.partitions.split && plan.partitions.window.is_some();
-    let current = if plan.only_changed || plan.prune_gone || windowed {
-        RETRY
-            .run_any("listing the current exports", || {
-                selection::current_exports(store, dataset)
-            })
-            .await?
-    } else {
-        HashMap::new()
-    };
+    // The current exports: what is unchanged, gone, or exported whole.
+    let current = RETRY
+        .run_any("listing the current exports", || {
+            selection::current_exports(store, dataset)
+        })
+        .await?;
     let exported_whole: HashSet<&str> = current
         .keys()
         .filter_map(|unit| match layout::table_and_partition(dataset, unit) {
