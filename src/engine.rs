@@ -3,6 +3,7 @@
 pub mod dead_letter;
 pub mod drain;
 pub mod export;
+pub mod heartbeat;
 pub mod layout;
 pub mod ownership;
 pub mod producer;

@@ -126,6 +126,11 @@ struct WorkArgs {
     /// Longest retry delay in seconds.
     #[arg(long, env = "BQDRAIN_RETRY_MAX_DELAY", default_value_t = 30.0)]
     retry_max_delay: f64,
+    /// Seconds between heartbeats of an export that runs longer: an idle
+    /// task exits 0 when every unit left is held by a task with a fresh one
+    /// (written within 3 intervals), instead of waiting and failing.
+    #[arg(long, env = "BQDRAIN_HEARTBEAT", default_value_t = 60.0)]
+    heartbeat: f64,
     /// Print one JSON object with the outcome on stdout.
     #[arg(long, env = "BQDRAIN_JSON")]
     json: bool,
@@ -273,7 +278,16 @@ async fn work(args: WorkArgs, started: Instant) -> anyhow::Result<ExitCode> {
     tracing::info!(%task, subscription = %args.subscription, concurrency = args.concurrency, idle_timeout_s = idle_timeout.as_secs_f64(), "worker started");
     let (trigger, shutdown) = shutdown::channel();
     let mut signal = shutdown::on_signals(trigger, grace);
-    let handler = ExportHandler::new(retry, task.clone());
+    let heartbeat = seconds("--heartbeat", args.heartbeat)?;
+    if heartbeat.is_zero() {
+        return Err(ConfigError::new(
+            "--heartbeat",
+            "is 0",
+            "give a number of seconds above 0, such as 60",
+        )
+        .into());
+    }
+    let handler = ExportHandler::new(retry, task.clone()).with_heartbeat(heartbeat);
     if let (Some(run_id), Some(destination)) = (&args.run_id, &args.destination) {
         handler.watch(
             run_id,

@@ -304,6 +304,44 @@ async fn a_worker_that_gives_up_on_an_incomplete_run_fails() {
     assert_eq!(sb.depth("elsewhere").await, 2, "nothing taken");
 }
 
+/// A long export does not fail the tasks that finished their share: an
+/// idle task whose run is incomplete exits 0 once every unit left is held
+/// by a live task (its heartbeat is fresh). Before, it waited out its
+/// patience and exited 1 `incomplete` while the other task was exporting,
+/// and Cloud Run counted the execution as failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_task_exits_0_while_another_live_task_exports_the_rest() {
+    let sb = Sandbox::new();
+    sb.make_tables(4, 10);
+    sb.slow("t_001", 8000);
+    sb.produce("", "r1").await;
+    let sub = sb.subscription("ack_deadline=2&min_backoff=1&max_backoff=2");
+    let args = ["--idle-timeout", "1", "--heartbeat", "1"];
+    let slow = sb.spawn_worker(&sub, &[&args[..], &["--concurrency", "1"]].concat());
+    wait_until(Duration::from_secs(30), "the slow unit taken", || {
+        sb.logs().contains("worker started")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let quick = sb.spawn_worker(&sub, &args);
+    let (status, json) = finish(quick, Duration::from_secs(60));
+    assert!(status.success(), "{json}\n{}", sb.logs());
+    assert_eq!(json["exit"], "handed_over", "{json}\n{}", sb.logs());
+    assert_eq!(json["acked"], 3, "{json}");
+    assert!(
+        sb.manifest("r1", "t_001").is_none(),
+        "it left while the slow unit was still exporting"
+    );
+    let (status, json) = finish(slow, Duration::from_secs(60));
+    assert!(status.success(), "{json}\n{}", sb.logs());
+    assert_eq!(json["exit"], "drained", "{json}");
+    for table in ["t_001", "t_002", "t_003", "t_004"] {
+        assert_exported(&sb, "r1", table, 10);
+    }
+    let active = sb.exports().join("_bqdrain/runs/r1/active");
+    let left = std::fs::read_dir(&active).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "the heartbeat is deleted when the export ends");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reconciles_dead_letters_without_consuming_them() {
     let sb = Sandbox::new();

@@ -32,6 +32,9 @@ const BUSY_PULL_WAIT: Duration = Duration::from_millis(50);
 /// idle workers make while a run's last long export goes on.
 const DRAINED_CHECK_FIRST: Duration = Duration::from_millis(100);
 const DRAINED_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often an idle worker whose run is incomplete asks whether the units
+/// left are in other live tasks' hands (it lists their heartbeats).
+const HANDOVER_CHECK_EVERY: Duration = Duration::from_secs(5);
 /// The shortest pull, so a check that is due does not make the loop spin.
 const MIN_PULL_WAIT: Duration = Duration::from_millis(10);
 /// Pulls that fail in a row before the worker gives up on the queue (the
@@ -77,6 +80,13 @@ pub trait Handler: Send + Sync + 'static {
     async fn progress(&self) -> Progress {
         Progress::NoRun
     }
+
+    /// Whether every unit still pending in the runs this worker watches is
+    /// being exported by another live task: an idle worker then exits
+    /// without waiting out its patience.
+    async fn held_elsewhere(&self) -> bool {
+        false
+    }
 }
 
 /// What an idle worker knows of the runs it watches.
@@ -116,6 +126,9 @@ pub enum ExitReason {
     /// A watched run stayed incomplete with nothing to receive: its units
     /// are elsewhere (another queue, the dead-letter subscription) or lost.
     Incomplete,
+    /// Nothing left to receive, and every unit still pending is being
+    /// exported by another live task (its heartbeat is fresh).
+    HandedOver,
     /// The queue failed on every pull, [`MAX_PULL_FAILURES`] times in a row.
     QueueFailed,
     /// SIGTERM or SIGINT.
@@ -180,6 +193,7 @@ pub async fn drain(
     let mut last_activity = Instant::now();
     let mut next_drained_check = Instant::now();
     let mut progress = Progress::NoRun;
+    let mut next_handover_check = Instant::now();
     let patience = config
         .idle_timeout
         .max(ctx.subscription.max_backoff() + ctx.subscription.ack_deadline());
@@ -206,6 +220,17 @@ pub async fn drain(
             }
             let idle = last_activity.elapsed();
             if idle >= config.idle_timeout {
+                let due = Instant::now() >= next_handover_check;
+                if let (Progress::Incomplete { run_id, pending }, true) = (&progress, due) {
+                    next_handover_check = Instant::now() + HANDOVER_CHECK_EVERY;
+                    if ctx.handler.held_elsewhere().await {
+                        tracing::info!(
+                            run_id, pending, idle_s = idle.as_secs_f64(),
+                            "nothing left to receive: the run's pending units are being exported by other live tasks"
+                        );
+                        break ExitReason::HandedOver;
+                    }
+                }
                 match &progress {
                     Progress::Incomplete { .. } if idle < patience => {}
                     Progress::Incomplete { run_id, pending } => {

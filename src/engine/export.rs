@@ -28,6 +28,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -36,6 +37,7 @@ use crate::adapters::backends::OpenBackends;
 use crate::contract::message::{SourceTable, WorkMessage, SCHEMA_VERSION};
 use crate::engine::dead_letter::{write_dead_record, LastTry};
 use crate::engine::drain::{Disposition, Handler, Progress};
+use crate::engine::heartbeat::{self, Heartbeat};
 use crate::engine::layout::{
     self, ExportedFile, RecordBody, RunManifest, SupersededRecord, TableManifest,
 };
@@ -55,6 +57,8 @@ pub struct ExportHandler {
     /// Start times of other runs, read from their run manifests only for
     /// completion records of earlier versions, which do not carry them.
     run_starts: Mutex<HashMap<String, Option<DateTime<Utc>>>>,
+    /// How often a long export's heartbeat is written.
+    heartbeat: Duration,
 }
 
 impl ExportHandler {
@@ -65,6 +69,16 @@ impl ExportHandler {
             runs: RunTracker::default(),
             task,
             run_starts: Mutex::new(HashMap::new()),
+            heartbeat: heartbeat::EVERY,
+        }
+    }
+
+    /// Writes a long export's heartbeat every `every` instead of
+    /// [`heartbeat::EVERY`].
+    pub fn with_heartbeat(self, every: Duration) -> ExportHandler {
+        ExportHandler {
+            heartbeat: every,
+            ..self
         }
     }
 
@@ -613,7 +627,13 @@ impl Handler for ExportHandler {
             Err(err) => return Disposition::DeadLetter(err),
         };
         self.runs.observe(&msg.run_id, Arc::clone(&store));
-        match self
+        let beat = Heartbeat::start(
+            Arc::clone(&store),
+            &msg,
+            self.task.to_string(),
+            self.heartbeat,
+        );
+        let exported = self
             .export(
                 &msg,
                 store.as_ref(),
@@ -621,8 +641,9 @@ impl Handler for ExportHandler {
                 started_at,
                 cancel,
             )
-            .await
-        {
+            .await;
+        beat.stop().await;
+        match exported {
             Ok(()) => Disposition::Ack,
             Err(err) if err.is_transient() => Disposition::Retry(err),
             Err(err) => Disposition::DeadLetter(err),
@@ -664,5 +685,16 @@ impl Handler for ExportHandler {
 
     async fn progress(&self) -> Progress {
         self.runs.progress().await
+    }
+
+    async fn held_elsewhere(&self) -> bool {
+        let fresh = self.heartbeat * heartbeat::STALE_AFTER;
+        match self.runs.held_elsewhere(fresh).await {
+            Ok(held) => held,
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), "cannot read the run's heartbeats");
+                false
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@
 //! _bqdrain/runs/RUN_ID/done/UNIT.json               completion record, written if absent
 //! _bqdrain/runs/RUN_ID/dead/UNIT.json               dead-letter record with the reason
 //! _bqdrain/runs/RUN_ID/superseded/UNIT.json         a newer run's export replaced this run's
+//! _bqdrain/runs/RUN_ID/active/UNIT.json             a task's heartbeat while it exports a long unit
 //! _bqdrain/datasets/DATASET.json                    the source DATASET/ belongs to
 //! ```
 //!
@@ -81,6 +82,14 @@ pub fn dead_prefix(run_id: &str) -> String {
 
 pub fn superseded_prefix(run_id: &str) -> String {
     format!("{META}/runs/{run_id}/superseded/")
+}
+
+pub fn active_prefix(run_id: &str) -> String {
+    format!("{META}/runs/{run_id}/active/")
+}
+
+pub fn active_record(run_id: &str, unit: &str) -> String {
+    format!("{}{unit}.json", active_prefix(run_id))
 }
 
 pub fn done_record(run_id: &str, unit: &str) -> String {
@@ -350,6 +359,21 @@ pub struct TableManifest {
     /// changed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub options: Option<ExportOptions>,
+}
+
+/// A task's heartbeat while it exports a unit for longer than a heartbeat
+/// interval, refreshed every interval and deleted when the export ends: an
+/// idle task tells a unit another live task holds from one nobody holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActiveRecord {
+    pub v: u32,
+    pub run_id: String,
+    pub unit: String,
+    pub task: String,
+    /// When the export began.
+    pub since: DateTime<Utc>,
+    /// When the heartbeat was last written.
+    pub at: DateTime<Utc>,
 }
 
 /// Written by a run that committed a unit after a newer run had: its own

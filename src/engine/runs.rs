@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::engine::drain::Progress;
 use crate::engine::layout::{
-    self, DeadRecord, PlannedUnit, RunManifest, SupersededRecord, TableManifest,
+    self, ActiveRecord, DeadRecord, PlannedUnit, RunManifest, SupersededRecord, TableManifest,
 };
 use crate::ports::store::ObjectStore;
 
@@ -294,6 +294,57 @@ impl RunTracker {
             }
         }
         Progress::Complete
+    }
+
+    /// Whether every unit still pending in the runs seen is being exported
+    /// by a live task: each has a heartbeat written within `fresh`. Then an
+    /// idle task may exit: the rest is in other hands, and if those hands
+    /// die their leases lapse and their tasks fail, which someone sees.
+    pub async fn held_elsewhere(&self, fresh: Duration) -> anyhow::Result<bool> {
+        let open: Vec<(String, Arc<dyn ObjectStore>)> = {
+            let runs = self.runs.lock().expect("run tracker lock poisoned");
+            runs.iter()
+                .filter(|(_, r)| r.pending != Some(0))
+                .map(|(id, r)| (id.clone(), Arc::clone(&r.store)))
+                .collect()
+        };
+        let now = chrono::Utc::now();
+        for (run_id, store) in open {
+            let Some(manifest) = self.manifest(&run_id, store.as_ref()).await? else {
+                return Ok(false);
+            };
+            let records = Records::list(store.as_ref(), &run_id).await?;
+            let prefix = layout::active_prefix(&run_id);
+            let active: HashMap<String, Option<String>> = store
+                .list(&prefix)
+                .await?
+                .into_iter()
+                .filter_map(|o| {
+                    Some((
+                        layout::unit_of_record(&prefix, &o.key)?.to_string(),
+                        o.summary,
+                    ))
+                })
+                .collect();
+            for unit in manifest.units.iter().map(|u| &u.unit) {
+                if !matches!(records.of(unit), Settled::Pending) {
+                    continue;
+                }
+                let beat: Option<ActiveRecord> = match active.get(unit) {
+                    None => return Ok(false),
+                    Some(Some(summary)) => serde_json::from_str(summary).ok(),
+                    Some(None) => {
+                        read_json(store.as_ref(), &layout::active_record(&run_id, unit)).await?
+                    }
+                };
+                let alive =
+                    beat.is_some_and(|b| (now - b.at).to_std().is_ok_and(|age| age <= fresh));
+                if !alive {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// The manifest of a run this tracker has seen, read once; `None`
