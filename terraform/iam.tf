@@ -61,19 +61,23 @@ resource "google_pubsub_topic_iam_member" "producer_publishes_work" {
   member  = google_service_account.producer.member
 }
 
-# The run records, and nothing outside them. Listing is checked on the
-# bucket itself, not on objects, so the bucket's own name is allowed too: a
-# resumed run lists its completion records (names only; no object outside
-# the run records can be read or written).
-resource "google_storage_bucket_iam_member" "producer_run_records" {
+# What bqdrain writes under the export prefix, and nothing else in the
+# bucket: the run records; the current exports, which the producer lists to
+# plan (--only-changed, gone sources, whole-table exports a window splits)
+# and deletes where a run retires them (partitions gone from live tables,
+# --prune-gone); and its claims beside the run records (which source a
+# dataset's folder belongs to, a duplicate scheduler trigger). Listing is
+# checked on the bucket itself, not on objects, so the bucket's own name is
+# allowed too.
+resource "google_storage_bucket_iam_member" "producer_export_prefix" {
   bucket = google_storage_bucket.exports.name
   role   = "roles/storage.objectUser"
   member = google_service_account.producer.member
 
   condition {
-    title       = "bqdrain run records only"
-    description = "Objects under ${local.run_records_prefix}, and listing"
-    expression  = "resource.name.startsWith(\"projects/_/buckets/${google_storage_bucket.exports.name}/objects/${local.run_records_prefix}\") || resource.name == \"projects/_/buckets/${google_storage_bucket.exports.name}\""
+    title       = "bqdrain exports and records only"
+    description = "Objects under the export prefix, and listing"
+    expression  = "resource.name.startsWith(\"projects/_/buckets/${google_storage_bucket.exports.name}/objects/${var.export_prefix}\") || resource.name == \"projects/_/buckets/${google_storage_bucket.exports.name}\""
   }
 }
 
