@@ -12,3 +12,4 @@ pub mod runs;
 pub mod selection;
 pub mod shutdown;
 pub mod task;
+pub mod trigger;

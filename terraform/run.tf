@@ -20,6 +20,7 @@ locals {
     var.only_changed ? { BQDRAIN_ONLY_CHANGED = "true" } : {},
     var.export_views ? { BQDRAIN_VIEWS = "true" } : {},
     var.max_bytes_billed != null ? { BQDRAIN_MAX_BYTES_BILLED = tostring(var.max_bytes_billed) } : {},
+    var.duplicate_trigger_window_minutes > 0 ? { BQDRAIN_DUPLICATE_WINDOW = tostring(var.duplicate_trigger_window_minutes) } : {},
     local.launched_by_producer ? {
       BQDRAIN_LAUNCH_WORKERS = "projects/${var.project_id}/locations/${var.region}/jobs/${google_cloud_run_v2_job.worker.name}"
       BQDRAIN_MAX_TASKS      = tostring(var.max_tasks)

@@ -76,6 +76,17 @@ variable "only_changed" {
   default     = false
 }
 
+variable "duplicate_trigger_window_minutes" {
+  type        = number
+  description = "Cloud Scheduler delivers at least once, so a trigger can start a second execution: a new run of the same sources and options within this many minutes of another publishes nothing, logs the run it duplicates and exits 0 (--duplicate-window). Keep it below the schedule's interval; 0 turns the check off."
+  default     = 30
+
+  validation {
+    condition     = var.duplicate_trigger_window_minutes >= 0 && floor(var.duplicate_trigger_window_minutes) == var.duplicate_trigger_window_minutes
+    error_message = "duplicate_trigger_window_minutes must be a whole number of minutes, 0 or more (0 turns the check off)."
+  }
+}
+
 variable "export_views" {
   type        = bool
   description = "Export views and materialized views too, through EXPORT DATA query jobs, which are billed (--views); the producer dry-runs each first, so it is granted bigquery.jobUser on the dataset's project. The worker reads a view with its own grants: give it bigquery.dataViewer on the datasets the views read, or authorize the views."

@@ -102,6 +102,17 @@ struct Cli {
     /// retention (terraform/: noncurrent_retention_days).
     #[arg(long, env = "BQDRAIN_PRUNE_GONE")]
     prune_gone: bool,
+    /// Minutes in which a second new run of the same sources and options is
+    /// a duplicate scheduler trigger (Cloud Scheduler delivers at least
+    /// once): it publishes nothing, logs the run it duplicates and exits 0.
+    /// 0 (the default) turns the check off.
+    #[arg(
+        long,
+        env = "BQDRAIN_DUPLICATE_WINDOW",
+        value_name = "MINUTES",
+        default_value_t = 0
+    )]
+    duplicate_window: u32,
     /// With --views: refuse the run (exit 2, nothing published) when a view's
     /// dry run says its export would process more bytes than this; each
     /// export query is also capped at it (BigQuery's maximumBytesBilled).
@@ -168,7 +179,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         only_changed: cli.only_changed,
         views: cli.views,
         prune_gone: cli.prune_gone,
+        duplicate_window: (cli.duplicate_window > 0)
+            .then(|| std::time::Duration::from_secs(u64::from(cli.duplicate_window) * 60)),
     };
+    let cli_window = cli.duplicate_window;
     let report = produce(&plan, &warehouses, topic.as_ref(), store.as_ref()).await?;
     let launched = match (&launch_plan, &jobs) {
         (Some(plan), Some(jobs)) => Some(
@@ -195,7 +209,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             report.gone,
             report.retired
         );
-        if report.pending == 0 && !report.resumed {
+        if let Some(earlier) = &report.duplicate_of {
+            println!(
+                "  duplicate trigger: run {earlier} of the same sources and options started within \
+                 the last {} minute(s); nothing published",
+                cli_window
+            );
+        } else if report.pending == 0 && !report.resumed {
             println!(
                 "  nothing to export: no unit of the dataset is selected, changed and exportable"
             );

@@ -194,3 +194,45 @@ fn every_flag_has_an_environment_twin() {
     assert!(flags >= 12, "{help}");
     assert_eq!(help.matches("[env: BQDRAIN_").count(), flags, "{help}");
 }
+
+/// Cloud Scheduler delivers at least once: a second trigger within
+/// `--duplicate-window` minutes of a run of the same sources and options
+/// publishes nothing, names the run it duplicates and exits 0; a run with
+/// other options, or without the window, is not a duplicate.
+#[tokio::test]
+async fn a_duplicate_trigger_within_the_window_publishes_nothing() {
+    let s = Setup::new();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = s.produce(&[&["--json"], args].concat());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let first = json(&["--duplicate-window", "10", "--run-id", "r1"]);
+    assert_eq!(first["published"], 4);
+    assert!(first.get("duplicate_of").is_none(), "{first}");
+
+    let second = json(&["--duplicate-window", "10", "--run-id", "r2"]);
+    assert_eq!(second["duplicate_of"], "r1", "{second}");
+    assert_eq!(second["published"], 0);
+    assert_eq!(s.published().await, 4, "only the first run's messages");
+    assert!(
+        !s.dir.path().join("out/_bqdrain/runs/r2").exists(),
+        "the duplicate leaves no run behind"
+    );
+
+    let other = json(&[
+        "--duplicate-window",
+        "10",
+        "--run-id",
+        "r3",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(other["published"], 4, "other options: another run");
+    let unguarded = json(&["--run-id", "r4"]);
+    assert_eq!(unguarded["published"], 4, "no window: no check");
+}

@@ -27,6 +27,7 @@ use crate::engine::runs;
 use crate::engine::selection::{
     self, CurrentExport, PartitionPlan, PartitionWindow, PartitionsSeen,
 };
+use crate::engine::trigger;
 use crate::error::ConfigError;
 use crate::ports::queue::Topic;
 use crate::ports::store::ObjectStore;
@@ -91,6 +92,9 @@ pub struct RunPlan {
     /// it a dropped table keeps its last export, which may be someone's
     /// only copy.
     pub prune_gone: bool,
+    /// A new run of the same sources and options within this long of
+    /// another is a duplicate trigger: it publishes nothing.
+    pub duplicate_window: Option<Duration>,
 }
 
 impl RunPlan {
@@ -105,6 +109,7 @@ impl RunPlan {
             only_changed: false,
             views: false,
             prune_gone: false,
+            duplicate_window: None,
         }
     }
 }
@@ -135,6 +140,11 @@ pub struct ProduceReport {
     pub retired: usize,
     /// What the dry runs of the run's views say their queries will process.
     pub view_bytes_estimated: u64,
+    /// The run this one duplicates (a scheduler trigger delivered twice):
+    /// it started within `--duplicate-window` with the same sources and
+    /// options, so this one published nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate_of: Option<String>,
     pub seconds: f64,
 }
 
@@ -406,6 +416,41 @@ async fn publish_new(
         .into());
     }
     // Nothing is written before this: a run refused above leaves no trace.
+    if let Some(window) = plan.duplicate_window {
+        let earlier = trigger::claim(
+            store,
+            &same_run(plan, warehouses),
+            &run_id,
+            Utc::now(),
+            window,
+        )
+        .await?;
+        if let Some(earlier) = earlier {
+            tracing::warn!(
+                run_id,
+                earlier = earlier.run_id,
+                earlier_at = %earlier.at.to_rfc3339(),
+                window_s = window.as_secs(),
+                "a run of the same sources and options started within the duplicate window: \
+                 this is a duplicate trigger, nothing published"
+            );
+            return Ok(ProduceReport {
+                run_id,
+                published: 0,
+                pending: 0,
+                resumed: false,
+                skipped,
+                excluded,
+                unchanged: 0,
+                outside_window: 0,
+                gone: 0,
+                retired: 0,
+                view_bytes_estimated: 0,
+                duplicate_of: Some(earlier.run_id),
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+    }
     for warehouse in warehouses {
         ownership::claim_dataset_folder(warehouse.as_ref(), store, &run_id).await?;
     }
@@ -482,6 +527,7 @@ async fn publish_new(
         gone: manifest.gone.len(),
         retired: manifest.retired.len(),
         view_bytes_estimated: view_bytes,
+        duplicate_of: None,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -619,6 +665,24 @@ async fn plan_source(
         partly_covered,
         retired,
     })
+}
+
+/// What makes two runs the same run, for [`trigger::claim`]: their sources
+/// (in any order) and everything the plan says but the run id.
+fn same_run(plan: &RunPlan, warehouses: &[Arc<dyn Warehouse>]) -> String {
+    let mut sources: Vec<String> = warehouses
+        .iter()
+        .map(|w| ownership::source_identity(w.uri()).to_string())
+        .collect();
+    sources.sort();
+    sources.extend([
+        format!("{:?}", plan.include),
+        format!("{:?}", plan.exclude),
+        serde_json::to_string(&plan.options).expect("options serialize"),
+        format!("{:?}", plan.partitions),
+        format!("{} {} {}", plan.only_changed, plan.views, plan.prune_gone),
+    ]);
+    trigger::fingerprint(&sources)
 }
 
 /// A table's or unit's name in a run: `DATASET.NAME` in a run of `several`
@@ -819,6 +883,7 @@ async fn resume(
             .filter(|u| u.source.view)
             .filter_map(|u| u.bytes)
             .sum(),
+        duplicate_of: None,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
