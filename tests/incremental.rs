@@ -352,3 +352,38 @@ async fn a_source_gone_keeps_its_export_and_a_gone_partition_is_retired() {
     let folder = layout::unit_folder(&partition_source(&sb, "20261201"));
     assert!(!sb.exports().join(folder).exists(), "{}", sb.logs());
 }
+
+/// A view whose dry run fails (it reads a table the producer may not read,
+/// or one that is gone) no longer stops the run: it is published with its
+/// estimate unknown, and the report names it. Before, the producer failed
+/// the whole run on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_whose_dry_run_fails_is_exported_with_its_estimate_unknown() {
+    let sb = Sandbox::new();
+    sb.make_tables(2, 20);
+    dataset::execute(
+        &sb.warehouse(),
+        "CREATE TABLE scratch (id INT64);
+         CREATE VIEW broken AS SELECT * FROM scratch;
+         CREATE VIEW first_five AS SELECT * FROM t_001 WHERE id <= 5;
+         DROP TABLE scratch;",
+    )
+    .unwrap();
+    let report = produce(
+        &sb,
+        &RunPlan {
+            views: true,
+            ..RunPlan::every_table(RunId::Given {
+                id: "r1".into(),
+                resume: false,
+            })
+        },
+    )
+    .await;
+    assert_eq!(report.published, 4, "{report:?}");
+    assert_eq!(report.views_unestimated, ["broken"], "{report:?}");
+    assert!(report.view_bytes_estimated > 0, "first_five was sized");
+    drain(&sb);
+    assert_exported(&sb, "r1", "first_five", 5);
+    assert_eq!(sb.unit_state("r1", "broken"), "dead_lettered");
+}

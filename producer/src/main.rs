@@ -223,6 +223,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         for s in &report.skipped {
             println!("  skipped {}: {}", s.table, s.reason);
         }
+        for view in &report.views_unestimated {
+            println!("  view {view}: its dry run failed; exported with its estimate unknown (see the log)");
+        }
         if report.view_bytes_estimated > 0 {
             println!(
                 "  views: their export queries will process about {} bytes (dry run)",

@@ -14,7 +14,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
@@ -140,6 +139,10 @@ pub struct ProduceReport {
     pub retired: usize,
     /// What the dry runs of the run's views say their queries will process.
     pub view_bytes_estimated: u64,
+    /// Views whose dry run failed: exported with their estimate unknown
+    /// (their export queries still carry `--max-bytes-billed`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub views_unestimated: Vec<String>,
     /// The run this one duplicates (a scheduler trigger delivered twice):
     /// it started within `--duplicate-window` with the same sources and
     /// options, so this one published nothing.
@@ -320,6 +323,7 @@ struct SourcePlan {
     /// Views over `--max-bytes-billed`, with their estimates.
     too_costly: Vec<String>,
     view_bytes: u64,
+    views_unestimated: Vec<String>,
     partly_covered: Vec<String>,
     retired: Vec<RetiredExport>,
 }
@@ -336,6 +340,7 @@ impl SourcePlan {
         self.gone.extend(other.gone);
         self.too_costly.extend(other.too_costly);
         self.view_bytes += other.view_bytes;
+        self.views_unestimated.extend(other.views_unestimated);
         self.partly_covered.extend(other.partly_covered);
         self.retired.extend(other.retired);
     }
@@ -401,6 +406,7 @@ async fn publish_new(
         gone,
         too_costly,
         view_bytes,
+        views_unestimated,
         partly_covered,
         retired,
     } = all;
@@ -446,6 +452,7 @@ async fn publish_new(
                 gone: 0,
                 retired: 0,
                 view_bytes_estimated: 0,
+                views_unestimated: Vec::new(),
                 duplicate_of: Some(earlier.run_id),
                 seconds: started.elapsed().as_secs_f64(),
             });
@@ -527,6 +534,7 @@ async fn publish_new(
         gone: manifest.gone.len(),
         retired: manifest.retired.len(),
         view_bytes_estimated: view_bytes,
+        views_unestimated,
         duplicate_of: None,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -562,7 +570,7 @@ async fn plan_source(
             false
         }
     });
-    let (view_bytes, too_costly) = size_views(plan, warehouse, &mut tables, several).await?;
+    let (view_sizes, too_costly) = size_views(plan, warehouse, &mut tables, several).await;
     // The current exports: what is unchanged, gone, or exported whole.
     let current = RETRY
         .run_any("listing the current exports", || {
@@ -661,7 +669,8 @@ async fn plan_source(
         unchanged,
         gone,
         too_costly,
-        view_bytes,
+        view_bytes: view_sizes.bytes,
+        views_unestimated: view_sizes.unestimated,
         partly_covered,
         retired,
     })
@@ -702,25 +711,43 @@ async fn size_views(
     warehouse: &dyn Warehouse,
     tables: &mut [TableInfo],
     several: bool,
-) -> anyhow::Result<(u64, Vec<String>)> {
+) -> (ViewSizes, Vec<String>) {
     let dataset = warehouse.dataset();
-    let (mut total, mut too_costly) = (0, Vec::new());
+    let (mut sizes, mut too_costly) = (ViewSizes::default(), Vec::new());
     for view in tables.iter_mut().filter(|t| t.kind.is_view()) {
-        let bytes = warehouse.view_bytes(&view.name).await.with_context(|| {
-            format!(
-                "estimating the bytes an export of view {dataset}.{} would process",
-                view.name
-            )
-        })?;
+        let name = run_name(dataset, &view.name, several);
+        let bytes = match warehouse.view_bytes(&view.name).await {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                // One view's dry run failing (it reads a table the caller
+                // may not read, or one that is gone) must not stop the run:
+                // its export query still carries the byte guard.
+                tracing::warn!(
+                    dataset, view = %view.name, error = %format!("{err:#}"),
+                    "cannot estimate what exporting this view would process; exporting it with \
+                     its estimate unknown (a dry run reads the tables the view reads: grant the \
+                     producer bigquery.dataViewer on them, or authorize the view)"
+                );
+                sizes.unestimated.push(name);
+                continue;
+            }
+        };
         tracing::info!(dataset, view = %view.name, bytes, "view: its export query will process this much");
         view.bytes = Some(bytes);
-        total += bytes;
+        sizes.bytes += bytes;
         if plan.options.max_bytes_billed.is_some_and(|max| bytes > max) {
-            let name = run_name(dataset, &view.name, several);
             too_costly.push(format!("{name} ({bytes} bytes)"));
         }
     }
-    Ok((total, too_costly))
+    (sizes, too_costly)
+}
+
+/// What the views' dry runs said.
+#[derive(Default)]
+struct ViewSizes {
+    bytes: u64,
+    /// Views whose dry run failed.
+    unestimated: Vec<String>,
 }
 
 /// A source's units, as [`plan_units`] plans them.
@@ -883,6 +910,7 @@ async fn resume(
             .filter(|u| u.source.view)
             .filter_map(|u| u.bytes)
             .sum(),
+        views_unestimated: Vec::new(),
         duplicate_of: None,
         seconds: started.elapsed().as_secs_f64(),
     })
