@@ -44,11 +44,11 @@ resource "google_bigquery_dataset_iam_member" "producer_metadata_extra" {
   member     = google_service_account.producer.member
 }
 
-# INFORMATION_SCHEMA.PARTITIONS and views' dry runs are query jobs, and
-# jobs.create exists only at project level: granted only when used.
+# Every run is planned from one query of the dataset's INFORMATION_SCHEMA
+# (tables, their rows and bytes); partitions, change markers and views' dry
+# runs are queries too. jobs.create exists only at project level. Without
+# it the producer falls back to one tables.get per table.
 resource "google_project_iam_member" "producer_runs_queries" {
-  count = local.producer_runs_queries ? 1 : 0
-
   project = local.dataset_project_id
   role    = "roles/bigquery.jobUser"
   member  = google_service_account.producer.member

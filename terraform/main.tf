@@ -37,8 +37,5 @@ locals {
 
   launched_by_producer = var.worker_launch == "producer"
 
-  # Partitions, change markers and views' dry runs are BigQuery queries.
-  producer_runs_queries = var.export_partitions || var.only_changed || var.export_views
-
   labels = merge(var.labels, { "app" = "bqdrain" })
 }

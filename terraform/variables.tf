@@ -66,13 +66,13 @@ variable "extra_dataset_ids" {
 
 variable "export_partitions" {
   type        = bool
-  description = "Export each partition of a partitioned table as its own unit (--partitions). The producer then queries INFORMATION_SCHEMA.PARTITIONS, so it is granted bigquery.jobUser on the dataset's project."
+  description = "Export each partition of a partitioned table as its own unit (--partitions)."
   default     = false
 }
 
 variable "only_changed" {
   type        = bool
-  description = "Export only the tables (and partitions) that changed since their last export (--only-changed). The producer reads change markers with a query, so it is granted bigquery.jobUser on the dataset's project."
+  description = "Export only the tables (and partitions) that changed since their last export (--only-changed)."
   default     = false
 }
 
@@ -89,7 +89,7 @@ variable "duplicate_trigger_window_minutes" {
 
 variable "export_views" {
   type        = bool
-  description = "Export views and materialized views too, through EXPORT DATA query jobs, which are billed (--views); the producer dry-runs each first, so it is granted bigquery.jobUser on the dataset's project. The worker reads a view with its own grants: give it bigquery.dataViewer on the datasets the views read, or authorize the views."
+  description = "Export views and materialized views too, through EXPORT DATA query jobs, which are billed (--views); the producer dry-runs each first (a dry run reads what the view reads: grant the producer bigquery.dataViewer on those tables, or the view is exported with its estimate unknown). The worker reads a view with its own grants: give it bigquery.dataViewer on the datasets the views read, or authorize the views."
   default     = false
 }
 

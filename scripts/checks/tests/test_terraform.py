@@ -43,7 +43,7 @@ ALLOW_LIST = [
     # who            role                                   resource type                            on                                   only        condition
     ("producer",     "roles/bigquery.metadataViewer",       "google_bigquery_dataset_iam_member",    "var.dataset_id",                    None,       None),
     ("producer",     "roles/bigquery.metadataViewer",       "google_bigquery_dataset_iam_member",    "var.extra_dataset_ids",             "each",     None),
-    ("producer",     "roles/bigquery.jobUser",              "google_project_iam_member",             "var.dataset_project_id",            "queries",  None),
+    ("producer",     "roles/bigquery.jobUser",              "google_project_iam_member",             "var.dataset_project_id",            None,       None),
     ("producer",     "roles/pubsub.publisher",              "google_pubsub_topic_iam_member",        "google_pubsub_topic.work",          None,       None),
     ("producer",     "roles/storage.objectUser",            "google_storage_bucket_iam_member",      "google_storage_bucket.exports",     None,       "/objects/${var.export_prefix}\")"),
     ("producer",     "roles/run.jobsExecutorWithOverrides", "google_cloud_run_v2_job_iam_member",    "google_cloud_run_v2_job.worker",    "producer", None),

@@ -524,26 +524,15 @@ impl BigQueryWarehouse {
     }
 
     /// Every table of the dataset with its kind, rows and bytes, from one
-    /// query: `INFORMATION_SCHEMA.TABLES` names every table now (storage
-    /// statistics lag by minutes), `TABLE_STORAGE` of the dataset's region
-    /// adds the sizes.
+    /// query (see [`planning_sql`]).
     async fn tables_from_query(&self) -> Result<Vec<TableInfo>, UnitError> {
-        let location = self.location().await?;
-        let (project, dataset) = (&self.project, &self.dataset);
-        let sql = format!(
-            "SELECT t.table_name, t.table_type, s.total_rows, s.total_logical_bytes \
-             FROM `{project}.{dataset}.INFORMATION_SCHEMA.TABLES` AS t \
-             LEFT JOIN `{project}.region-{region}.INFORMATION_SCHEMA.TABLE_STORAGE` AS s \
-             ON s.table_schema = t.table_schema AND s.table_name = t.table_name \
-             AND NOT s.deleted",
-            region = location.to_ascii_lowercase()
-        );
+        let sql = planning_sql(&self.project, &self.dataset);
         let rows = self.query(sql, "querying INFORMATION_SCHEMA").await?;
         Ok(rows.iter().map(table_from_row).collect())
     }
 
-    /// Runs a metadata query (free: INFORMATION_SCHEMA) and reads every page
-    /// of its rows.
+    /// Runs a metadata query and reads every page of its rows. Not free:
+    /// on-demand pricing bills an `INFORMATION_SCHEMA` query at least 10 MB.
     async fn query(
         &self,
         sql: String,
@@ -964,6 +953,27 @@ fn metadata_retry() -> RetryPolicy {
     }
 }
 
+/// The query a run is planned from: every table of the dataset with its
+/// type from the dataset's `INFORMATION_SCHEMA.TABLES` (it names every table
+/// now), and its rows and logical bytes summed over its partitions from the
+/// dataset's `INFORMATION_SCHEMA.PARTITIONS` (an unpartitioned table is one
+/// row there). Both views are the dataset's own, so what a dataset-level
+/// grant reads (`bigquery.tables.list`, `bigquery.tables.get`: the module's
+/// `metadataViewer`) plus `bigquery.jobs.create` on the project
+/// (`jobUser`) runs it. A region-qualified view (`region-LOC.…
+/// TABLE_STORAGE`) would need permissions on the whole project, which the
+/// module rightly never grants.
+fn planning_sql(project: &str, dataset: &str) -> String {
+    format!(
+        "SELECT t.table_name, t.table_type, p.total_rows, p.total_logical_bytes \
+         FROM `{project}.{dataset}.INFORMATION_SCHEMA.TABLES` AS t \
+         LEFT JOIN (SELECT table_name, SUM(total_rows) AS total_rows, \
+         SUM(total_logical_bytes) AS total_logical_bytes \
+         FROM `{project}.{dataset}.INFORMATION_SCHEMA.PARTITIONS` GROUP BY table_name) AS p \
+         ON p.table_name = t.table_name"
+    )
+}
+
 /// One row of the planning query: name, type, rows, bytes, each `{"v": …}`.
 fn table_from_row(row: &serde_json::Map<String, serde_json::Value>) -> TableInfo {
     let cell = |i: usize| row.get("f").and_then(|f| f.get(i)).and_then(|c| c.get("v"));
@@ -1096,8 +1106,9 @@ impl Warehouse for BigQueryWarehouse {
                 tracing::warn!(
                     error = %e,
                     "the INFORMATION_SCHEMA query failed; planning from tables.list and \
-                     one tables.get per table instead (allow the query with \
-                     bigquery.jobs.create and bigquery.tables.list on the project)"
+                     one tables.get per table instead (the query needs bigquery.jobs.create \
+                     on the project, roles/bigquery.jobUser, and bigquery.tables.list and \
+                     bigquery.tables.get on the dataset, roles/bigquery.metadataViewer)"
                 );
                 self.tables_from_api().await
             }
@@ -1141,11 +1152,29 @@ impl Warehouse for BigQueryWarehouse {
 
 #[cfg(test)]
 mod tests {
-    use super::{decide, export_data_sql, job_id, parse_timestamp};
+    use super::{decide, export_data_sql, job_id, parse_timestamp, planning_sql};
     use crate::contract::message::SourceTable;
     use crate::contract::options::{Compression, Format};
     use crate::error::ErrorKind::{self, Permanent, Transient};
     use crate::ports::warehouse::ExportRequest;
+
+    /// The module grants the producer dataset-level reads and the right to
+    /// run jobs, never project-wide metadata: the planning query must read
+    /// the dataset's own INFORMATION_SCHEMA views only.
+    #[test]
+    fn the_planning_query_reads_only_the_datasets_own_views() {
+        let sql = planning_sql("p", "sales");
+        let views: Vec<&str> = sql.split('`').skip(1).step_by(2).collect();
+        assert_eq!(
+            views,
+            [
+                "p.sales.INFORMATION_SCHEMA.TABLES",
+                "p.sales.INFORMATION_SCHEMA.PARTITIONS"
+            ],
+            "{sql}"
+        );
+        assert!(!sql.contains("region-"), "{sql}");
+    }
 
     fn request(key: &str, dataset: &str) -> ExportRequest {
         ExportRequest {
