@@ -18,6 +18,16 @@ resource "google_storage_bucket" "exports" {
     enabled = true
   }
 
+  # Soft delete, set deliberately: Cloud Storage's default keeps every
+  # deleted object 7 more days, on top of the noncurrent versions above, and
+  # BigQuery's export documentation advises turning it off on export buckets
+  # (https://docs.cloud.google.com/bigquery/docs/exporting-data, "Export
+  # limitations"). 0 turns it off; 7 to 90 days otherwise
+  # (https://docs.cloud.google.com/storage/docs/soft-delete).
+  soft_delete_policy {
+    retention_duration_seconds = var.soft_delete_retention_days * 86400
+  }
+
   lifecycle_rule {
     condition {
       days_since_noncurrent_time = var.noncurrent_retention_days

@@ -190,6 +190,17 @@ variable "noncurrent_retention_days" {
   }
 }
 
+variable "soft_delete_retention_days" {
+  type        = number
+  description = "Days Cloud Storage keeps a deleted object soft-deleted (restorable, billed at its storage class's rate), after versioning's noncurrent_retention_days: every superseded export is then stored noncurrent_retention_days + soft_delete_retention_days. 0 (default) turns soft delete off, as BigQuery advises for export buckets; otherwise 7 to 90 (Cloud Storage's limits). An organization policy (constraints/storage.softDeletePolicySeconds) may require a minimum: set it here."
+  default     = 0
+
+  validation {
+    condition     = var.soft_delete_retention_days == 0 || (var.soft_delete_retention_days >= 7 && var.soft_delete_retention_days <= 90 && floor(var.soft_delete_retention_days) == var.soft_delete_retention_days)
+    error_message = "soft_delete_retention_days must be 0 (soft delete off) or a whole number of days from 7 to 90 (Cloud Storage's limits)."
+  }
+}
+
 variable "force_destroy" {
   type        = bool
   description = "Let terraform destroy delete the bucket with the exports in it."

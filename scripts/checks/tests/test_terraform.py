@@ -403,3 +403,23 @@ def test_readme_documents_every_input_and_output(module):
     assert outputs, "no outputs found"
     missing = [n for n in [*module.variables, *outputs] if f"| `{n}` |" not in readme]
     assert missing == [], f"not in terraform/README.md's tables: {missing}"
+
+
+# --- the bucket ------------------------------------------------------------------
+
+def test_soft_delete_is_set_deliberately(module):
+    """Cloud Storage soft-deletes every deleted object for 7 days unless the
+    bucket says otherwise, and that comes on top of versioning: a superseded
+    export would be kept noncurrent_retention_days, then 7 days more. BigQuery
+    advises turning soft delete off on export buckets
+    (https://docs.cloud.google.com/bigquery/docs/exporting-data, "Export
+    limitations"); the module sets it from soft_delete_retention_days, off by
+    default."""
+    bucket = module.resources["google_storage_bucket.exports"]
+    policy = bucket.get("soft_delete_policy")
+    assert policy, "google_storage_bucket.exports has no soft_delete_policy: Cloud Storage's 7-day default applies"
+    seconds = policy[0].get("retention_duration_seconds")
+    assert refers_to(module.expand(seconds), "var.soft_delete_retention_days"), seconds
+    assert module.default("soft_delete_retention_days") == 0
+    for days in (0, 7, 90):
+        assert Evaluator({"soft_delete_retention_days": days}, module).eval(seconds) == days * 86400

@@ -124,3 +124,13 @@ def test_views_settings_go_together(variables_only):
     assert_rejected(variables_only, "max_bytes_billed", export_views=True, max_bytes_billed=0)
     assert_rejected(variables_only, "export_compression", export_views=True,
                     export_format="parquet", export_compression="zstd")
+
+
+@pytest.mark.parametrize("days, ok", [(0, True), (7, True), (30, True), (90, True),
+                                      (1, False), (6, False), (91, False), (-1, False), (7.5, False)])
+def test_soft_delete_retention_is_off_or_within_cloud_storage_limits(variables_only, days, ok):
+    """0 turns soft delete off; otherwise Cloud Storage takes 7 to 90 days."""
+    if ok:
+        assert_accepted(variables_only, soft_delete_retention_days=days)
+    else:
+        assert_rejected(variables_only, "soft_delete_retention_days", soft_delete_retention_days=days)
