@@ -9,6 +9,7 @@
 #   run.tf         the producer and worker Cloud Run jobs
 #   scheduler.tf   what starts a run
 #   monitoring.tf  the alert on dead letters
+#   checks.tf      plan-time warnings (check blocks) on the variables
 
 data "google_project" "this" {
   project_id = var.project_id

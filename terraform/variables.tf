@@ -401,14 +401,33 @@ variable "worker_concurrency" {
   }
 }
 
+variable "longest_export_seconds" {
+  type        = number
+  description = "Seconds the longest single export takes (one table's or partition's BigQuery extract job, or a view's EXPORT DATA query), with some headroom: the worker task timeout is sized and checked against it. Measure it in INFORMATION_SCHEMA.JOBS (see the README's \"Sizing the worker task timeout\"). The default assumes no export takes more than 25 minutes."
+  default     = 1500
+
+  validation {
+    condition     = var.longest_export_seconds >= 1 && var.longest_export_seconds <= 604800
+    error_message = "longest_export_seconds must be between 1 and 604800 seconds (a worker task runs at most 168 hours)."
+  }
+}
+
 variable "worker_task_timeout_seconds" {
   type        = number
-  description = "Longest a worker task runs; also the longest it holds a message."
+  description = "Longest a worker task runs (Cloud Run jobs allow up to 168 hours); also the longest it holds a message. A task killed at its timeout gives its units back, each at the cost of a delivery attempt, and a unit that never fits is dead-lettered after max_delivery_attempts while its BigQuery job succeeds: size it from longest_export_seconds (at least that plus 300 s; better, ceil(units_per_task / worker_concurrency) times it), and keep it within message_retention_seconds."
   default     = 3600
 
   validation {
-    condition     = var.worker_task_timeout_seconds >= 60 && var.worker_task_timeout_seconds <= 86400
-    error_message = "worker_task_timeout_seconds must be between 60 and 86400."
+    condition     = var.worker_task_timeout_seconds >= 60 && var.worker_task_timeout_seconds <= 604800
+    error_message = "worker_task_timeout_seconds must be between 60 and 604800 (168 hours, Cloud Run's task timeout limit for jobs)."
+  }
+  validation {
+    condition     = var.worker_task_timeout_seconds >= var.longest_export_seconds + 300
+    error_message = "worker_task_timeout_seconds must be at least longest_export_seconds + 300: a task killed at its timeout gives its units back, each kill costs a delivery attempt, and a unit longer than the timeout is dead-lettered after max_delivery_attempts while its BigQuery job succeeds. Raise worker_task_timeout_seconds (up to 604800), or correct longest_export_seconds."
+  }
+  validation {
+    condition     = var.worker_task_timeout_seconds <= var.message_retention_seconds
+    error_message = "worker_task_timeout_seconds must not exceed message_retention_seconds: Pub/Sub drops an unacknowledged message older than the retention, even while a task holds it. Raise message_retention_seconds or lower the timeout."
   }
 }
 
@@ -436,12 +455,23 @@ variable "worker_cpu" {
 
 variable "worker_memory" {
   type        = string
-  description = "Memory limit of a worker task (a worker holds tens of MiB)."
+  description = "Memory limit of a worker task (a worker holds tens of MiB), within Cloud Run's range for worker_cpu: 1 vCPU 512Mi-4Gi, 2 vCPU 512Mi-8Gi, 4 vCPU 2Gi-16Gi, 6 vCPU 4Gi-24Gi, 8 vCPU 4Gi-32Gi."
   default     = "512Mi"
 
   validation {
     condition     = can(regex("^[0-9]+(Mi|Gi)$", var.worker_memory))
     error_message = "worker_memory must be a quantity such as 512Mi or 1Gi."
+  }
+  # Cloud Run's memory range per CPU count, in MiB
+  # (https://docs.cloud.google.com/run/docs/configuring/jobs/cpu, "vCPU and
+  # memory table"), and at least 512 MiB for a job
+  # (https://docs.cloud.google.com/run/docs/configuring/jobs/memory-limits).
+  validation {
+    condition = !can(regex("^[0-9]+(Mi|Gi)$", var.worker_memory)) || !contains(["1", "2", "4", "6", "8"], var.worker_cpu) || (
+      try(tonumber(regex("^[0-9]+", var.worker_memory)) * (endswith(var.worker_memory, "Gi") ? 1024 : 1), 0) >= lookup({ "1" = 512, "2" = 512, "4" = 2048, "6" = 4096, "8" = 4096 }, var.worker_cpu, 0) &&
+      try(tonumber(regex("^[0-9]+", var.worker_memory)) * (endswith(var.worker_memory, "Gi") ? 1024 : 1), 0) <= lookup({ "1" = 4096, "2" = 8192, "4" = 16384, "6" = 24576, "8" = 32768 }, var.worker_cpu, 0)
+    )
+    error_message = "worker_memory is outside what Cloud Run allows with worker_cpu: 1 vCPU takes 512Mi to 4Gi, 2 vCPU 512Mi to 8Gi, 4 vCPU 2Gi to 16Gi, 6 vCPU 4Gi to 24Gi, 8 vCPU 4Gi to 32Gi. Change worker_memory or worker_cpu."
   }
 }
 
@@ -449,12 +479,12 @@ variable "worker_memory" {
 
 variable "producer_task_timeout_seconds" {
   type        = number
-  description = "Longest the producer runs (listing, publishing, starting workers)."
+  description = "Longest the producer runs (listing, publishing, starting workers); Cloud Run jobs allow up to 168 hours."
   default     = 600
 
   validation {
-    condition     = var.producer_task_timeout_seconds >= 60 && var.producer_task_timeout_seconds <= 86400
-    error_message = "producer_task_timeout_seconds must be between 60 and 86400."
+    condition     = var.producer_task_timeout_seconds >= 60 && var.producer_task_timeout_seconds <= 604800
+    error_message = "producer_task_timeout_seconds must be between 60 and 604800 (168 hours, Cloud Run's task timeout limit for jobs)."
   }
 }
 
@@ -482,12 +512,23 @@ variable "producer_cpu" {
 
 variable "producer_memory" {
   type        = string
-  description = "Memory limit of the producer."
+  description = "Memory limit of the producer, within Cloud Run's range for producer_cpu: 1 vCPU 512Mi-4Gi, 2 vCPU 512Mi-8Gi, 4 vCPU 2Gi-16Gi, 6 vCPU 4Gi-24Gi, 8 vCPU 4Gi-32Gi."
   default     = "512Mi"
 
   validation {
     condition     = can(regex("^[0-9]+(Mi|Gi)$", var.producer_memory))
     error_message = "producer_memory must be a quantity such as 512Mi or 1Gi."
+  }
+  # Cloud Run's memory range per CPU count, in MiB
+  # (https://docs.cloud.google.com/run/docs/configuring/jobs/cpu, "vCPU and
+  # memory table"), and at least 512 MiB for a job
+  # (https://docs.cloud.google.com/run/docs/configuring/jobs/memory-limits).
+  validation {
+    condition = !can(regex("^[0-9]+(Mi|Gi)$", var.producer_memory)) || !contains(["1", "2", "4", "6", "8"], var.producer_cpu) || (
+      try(tonumber(regex("^[0-9]+", var.producer_memory)) * (endswith(var.producer_memory, "Gi") ? 1024 : 1), 0) >= lookup({ "1" = 512, "2" = 512, "4" = 2048, "6" = 4096, "8" = 4096 }, var.producer_cpu, 0) &&
+      try(tonumber(regex("^[0-9]+", var.producer_memory)) * (endswith(var.producer_memory, "Gi") ? 1024 : 1), 0) <= lookup({ "1" = 4096, "2" = 8192, "4" = 16384, "6" = 24576, "8" = 32768 }, var.producer_cpu, 0)
+    )
+    error_message = "producer_memory is outside what Cloud Run allows with producer_cpu: 1 vCPU takes 512Mi to 4Gi, 2 vCPU 512Mi to 8Gi, 4 vCPU 2Gi to 16Gi, 6 vCPU 4Gi to 24Gi, 8 vCPU 4Gi to 32Gi. Change producer_memory or producer_cpu."
   }
 }
 

@@ -37,6 +37,9 @@ def variables_only(tmp_path_factory):
     assert terraform, "terraform is not on PATH (Terraform 1.11 is at /usr/local/bin/terraform)"
     folder = tmp_path_factory.mktemp("variables-only")
     shutil.copy(MODULE / "variables.tf", folder)
+    # check blocks that read only variables: their warnings show in a plan.
+    if (MODULE / "checks.tf").is_file():
+        shutil.copy(MODULE / "checks.tf", folder)
     subprocess.run([terraform, "init", "-input=false", "-no-color"], cwd=folder, check=True, capture_output=True)
     return terraform, folder
 
@@ -55,6 +58,21 @@ def assert_accepted(variables_only, **values):
     assert run.returncode == 0, f"{values} rejected:\n{run.stderr}"
 
 
+def assert_warned(variables_only, check, **values):
+    """The plan succeeds but the check block named `check` warns."""
+    run = plan(variables_only, **values)
+    assert run.returncode == 0, f"{values} rejected:\n{run.stderr}"
+    out = run.stdout + run.stderr
+    assert "Check block assertion failed" in out and f'check "{check}"' in out, (
+        f"{values}: no warning from check {check}:\n{out}")
+
+
+def assert_not_warned(variables_only, check, **values):
+    run = plan(variables_only, **values)
+    assert run.returncode == 0, f"{values} rejected:\n{run.stderr}"
+    assert f'check "{check}"' not in run.stdout + run.stderr, f"{values}: check {check} warned"
+
+
 def assert_rejected(variables_only, name, **values):
     run = plan(variables_only, **values)
     assert run.returncode != 0, f"{values} accepted"
@@ -62,7 +80,9 @@ def assert_rejected(variables_only, name, **values):
 
 
 def test_defaults_are_accepted(variables_only):
-    assert_accepted(variables_only)
+    run = plan(variables_only)
+    assert run.returncode == 0, run.stderr
+    assert "Check block assertion failed" not in run.stdout + run.stderr, run.stdout + run.stderr
 
 
 def test_example_values_are_accepted(variables_only):
@@ -82,6 +102,9 @@ def test_limits(variables_only, name, low, high):
     # is refused for crossing the other.
     others = {"minimum_backoff_seconds": 0, "maximum_backoff_seconds": 600}
     others.pop(name, None)
+    if name == "message_retention_seconds":
+        # The worker task timeout must fit in the retention.
+        others.update(worker_task_timeout_seconds=low, longest_export_seconds=low - 300)
     assert_accepted(variables_only, **others, **{name: low})
     assert_accepted(variables_only, **others, **{name: high})
     assert_rejected(variables_only, name, **others, **{name: low - 1})
@@ -134,3 +157,67 @@ def test_soft_delete_retention_is_off_or_within_cloud_storage_limits(variables_o
         assert_accepted(variables_only, soft_delete_retention_days=days)
     else:
         assert_rejected(variables_only, "soft_delete_retention_days", soft_delete_retention_days=days)
+
+
+# --- Cloud Run limits ----------------------------------------------------------------
+# https://docs.cloud.google.com/run/docs/configuring/jobs/cpu, "vCPU and memory
+# table": 1 vCPU 128 MiB-4 GiB, 2 vCPU 128 MiB-8 GiB, 4 vCPU 2-16 GiB, 6 vCPU
+# 4-24 GiB, 8 vCPU 4-32 GiB; a job takes at least 512 MiB
+# (https://docs.cloud.google.com/run/docs/configuring/jobs/memory-limits).
+CPU_MEMORY_ACCEPTED = [("1", "512Mi"), ("1", "4Gi"), ("2", "512Mi"), ("2", "8Gi"), ("4", "2Gi"),
+                       ("4", "16Gi"), ("6", "4Gi"), ("6", "24Gi"), ("8", "4Gi"), ("8", "32Gi")]
+CPU_MEMORY_REJECTED = [("1", "256Mi"), ("1", "4097Mi"), ("2", "9Gi"), ("4", "512Mi"), ("4", "2047Mi"),
+                       ("4", "17Gi"), ("6", "3Gi"), ("6", "25Gi"), ("8", "2Gi"), ("8", "33Gi")]
+
+
+@pytest.mark.parametrize("job", ["worker", "producer"])
+@pytest.mark.parametrize("cpu, memory", CPU_MEMORY_ACCEPTED)
+def test_cpu_and_memory_cloud_run_accepts(variables_only, job, cpu, memory):
+    assert_accepted(variables_only, **{f"{job}_cpu": cpu, f"{job}_memory": memory})
+
+
+@pytest.mark.parametrize("job", ["worker", "producer"])
+@pytest.mark.parametrize("cpu, memory", CPU_MEMORY_REJECTED)
+def test_cpu_and_memory_cloud_run_rejects(variables_only, job, cpu, memory):
+    assert_rejected(variables_only, f"{job}_memory", **{f"{job}_cpu": cpu, f"{job}_memory": memory})
+
+
+@pytest.mark.parametrize("name", ["worker_task_timeout_seconds", "producer_task_timeout_seconds"])
+def test_task_timeouts_up_to_cloud_run_jobs_limit(variables_only, name):
+    """Cloud Run job tasks may run up to 168 hours
+    (https://docs.cloud.google.com/run/docs/configuring/task-timeout)."""
+    assert_accepted(variables_only, **{name: 86401})
+    assert_accepted(variables_only, **{name: 168 * 3600})
+    assert_rejected(variables_only, name, **{name: 168 * 3600 + 1})
+    assert_rejected(variables_only, name, **{name: 59})
+
+
+def test_worker_task_timeout_leaves_room_for_the_longest_export(variables_only):
+    """A task killed at its timeout gives its units back: each kill costs a
+    delivery attempt, and after max_delivery_attempts the unit is dead-lettered
+    while its BigQuery job goes on and succeeds. A timeout shorter than the
+    longest export (plus 300 s to start, commit and stop) can never export it."""
+    assert_accepted(variables_only, longest_export_seconds=3300, worker_task_timeout_seconds=3600)
+    assert_rejected(variables_only, "worker_task_timeout_seconds",
+                    longest_export_seconds=3600, worker_task_timeout_seconds=3600)
+    assert_rejected(variables_only, "worker_task_timeout_seconds",
+                    longest_export_seconds=4 * 3600, worker_task_timeout_seconds=3600)
+
+
+def test_worker_task_timeout_warns_when_a_task_may_not_finish_its_share(variables_only):
+    """With worker_launch = "producer" a task is given about units_per_task
+    units, exported worker_concurrency at a time: ceil(units_per_task /
+    worker_concurrency) rounds, each up to longest_export_seconds."""
+    # 8 units, 4 at once: 2 rounds of 1800 s fit 3900 s; 3 rounds do not.
+    assert_not_warned(variables_only, "worker_task_timeout_fits_a_share",
+                      longest_export_seconds=1800, worker_task_timeout_seconds=3900)
+    assert_warned(variables_only, "worker_task_timeout_fits_a_share",
+                  longest_export_seconds=1800, worker_task_timeout_seconds=3900, units_per_task=12)
+
+
+def test_messages_outlive_the_task_holding_them(variables_only):
+    """Pub/Sub drops an unacknowledged message once it is older than the
+    subscription's retention, lease or not."""
+    assert_rejected(variables_only, "worker_task_timeout_seconds",
+                    worker_task_timeout_seconds=7200, message_retention_seconds=3600)
+    assert_accepted(variables_only, worker_task_timeout_seconds=3600, message_retention_seconds=3600)

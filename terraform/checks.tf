@@ -1,0 +1,16 @@
+# Warnings Terraform prints at plan and apply without stopping them (check
+# blocks). They read only variables, so scripts/checks evaluates them with
+# variables.tf alone (tests/test_terraform_validations.py).
+
+# With worker_launch = "producer" a task is given about units_per_task units
+# and exports worker_concurrency at a time: ceil(units_per_task /
+# worker_concurrency) rounds. If each could be as long as the longest export,
+# the task outlives its timeout: the units in flight go back, each at the cost
+# of a delivery attempt. Not an error: most exports are shorter than the
+# longest, and other tasks take their share of the queue.
+check "worker_task_timeout_fits_a_share" {
+  assert {
+    condition     = var.worker_launch != "producer" || var.worker_task_timeout_seconds >= ceil(var.units_per_task / var.worker_concurrency) * var.longest_export_seconds + 300
+    error_message = "worker_task_timeout_seconds (${var.worker_task_timeout_seconds}) is shorter than a task's share of the run could take: ceil(units_per_task / worker_concurrency) = ${ceil(var.units_per_task / var.worker_concurrency)} rounds of up to longest_export_seconds (${var.longest_export_seconds}) plus 300 s. A task killed at its timeout costs each unit it holds a delivery attempt. Raise worker_task_timeout_seconds, or lower units_per_task, or raise worker_concurrency."
+  }
+}
