@@ -14,3 +14,12 @@ check "worker_task_timeout_fits_a_share" {
     error_message = "worker_task_timeout_seconds (${var.worker_task_timeout_seconds}) is shorter than a task's share of the run could take: ceil(units_per_task / worker_concurrency) = ${ceil(var.units_per_task / var.worker_concurrency)} rounds of up to longest_export_seconds (${var.longest_export_seconds}) plus 300 s. A task killed at its timeout costs each unit it holds a delivery attempt. Raise worker_task_timeout_seconds, or lower units_per_task, or raise worker_concurrency."
   }
 }
+
+# Every alert policy notifies var.alert_notification_channels: with none, an
+# incident opens in the console and nobody is told.
+check "alerts_reach_someone" {
+  assert {
+    condition     = length(var.alert_notification_channels) > 0
+    error_message = "alert_notification_channels is empty: the alert policies (dead letters, failed executions, missed runs, old work, scheduler errors) notify NOBODY. Add a channel: alert_notification_channels = [\"projects/PROJECT/notificationChannels/ID\"] (gcloud beta monitoring channels list)."
+  }
+}

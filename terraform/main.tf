@@ -8,7 +8,7 @@
 #   iam.tf         one service account per role, least privilege
 #   run.tf         the producer and worker Cloud Run jobs
 #   scheduler.tf   what starts a run
-#   monitoring.tf  the alert on dead letters
+#   monitoring.tf  alerts: dead letters, failures, missed runs, old work
 #   checks.tf      plan-time warnings (check blocks) on the variables
 
 data "google_project" "this" {

@@ -536,8 +536,13 @@ variable "producer_memory" {
 
 variable "alert_notification_channels" {
   type        = list(string)
-  description = "Monitoring notification channel IDs (projects/P/notificationChannels/N) told when tables are dead-lettered."
+  description = "Monitoring notification channel IDs (projects/P/notificationChannels/N) every alert policy notifies: dead letters, failed executions, a missed run, old work, scheduler errors. Leave it empty only knowingly: the policies then notify nobody, which the plan warns about and the output alert_notification_warning says."
   default     = []
+
+  validation {
+    condition     = alltrue([for c in var.alert_notification_channels : can(regex("^projects/[^/]+/notificationChannels/[^/]+$", c))])
+    error_message = "alert_notification_channels must be notification channel IDs such as projects/my-project/notificationChannels/1234567890 (gcloud beta monitoring channels list --format='value(name)')."
+  }
 }
 
 variable "alert_after_seconds" {
@@ -548,6 +553,47 @@ variable "alert_after_seconds" {
   validation {
     condition     = var.alert_after_seconds >= 0 && var.alert_after_seconds % 60 == 0
     error_message = "alert_after_seconds must be a non-negative multiple of 60."
+  }
+}
+
+variable "alert_renotify_seconds" {
+  type        = number
+  description = "Seconds between reminders of a metric-based incident still open (dead letters waiting, no successful run, old work): 86400 reminds daily; null sends none."
+  default     = 86400
+
+  validation {
+    condition     = var.alert_renotify_seconds == null ? true : var.alert_renotify_seconds >= 60 && var.alert_renotify_seconds % 60 == 0
+    error_message = "alert_renotify_seconds must be a positive multiple of 60 (whole minutes), or null for no reminders."
+  }
+}
+
+variable "producer_missed_run_alert_seconds" {
+  type        = number
+  description = "Alert when the producer has not completed a run successfully for this long: the longest gap between two scheduled runs (daylight saving included) plus the producer's run time. The default, 93600 (26 h), suits a daily schedule; Cloud Monitoring allows up to 25 h of window plus a retest window, so at most 93600 here: null turns the alert off, as a schedule that skips days (weekdays, weekly) needs."
+  default     = 93600
+
+  validation {
+    condition     = var.producer_missed_run_alert_seconds == null ? true : var.producer_missed_run_alert_seconds >= 3600 && var.producer_missed_run_alert_seconds <= 93600 && var.producer_missed_run_alert_seconds % 60 == 0
+    error_message = "producer_missed_run_alert_seconds must be a multiple of 60 from 3600 to 93600 (25 h, Cloud Monitoring's longest alignment period for alerts, plus a 1 h retest window), or null to turn the alert off."
+  }
+  validation {
+    condition     = var.producer_missed_run_alert_seconds == null ? true : var.producer_missed_run_alert_seconds >= var.producer_task_timeout_seconds + 60
+    error_message = "producer_missed_run_alert_seconds must exceed producer_task_timeout_seconds: a run may take that long before it succeeds."
+  }
+  validation {
+    condition     = var.producer_missed_run_alert_seconds == null ? true : try(alltrue([for f in slice(split(" ", trimspace(replace(var.schedule, "/\\s+/", " "))), 2, 5) : f == "*"]), true)
+    error_message = "producer_missed_run_alert_seconds must be null with this schedule: it does not run every day (its day-of-month, month or day-of-week field is not *), so the gap between runs can exceed what the alert can cover (at most 26 h). Set producer_missed_run_alert_seconds = null and watch runs another way, or schedule a daily run."
+  }
+}
+
+variable "work_backlog_alert_seconds" {
+  type        = number
+  description = "Alert when a work message has waited unacknowledged this long (the subscription's oldest_unacked_message_age): no worker drains the queue, or a run is far slower than sized [default: twice worker_task_timeout_seconds]."
+  default     = null
+
+  validation {
+    condition     = var.work_backlog_alert_seconds == null ? true : var.work_backlog_alert_seconds >= 600
+    error_message = "work_backlog_alert_seconds must be at least 600, or null for twice worker_task_timeout_seconds."
   }
 }
 

@@ -80,9 +80,11 @@ def assert_rejected(variables_only, name, **values):
 
 
 def test_defaults_are_accepted(variables_only):
+    """Accepted, and the only warning is that no alert notifies anyone."""
     run = plan(variables_only)
     assert run.returncode == 0, run.stderr
-    assert "Check block assertion failed" not in run.stdout + run.stderr, run.stdout + run.stderr
+    out = run.stdout + run.stderr
+    assert out.count("Check block assertion failed") == 1 and 'check "alerts_reach_someone"' in out, out
 
 
 def test_example_values_are_accepted(variables_only):
@@ -132,8 +134,10 @@ def test_minimum_backoff_at_most_maximum(variables_only):
     ("extra_dataset_ids", ["sales"], ["analytics"]),
 ])
 def test_values(variables_only, name, good, bad):
-    assert_accepted(variables_only, **{name: good})
-    assert_rejected(variables_only, name, **{name: bad})
+    # A schedule that skips days cannot have the missed-run alert.
+    others = {"producer_missed_run_alert_seconds": None} if name == "schedule" else {}
+    assert_accepted(variables_only, **others, **{name: good})
+    assert_rejected(variables_only, name, **others, **{name: bad})
 
 
 def test_compression_must_suit_the_format(variables_only):
@@ -186,10 +190,12 @@ def test_cpu_and_memory_cloud_run_rejects(variables_only, job, cpu, memory):
 def test_task_timeouts_up_to_cloud_run_jobs_limit(variables_only, name):
     """Cloud Run job tasks may run up to 168 hours
     (https://docs.cloud.google.com/run/docs/configuring/task-timeout)."""
-    assert_accepted(variables_only, **{name: 86401})
-    assert_accepted(variables_only, **{name: 168 * 3600})
-    assert_rejected(variables_only, name, **{name: 168 * 3600 + 1})
-    assert_rejected(variables_only, name, **{name: 59})
+    # A producer that may run longer than the missed-run window cannot have that alert.
+    others = {"producer_missed_run_alert_seconds": None}
+    assert_accepted(variables_only, **others, **{name: 86401})
+    assert_accepted(variables_only, **others, **{name: 168 * 3600})
+    assert_rejected(variables_only, name, **others, **{name: 168 * 3600 + 1})
+    assert_rejected(variables_only, name, **others, **{name: 59})
 
 
 def test_worker_task_timeout_leaves_room_for_the_longest_export(variables_only):
@@ -221,3 +227,47 @@ def test_messages_outlive_the_task_holding_them(variables_only):
     assert_rejected(variables_only, "worker_task_timeout_seconds",
                     worker_task_timeout_seconds=7200, message_retention_seconds=3600)
     assert_accepted(variables_only, worker_task_timeout_seconds=3600, message_retention_seconds=3600)
+
+
+# --- alerts ---------------------------------------------------------------------------
+CHANNEL = "projects/my-project-123/notificationChannels/1234567890"
+
+
+def test_no_notification_channel_is_warned_about(variables_only):
+    assert_warned(variables_only, "alerts_reach_someone")
+    assert_not_warned(variables_only, "alerts_reach_someone", alert_notification_channels=[CHANNEL])
+
+
+def test_notification_channels_are_channel_ids(variables_only):
+    assert_rejected(variables_only, "alert_notification_channels", alert_notification_channels=["1234567890"])
+    assert_rejected(variables_only, "alert_notification_channels", alert_notification_channels=["oncall@example.com"])
+
+
+@pytest.mark.parametrize("window, ok", [(None, True), (3600, True), (90000, True), (93600, True),
+                                        (93660, False), (3599, False), (86430, False)])
+def test_missed_run_window_within_cloud_monitoring_limits(variables_only, window, ok):
+    """25 h of alignment period at most, plus a 1 h retest window."""
+    if ok:
+        assert_accepted(variables_only, producer_missed_run_alert_seconds=window)
+    else:
+        assert_rejected(variables_only, "producer_missed_run_alert_seconds", producer_missed_run_alert_seconds=window)
+
+
+def test_missed_run_alert_needs_a_daily_schedule(variables_only):
+    """A weekday or weekly schedule leaves gaps longer than the alert's window."""
+    assert_rejected(variables_only, "producer_missed_run_alert_seconds", schedule="0 5 * * MON-FRI")
+    assert_rejected(variables_only, "producer_missed_run_alert_seconds", schedule="0 5 1 * *")
+    assert_accepted(variables_only, schedule="0 5 * * MON-FRI", producer_missed_run_alert_seconds=None)
+    assert_accepted(variables_only, schedule="0 */6 * * *")
+
+
+def test_missed_run_window_exceeds_the_producer_timeout(variables_only):
+    assert_rejected(variables_only, "producer_missed_run_alert_seconds",
+                    producer_missed_run_alert_seconds=3600, producer_task_timeout_seconds=3600)
+
+
+def test_renotify_interval(variables_only):
+    assert_accepted(variables_only, alert_renotify_seconds=None)
+    assert_accepted(variables_only, alert_renotify_seconds=3600)
+    assert_rejected(variables_only, "alert_renotify_seconds", alert_renotify_seconds=90)
+    assert_rejected(variables_only, "alert_renotify_seconds", alert_renotify_seconds=0)
