@@ -490,7 +490,7 @@ variable "producer_task_timeout_seconds" {
 
 variable "producer_max_retries" {
   type        = number
-  description = "Cloud Run restarts of a failed producer (a restart starts a new run id)."
+  description = "Cloud Run restarts of a failed producer task. A restart resumes the same run, it does not start another: the run id is the Cloud Run execution's name, which a retried task keeps, and the run's units without a completion record are published again only if the failed attempt had not finished publishing."
   default     = 1
 
   validation {

@@ -423,3 +423,17 @@ def test_soft_delete_is_set_deliberately(module):
     assert module.default("soft_delete_retention_days") == 0
     for days in (0, 7, 90):
         assert Evaluator({"soft_delete_retention_days": days}, module).eval(seconds) == days * 86400
+
+
+# --- descriptions that must not mislead ------------------------------------------------
+
+def test_producer_retry_is_described_as_resuming_its_run(module):
+    """The producer's run id defaults to the Cloud Run execution's name
+    (producer/src/main.rs, --run-id), and a retried task runs in the same
+    execution: it resumes the run, it does not start a new one."""
+    description = module.variables["producer_max_retries"]["description"].lower()
+    assert "new run id" not in description, description
+    assert "same run" in description and "execution" in description, description
+    readme = (MODULE / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith("| `producer_max_retries` |"))
+    assert "new run id" not in row.lower() and "same run" in row.lower(), row
