@@ -23,3 +23,20 @@ check "alerts_reach_someone" {
     error_message = "alert_notification_channels is empty: the alert policies (dead letters, failed executions, missed runs, old work, scheduler errors) notify NOBODY. Add a channel: alert_notification_channels = [\"projects/PROJECT/notificationChannels/ID\"] (gcloud beta monitoring channels list)."
   }
 }
+
+# Cloud Scheduler reads a schedule in its time zone, daylight saving included
+# (https://cloud.google.com/scheduler/docs/reference/rest/v1/projects.locations.jobs,
+# timeZone). Where clocks change, they do so between 01:00 and 03:59 local
+# time: a daily run there is skipped on the spring change day, or run twice on
+# the autumn one. Only fixed hours are looked at (a number, or a comma list).
+check "schedules_avoid_daylight_saving_changes" {
+  assert {
+    condition = contains(["UTC", "Etc/UTC", "Etc/GMT", "GMT"], var.time_zone) || !anytrue(flatten([
+      for s in concat([var.schedule], var.worker_launch == "schedule" ? [var.worker_schedule] : []) : [
+        for h in split(",", try(split(" ", trimspace(replace(s, "/\\s+/", " ")))[1], "")) :
+        can(tonumber(h)) && try(tonumber(h) >= 1 && tonumber(h) <= 3, false)
+      ]
+    ]))
+    error_message = "A schedule runs between 01:00 and 03:59 in ${var.time_zone}: if that time zone observes daylight saving, the run is skipped on the spring change day and run twice on the autumn one. Schedule it outside 01:00-03:59 local time, or set time_zone = \"Etc/UTC\"."
+  }
+}

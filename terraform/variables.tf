@@ -307,7 +307,7 @@ variable "schedule" {
 
 variable "time_zone" {
   type        = string
-  description = "IANA time zone the schedule is read in, e.g. Europe/Paris or Etc/UTC."
+  description = "IANA time zone the schedule is read in, e.g. Europe/Paris or Etc/UTC. Where clocks change for daylight saving, keep fixed run times outside 01:00-03:59 local time (a run there is skipped or doubled on change days; the plan warns)."
   default     = "Etc/UTC"
 
   validation {

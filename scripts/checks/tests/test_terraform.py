@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import zoneinfo
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import croniter
@@ -350,6 +350,49 @@ def test_time_zones_are_iana(module, example, tfvars):
         values["example default"] = example.default("time_zone")
     for where, zone in values.items():
         assert zone in zones, f"time_zone ({where}) = {zone!r} is not an IANA time zone"
+
+
+def daylight_saving_problems(expression: str, zone: str) -> list[str]:
+    """Local run times of a year that a daylight-saving change skips (they do
+    not exist) or repeats (they exist twice): Cloud Scheduler reads the
+    schedule in the job's time zone, daylight saving included (REST reference,
+    Job.timeZone: "some time zones include a provision for daylight savings
+    time"), so such a run is lost or doubled on change days."""
+    tz = zoneinfo.ZoneInfo(zone)
+    runs = croniter.croniter(expression, datetime(2027, 1, 1))
+    problems = []
+    for _ in range(20000):
+        local = runs.get_next(datetime)
+        if local >= datetime(2028, 1, 1):
+            break
+        first, second = local.replace(tzinfo=tz, fold=0), local.replace(tzinfo=tz, fold=1)
+        if first.utcoffset() != second.utcoffset():
+            exists = first.astimezone(timezone.utc).astimezone(tz).replace(tzinfo=None) == local
+            problems.append(f"{local:%Y-%m-%d %H:%M} {'happens twice' if exists else 'does not exist'}")
+    return problems
+
+
+def test_daylight_saving_checker_itself():
+    assert daylight_saving_problems("30 2 * * *", "Europe/Paris") == [
+        "2027-03-28 02:30 does not exist", "2027-10-31 02:30 happens twice"]
+    assert daylight_saving_problems("30 2 * * *", "Etc/UTC") == []
+    assert daylight_saving_problems("30 4 * * *", "Europe/Paris") == []
+
+
+def test_schedules_avoid_daylight_saving_changes(module, example, tfvars):
+    """The module's and the example's schedules run every day of the year,
+    once: none falls in a local hour a daylight-saving change skips or repeats."""
+    module_zone = module.default("time_zone")
+    example_zone = tfvars.get("time_zone", example.default("time_zone") if "time_zone" in example.variables else module_zone)
+    cases = {
+        "module schedule": (module.default("schedule"), module_zone),
+        "module worker_schedule": (module.default("worker_schedule"), module_zone),
+        "terraform.tfvars.example schedule": (tfvars.get("schedule"), example_zone),
+        "module worker_schedule in the example's time zone": (tfvars.get("worker_schedule", module.default("worker_schedule")), example_zone),
+    }
+    for where, (expression, zone) in cases.items():
+        problems = daylight_saving_problems(expression, zone)
+        assert problems == [], f"{where} {expression!r} in {zone}: {problems}"
 
 
 @pytest.mark.parametrize("name", ["schedule", "worker_schedule", "time_zone"])

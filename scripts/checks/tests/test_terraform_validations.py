@@ -271,3 +271,15 @@ def test_renotify_interval(variables_only):
     assert_accepted(variables_only, alert_renotify_seconds=3600)
     assert_rejected(variables_only, "alert_renotify_seconds", alert_renotify_seconds=90)
     assert_rejected(variables_only, "alert_renotify_seconds", alert_renotify_seconds=0)
+
+
+def test_a_schedule_in_the_daylight_saving_hours_is_warned_about(variables_only):
+    """01:00-03:59 local is where daylight-saving changes skip or repeat an hour."""
+    assert_warned(variables_only, "schedules_avoid_daylight_saving_changes",
+                  schedule="30 2 * * *", time_zone="Europe/Paris")
+    assert_warned(variables_only, "schedules_avoid_daylight_saving_changes",
+                  worker_launch="schedule", worker_schedule="0 1,13 * * *", time_zone="America/New_York")
+    assert_not_warned(variables_only, "schedules_avoid_daylight_saving_changes",
+                      schedule="30 2 * * *", time_zone="Etc/UTC")
+    assert_not_warned(variables_only, "schedules_avoid_daylight_saving_changes",
+                      schedule="30 4 * * *", time_zone="Europe/Paris")
