@@ -27,6 +27,10 @@ locals {
   source_uris     = [for d in local.dataset_ids : "bigquery://${local.dataset_project_id}/${d}"]
   destination_uri = "gs://${google_storage_bucket.exports.name}/${var.export_prefix}"
 
+  # The digest var.image pins (…@sha256:HEX), kept by the repository's
+  # cleanup policies; null for a tag.
+  image_digest = try(regex("@(sha256:[0-9a-f]{64})$", coalesce(var.image, "-"))[0], null)
+
   image = coalesce(
     var.image,
     "${var.region}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.images.repository_id}/bqdrain:latest",

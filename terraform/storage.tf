@@ -72,13 +72,18 @@ resource "google_artifact_registry_repository" "images" {
   format        = "DOCKER"
   labels        = local.labels
 
-  # Versions older than 30 days go, except the 10 most recent (a job pinned
-  # to a recent digest keeps its image).
+  # Cleanup (https://docs.cloud.google.com/artifact-registry/docs/repositories/cleanup-policy-overview:
+  # a version matched by a delete and a keep policy is kept). Only untagged
+  # versions older than 30 days are deleted: a tagged release is never
+  # deleted, whatever its age; the image_keep_count most recent versions are
+  # kept, tagged or not (a job updated to :latest runs the digest the tag
+  # named then, which loses the tag at the next push); and the digest that
+  # var.image pins is kept as long as the jobs reference it.
   cleanup_policies {
-    id     = "delete-old"
+    id     = "delete-old-untagged"
     action = "DELETE"
     condition {
-      tag_state  = "ANY"
+      tag_state  = "UNTAGGED"
       older_than = "2592000s"
     }
   }
@@ -87,7 +92,18 @@ resource "google_artifact_registry_repository" "images" {
     id     = "keep-recent"
     action = "KEEP"
     most_recent_versions {
-      keep_count = 10
+      keep_count = var.image_keep_count
+    }
+  }
+
+  dynamic "cleanup_policies" {
+    for_each = local.image_digest == null ? [] : [local.image_digest]
+    content {
+      id     = "keep-pinned-digest"
+      action = "KEEP"
+      condition {
+        version_name_prefixes = [cleanup_policies.value]
+      }
     }
   }
 

@@ -220,8 +220,24 @@ variable "artifact_repository_id" {
 
 variable "image" {
   type        = string
-  description = "Image both jobs run [default: REGION-docker.pkg.dev/PROJECT/REPOSITORY/bqdrain:latest]. A digest (…@sha256:…) pins a release."
+  description = "Image both jobs run [default: REGION-docker.pkg.dev/PROJECT/REPOSITORY/bqdrain:latest]. A digest (…@sha256:…) pins a release, and the repository's cleanup policy keeps that digest."
   default     = null
+
+  validation {
+    condition     = var.image == null ? true : !strcontains(var.image, "@") || can(regex("@sha256:[0-9a-f]{64}$", var.image))
+    error_message = "image must name a tag (…/bqdrain:TAG) or a full digest (…/bqdrain@sha256: and 64 hex digits)."
+  }
+}
+
+variable "image_keep_count" {
+  type        = number
+  description = "Most recent image versions the repository's cleanup policy keeps, tagged or not. Only untagged versions older than 30 days are ever deleted, and never the digest image pins."
+  default     = 10
+
+  validation {
+    condition     = var.image_keep_count >= 1 && floor(var.image_keep_count) == var.image_keep_count
+    error_message = "image_keep_count must be a whole number of at least 1."
+  }
 }
 
 # --- the work queue -------------------------------------------------------

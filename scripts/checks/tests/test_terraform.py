@@ -480,3 +480,40 @@ def test_producer_retry_is_described_as_resuming_its_run(module):
     readme = (MODULE / "README.md").read_text(encoding="utf-8")
     row = next(line for line in readme.splitlines() if line.startswith("| `producer_max_retries` |"))
     assert "new run id" not in row.lower() and "same run" in row.lower(), row
+
+
+# --- the image repository -----------------------------------------------------------
+
+def cleanup_policies(module) -> list[dict]:
+    repo = module.resources["google_artifact_registry_repository.images"]
+    found = [dict(p, dynamic=None) for p in repo.get("cleanup_policies", [])]
+    for dynamic in repo.get("dynamic", []):
+        if "cleanup_policies" in dynamic:
+            for content in dynamic["cleanup_policies"].get("content", []):
+                found.append(dict(content, dynamic=dynamic["cleanup_policies"].get("for_each")))
+    return found
+
+
+def test_image_cleanup_never_deletes_a_tagged_version(module):
+    """A delete policy that matches tag_state ANY deletes tagged releases a job
+    may run; only untagged versions may go. (If a version matches a delete and
+    a keep policy, it is kept:
+    https://docs.cloud.google.com/artifact-registry/docs/repositories/cleanup-policy-overview.)"""
+    deletes = [p for p in cleanup_policies(module) if p.get("action") == "DELETE"]
+    assert deletes, "no delete policy: the repository grows forever"
+    for policy in deletes:
+        condition = (policy.get("condition") or [{}])[0]
+        assert condition.get("tag_state") == "UNTAGGED", f"delete policy {policy.get('id')} may delete tagged versions"
+
+
+def test_image_cleanup_keeps_recent_versions_and_the_pinned_digest(module):
+    policies = cleanup_policies(module)
+    recent = [p for p in policies if p.get("action") == "KEEP" and p.get("most_recent_versions")]
+    assert recent and refers_to(module.expand(recent[0]["most_recent_versions"][0].get("keep_count")),
+                                "var.image_keep_count"), "no keep policy for the most recent image_keep_count versions"
+    pinned = [p for p in policies if p.get("action") == "KEEP" and p.get("dynamic")
+              and refers_to(module.expand(p["dynamic"]), "var.image")]
+    assert pinned, "no keep policy for the digest var.image pins"
+    prefixes = module.expand(pinned[0]["condition"][0].get("version_name_prefixes"))
+    assert "cleanup_policies.value" in prefixes, prefixes
+    assert "sha256" in module.expand(pinned[0]["dynamic"])

@@ -283,3 +283,11 @@ def test_a_schedule_in_the_daylight_saving_hours_is_warned_about(variables_only)
                       schedule="30 2 * * *", time_zone="Etc/UTC")
     assert_not_warned(variables_only, "schedules_avoid_daylight_saving_changes",
                       schedule="30 4 * * *", time_zone="Europe/Paris")
+
+
+def test_image_keep_count_and_digest(variables_only):
+    assert_accepted(variables_only, image_keep_count=1)
+    assert_rejected(variables_only, "image_keep_count", image_keep_count=0)
+    digest = "sha256:" + "0123456789abcdef" * 4
+    assert_accepted(variables_only, image=f"europe-west1-docker.pkg.dev/p/bqdrain/bqdrain@{digest}")
+    assert_rejected(variables_only, "image", image="europe-west1-docker.pkg.dev/p/bqdrain/bqdrain@sha256:abc")
