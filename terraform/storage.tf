@@ -60,7 +60,19 @@ resource "google_storage_bucket" "exports" {
     }
   }
 
-  depends_on = [google_project_service.required]
+  # CMEK: new objects are encrypted with kms_key_name by default, by the
+  # project's Cloud Storage service agent (granted on that key in iam.tf).
+  dynamic "encryption" {
+    for_each = var.kms_key_name == null ? [] : [var.kms_key_name]
+    content {
+      default_kms_key_name = encryption.value
+    }
+  }
+
+  depends_on = [
+    google_project_service.required,
+    google_kms_crypto_key_iam_member.storage_agent_uses_key,
+  ]
 }
 
 # Holds the bqdrain image both jobs run.

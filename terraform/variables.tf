@@ -201,6 +201,25 @@ variable "soft_delete_retention_days" {
   }
 }
 
+variable "kms_key_name" {
+  type        = string
+  description = "Cloud KMS key (projects/P/locations/L/keyRings/R/cryptoKeys/K) the bucket encrypts new objects with by default (CMEK), in the bucket's location; the module grants the project's Cloud Storage service agent roles/cloudkms.cryptoKeyEncrypterDecrypter on that key only. null: Google-managed encryption."
+  default     = null
+
+  validation {
+    condition     = var.kms_key_name == null ? true : can(regex("^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$", var.kms_key_name))
+    error_message = "kms_key_name must be a crypto key ID: projects/PROJECT/locations/LOCATION/keyRings/RING/cryptoKeys/KEY."
+  }
+  # The key ring must be where the data is
+  # (https://docs.cloud.google.com/storage/docs/encryption/using-customer-managed-keys).
+  # Checked for a bucket in one region; a multi- or dual-region bucket's key
+  # location is left to Cloud Storage.
+  validation {
+    condition     = var.kms_key_name == null ? true : !can(regex("^[a-z]+-[a-z]+[0-9]+$", lower(coalesce(var.bucket_location, var.region)))) || try(split("/", var.kms_key_name)[3], "") == lower(coalesce(var.bucket_location, var.region))
+    error_message = "kms_key_name must be a key in the bucket's location (bucket_location, or region by default): Cloud Storage refuses a key from another location. Use a key ring in that region."
+  }
+}
+
 variable "force_destroy" {
   type        = bool
   description = "Let terraform destroy delete the bucket with the exports in it."

@@ -36,7 +36,8 @@ TFVARS_EXAMPLE = EXAMPLE / "terraform.tfvars.example"
 # only: None, or the var.worker_launch value under which the grant exists
 #      (created with count), e.g. "producer" = if workers are launched by
 #      the producer; "queries" = only if the producer runs BigQuery queries
-#      (any of QUERY_FLAGS); "each" = one per var.extra_dataset_ids;
+#      (any of QUERY_FLAGS); "each" = one per var.extra_dataset_ids; "kms" =
+#      only if var.kms_key_name is set;
 # condition: text the IAM condition's expression must contain (None: no
 #      condition block allowed).
 ALLOW_LIST = [
@@ -58,6 +59,7 @@ ALLOW_LIST = [
     ("scheduler",    "roles/run.invoker",                   "google_cloud_run_v2_job_iam_member",    "google_cloud_run_v2_job.worker",    "schedule", None),
     ("pubsub-agent", "roles/pubsub.publisher",              "google_pubsub_topic_iam_member",        "google_pubsub_topic.dead_letter",   None,       None),
     ("pubsub-agent", "roles/pubsub.subscriber",             "google_pubsub_subscription_iam_member", "google_pubsub_subscription.work",   None,       None),
+    ("gcs-agent",    "roles/cloudkms.cryptoKeyEncrypterDecrypter", "google_kms_crypto_key_iam_member",  "var.kms_key_name",                  "kms",      None),
 ]
 WORKER_LAUNCH_VALUES = ("producer", "schedule")
 # The producer runs BigQuery queries when any of these is on.
@@ -71,6 +73,7 @@ TARGET_ATTRIBUTE = {
     "google_storage_bucket_iam_member": "bucket",
     "google_cloud_run_v2_job_iam_member": "name",
     "google_project_iam_member": "project",
+    "google_kms_crypto_key_iam_member": "crypto_key_id",
 }
 TARGETS = sorted({row[3] for row in ALLOW_LIST}, key=len, reverse=True)
 SERVICE_ACCOUNTS = ("producer", "worker", "scheduler")
@@ -118,6 +121,8 @@ def who(config: Config, member) -> str:
     found = [sa for sa in SERVICE_ACCOUNTS if refers_to(text, f"google_service_account.{sa}")]
     if PUBSUB_AGENT.search(text):
         found.append("pubsub-agent")
+    if refers_to(text, "data.google_storage_project_service_account.this"):
+        found.append("gcs-agent")
     return found[0] if len(found) == 1 else f"? {member}"
 
 
@@ -139,6 +144,9 @@ def only_when(config: Config, address: str, body: dict) -> str | None:
     if "for_each" in body:
         text = config.expand(body["for_each"])
         return "each" if refers_to(text, "var.extra_dataset_ids") else f"? for_each = {text}"
+    if refers_to(config.expand(body["count"]), "var.kms_key_name"):
+        counts = [Evaluator({"kms_key_name": key}, config).eval(body["count"]) for key in (None, "projects/p/k")]
+        return "kms" if counts == [0, 1] else f"? count = {counts} without, then with var.kms_key_name"
     if any(refers_to(config.expand(body["count"]), f"var.{flag}") for flag in QUERY_FLAGS):
         off = {flag: False for flag in QUERY_FLAGS}
         counts = [Evaluator(dict(off, **({flag: True} if flag else {})), config).eval(body["count"])
@@ -517,3 +525,17 @@ def test_image_cleanup_keeps_recent_versions_and_the_pinned_digest(module):
     prefixes = module.expand(pinned[0]["condition"][0].get("version_name_prefixes"))
     assert "cleanup_policies.value" in prefixes, prefixes
     assert "sha256" in module.expand(pinned[0]["dynamic"])
+
+
+def test_bucket_is_encrypted_with_the_key_when_one_is_given(module):
+    """kms_key_name sets the bucket's default key, once the Cloud Storage
+    service agent may use it (the grant above, on that key only)."""
+    bucket = module.resources["google_storage_bucket.exports"]
+    encryption = [d["encryption"] for d in bucket.get("dynamic", []) if "encryption" in d]
+    assert encryption, "the bucket has no encryption block for kms_key_name"
+    assert refers_to(module.expand(encryption[0]["for_each"]), "var.kms_key_name")
+    assert "default_kms_key_name" in encryption[0]["content"][0]
+    assert any("google_kms_crypto_key_iam_member.storage_agent_uses_key" in d for d in bucket.get("depends_on", [])), \
+        "the bucket must wait for the service agent's grant on the key"
+    agent = module.data.get("google_storage_project_service_account.this")
+    assert agent is not None and refers_to(module.expand(agent.get("count", "")), "var.kms_key_name")

@@ -291,3 +291,13 @@ def test_image_keep_count_and_digest(variables_only):
     digest = "sha256:" + "0123456789abcdef" * 4
     assert_accepted(variables_only, image=f"europe-west1-docker.pkg.dev/p/bqdrain/bqdrain@{digest}")
     assert_rejected(variables_only, "image", image="europe-west1-docker.pkg.dev/p/bqdrain/bqdrain@sha256:abc")
+
+
+def test_kms_key_name(variables_only):
+    """A crypto key ID, in the bucket's location (the key ring must be where
+    the data is: https://docs.cloud.google.com/storage/docs/encryption/using-customer-managed-keys)."""
+    key = "projects/keys-project/locations/{}/keyRings/exports/cryptoKeys/bqdrain"
+    assert_accepted(variables_only, kms_key_name=key.format("europe-west1"))
+    assert_accepted(variables_only, kms_key_name=key.format("europe"), bucket_location="EU")
+    assert_rejected(variables_only, "kms_key_name", kms_key_name=key.format("us-central1"))
+    assert_rejected(variables_only, "kms_key_name", kms_key_name="bqdrain-key")
