@@ -18,6 +18,15 @@
 #   worker job:   command = ["bqdrain"],          args = ["work", ...]
 # (or args alone: ["bqdrain", "work", ...]). With nothing set, it prints help.
 
+# Base images are pinned by tag, not by digest (issue 17): no registry serving
+# them was reachable where this was written, and no trustworthy record of the
+# tags' digests was at hand, so none was written down unverified. To pin them,
+# where a registry is reachable:
+#   docker buildx imagetools inspect docker.io/library/rust:1.95-slim-bookworm
+#   docker buildx imagetools inspect gcr.io/distroless/cc-debian12:nonroot
+# then write FROM IMAGE:TAG@sha256:DIGEST below, and the same two names in
+# scripts/image/build.sh (rust_base, runtime_base), which checks these lines.
+
 # ---- builder: compiles the two binaries, offline, from the vendored crates --
 FROM docker.io/library/rust:1.95-slim-bookworm AS builder
 

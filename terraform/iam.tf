@@ -186,3 +186,23 @@ resource "google_pubsub_subscription_iam_member" "pubsub_agent_acks_forwarded" {
   role         = "roles/pubsub.subscriber"
   member       = local.pubsub_service_agent
 }
+
+# --- Cloud Storage service agent: the bucket's CMEK key ----------------------
+
+# The project's Cloud Storage service agent encrypts and decrypts the
+# bucket's objects with kms_key_name
+# (https://docs.cloud.google.com/storage/docs/encryption/using-customer-managed-keys);
+# granted on that key only, and only when one is given.
+data "google_storage_project_service_account" "this" {
+  count = var.kms_key_name == null ? 0 : 1
+
+  project = var.project_id
+}
+
+resource "google_kms_crypto_key_iam_member" "storage_agent_uses_key" {
+  count = var.kms_key_name == null ? 0 : 1
+
+  crypto_key_id = var.kms_key_name
+  role          = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
+  member        = "serviceAccount:${data.google_storage_project_service_account.this[0].email_address}"
+}

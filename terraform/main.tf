@@ -8,7 +8,8 @@
 #   iam.tf         one service account per role, least privilege
 #   run.tf         the producer and worker Cloud Run jobs
 #   scheduler.tf   what starts a run
-#   monitoring.tf  the alert on dead letters
+#   monitoring.tf  alerts: dead letters, failures, missed runs, old work
+#   checks.tf      plan-time warnings (check blocks) on the variables
 
 data "google_project" "this" {
   project_id = var.project_id
@@ -25,6 +26,10 @@ locals {
   dataset_ids     = concat([var.dataset_id], var.extra_dataset_ids)
   source_uris     = [for d in local.dataset_ids : "bigquery://${local.dataset_project_id}/${d}"]
   destination_uri = "gs://${google_storage_bucket.exports.name}/${var.export_prefix}"
+
+  # The digest var.image pins (…@sha256:HEX), kept by the repository's
+  # cleanup policies; null for a tag.
+  image_digest = try(regex("@(sha256:[0-9a-f]{64})$", coalesce(var.image, "-"))[0], null)
 
   image = coalesce(
     var.image,

@@ -48,6 +48,24 @@ output "alert_policy" {
   value       = google_monitoring_alert_policy.dead_letters.name
 }
 
+output "alert_policies" {
+  description = "Every alert policy, by what it watches."
+  value = merge(
+    {
+      dead_letters      = google_monitoring_alert_policy.dead_letters.name
+      failed_executions = google_monitoring_alert_policy.failed_executions.name
+      work_backlog_age  = google_monitoring_alert_policy.work_backlog_age.name
+      scheduler_errors  = google_monitoring_alert_policy.scheduler_errors.name
+    },
+    { for p in google_monitoring_alert_policy.producer_missed_run : "producer_missed_run" => p.name },
+  )
+}
+
+output "alert_notification_warning" {
+  description = "null when the alerts notify someone; otherwise says, loudly, that they notify nobody."
+  value       = local.alerts_unrouted ? "WARNING: alert_notification_channels is empty: the bqdrain alert policies notify NOBODY. Set alert_notification_channels." : null
+}
+
 output "producer_job" {
   description = "Producer Cloud Run job."
   value       = google_cloud_run_v2_job.producer.id

@@ -18,6 +18,16 @@ resource "google_storage_bucket" "exports" {
     enabled = true
   }
 
+  # Soft delete, set deliberately: Cloud Storage's default keeps every
+  # deleted object 7 more days, on top of the noncurrent versions above, and
+  # BigQuery's export documentation advises turning it off on export buckets
+  # (https://docs.cloud.google.com/bigquery/docs/exporting-data, "Export
+  # limitations"). 0 turns it off; 7 to 90 days otherwise
+  # (https://docs.cloud.google.com/storage/docs/soft-delete).
+  soft_delete_policy {
+    retention_duration_seconds = var.soft_delete_retention_days * 86400
+  }
+
   lifecycle_rule {
     condition {
       days_since_noncurrent_time = var.noncurrent_retention_days
@@ -50,7 +60,19 @@ resource "google_storage_bucket" "exports" {
     }
   }
 
-  depends_on = [google_project_service.required]
+  # CMEK: new objects are encrypted with kms_key_name by default, by the
+  # project's Cloud Storage service agent (granted on that key in iam.tf).
+  dynamic "encryption" {
+    for_each = var.kms_key_name == null ? [] : [var.kms_key_name]
+    content {
+      default_kms_key_name = encryption.value
+    }
+  }
+
+  depends_on = [
+    google_project_service.required,
+    google_kms_crypto_key_iam_member.storage_agent_uses_key,
+  ]
 }
 
 # Holds the bqdrain image both jobs run.
@@ -62,13 +84,18 @@ resource "google_artifact_registry_repository" "images" {
   format        = "DOCKER"
   labels        = local.labels
 
-  # Versions older than 30 days go, except the 10 most recent (a job pinned
-  # to a recent digest keeps its image).
+  # Cleanup (https://docs.cloud.google.com/artifact-registry/docs/repositories/cleanup-policy-overview:
+  # a version matched by a delete and a keep policy is kept). Only untagged
+  # versions older than 30 days are deleted: a tagged release is never
+  # deleted, whatever its age; the image_keep_count most recent versions are
+  # kept, tagged or not (a job updated to :latest runs the digest the tag
+  # named then, which loses the tag at the next push); and the digest that
+  # var.image pins is kept as long as the jobs reference it.
   cleanup_policies {
-    id     = "delete-old"
+    id     = "delete-old-untagged"
     action = "DELETE"
     condition {
-      tag_state  = "ANY"
+      tag_state  = "UNTAGGED"
       older_than = "2592000s"
     }
   }
@@ -77,7 +104,18 @@ resource "google_artifact_registry_repository" "images" {
     id     = "keep-recent"
     action = "KEEP"
     most_recent_versions {
-      keep_count = 10
+      keep_count = var.image_keep_count
+    }
+  }
+
+  dynamic "cleanup_policies" {
+    for_each = local.image_digest == null ? [] : [local.image_digest]
+    content {
+      id     = "keep-pinned-digest"
+      action = "KEEP"
+      condition {
+        version_name_prefixes = [cleanup_policies.value]
+      }
     }
   }
 

@@ -201,6 +201,36 @@ variable "noncurrent_retention_days" {
   }
 }
 
+variable "soft_delete_retention_days" {
+  type        = number
+  description = "Days Cloud Storage keeps a deleted object soft-deleted (restorable, billed at its storage class's rate), after versioning's noncurrent_retention_days: every superseded export is then stored noncurrent_retention_days + soft_delete_retention_days. 0 (default) turns soft delete off, as BigQuery advises for export buckets; otherwise 7 to 90 (Cloud Storage's limits). An organization policy (constraints/storage.softDeletePolicySeconds) may require a minimum: set it here."
+  default     = 0
+
+  validation {
+    condition     = var.soft_delete_retention_days == 0 || (var.soft_delete_retention_days >= 7 && var.soft_delete_retention_days <= 90 && floor(var.soft_delete_retention_days) == var.soft_delete_retention_days)
+    error_message = "soft_delete_retention_days must be 0 (soft delete off) or a whole number of days from 7 to 90 (Cloud Storage's limits)."
+  }
+}
+
+variable "kms_key_name" {
+  type        = string
+  description = "Cloud KMS key (projects/P/locations/L/keyRings/R/cryptoKeys/K) the bucket encrypts new objects with by default (CMEK), in the bucket's location; the module grants the project's Cloud Storage service agent roles/cloudkms.cryptoKeyEncrypterDecrypter on that key only. null: Google-managed encryption."
+  default     = null
+
+  validation {
+    condition     = var.kms_key_name == null ? true : can(regex("^projects/[^/]+/locations/[^/]+/keyRings/[^/]+/cryptoKeys/[^/]+$", var.kms_key_name))
+    error_message = "kms_key_name must be a crypto key ID: projects/PROJECT/locations/LOCATION/keyRings/RING/cryptoKeys/KEY."
+  }
+  # The key ring must be where the data is
+  # (https://docs.cloud.google.com/storage/docs/encryption/using-customer-managed-keys).
+  # Checked for a bucket in one region; a multi- or dual-region bucket's key
+  # location is left to Cloud Storage.
+  validation {
+    condition     = var.kms_key_name == null ? true : !can(regex("^[a-z]+-[a-z]+[0-9]+$", lower(coalesce(var.bucket_location, var.region)))) || try(split("/", var.kms_key_name)[3], "") == lower(coalesce(var.bucket_location, var.region))
+    error_message = "kms_key_name must be a key in the bucket's location (bucket_location, or region by default): Cloud Storage refuses a key from another location. Use a key ring in that region."
+  }
+}
+
 variable "force_destroy" {
   type        = bool
   description = "Let terraform destroy delete the bucket with the exports in it."
@@ -220,8 +250,24 @@ variable "artifact_repository_id" {
 
 variable "image" {
   type        = string
-  description = "Image both jobs run [default: REGION-docker.pkg.dev/PROJECT/REPOSITORY/bqdrain:latest]. A digest (…@sha256:…) pins a release."
+  description = "Image both jobs run [default: REGION-docker.pkg.dev/PROJECT/REPOSITORY/bqdrain:latest]. A digest (…@sha256:…) pins a release, and the repository's cleanup policy keeps that digest."
   default     = null
+
+  validation {
+    condition     = var.image == null ? true : !strcontains(var.image, "@") || can(regex("@sha256:[0-9a-f]{64}$", var.image))
+    error_message = "image must name a tag (…/bqdrain:TAG) or a full digest (…/bqdrain@sha256: and 64 hex digits)."
+  }
+}
+
+variable "image_keep_count" {
+  type        = number
+  description = "Most recent image versions the repository's cleanup policy keeps, tagged or not. Only untagged versions older than 30 days are ever deleted, and never the digest image pins."
+  default     = 10
+
+  validation {
+    condition     = var.image_keep_count >= 1 && floor(var.image_keep_count) == var.image_keep_count
+    error_message = "image_keep_count must be a whole number of at least 1."
+  }
 }
 
 # --- the work queue -------------------------------------------------------
@@ -307,7 +353,7 @@ variable "schedule" {
 
 variable "time_zone" {
   type        = string
-  description = "IANA time zone the schedule is read in, e.g. Europe/Paris or Etc/UTC."
+  description = "IANA time zone the schedule is read in, e.g. Europe/Paris or Etc/UTC. Where clocks change for daylight saving, keep fixed run times outside 01:00-03:59 local time (a run there is skipped or doubled on change days; the plan warns)."
   default     = "Etc/UTC"
 
   validation {
@@ -401,14 +447,33 @@ variable "worker_concurrency" {
   }
 }
 
+variable "longest_export_seconds" {
+  type        = number
+  description = "Seconds the longest single export takes (one table's or partition's BigQuery extract job, or a view's EXPORT DATA query), with some headroom: the worker task timeout is sized and checked against it. Measure it in INFORMATION_SCHEMA.JOBS (see the README's \"Sizing the worker task timeout\"). The default assumes no export takes more than 25 minutes."
+  default     = 1500
+
+  validation {
+    condition     = var.longest_export_seconds >= 1 && var.longest_export_seconds <= 604800
+    error_message = "longest_export_seconds must be between 1 and 604800 seconds (a worker task runs at most 168 hours)."
+  }
+}
+
 variable "worker_task_timeout_seconds" {
   type        = number
-  description = "Longest a worker task runs; also the longest it holds a message."
+  description = "Longest a worker task runs (Cloud Run jobs allow up to 168 hours); also the longest it holds a message. A task killed at its timeout gives its units back, each at the cost of a delivery attempt, and a unit that never fits is dead-lettered after max_delivery_attempts while its BigQuery job succeeds: size it from longest_export_seconds (at least that plus 300 s; better, ceil(units_per_task / worker_concurrency) times it), and keep it within message_retention_seconds."
   default     = 3600
 
   validation {
-    condition     = var.worker_task_timeout_seconds >= 60 && var.worker_task_timeout_seconds <= 86400
-    error_message = "worker_task_timeout_seconds must be between 60 and 86400."
+    condition     = var.worker_task_timeout_seconds >= 60 && var.worker_task_timeout_seconds <= 604800
+    error_message = "worker_task_timeout_seconds must be between 60 and 604800 (168 hours, Cloud Run's task timeout limit for jobs)."
+  }
+  validation {
+    condition     = var.worker_task_timeout_seconds >= var.longest_export_seconds + 300
+    error_message = "worker_task_timeout_seconds must be at least longest_export_seconds + 300: a task killed at its timeout gives its units back, each kill costs a delivery attempt, and a unit longer than the timeout is dead-lettered after max_delivery_attempts while its BigQuery job succeeds. Raise worker_task_timeout_seconds (up to 604800), or correct longest_export_seconds."
+  }
+  validation {
+    condition     = var.worker_task_timeout_seconds <= var.message_retention_seconds
+    error_message = "worker_task_timeout_seconds must not exceed message_retention_seconds: Pub/Sub drops an unacknowledged message older than the retention, even while a task holds it. Raise message_retention_seconds or lower the timeout."
   }
 }
 
@@ -436,12 +501,23 @@ variable "worker_cpu" {
 
 variable "worker_memory" {
   type        = string
-  description = "Memory limit of a worker task (a worker holds tens of MiB)."
+  description = "Memory limit of a worker task (a worker holds tens of MiB), within Cloud Run's range for worker_cpu: 1 vCPU 512Mi-4Gi, 2 vCPU 512Mi-8Gi, 4 vCPU 2Gi-16Gi, 6 vCPU 4Gi-24Gi, 8 vCPU 4Gi-32Gi."
   default     = "512Mi"
 
   validation {
     condition     = can(regex("^[0-9]+(Mi|Gi)$", var.worker_memory))
     error_message = "worker_memory must be a quantity such as 512Mi or 1Gi."
+  }
+  # Cloud Run's memory range per CPU count, in MiB
+  # (https://docs.cloud.google.com/run/docs/configuring/jobs/cpu, "vCPU and
+  # memory table"), and at least 512 MiB for a job
+  # (https://docs.cloud.google.com/run/docs/configuring/jobs/memory-limits).
+  validation {
+    condition = !can(regex("^[0-9]+(Mi|Gi)$", var.worker_memory)) || !contains(["1", "2", "4", "6", "8"], var.worker_cpu) || (
+      try(tonumber(regex("^[0-9]+", var.worker_memory)) * (endswith(var.worker_memory, "Gi") ? 1024 : 1), 0) >= lookup({ "1" = 512, "2" = 512, "4" = 2048, "6" = 4096, "8" = 4096 }, var.worker_cpu, 0) &&
+      try(tonumber(regex("^[0-9]+", var.worker_memory)) * (endswith(var.worker_memory, "Gi") ? 1024 : 1), 0) <= lookup({ "1" = 4096, "2" = 8192, "4" = 16384, "6" = 24576, "8" = 32768 }, var.worker_cpu, 0)
+    )
+    error_message = "worker_memory is outside what Cloud Run allows with worker_cpu: 1 vCPU takes 512Mi to 4Gi, 2 vCPU 512Mi to 8Gi, 4 vCPU 2Gi to 16Gi, 6 vCPU 4Gi to 24Gi, 8 vCPU 4Gi to 32Gi. Change worker_memory or worker_cpu."
   }
 }
 
@@ -449,18 +525,18 @@ variable "worker_memory" {
 
 variable "producer_task_timeout_seconds" {
   type        = number
-  description = "Longest the producer runs (listing, publishing, starting workers)."
+  description = "Longest the producer runs (listing, publishing, starting workers); Cloud Run jobs allow up to 168 hours."
   default     = 600
 
   validation {
-    condition     = var.producer_task_timeout_seconds >= 60 && var.producer_task_timeout_seconds <= 86400
-    error_message = "producer_task_timeout_seconds must be between 60 and 86400."
+    condition     = var.producer_task_timeout_seconds >= 60 && var.producer_task_timeout_seconds <= 604800
+    error_message = "producer_task_timeout_seconds must be between 60 and 604800 (168 hours, Cloud Run's task timeout limit for jobs)."
   }
 }
 
 variable "producer_max_retries" {
   type        = number
-  description = "Cloud Run restarts of a failed producer (a restart starts a new run id)."
+  description = "Cloud Run restarts of a failed producer task. A restart resumes the same run, it does not start another: the run id is the Cloud Run execution's name, which a retried task keeps, and the run's units without a completion record are published again only if the failed attempt had not finished publishing."
   default     = 1
 
   validation {
@@ -482,12 +558,23 @@ variable "producer_cpu" {
 
 variable "producer_memory" {
   type        = string
-  description = "Memory limit of the producer."
+  description = "Memory limit of the producer, within Cloud Run's range for producer_cpu: 1 vCPU 512Mi-4Gi, 2 vCPU 512Mi-8Gi, 4 vCPU 2Gi-16Gi, 6 vCPU 4Gi-24Gi, 8 vCPU 4Gi-32Gi."
   default     = "512Mi"
 
   validation {
     condition     = can(regex("^[0-9]+(Mi|Gi)$", var.producer_memory))
     error_message = "producer_memory must be a quantity such as 512Mi or 1Gi."
+  }
+  # Cloud Run's memory range per CPU count, in MiB
+  # (https://docs.cloud.google.com/run/docs/configuring/jobs/cpu, "vCPU and
+  # memory table"), and at least 512 MiB for a job
+  # (https://docs.cloud.google.com/run/docs/configuring/jobs/memory-limits).
+  validation {
+    condition = !can(regex("^[0-9]+(Mi|Gi)$", var.producer_memory)) || !contains(["1", "2", "4", "6", "8"], var.producer_cpu) || (
+      try(tonumber(regex("^[0-9]+", var.producer_memory)) * (endswith(var.producer_memory, "Gi") ? 1024 : 1), 0) >= lookup({ "1" = 512, "2" = 512, "4" = 2048, "6" = 4096, "8" = 4096 }, var.producer_cpu, 0) &&
+      try(tonumber(regex("^[0-9]+", var.producer_memory)) * (endswith(var.producer_memory, "Gi") ? 1024 : 1), 0) <= lookup({ "1" = 4096, "2" = 8192, "4" = 16384, "6" = 24576, "8" = 32768 }, var.producer_cpu, 0)
+    )
+    error_message = "producer_memory is outside what Cloud Run allows with producer_cpu: 1 vCPU takes 512Mi to 4Gi, 2 vCPU 512Mi to 8Gi, 4 vCPU 2Gi to 16Gi, 6 vCPU 4Gi to 24Gi, 8 vCPU 4Gi to 32Gi. Change producer_memory or producer_cpu."
   }
 }
 
@@ -495,8 +582,13 @@ variable "producer_memory" {
 
 variable "alert_notification_channels" {
   type        = list(string)
-  description = "Monitoring notification channel IDs (projects/P/notificationChannels/N) told when tables are dead-lettered."
+  description = "Monitoring notification channel IDs (projects/P/notificationChannels/N) every alert policy notifies: dead letters, failed executions, a missed run, old work, scheduler errors. Leave it empty only knowingly: the policies then notify nobody, which the plan warns about and the output alert_notification_warning says."
   default     = []
+
+  validation {
+    condition     = alltrue([for c in var.alert_notification_channels : can(regex("^projects/[^/]+/notificationChannels/[^/]+$", c))])
+    error_message = "alert_notification_channels must be notification channel IDs such as projects/my-project/notificationChannels/1234567890 (gcloud beta monitoring channels list --format='value(name)')."
+  }
 }
 
 variable "alert_after_seconds" {
@@ -507,6 +599,47 @@ variable "alert_after_seconds" {
   validation {
     condition     = var.alert_after_seconds >= 0 && var.alert_after_seconds % 60 == 0
     error_message = "alert_after_seconds must be a non-negative multiple of 60."
+  }
+}
+
+variable "alert_renotify_seconds" {
+  type        = number
+  description = "Seconds between reminders of a metric-based incident still open (dead letters waiting, no successful run, old work): 86400 reminds daily; null sends none."
+  default     = 86400
+
+  validation {
+    condition     = var.alert_renotify_seconds == null ? true : var.alert_renotify_seconds >= 60 && var.alert_renotify_seconds % 60 == 0
+    error_message = "alert_renotify_seconds must be a positive multiple of 60 (whole minutes), or null for no reminders."
+  }
+}
+
+variable "producer_missed_run_alert_seconds" {
+  type        = number
+  description = "Alert when the producer has not completed a run successfully for this long: the longest gap between two scheduled runs (daylight saving included) plus the producer's run time. The default, 93600 (26 h), suits a daily schedule; Cloud Monitoring allows up to 25 h of window plus a retest window, so at most 93600 here: null turns the alert off, as a schedule that skips days (weekdays, weekly) needs."
+  default     = 93600
+
+  validation {
+    condition     = var.producer_missed_run_alert_seconds == null ? true : var.producer_missed_run_alert_seconds >= 3600 && var.producer_missed_run_alert_seconds <= 93600 && var.producer_missed_run_alert_seconds % 60 == 0
+    error_message = "producer_missed_run_alert_seconds must be a multiple of 60 from 3600 to 93600 (25 h, Cloud Monitoring's longest alignment period for alerts, plus a 1 h retest window), or null to turn the alert off."
+  }
+  validation {
+    condition     = var.producer_missed_run_alert_seconds == null ? true : var.producer_missed_run_alert_seconds >= var.producer_task_timeout_seconds + 60
+    error_message = "producer_missed_run_alert_seconds must exceed producer_task_timeout_seconds: a run may take that long before it succeeds."
+  }
+  validation {
+    condition     = var.producer_missed_run_alert_seconds == null ? true : try(alltrue([for f in slice(split(" ", trimspace(replace(var.schedule, "/\\s+/", " "))), 2, 5) : f == "*"]), true)
+    error_message = "producer_missed_run_alert_seconds must be null with this schedule: it does not run every day (its day-of-month, month or day-of-week field is not *), so the gap between runs can exceed what the alert can cover (at most 26 h). Set producer_missed_run_alert_seconds = null and watch runs another way, or schedule a daily run."
+  }
+}
+
+variable "work_backlog_alert_seconds" {
+  type        = number
+  description = "Alert when a work message has waited unacknowledged this long (the subscription's oldest_unacked_message_age): no worker drains the queue, or a run is far slower than sized [default: twice worker_task_timeout_seconds]."
+  default     = null
+
+  validation {
+    condition     = var.work_backlog_alert_seconds == null ? true : var.work_backlog_alert_seconds >= 600
+    error_message = "work_backlog_alert_seconds must be at least 600, or null for twice worker_task_timeout_seconds."
   }
 }
 

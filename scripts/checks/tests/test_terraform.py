@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 import zoneinfo
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import croniter
@@ -36,7 +36,8 @@ TFVARS_EXAMPLE = EXAMPLE / "terraform.tfvars.example"
 # only: None, or the var.worker_launch value under which the grant exists
 #      (created with count), e.g. "producer" = if workers are launched by
 #      the producer; "queries" = only if the producer runs BigQuery queries
-#      (any of QUERY_FLAGS); "each" = one per var.extra_dataset_ids;
+#      (any of QUERY_FLAGS); "each" = one per var.extra_dataset_ids; "kms" =
+#      only if var.kms_key_name is set;
 # condition: text the IAM condition's expression must contain (None: no
 #      condition block allowed).
 ALLOW_LIST = [
@@ -58,6 +59,7 @@ ALLOW_LIST = [
     ("scheduler",    "roles/run.invoker",                   "google_cloud_run_v2_job_iam_member",    "google_cloud_run_v2_job.worker",    "schedule", None),
     ("pubsub-agent", "roles/pubsub.publisher",              "google_pubsub_topic_iam_member",        "google_pubsub_topic.dead_letter",   None,       None),
     ("pubsub-agent", "roles/pubsub.subscriber",             "google_pubsub_subscription_iam_member", "google_pubsub_subscription.work",   None,       None),
+    ("gcs-agent",    "roles/cloudkms.cryptoKeyEncrypterDecrypter", "google_kms_crypto_key_iam_member",  "var.kms_key_name",                  "kms",      None),
 ]
 WORKER_LAUNCH_VALUES = ("producer", "schedule")
 # The producer runs BigQuery queries when any of these is on.
@@ -71,6 +73,7 @@ TARGET_ATTRIBUTE = {
     "google_storage_bucket_iam_member": "bucket",
     "google_cloud_run_v2_job_iam_member": "name",
     "google_project_iam_member": "project",
+    "google_kms_crypto_key_iam_member": "crypto_key_id",
 }
 TARGETS = sorted({row[3] for row in ALLOW_LIST}, key=len, reverse=True)
 SERVICE_ACCOUNTS = ("producer", "worker", "scheduler")
@@ -118,6 +121,8 @@ def who(config: Config, member) -> str:
     found = [sa for sa in SERVICE_ACCOUNTS if refers_to(text, f"google_service_account.{sa}")]
     if PUBSUB_AGENT.search(text):
         found.append("pubsub-agent")
+    if refers_to(text, "data.google_storage_project_service_account.this"):
+        found.append("gcs-agent")
     return found[0] if len(found) == 1 else f"? {member}"
 
 
@@ -139,6 +144,9 @@ def only_when(config: Config, address: str, body: dict) -> str | None:
     if "for_each" in body:
         text = config.expand(body["for_each"])
         return "each" if refers_to(text, "var.extra_dataset_ids") else f"? for_each = {text}"
+    if refers_to(config.expand(body["count"]), "var.kms_key_name"):
+        counts = [Evaluator({"kms_key_name": key}, config).eval(body["count"]) for key in (None, "projects/p/k")]
+        return "kms" if counts == [0, 1] else f"? count = {counts} without, then with var.kms_key_name"
     if any(refers_to(config.expand(body["count"]), f"var.{flag}") for flag in QUERY_FLAGS):
         off = {flag: False for flag in QUERY_FLAGS}
         counts = [Evaluator(dict(off, **({flag: True} if flag else {})), config).eval(body["count"])
@@ -352,6 +360,49 @@ def test_time_zones_are_iana(module, example, tfvars):
         assert zone in zones, f"time_zone ({where}) = {zone!r} is not an IANA time zone"
 
 
+def daylight_saving_problems(expression: str, zone: str) -> list[str]:
+    """Local run times of a year that a daylight-saving change skips (they do
+    not exist) or repeats (they exist twice): Cloud Scheduler reads the
+    schedule in the job's time zone, daylight saving included (REST reference,
+    Job.timeZone: "some time zones include a provision for daylight savings
+    time"), so such a run is lost or doubled on change days."""
+    tz = zoneinfo.ZoneInfo(zone)
+    runs = croniter.croniter(expression, datetime(2027, 1, 1))
+    problems = []
+    for _ in range(20000):
+        local = runs.get_next(datetime)
+        if local >= datetime(2028, 1, 1):
+            break
+        first, second = local.replace(tzinfo=tz, fold=0), local.replace(tzinfo=tz, fold=1)
+        if first.utcoffset() != second.utcoffset():
+            exists = first.astimezone(timezone.utc).astimezone(tz).replace(tzinfo=None) == local
+            problems.append(f"{local:%Y-%m-%d %H:%M} {'happens twice' if exists else 'does not exist'}")
+    return problems
+
+
+def test_daylight_saving_checker_itself():
+    assert daylight_saving_problems("30 2 * * *", "Europe/Paris") == [
+        "2027-03-28 02:30 does not exist", "2027-10-31 02:30 happens twice"]
+    assert daylight_saving_problems("30 2 * * *", "Etc/UTC") == []
+    assert daylight_saving_problems("30 4 * * *", "Europe/Paris") == []
+
+
+def test_schedules_avoid_daylight_saving_changes(module, example, tfvars):
+    """The module's and the example's schedules run every day of the year,
+    once: none falls in a local hour a daylight-saving change skips or repeats."""
+    module_zone = module.default("time_zone")
+    example_zone = tfvars.get("time_zone", example.default("time_zone") if "time_zone" in example.variables else module_zone)
+    cases = {
+        "module schedule": (module.default("schedule"), module_zone),
+        "module worker_schedule": (module.default("worker_schedule"), module_zone),
+        "terraform.tfvars.example schedule": (tfvars.get("schedule"), example_zone),
+        "module worker_schedule in the example's time zone": (tfvars.get("worker_schedule", module.default("worker_schedule")), example_zone),
+    }
+    for where, (expression, zone) in cases.items():
+        problems = daylight_saving_problems(expression, zone)
+        assert problems == [], f"{where} {expression!r} in {zone}: {problems}"
+
+
 @pytest.mark.parametrize("name", ["schedule", "worker_schedule", "time_zone"])
 def test_schedule_variables_are_validated(module, name):
     conditions = validations(module, name)
@@ -403,3 +454,88 @@ def test_readme_documents_every_input_and_output(module):
     assert outputs, "no outputs found"
     missing = [n for n in [*module.variables, *outputs] if f"| `{n}` |" not in readme]
     assert missing == [], f"not in terraform/README.md's tables: {missing}"
+
+
+# --- the bucket ------------------------------------------------------------------
+
+def test_soft_delete_is_set_deliberately(module):
+    """Cloud Storage soft-deletes every deleted object for 7 days unless the
+    bucket says otherwise, and that comes on top of versioning: a superseded
+    export would be kept noncurrent_retention_days, then 7 days more. BigQuery
+    advises turning soft delete off on export buckets
+    (https://docs.cloud.google.com/bigquery/docs/exporting-data, "Export
+    limitations"); the module sets it from soft_delete_retention_days, off by
+    default."""
+    bucket = module.resources["google_storage_bucket.exports"]
+    policy = bucket.get("soft_delete_policy")
+    assert policy, "google_storage_bucket.exports has no soft_delete_policy: Cloud Storage's 7-day default applies"
+    seconds = policy[0].get("retention_duration_seconds")
+    assert refers_to(module.expand(seconds), "var.soft_delete_retention_days"), seconds
+    assert module.default("soft_delete_retention_days") == 0
+    for days in (0, 7, 90):
+        assert Evaluator({"soft_delete_retention_days": days}, module).eval(seconds) == days * 86400
+
+
+# --- descriptions that must not mislead ------------------------------------------------
+
+def test_producer_retry_is_described_as_resuming_its_run(module):
+    """The producer's run id defaults to the Cloud Run execution's name
+    (producer/src/main.rs, --run-id), and a retried task runs in the same
+    execution: it resumes the run, it does not start a new one."""
+    description = module.variables["producer_max_retries"]["description"].lower()
+    assert "new run id" not in description, description
+    assert "same run" in description and "execution" in description, description
+    readme = (MODULE / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith("| `producer_max_retries` |"))
+    assert "new run id" not in row.lower() and "same run" in row.lower(), row
+
+
+# --- the image repository -----------------------------------------------------------
+
+def cleanup_policies(module) -> list[dict]:
+    repo = module.resources["google_artifact_registry_repository.images"]
+    found = [dict(p, dynamic=None) for p in repo.get("cleanup_policies", [])]
+    for dynamic in repo.get("dynamic", []):
+        if "cleanup_policies" in dynamic:
+            for content in dynamic["cleanup_policies"].get("content", []):
+                found.append(dict(content, dynamic=dynamic["cleanup_policies"].get("for_each")))
+    return found
+
+
+def test_image_cleanup_never_deletes_a_tagged_version(module):
+    """A delete policy that matches tag_state ANY deletes tagged releases a job
+    may run; only untagged versions may go. (If a version matches a delete and
+    a keep policy, it is kept:
+    https://docs.cloud.google.com/artifact-registry/docs/repositories/cleanup-policy-overview.)"""
+    deletes = [p for p in cleanup_policies(module) if p.get("action") == "DELETE"]
+    assert deletes, "no delete policy: the repository grows forever"
+    for policy in deletes:
+        condition = (policy.get("condition") or [{}])[0]
+        assert condition.get("tag_state") == "UNTAGGED", f"delete policy {policy.get('id')} may delete tagged versions"
+
+
+def test_image_cleanup_keeps_recent_versions_and_the_pinned_digest(module):
+    policies = cleanup_policies(module)
+    recent = [p for p in policies if p.get("action") == "KEEP" and p.get("most_recent_versions")]
+    assert recent and refers_to(module.expand(recent[0]["most_recent_versions"][0].get("keep_count")),
+                                "var.image_keep_count"), "no keep policy for the most recent image_keep_count versions"
+    pinned = [p for p in policies if p.get("action") == "KEEP" and p.get("dynamic")
+              and refers_to(module.expand(p["dynamic"]), "var.image")]
+    assert pinned, "no keep policy for the digest var.image pins"
+    prefixes = module.expand(pinned[0]["condition"][0].get("version_name_prefixes"))
+    assert "cleanup_policies.value" in prefixes, prefixes
+    assert "sha256" in module.expand(pinned[0]["dynamic"])
+
+
+def test_bucket_is_encrypted_with_the_key_when_one_is_given(module):
+    """kms_key_name sets the bucket's default key, once the Cloud Storage
+    service agent may use it (the grant above, on that key only)."""
+    bucket = module.resources["google_storage_bucket.exports"]
+    encryption = [d["encryption"] for d in bucket.get("dynamic", []) if "encryption" in d]
+    assert encryption, "the bucket has no encryption block for kms_key_name"
+    assert refers_to(module.expand(encryption[0]["for_each"]), "var.kms_key_name")
+    assert "default_kms_key_name" in encryption[0]["content"][0]
+    assert any("google_kms_crypto_key_iam_member.storage_agent_uses_key" in d for d in bucket.get("depends_on", [])), \
+        "the bucket must wait for the service agent's grant on the key"
+    agent = module.data.get("google_storage_project_service_account.this")
+    assert agent is not None and refers_to(module.expand(agent.get("count", "")), "var.kms_key_name")

@@ -38,6 +38,6 @@ variable "image" {
 
 variable "alert_notification_channels" {
   type        = list(string)
-  description = "Notification channels told about dead-lettered tables."
+  description = "Notification channels every alert notifies (dead letters, failed executions, missed runs, old work, scheduler errors); empty: nobody is told."
   default     = []
 }
