@@ -213,7 +213,8 @@ struct VerifyArgs {
     /// Also check against the dataset(s) exported there, as they are now:
     /// any URI the producer accepts, e.g. bigquery://PROJECT/DATASET or
     /// bigquery://PROJECT (repeatable; comma-separated in the variable).
-    /// Without it, every dataset folder of the destination is checked.
+    /// Only its datasets' folders are checked then; without it, every
+    /// dataset folder of the destination.
     #[arg(long, env = "BQDRAIN_SOURCE", value_delimiter = ',')]
     source: Vec<String>,
     /// Only tables matching this glob, as TABLE or DATASET.TABLE
