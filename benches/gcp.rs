@@ -15,6 +15,10 @@
 //!   (and how long creating the tables in the emulator took);
 //! - `status`: `bqdrain status` of a run of 10,000 exported units whose
 //!   records are in Cloud Storage;
+//! - `verify`: `bqdrain verify` of a destination of 10,000 committed
+//!   exports (a shard and its `_MANIFEST.json` each) in Cloud Storage, from
+//!   listings: wall time, and its listing calls and Cloud Storage requests
+//!   per unit (once more with Cloud Storage behind a counting proxy);
 //! - `incremental`: 1,000 tables of 1,000 rows drained by 8 worker
 //!   processes, then 50 of them changed and an `--only-changed` run: each
 //!   run's producer + drain wall time;
@@ -24,7 +28,8 @@
 //!
 //! It checks the work was done (every message acked, every table exported)
 //! and asserts nothing about speed. `BQDRAIN_BENCH_QUICK=1` runs each once
-//! with smaller sizes (500 tables for `producer`, 500 units for `status`,
+//! with smaller sizes (500 tables for `producer`, 500 units for `status`
+//! and `verify`,
 //! 100 tables with 5 changed for `incremental`, 99 × 50 rows for `skew`).
 
 #[path = "../tests/common/mod.rs"]
@@ -57,6 +62,8 @@ struct Sizes {
     dataset_tables: usize,
     /// Units of the run whose `status` is read.
     status_units: usize,
+    /// Committed exports of the destination `verify` checks.
+    verify_units: usize,
     /// Tables of the incremental runs, and how many change between them.
     incremental_tables: usize,
     incremental_changed: usize,
@@ -79,6 +86,7 @@ fn main() {
             tables: 5,
             dataset_tables: 500,
             status_units: 500,
+            verify_units: 500,
             incremental_tables: 100,
             incremental_changed: 5,
             skew_small_rows: 50,
@@ -92,6 +100,7 @@ fn main() {
             tables: 30,
             dataset_tables: 10_000,
             status_units: 10_000,
+            verify_units: 10_000,
             incremental_tables: 1_000,
             incremental_changed: 50,
             skew_small_rows: 1_000,
@@ -141,6 +150,9 @@ fn main() {
         }
         if wanted("status") {
             status(&sb, &s).await;
+        }
+        if wanted("verify") {
+            verify(&sb, &s).await;
         }
         if wanted("incremental") {
             incremental(&s).await;
@@ -494,6 +506,144 @@ async fn status(sb: &GcpSandbox, s: &Sizes) {
         format!(
             "status of a run of {} exported units: {m:.2} s (writing its records took {seed_seconds:.0} s)",
             s.status_units
+        ),
+    );
+}
+
+/// `bqdrain verify` of a destination of `verify_units` committed exports:
+/// each unit's shard (ten CSV rows) is written to Cloud Storage, listed for
+/// its size and CRC32C as a worker does, and its `_MANIFEST.json` written
+/// with its summary; then the release binary checks them all. Run records
+/// are left out: `verify` lists each dataset's folder, not `_bqdrain/`.
+/// fake-gcs-server answers a listing in one page however long; Cloud
+/// Storage pages at 1,000 objects, so there the 20,000 objects of 10,000
+/// units take 20 requests after the folders' one.
+async fn verify(sb: &GcpSandbox, s: &Sizes) {
+    let folder = "verify";
+    let destination = sb.destination(folder);
+    let store = bqdrain::adapters::backends::open_store(&destination, "bench")
+        .await
+        .unwrap();
+    let run_id = "verify";
+    let started_at = chrono::Utc::now();
+    let source = |i: usize| SourceTable {
+        dataset_uri: sb.source(),
+        project: common::gcp::PROJECT.into(),
+        dataset: sb.dataset.clone(),
+        table: format!("t_{i:05}"),
+        partition: None,
+        view: false,
+    };
+    let shard: Vec<u8> = std::iter::once("id,name,age\n".to_string())
+        .chain((1..=10).map(|i| format!("{i},name_{i},{}\n", i % 90)))
+        .collect::<String>()
+        .into_bytes();
+    let seeding = Instant::now();
+    futures::stream::iter(0..s.verify_units)
+        .map(|i| {
+            let (store, shard) = (&store, &shard);
+            let key = format!(
+                "{}t_{i:05}_000000000000.csv",
+                layout::export_folder(&source(i), run_id)
+            );
+            async move { store.write(&key, shard, None).await.unwrap() }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+    let listed: std::collections::HashMap<String, bqdrain::ports::store::ObjectInfo> = store
+        .list(&format!("{}/", sb.dataset))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| (o.key.clone(), o))
+        .collect();
+    futures::stream::iter(0..s.verify_units)
+        .map(|i| {
+            let (store, listed) = (&store, &listed);
+            async move {
+                let unit = source(i);
+                let key = format!(
+                    "{}t_{i:05}_000000000000.csv",
+                    layout::export_folder(&unit, run_id)
+                );
+                let object = &listed[&key];
+                let record = TableManifest {
+                    v: 1,
+                    run_id: run_id.into(),
+                    unit: unit.unit(),
+                    files: vec![layout::ExportedFile {
+                        key,
+                        bytes: object.size,
+                        checksum: object.checksum.clone(),
+                    }],
+                    bytes: object.size,
+                    rows: Some(10),
+                    finished_at: chrono::Utc::now(),
+                    delivery_attempt: 1,
+                    task: "bench".into(),
+                    task_index: Some(0),
+                    started_at: Some(started_at),
+                    run_started_at: Some(started_at),
+                    change: None,
+                    as_of: None,
+                    options: Some(Default::default()),
+                };
+                let body = RecordBody::of(&record);
+                store
+                    .write(
+                        &layout::export_manifest(&unit, run_id),
+                        &body.pretty,
+                        Some(&body.summary),
+                    )
+                    .await
+                    .unwrap();
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+    let seed_seconds = seeding.elapsed().as_secs_f64();
+
+    let run_verify = |env: Vec<(&'static str, String)>| {
+        let out = Command::new(common::BIN)
+            .args(["verify", "--destination", &destination, "--json"])
+            .envs(sb.env(None))
+            .envs(env)
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        assert!(
+            out.status.success() && report["units"] == s.verify_units,
+            "{report}"
+        );
+        report
+    };
+    let mut seconds = Vec::new();
+    let mut listing_calls = 0;
+    for _ in 0..s.reps {
+        let started = Instant::now();
+        let report = run_verify(Vec::new());
+        seconds.push(started.elapsed().as_secs_f64());
+        listing_calls = report["calls"]["listing_calls"].as_u64().unwrap();
+    }
+    let proxy = FaultProxy::counting(&sb.emulators.storage);
+    run_verify(vec![("STORAGE_EMULATOR_HOST", proxy.addr.clone())]);
+    let requests = proxy.requests("");
+    let units = s.verify_units as f64;
+    let m = median(seconds.clone());
+    emit(
+        json!({"bench": "verify", "units": s.verify_units, "seconds": spread_json(seconds),
+               "listing_calls": listing_calls, "listing_calls_per_unit": listing_calls as f64 / units,
+               "storage_requests": requests, "storage_requests_per_unit": requests as f64 / units,
+               "seed_seconds": seed_seconds}),
+        format!(
+            "verify of {} committed exports: {m:.2} s, {listing_calls} listing calls ({:.4} per unit), \
+             {requests} Cloud Storage requests ({:.4} per unit); writing them took {seed_seconds:.0} s",
+            s.verify_units,
+            listing_calls as f64 / units,
+            requests as f64 / units
         ),
     );
 }

@@ -6,3 +6,4 @@ pub mod reconcile;
 pub mod replay;
 pub mod report;
 pub mod status;
+pub mod verify;

@@ -14,7 +14,8 @@
 //!   the Google Cloud ones (Pub/Sub, BigQuery, Cloud Storage, Cloud Run),
 //!   and opening any of them from its URI;
 //! - [`commands`]: what operators run besides the two jobs: status, the run
-//!   report, replay, reconcile, the demo, and launching the worker job.
+//!   report, replay, reconcile, verify, the demo, and launching the worker
+//!   job.
 //!
 //! [`cli`], [`error`] and [`logging`] are what the binaries share.
 

@@ -1,4 +1,4 @@
-//! The `bqdrain` binary: worker, replay, status and the local demo.
+//! The `bqdrain` binary: worker, replay, status, verify and the local demo.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,7 +16,7 @@ use bqdrain::adapters::local::warehouse::LocalWarehouse;
 use bqdrain::cli::{fail, peak_rss_bytes, print_json};
 use bqdrain::commands::launch::{self, LaunchArgs, LaunchReport, LaunchStatus};
 use bqdrain::commands::report::ReplayTarget;
-use bqdrain::commands::{demo, reconcile, replay, status};
+use bqdrain::commands::{demo, reconcile, replay, status, verify};
 use bqdrain::engine::drain::{drain, DrainConfig, DrainReport, ExitReason};
 use bqdrain::engine::export::ExportHandler;
 use bqdrain::engine::retry::RetryPolicy;
@@ -54,6 +54,31 @@ enum Command {
     Replay(ReplayArgs),
     /// Show each unit of a run: pending, exported, or dead-lettered and why.
     Status(StatusArgs),
+    /// Check a destination against the rule its exports keep, from listings.
+    ///
+    /// The rule: for every table, the data files under DATASET/TABLE/ are
+    /// exactly one committed export per current unit (the whole table,
+    /// DATASET/TABLE/run=RUN/, or one per partition,
+    /// DATASET/TABLE/partition=P/run=RUN/), all written with the same
+    /// options, holding the table's rows as of the run's snapshot. A
+    /// committed export is a folder whose _MANIFEST.json (a copy of the run's
+    /// completion record) names its files with their sizes and, on Cloud
+    /// Storage, their CRC32C. A dropped table keeps its last export.
+    ///
+    /// Checked from listings, nothing downloaded: one export per unit (no
+    /// older run's export beside the newest, no whole and partition exports
+    /// side by side, no folder that no run will commit), every file its
+    /// manifest names there with its size and checksum and nothing else,
+    /// one format per table. With --source, against the source as it is
+    /// now: every exportable table exported, no export of a partition the
+    /// source no longer has, and row counts of units unchanged since their
+    /// export. With --deep, every file is downloaded and its rows counted.
+    /// Nothing is written, to the destination or the source.
+    ///
+    /// Prints one line per discrepancy, naming the object or folder and the
+    /// fix. Exit status: 0 when every check holds, 1 when any discrepancy
+    /// is found (or the check cannot finish), 2 for a bad flag.
+    Verify(VerifyArgs),
     /// Run the whole flow locally: dummy tables, producer, worker processes.
     Demo(DemoArgs),
     /// Make a table of a local sqlite:// dataset fail or stall, or clear that.
@@ -181,6 +206,34 @@ struct StatusArgs {
     /// Also write the run report, one self-contained HTML page, to this file.
     #[arg(long, env = "BQDRAIN_HTML", value_name = "FILE")]
     html: Option<PathBuf>,
+    #[arg(long, env = "BQDRAIN_JSON")]
+    json: bool,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// Export root to check, e.g. gs://BUCKET/PREFIX or file://demo/exports.
+    #[arg(long, env = "BQDRAIN_DESTINATION")]
+    destination: String,
+    /// Also check against the dataset(s) exported there, as they are now:
+    /// any URI the producer accepts, e.g. bigquery://PROJECT/DATASET or
+    /// bigquery://PROJECT (repeatable; comma-separated in the variable).
+    /// Only its datasets' folders are checked then; without it, every
+    /// dataset folder of the destination.
+    #[arg(long, env = "BQDRAIN_SOURCE", value_delimiter = ',')]
+    source: Vec<String>,
+    /// Only tables matching this glob, as TABLE or DATASET.TABLE
+    /// (repeatable; comma-separated in the variable).
+    #[arg(long, env = "BQDRAIN_INCLUDE", value_delimiter = ',')]
+    include: Vec<String>,
+    /// Also download every file of every current export and count its rows
+    /// (CSV and JSON, plain or gzip; avro and parquet are not counted):
+    /// as many bytes as the destination holds.
+    #[arg(long, env = "BQDRAIN_DEEP")]
+    deep: bool,
+    /// Print one JSON object with the report on stdout: counts per kind,
+    /// every discrepancy (kind, path, detail, fix), notes, what was checked
+    /// and the listing calls made.
     #[arg(long, env = "BQDRAIN_JSON")]
     json: bool,
 }
@@ -421,6 +474,25 @@ async fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
                 print!("{}", report.render());
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify(args) => {
+            let store = backends::open_store(&args.destination, "--destination").await?;
+            let sources = backends::open_sources(&args.source, "--source").await?;
+            let options = verify::VerifyOptions {
+                include: args.include,
+                deep: args.deep,
+            };
+            let report = verify::verify(store, &sources, &options).await?;
+            if args.json {
+                print_json(&report);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Demo(args) => {
             let opts = demo::DemoOptions {

@@ -1119,3 +1119,99 @@ async fn views_are_exported_with_export_data_under_the_byte_guard() {
         .expect("dead record");
     assert_eq!(dead["reason"], "bytesBilledLimitExceeded", "{dead}");
 }
+
+/// `bqdrain verify --json` of `folder` with `extra` flags: its exit code and
+/// report.
+fn verify(sb: &GcpSandbox, folder: &str, extra: &[&str]) -> (i32, Value) {
+    let destination = sb.destination(folder);
+    let out = sb.bqdrain(&[&["verify", "--destination", &destination, "--json"], extra].concat());
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "verify printed no report (exit {}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap(), report)
+}
+
+#[tokio::test]
+async fn verify_holds_for_a_real_export_and_names_each_damage() {
+    let sb = GcpSandbox::new("verify", 5).await;
+    sb.make_tables(3, 1000).await;
+    produced(&sb.produce("exports", &["--run-id", "r1"]));
+    all_drained(&sb, workers(&sb, 1, "exports", "r1"));
+    let mut records = Vec::new();
+    for table in ["t_001", "t_002", "t_003"] {
+        let record = sb.done_record("exports", "r1", table).await.unwrap();
+        assert!(
+            record.files.len() > 1 && record.files.iter().all(|f| f.checksum.is_some()),
+            "several shards, each with its CRC32C: {record:?}"
+        );
+        records.push(record);
+    }
+
+    let (code, report) = verify(&sb, "exports", &["--source", &sb.source(), "--deep"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(
+        (&report["tables"], &report["units"], &report["rows_counted"]),
+        (&3.into(), &3.into(), &3.into()),
+        "{report:#}"
+    );
+    let (code, report) = verify(&sb, "exports", &[]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(
+        (&report["calls"]["listing_calls"], &report["calls"]["reads"]),
+        (&2.into(), &0.into()),
+        "the datasets, then the dataset: manifests come with the listing"
+    );
+
+    // A shard deleted, a file added, a file altered at the same size.
+    let key = |k: &str| format!("exports/{k}");
+    let deleted = &records[0].files[0].key;
+    sb.delete_objects(&key(deleted)).await;
+    let extra = format!("{}/t_002/run=r1/t_002_000000000099.csv", sb.dataset);
+    sb.upload(&key(&extra), b"id,name,age\n1,x,2\n".to_vec())
+        .await;
+    let altered = &records[2].files[0].key;
+    let mut bytes = sb.download(&key(altered)).await.unwrap();
+    let at = bytes.len() - 2;
+    bytes[at] = if bytes[at] == b'7' { b'8' } else { b'7' };
+    sb.upload(&key(altered), bytes).await;
+
+    let (code, report) = verify(&sb, "exports", &[]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(
+        report["counts"],
+        json!({"missing_file": 1, "unlisted_file": 1, "checksum_mismatch": 1}),
+        "{report:#}"
+    );
+    let found = report["discrepancies"].as_array().unwrap();
+    let path_of = |kind: &str| {
+        found
+            .iter()
+            .find(|d| d["kind"] == kind)
+            .map(|d| d["path"].as_str().unwrap().to_string())
+    };
+    assert_eq!(path_of("missing_file").as_ref(), Some(deleted));
+    assert_eq!(path_of("unlisted_file"), Some(extra));
+    assert_eq!(path_of("checksum_mismatch").as_ref(), Some(altered));
+    let checksum = found
+        .iter()
+        .find(|d| d["kind"] == "checksum_mismatch")
+        .unwrap();
+    assert!(
+        checksum["detail"]
+            .as_str()
+            .unwrap()
+            .contains("same size, other bytes"),
+        "{checksum}"
+    );
+    assert!(
+        checksum["fix"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("re-export {}.t_003", sb.dataset)),
+        "{checksum}"
+    );
+}

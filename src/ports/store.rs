@@ -31,6 +31,24 @@ pub trait ObjectStore: Send + Sync {
     /// Every object whose key starts with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectInfo>>;
 
+    /// The names of the folders right under `prefix` (empty, or ending in
+    /// `/`): `a` for the objects `PREFIX a/…`, in order. Stores that list
+    /// by delimiter (Cloud Storage) answer without listing every object;
+    /// this default does list them.
+    async fn folders(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .list(prefix)
+            .await?
+            .into_iter()
+            .filter_map(|o| {
+                let rest = o.key.strip_prefix(prefix)?;
+                rest.split_once('/').map(|(folder, _)| folder.to_string())
+            })
+            .collect();
+        names.dedup();
+        Ok(names)
+    }
+
     async fn read(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>>;
 
     /// Writes whole: a reader never sees part of the object. `summary`:

@@ -149,6 +149,15 @@ pub trait Warehouse: Send + Sync {
         tables: &[TableInfo],
     ) -> anyhow::Result<HashMap<String, ChangeMarker>>;
 
+    /// The change markers these tables have now, read without writing
+    /// anything: a table whose changes nothing tracks yet (where
+    /// `change_markers` would start tracking it) has none. For `bqdrain
+    /// verify`, which must leave the source as it found it.
+    async fn tracked_markers(
+        &self,
+        tables: &[TableInfo],
+    ) -> anyhow::Result<HashMap<String, ChangeMarker>>;
+
     /// The partitions of those of these tables that are partitioned, with
     /// their sizes and change markers.
     async fn list_partitions(&self, tables: &[TableInfo]) -> anyhow::Result<Vec<PartitionInfo>>;

@@ -548,6 +548,24 @@ impl GcpSandbox {
         Some(response.bytes().await.unwrap().to_vec())
     }
 
+    /// Writes `object` with `bytes`, replacing any object of that name.
+    pub async fn upload(&self, object: &str, bytes: Vec<u8>) {
+        let mut url = reqwest::Url::parse(&format!(
+            "http://{}/upload/storage/v1/b/{}/o",
+            self.emulators.storage, self.bucket
+        ))
+        .unwrap();
+        url.query_pairs_mut()
+            .append_pair("uploadType", "media")
+            .append_pair("name", object);
+        let response = self.http.post(url).body(bytes).send().await.unwrap();
+        assert!(
+            response.status().is_success(),
+            "upload {object}: {}",
+            response.status()
+        );
+    }
+
     /// Deletes every object under `prefix`, as a lifecycle rule would.
     pub async fn delete_objects(&self, prefix: &str) {
         for (object, _) in self.objects(prefix).await {

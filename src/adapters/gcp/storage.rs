@@ -172,6 +172,36 @@ impl ObjectStore for GcsStore {
         Ok(objects)
     }
 
+    /// One listing by delimiter: a page holds up to 1,000 folder names.
+    async fn folders(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
+        let under = self.name(prefix);
+        let mut names = Vec::new();
+        let mut page_token = None;
+        loop {
+            let page = self
+                .client
+                .list_objects(&ListObjectsRequest {
+                    bucket: self.bucket.clone(),
+                    prefix: Some(under.clone()),
+                    delimiter: Some("/".to_string()),
+                    page_token: page_token.take(),
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("listing the folders of {}", self.location(prefix)))?;
+            names.extend(page.prefixes.unwrap_or_default().iter().filter_map(|p| {
+                let folder = p.strip_prefix(&under)?.strip_suffix('/')?;
+                (!folder.is_empty()).then(|| folder.to_string())
+            }));
+            match page.next_page_token {
+                Some(token) if !token.is_empty() => page_token = Some(token),
+                _ => break,
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     async fn read(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
         let request = GetObjectRequest {
             bucket: self.bucket.clone(),

@@ -12,7 +12,7 @@
 //! since nobody counted what happened to it before. Schema changes
 //! (`ALTER TABLE`) fire no trigger and are not seen.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use rusqlite::{params, Connection};
@@ -169,22 +169,11 @@ pub fn track(conn: &mut Connection, tables: &[String]) -> rusqlite::Result<()> {
         )"
     ))?;
     let declared = declared(&tx)?;
-    // Read once: one lookup per trigger scans sqlite_master, which has a row
-    // per table and per trigger (4,000 at 1,000 tables).
-    let installed: HashMap<String, String> = tx
-        .prepare("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+    let installed = installed_triggers(&tx)?;
     for table in tables {
         let partitioning = declared.get(table);
         let mut replaced = false;
-        for (event, rows) in [
-            ("INSERT", &["NEW."][..]),
-            ("UPDATE", &["OLD.", "NEW."][..]),
-            ("DELETE", &["OLD."][..]),
-        ] {
-            let name = format!("_bqdrain_track_{table}_{}", event.to_ascii_lowercase());
-            let sql = trigger_sql(&name, event, table, partitioning, rows);
+        for (name, sql) in triggers(table, partitioning) {
             if installed.get(&name) != Some(&sql) {
                 tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {};", quote_ident(&name)))?;
                 tx.execute_batch(&sql)?;
@@ -216,6 +205,29 @@ pub fn track(conn: &mut Connection, tables: &[String]) -> rusqlite::Result<()> {
     tx.commit()
 }
 
+/// Every trigger, by name, with its SQL. Read once: one lookup per trigger
+/// scans sqlite_master, which has a row per table and per trigger (4,000 at
+/// 1,000 tables).
+fn installed_triggers(conn: &Connection) -> rusqlite::Result<HashMap<String, String>> {
+    conn.prepare("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect()
+}
+
+/// The name and SQL of the three triggers that count `table`'s changes.
+fn triggers(table: &str, partitioning: Option<&PartitionColumn>) -> [(String, String); 3] {
+    [
+        ("INSERT", &["NEW."][..]),
+        ("UPDATE", &["OLD.", "NEW."][..]),
+        ("DELETE", &["OLD."][..]),
+    ]
+    .map(|(event, rows)| {
+        let name = format!("_bqdrain_track_{table}_{}", event.to_ascii_lowercase());
+        let sql = trigger_sql(&name, event, table, partitioning, rows);
+        (name, sql)
+    })
+}
+
 /// A trigger that raises the whole table's counter and that of the
 /// partition of each row it sees (`NEW.`, `OLD.` or both).
 fn trigger_sql(
@@ -243,6 +255,24 @@ fn trigger_sql(
         quote_ident(name),
         quote_ident(table)
     )
+}
+
+/// Those of `tables` whose counters can be trusted now: their triggers are
+/// installed as [`track`] installs them for the current partitioning. A
+/// table made again since (its triggers went with it), or partitioned
+/// otherwise, is not: its counters missed changes. Reads only.
+pub fn tracked(conn: &Connection, tables: &[String]) -> rusqlite::Result<HashSet<String>> {
+    let declared = declared(conn)?;
+    let installed = installed_triggers(conn)?;
+    Ok(tables
+        .iter()
+        .filter(|table| {
+            triggers(table, declared.get(*table))
+                .iter()
+                .all(|(name, sql)| installed.get(name) == Some(sql))
+        })
+        .cloned()
+        .collect())
 }
 
 #[cfg(test)]
@@ -311,7 +341,13 @@ mod tests {
              INSERT INTO ev VALUES (1, '2026-12-01');",
         )
         .unwrap();
-        track(&mut conn, &["ev".to_string()]).unwrap();
+        let ev = ["ev".to_string()];
+        assert!(
+            tracked(&conn, &ev).unwrap().is_empty(),
+            "its counters are not trusted until tracked again"
+        );
+        track(&mut conn, &ev).unwrap();
+        assert!(tracked(&conn, &ev).unwrap().contains("ev"));
         let again = counters_of(&conn, "ev");
         assert!(again["20261201"] > after["20261201"]);
         assert!(again[""] > after[""]);

@@ -190,6 +190,29 @@ impl ObjectStore for FsStore {
         .await
     }
 
+    /// The sub-folders on disk (an emptied one is removed when its last
+    /// file is deleted), less the staging folder.
+    async fn folders(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
+        let dir = self.path_of(prefix)?;
+        blocking(move || {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+            };
+            let mut names = Vec::new();
+            for entry in entries {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() && entry.file_name() != STAGING {
+                    names.push(entry.file_name().to_string_lossy().into_owned());
+                }
+            }
+            names.sort();
+            Ok(names)
+        })
+        .await
+    }
+
     async fn read(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
         let path = self.path_of(key)?;
         blocking(move || match std::fs::read(&path) {
@@ -331,6 +354,8 @@ mod tests {
             .map(|o| o.key)
             .collect();
         assert_eq!(keys, ["t/run=1/a.csv", "t/run=2/b.csv"]);
+        assert_eq!(store.folders("").await.unwrap(), ["t", "t2"]);
+        assert_eq!(store.folders("t/").await.unwrap(), ["run=1", "run=2"]);
         assert_eq!(
             store.read("t/run=1/a.csv").await.unwrap().as_deref(),
             Some(&b"x"[..])

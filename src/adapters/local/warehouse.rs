@@ -176,14 +176,36 @@ impl Warehouse for LocalWarehouse {
                 .into_iter()
                 .filter_map(|(name, rows)| {
                     let version = partitions::table_counter(&counters, &name)?;
-                    let marker = ChangeMarker {
-                        version: Some(version),
-                        rows,
-                        modified: None,
-                        bytes: None,
-                        streaming: false,
-                    };
-                    Some((name, marker))
+                    Some((name, table_marker(version, rows)))
+                })
+                .collect())
+        })
+        .await?
+    }
+
+    /// The counters of the tables whose triggers are in place, read from a
+    /// read-only connection: nothing is installed or raised.
+    async fn tracked_markers(
+        &self,
+        tables: &[TableInfo],
+    ) -> anyhow::Result<HashMap<String, ChangeMarker>> {
+        let path = self.path.clone();
+        let tables: Vec<(String, Option<u64>)> = tables
+            .iter()
+            .filter(|t| t.kind == TableKind::Table)
+            .map(|t| (t.name.clone(), t.rows))
+            .collect();
+        tokio::task::spawn_blocking(move || {
+            let conn = connect(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            let names: Vec<String> = tables.iter().map(|(name, _)| name.clone()).collect();
+            let tracked = partitions::tracked(&conn, &names)?;
+            let counters = partitions::counters(&conn)?;
+            Ok(tables
+                .into_iter()
+                .filter(|(name, _)| tracked.contains(name))
+                .filter_map(|(name, rows)| {
+                    let version = partitions::table_counter(&counters, &name)?;
+                    Some((name, table_marker(version, rows)))
                 })
                 .collect())
         })
@@ -323,6 +345,17 @@ impl Warehouse for LocalWarehouse {
         })
         .await
         .map_err(|e| UnitError::transient("backendError", format!("export task failed: {e}")))?
+    }
+}
+
+/// A whole table's marker: its counter and its rows.
+fn table_marker(version: u64, rows: Option<u64>) -> ChangeMarker {
+    ChangeMarker {
+        version: Some(version),
+        rows,
+        modified: None,
+        bytes: None,
+        streaming: false,
     }
 }
 
@@ -743,6 +776,30 @@ lines', -2.0);
                 ("v", TableKind::View, None)
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn tracked_markers_read_only_what_change_markers_started() {
+        let (dir, wh) = setup();
+        let tables = wh.list_tables().await.unwrap();
+        assert!(wh.tracked_markers(&tables).await.unwrap().is_empty());
+        let conn = Connection::open(dir.path().join("wh.db")).unwrap();
+        let objects = |kind: &str| -> u64 {
+            conn.query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = ?1",
+                [kind],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            (objects("trigger"), objects("table")),
+            (0, 3),
+            "reading markers installs nothing"
+        );
+        let started = wh.change_markers(&tables).await.unwrap();
+        assert_eq!(started.len(), 3);
+        assert_eq!(wh.tracked_markers(&tables).await.unwrap(), started);
     }
 
     #[tokio::test]
