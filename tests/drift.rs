@@ -143,6 +143,17 @@ fn assert_equals_source(sb: &Sandbox, table: &str, expected: &[String]) {
         source_ids(sb, table),
         "{table}: the rows exported are the table's"
     );
+    let verified = std::process::Command::new(BIN)
+        .args(["verify", "--destination", &sb.destination()])
+        .args(["--source", &sb.source(""), "--include", table])
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "bqdrain verify agrees: {}{}",
+        String::from_utf8_lossy(&verified.stdout),
+        String::from_utf8_lossy(&verified.stderr)
+    );
 }
 
 fn whole(sb: &Sandbox, table: &str, run_id: &str) -> String {
@@ -460,6 +471,12 @@ impl Warehouse for Timed {
     ) -> anyhow::Result<std::collections::HashMap<String, ChangeMarker>> {
         let markers = self.inner.change_markers(tables).await;
         self.read(markers)
+    }
+    async fn tracked_markers(
+        &self,
+        tables: &[TableInfo],
+    ) -> anyhow::Result<std::collections::HashMap<String, ChangeMarker>> {
+        self.inner.tracked_markers(tables).await
     }
     async fn list_partitions(&self, tables: &[TableInfo]) -> anyhow::Result<Vec<PartitionInfo>> {
         let partitions = self.inner.list_partitions(tables).await;

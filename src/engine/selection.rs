@@ -174,13 +174,21 @@ pub fn unchanged_since<'a>(
     options: &ExportOptions,
 ) -> Option<&'a str> {
     let current = current?;
-    let marker = marker?;
-    let exported = current.change.as_ref()?;
     let written_alike = current
         .options
         .as_ref()
         .is_some_and(|o| o.writes_like(options));
-    (exported == marker && !exported.streaming && written_alike).then_some(current.run_id.as_str())
+    (same_data(current, marker) && written_alike).then_some(current.run_id.as_str())
+}
+
+/// Whether the export holds the source's data as it is now: the unit's
+/// marker equals the one the export was planned with (both known), and no
+/// row was left in the streaming buffer.
+pub fn same_data(current: &TableManifest, marker: Option<&ChangeMarker>) -> bool {
+    match (current.change.as_ref(), marker) {
+        (Some(exported), Some(marker)) => exported == marker && !exported.streaming,
+        _ => false,
+    }
 }
 
 #[cfg(test)]

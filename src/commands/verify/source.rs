@@ -15,7 +15,7 @@
 //! - Row counts, only where they are known without a query and the source
 //!   is known unchanged since the export: the record keeps the change
 //!   marker its run planned the unit with, and the source's marker now is
-//!   the same (`crate::engine::selection::unchanged_since`, as
+//!   the same (`crate::engine::selection::same_data`, as
 //!   `--only-changed` decides). Then the record's rows must be the rows
 //!   the source lists now (`row_count_mismatch`). That is:
 //!   - a whole table, when a run with `--only-changed` planned its export
@@ -62,7 +62,7 @@ use std::collections::{HashMap, HashSet};
 use super::exports::{CheckedTable, Export};
 use super::{reexport, unit_name, Filters, Findings, Kind, NoteKind, Where};
 use crate::contract::change::ChangeMarker;
-use crate::engine::selection::unchanged_since;
+use crate::engine::selection::same_data;
 use crate::ports::warehouse::{PartitionInfo, TableInfo, Warehouse};
 
 /// What the source says of the rows of the units it did not change.
@@ -215,9 +215,7 @@ pub async fn check(
                     None => (None, None),
                 },
             };
-            let (Some(_), Some(source_rows)) =
-                (unchanged_since(Some(&export.record), now), source_rows)
-            else {
+            let (true, Some(source_rows)) = (same_data(&export.record, now), source_rows) else {
                 continue;
             };
             rows.by_folder
