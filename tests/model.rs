@@ -37,24 +37,34 @@
 //! overlapping (both produced, then drained together).
 //!
 //! Running it:
-//! - CI: `cargo test --test model` runs `BQDRAIN_MODEL_CASES` cases (24 by
+//! - CI: `cargo test --test model` runs `BQDRAIN_MODEL_CASES` cases (64 by
 //!   default) with a random seed, and shrinks a failure for at most
 //!   `BQDRAIN_MODEL_SHRINK_SECS` (20 by default).
 //! - Long: `BQDRAIN_MODEL_CASES=5000 cargo test --release --test model --
-//!   --nocapture` (shrinking then gets 300 s unless told otherwise).
-//! - Both print `model: N cases … cases/s` and the seed.
+//!   --nocapture`: above 100 cases, `BQDRAIN_MODEL_THREADS` (4 by default)
+//!   searches run at once, thread i with seed SEED + i, since a case mostly
+//!   waits on the queue; shrinking gets 300 s unless told otherwise.
+//! - Both write the seed and `model: N cases in T s (R cases/s)` to stderr,
+//!   captured or not; on a failure, at which case it was found, how long
+//!   that took, and the shrinking that followed.
 //! - Replay: a failure prints its seed and its minimal case as JSON.
-//!   `BQDRAIN_MODEL_SEED=SEED` draws the same cases again (with the same
-//!   `BQDRAIN_MODEL_CASES` and `BQDRAIN_MODEL_OPS`), and
-//!   `BQDRAIN_MODEL_REPLAY='JSON'` runs just that case.
+//!   `BQDRAIN_MODEL_SEED=SEED BQDRAIN_MODEL_THREADS=1` draws the same cases
+//!   again (with the same `BQDRAIN_MODEL_OPS`), and
+//!   `BQDRAIN_MODEL_REPLAY='JSON' cargo test --test model -- --nocapture`
+//!   runs just that case. Cases with a kill, a duplicate or an overlap race
+//!   by design: they may need a few replays, and while shrinking such a
+//!   case counts as passing only when it passes five times in a row.
 //! - Focus: `BQDRAIN_MODEL_OPS=insert,update,split,...` draws only the named
-//!   kinds of operation and run (see [`Allow::NAMES`]); every check still
-//!   runs on every case.
+//!   kinds of operation and run (see [`Allow::NAMES`]; `always_split` makes
+//!   every run split, `run` draws more runs, `long` longer sequences);
+//!   every check still runs on every case.
+//! - `BQDRAIN_MODEL_TRACE=1` prints each step with its time.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -235,7 +245,7 @@ enum Op {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct Case {
     /// 1 to 3 plain tables `t_1..`.
     plain_tables: u8,
@@ -520,6 +530,22 @@ fn case(allow: &Allow) -> impl Strategy<Value = Case> {
             events,
             ops,
         })
+}
+
+impl Case {
+    /// Whether an outcome may depend on timing: a kill, a duplicate or an
+    /// overlap, whose exports race.
+    fn racy(&self) -> bool {
+        self.ops.iter().any(|op| {
+            matches!(
+                op,
+                Op::Run(Run {
+                    how: How::Killed | How::Duplicate { .. } | How::Overlap { .. },
+                    ..
+                })
+            )
+        })
+    }
 }
 
 impl Default for Opts {
@@ -2126,6 +2152,13 @@ fn run_case(rt: &tokio::runtime::Runtime, case: &Case) -> Result<(), String> {
     })
 }
 
+/// Writes a line to stderr past the test harness's capture, so that CI's
+/// log has it whether the test passes or fails.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|v| {
         v.trim()
@@ -2136,31 +2169,109 @@ fn env_u64(name: &str) -> Option<u64> {
 
 #[test]
 fn the_destination_follows_the_rule_after_every_run() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     if let Ok(json) = std::env::var("BQDRAIN_MODEL_REPLAY") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         let case: Case =
             serde_json::from_str(&json).expect("BQDRAIN_MODEL_REPLAY is a case's JSON");
         let started = Instant::now();
         let result = run_case(&rt, &case);
-        println!(
+        say(&format!(
             "model: 1 case replayed in {:.2} s",
             started.elapsed().as_secs_f64()
-        );
+        ));
         if let Err(e) = result {
             panic!("the replayed case fails:\n{e}");
         }
         return;
     }
     let allow = Allow::from_env();
-    let cases = env_u64("BQDRAIN_MODEL_CASES").unwrap_or(24) as u32;
+    let cases = env_u64("BQDRAIN_MODEL_CASES").unwrap_or(64) as u32;
     let long = cases > 100;
     let shrink_secs = env_u64("BQDRAIN_MODEL_SHRINK_SECS").unwrap_or(if long { 300 } else { 20 });
+    // A case mostly waits (on the queue, on slow exports): a long search
+    // runs several at once.
+    let threads = env_u64("BQDRAIN_MODEL_THREADS")
+        .unwrap_or(if long { 4 } else { 1 })
+        .clamp(1, 64);
     let seed = env_u64("BQDRAIN_MODEL_SEED").unwrap_or_else(|| fastrand::u64(..));
-    println!("model: seed {seed} (replay with BQDRAIN_MODEL_SEED={seed}), {cases} cases");
+    let per_thread = cases.div_ceil(threads as u32);
+    say(&format!(
+        "model: seed {seed} (replay with BQDRAIN_MODEL_SEED={seed}), {cases} cases{}",
+        if threads > 1 {
+            format!(" in {threads} threads, thread i drawing {per_thread} with seed {seed} + i")
+        } else {
+            String::new()
+        }
+    ));
+    let stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let searches: Vec<Search> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let (allow, stop) = (&allow, &stop);
+                scope.spawn(move || {
+                    search(allow, seed.wrapping_add(i), per_thread, shrink_secs, stop)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ran: u64 = searches.iter().map(|s| s.ran).sum();
+    let first = searches
+        .iter()
+        .filter(|s| s.failure.is_some())
+        .min_by_key(|s| s.found_at);
+    let search_end = first.and_then(|s| s.found_at).unwrap_or_else(Instant::now);
+    let seconds = search_end.duration_since(started).as_secs_f64();
+    say(&format!(
+        "model: {ran} cases in {seconds:.1} s ({:.2} cases/s){}",
+        ran as f64 / seconds.max(1e-9),
+        match first {
+            Some(s) => format!(
+                "; the first failure (seed {}, its case {}) took {seconds:.1} s to find, then {} shrink step(s) in {:.1} s",
+                s.seed, s.ran, s.shrink_steps, s.shrink_seconds
+            ),
+            None => String::new(),
+        }
+    ));
+    let Some(found) = first else {
+        return;
+    };
+    let (reason, minimal) = found.failure.as_ref().expect("a failure");
+    panic!(
+        "the rule is broken (seed {}{}).\nminimal case: {}\nreplay: BQDRAIN_MODEL_REPLAY='{}' cargo test --test model -- --nocapture\n{reason}",
+        found.seed,
+        if threads > 1 { ", with BQDRAIN_MODEL_THREADS=1" } else { "" },
+        describe(minimal),
+        serde_json::to_string(minimal).unwrap().replace('\'', "'\\''"),
+    )
+}
+
+/// What one search (one seed) found.
+struct Search {
+    seed: u64,
+    /// Cases run until the first failure, or all.
+    ran: u64,
+    /// When the first failure was found.
+    found_at: Option<Instant>,
+    shrink_steps: u64,
+    shrink_seconds: f64,
+    /// The failure's message and its minimal case.
+    failure: Option<(String, Case)>,
+}
+
+/// Draws up to `cases` cases from `seed` and shrinks the first that fails;
+/// gives up early (passing) once `stop` is set by another search's failure.
+fn search(allow: &Allow, seed: u64, cases: u32, shrink_secs: u64, stop: &AtomicBool) -> Search {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let config = Config {
         cases,
         max_shrink_time: (shrink_secs * 1000) as u32,
@@ -2171,41 +2282,62 @@ fn the_destination_follows_the_rule_after_every_run() {
     };
     let mut runner = TestRunner::new(config);
     let ran = Cell::new(0u64);
-    let failed_at: Cell<Option<(u64, Instant)>> = Cell::new(None);
-    let started = Instant::now();
-    let result = runner.run(&case(&allow), |case| {
-        ran.set(ran.get() + 1);
-        let outcome = run_case(&rt, &case);
-        if outcome.is_err() && failed_at.get().is_none() {
-            failed_at.set(Some((ran.get(), Instant::now())));
+    let shrink_steps = Cell::new(0u64);
+    let found_at: Cell<Option<Instant>> = Cell::new(None);
+    let result = runner.run(&case(allow), |case| {
+        let shrinking = found_at.get().is_some();
+        if shrinking {
+            shrink_steps.set(shrink_steps.get() + 1);
+        } else if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        } else {
+            ran.set(ran.get() + 1);
+        }
+        let mut outcome = run_case(&rt, &case);
+        // While shrinking, a case with a race in it passes by chance now
+        // and then: it counts as passing only if it passes five times.
+        if outcome.is_ok() && shrinking && case.racy() {
+            for _ in 0..4 {
+                outcome = run_case(&rt, &case);
+                if outcome.is_err() {
+                    break;
+                }
+            }
+        }
+        if outcome.is_err() && !shrinking {
+            if stop.swap(true, Ordering::Relaxed) {
+                // Another search failed first: its failure is the one
+                // shrunk and reported.
+                return Ok(());
+            }
+            found_at.set(Some(Instant::now()));
         }
         outcome.map_err(TestCaseError::fail)
     });
-    let (cases_run, search_end) = match failed_at.get() {
-        Some((n, at)) => (n, at),
-        None => (ran.get(), Instant::now()),
-    };
-    let search = search_end.duration_since(started).as_secs_f64();
-    println!(
-        "model: {cases_run} cases in {search:.1} s ({:.2} cases/s){}",
-        cases_run as f64 / search.max(1e-9),
-        match failed_at.get() {
-            Some(_) => format!(
-                "; the first failure at case {cases_run} took {search:.1} s to find, then {} shrink step(s) in {:.1} s",
-                ran.get() - cases_run,
-                started.elapsed().as_secs_f64() - search
-            ),
-            None => String::new(),
+    let shrink_seconds = found_at.get().map_or(0.0, |at| at.elapsed().as_secs_f64());
+    let failure = match result {
+        Ok(()) => None,
+        Err(TestError::Fail(reason, mut minimal)) => {
+            // The steps after the failing one never ran.
+            let failed_step = reason
+                .message()
+                .strip_prefix("step ")
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|n| n.parse::<usize>().ok());
+            if let Some(step) = failed_step {
+                minimal.ops.truncate(step);
+            }
+            Some((reason.message().to_string(), minimal))
         }
-    );
-    match result {
-        Ok(()) => {}
-        Err(TestError::Fail(reason, minimal)) => panic!(
-            "the rule is broken (seed {seed}).\nminimal case: {}\nreplay: BQDRAIN_MODEL_REPLAY='{}' cargo test --test model -- --nocapture\n{reason}",
-            describe(&minimal),
-            serde_json::to_string(&minimal).unwrap().replace('\'', "'\\''")
-        ),
-        Err(TestError::Abort(reason)) => panic!("aborted (seed {seed}): {reason}"),
+        Err(TestError::Abort(reason)) => Some((format!("aborted: {reason}"), Case::default())),
+    };
+    Search {
+        seed,
+        ran: ran.get(),
+        found_at: found_at.get(),
+        shrink_steps: shrink_steps.get(),
+        shrink_seconds,
+        failure,
     }
 }
 
