@@ -1460,7 +1460,12 @@ impl World {
                 let again = self
                     .produce(&self.plan(run, &id, run.options, true))
                     .await?;
-                debug_assert_eq!(again.run_id, id);
+                if again.run_id != id {
+                    return Err(format!(
+                        "[produce] resuming run {id} gave run {}",
+                        again.run_id
+                    ));
+                }
                 self.drain_all(concurrency, &[&id]).await?;
                 format!("{handled} message(s) handled, resumed, drained")
             }
