@@ -1302,6 +1302,8 @@ impl World {
             },
             only_changed: run.only_changed,
             views: run.views,
+            prune_gone: false,
+            duplicate_window: None,
         }
     }
 
@@ -1476,8 +1478,12 @@ impl World {
                 }
                 Some(largest) => {
                     let table = largest.source.table.clone();
-                    self.set_slow(&table, 15)?;
-                    let shards = self.kill_mid_export(concurrency, &id, &table).await?;
+                    // One unit in flight, killed while its first shard is
+                    // still being written: mid-export. (A kill between a
+                    // unit's completion record and its settling is a known
+                    // gap this model does not draw: see the README.)
+                    self.set_slow(&table, 300)?;
+                    let shards = self.kill_mid_export(1, &id, &table).await?;
                     self.clear_faults(std::slice::from_ref(&table))?;
                     self.drain_all(concurrency, &[&id]).await?;
                     format!("worker killed while exporting {table} ({shards} shard(s) written), drained again")
@@ -1608,8 +1614,9 @@ impl World {
         }
     }
 
-    /// Drains until the slow `table`'s export of run `id` has a shard in
-    /// place, then aborts as a killed worker would (grace period 0).
+    /// Drains for 100 ms, while the slow `table`'s export of run `id` is
+    /// writing its first shard, then aborts as a killed worker would (grace
+    /// period 0).
     async fn kill_mid_export(
         &self,
         concurrency: usize,
@@ -1645,7 +1652,7 @@ impl World {
         let started = Instant::now();
         while shards(&self.exports) == 0
             && !worker.is_finished()
-            && started.elapsed() < Duration::from_secs(5)
+            && started.elapsed() < Duration::from_millis(100)
         {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -1686,6 +1693,13 @@ impl World {
                 && declared.contains_key(&name)
                 && rows > 0
                 && rows >= plan.partitions.min_rows;
+            // The window leaves partitions out only where the run says so:
+            // a table whose current export was whole is split in full once.
+            let first_day = first_day.filter(|_| {
+                manifest
+                    .partly_covered
+                    .contains(&format!("{DATASET}/{name}/"))
+            });
             let units = if split {
                 let mut stmt = conn
                     .prepare(&format!(
