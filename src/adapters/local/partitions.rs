@@ -10,7 +10,8 @@
 //! [`track`] installs the triggers; a table that had none (never tracked, or
 //! dropped and made again) has its counters raised when they are installed,
 //! since nobody counted what happened to it before. Schema changes
-//! (`ALTER TABLE`) fire no trigger and are not seen.
+//! (`ALTER TABLE`) fire no trigger: the markers carry a fingerprint of the
+//! columns for them (see the warehouse's `change_markers`).
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -285,20 +285,22 @@ impl Warehouse for LocalWarehouse {
             let names: Vec<String> = tables.iter().map(|(name, _)| name.clone()).collect();
             partitions::track(conn, &names)?;
             let counters = partitions::counters(conn)?;
-            Ok(tables
-                .into_iter()
-                .filter_map(|(name, rows)| {
-                    let version = partitions::table_counter(&counters, &name)?;
-                    let marker = ChangeMarker {
-                        version: Some(version),
-                        rows,
-                        modified: None,
-                        bytes: None,
-                        streaming: false,
-                    };
-                    Some((name, marker))
-                })
-                .collect())
+            let mut markers = HashMap::with_capacity(tables.len());
+            for (name, rows) in tables {
+                let Some(version) = partitions::table_counter(&counters, &name) else {
+                    continue;
+                };
+                let marker = ChangeMarker {
+                    version: Some(version),
+                    rows,
+                    modified: None,
+                    bytes: None,
+                    streaming: false,
+                    schema: Some(schema_fingerprint(conn, &name)?),
+                };
+                markers.insert(name, marker);
+            }
+            Ok(markers)
         })
         .await
     }
@@ -371,6 +373,7 @@ impl Warehouse for LocalWarehouse {
                 let rows = stmt
                     .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
+                let schema = schema_fingerprint(conn, &table)?;
                 for (id, rows) in rows {
                     let version = counters.get(&table).and_then(|c| c.get(&id)).copied();
                     listed.push(PartitionInfo {
@@ -382,6 +385,7 @@ impl Warehouse for LocalWarehouse {
                             modified: None,
                             bytes: None,
                             streaming: false,
+                            schema: Some(schema.clone()),
                         }),
                         id,
                         rows: Some(rows),
@@ -430,6 +434,21 @@ impl Warehouse for LocalWarehouse {
 
 pub(super) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The fingerprint of a table's columns (names and declared types, in
+/// order) for its change markers: `ALTER TABLE` fires no trigger, so a
+/// column dropped or renamed shows nowhere else.
+fn schema_fingerprint(conn: &Connection, table: &str) -> rusqlite::Result<String> {
+    let columns = conn
+        .prepare_cached("SELECT name, type FROM pragma_table_xinfo(?1) ORDER BY cid")?
+        .query_map([table], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(ChangeMarker::schema_of(columns.iter().map(
+        |(name, declared)| (name.as_str(), declared.as_str()),
+    )))
 }
 
 fn export_blocking(
