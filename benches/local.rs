@@ -10,6 +10,9 @@
 //!   them in-process with a handler that acks at once (queue + loop cost).
 //! - `export`: one big table exported to CSV and to gzip CSV.
 //! - `demo`: `bqdrain demo` end to end with worker processes.
+//! - `table_count`: `bqdrain demo` of 10-row tables at two table counts, ten
+//!   times apart: the median unit time (from the completion records) should
+//!   not grow with the count, only the wall time with the work.
 //! - `worker_rss`: peak RSS of one `bqdrain work` process exporting a run.
 //! - `incremental`: a full run of a dataset, then 5 % of its tables changed
 //!   and a `--only-changed` run: producer + drain wall time of each.
@@ -59,6 +62,8 @@ struct Sizes {
     export_reps: usize,
     demo_tables: usize,
     demo_reps: usize,
+    /// The two table counts of `table_count`.
+    table_counts: [usize; 2],
     rss_tables: usize,
     incremental_tables: usize,
     incremental_changed: usize,
@@ -77,6 +82,7 @@ impl Sizes {
                 export_reps: 1,
                 demo_tables: 100,
                 demo_reps: 1,
+                table_counts: [100, 1000],
                 rss_tables: 50,
                 incremental_tables: 100,
                 incremental_changed: 5,
@@ -91,6 +97,7 @@ impl Sizes {
                 export_reps: 3,
                 demo_tables: 1000,
                 demo_reps: 3,
+                table_counts: [1000, 10_000],
                 rss_tables: 200,
                 incremental_tables: 1000,
                 incremental_changed: 50,
@@ -301,6 +308,56 @@ fn demo(s: &Sizes) {
             s.demo_tables
         ),
     );
+}
+
+fn table_count(s: &Sizes) {
+    for tables in s.table_counts {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dir_arg = dir.path().to_string_lossy().into_owned();
+        let (report, wall) = run_json(&[
+            "demo",
+            "--tables",
+            &tables.to_string(),
+            "--rows",
+            "10",
+            "--tasks",
+            "8",
+            "--json",
+            "--dir",
+            &dir_arg,
+        ]);
+        assert_eq!(
+            report["ok"], true,
+            "demo did not export everything: {report}"
+        );
+        let run_id = report["run_id"].as_str().expect("run_id");
+        let done = dir.path().join("exports").join(layout::done_prefix(run_id));
+        let records: Vec<TableManifest> = std::fs::read_dir(done)
+            .expect("completion records")
+            .map(|e| {
+                serde_json::from_slice(&std::fs::read(e.expect("entry").path()).expect("record"))
+                    .expect("a record")
+            })
+            .collect();
+        assert_eq!(records.len(), tables, "every table has its record");
+        let (unit, span) = unit_times(&records);
+        emit(
+            json!({
+                "bench": "table_count",
+                "tables": tables,
+                "rows_per_table": 10,
+                "tasks": 8,
+                "unit_median_seconds": unit,
+                "units_span_seconds": span,
+                "wall_seconds": wall,
+            }),
+            format!(
+                "demo, {tables} tables x 10 rows, 8 tasks: median unit {:.1} ms, first unit \
+                 start to last commit {span:.2} s, {wall:.2} s wall",
+                1000.0 * unit
+            ),
+        );
+    }
 }
 
 fn worker_rss(rt: &tokio::runtime::Runtime, s: &Sizes) {
@@ -600,6 +657,9 @@ fn main() {
     }
     if wanted("demo") {
         demo(&s);
+    }
+    if wanted("table_count") {
+        table_count(&s);
     }
     if wanted("worker_rss") {
         worker_rss(&rt, &s);

@@ -387,3 +387,65 @@ async fn a_view_whose_dry_run_fails_is_exported_with_its_estimate_unknown() {
     assert_exported(&sb, "r1", "first_five", 5);
     assert_eq!(sb.unit_state("r1", "broken"), "dead_lettered");
 }
+
+/// The first line of each file a run exported for `unit`.
+fn headers(sb: &Sandbox, run_id: &str, unit: &str) -> Vec<String> {
+    let record = sb
+        .manifest(run_id, unit)
+        .unwrap_or_else(|| panic!("{unit} has no completion record\n{}", sb.logs()));
+    record
+        .files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(sb.exports().join(&f.key)).unwrap();
+            text.lines().next().unwrap_or_default().to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_dropped_or_renamed_counts_as_changed() {
+    let sb = Sandbox::new();
+    make_dataset(&sb, 3, 20, 10);
+    produce(&sb, &plan("r1", None, true)).await;
+    drain(&sb);
+    // No row changes: a column dropped on purpose (say one holding personal
+    // data) must leave the exports too, and a renamed one must show its new
+    // name. ALTER TABLE fires no trigger.
+    dataset::execute(
+        &sb.warehouse(),
+        "ALTER TABLE t_001 DROP COLUMN age;
+         ALTER TABLE t_002 RENAME COLUMN name TO full_name;
+         ALTER TABLE events DROP COLUMN amount;",
+    )
+    .unwrap();
+    let second = produce(&sb, &plan("r2", None, true)).await;
+    assert_eq!((second.published, second.unchanged), (6, 1), "{second:?}");
+    drain(&sb);
+    assert_eq!(
+        units_of(&sb.status("r2", &[])),
+        [
+            "events$20261201",
+            "events$20261202",
+            "events$20261203",
+            "events$__NULL__",
+            "t_001",
+            "t_002"
+        ]
+    );
+    assert_eq!(headers(&sb, "r2", "t_001"), ["id,name"]);
+    assert_eq!(headers(&sb, "r2", "t_002"), ["id,full_name,age"]);
+    for id in ["20261201", "20261202", "20261203", "__NULL__"] {
+        assert_eq!(headers(&sb, "r2", &format!("{EVENTS}${id}")), ["id,day"]);
+    }
+    // The first run's exports, with the old columns, are gone.
+    assert!(
+        sb.files_of("t_001").iter().all(|f| f.contains("run=r2/")),
+        "{:?}",
+        sb.files_of("t_001")
+    );
+
+    // Nothing changed since: nothing to do.
+    let third = produce(&sb, &plan("r3", None, true)).await;
+    assert_eq!((third.published, third.unchanged), (0, 7), "{third:?}");
+}

@@ -235,6 +235,7 @@ mod tests {
             rows: Some(10),
             bytes: None,
             streaming: false,
+            schema: None,
         };
         let export: TableManifest = serde_json::from_value(serde_json::json!({
             "v": 1, "run_id": "r1", "unit": "t", "files": [], "bytes": 0, "rows": 10,

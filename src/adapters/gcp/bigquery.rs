@@ -1043,6 +1043,7 @@ impl Warehouse for BigQueryWarehouse {
                 rows: Some(0),
                 bytes: Some(0),
                 streaming: false,
+                schema: None,
             });
             marker.modified = marker.modified.max(row.modified);
             marker.rows = marker.rows.zip(row.rows).map(|(a, b)| a + b);
@@ -1091,6 +1092,7 @@ impl Warehouse for BigQueryWarehouse {
                     rows: row.rows,
                     bytes: row.bytes,
                     streaming: false,
+                    schema: None,
                 }),
                 table: row.table,
                 id,

@@ -135,19 +135,12 @@ pub fn clear_fault(path: &Path, table: &str) -> anyhow::Result<()> {
 
 impl Fault {
     /// Applies the table's fault to one export: an error to fail with, or a
-    /// stall to wait before each shard.
+    /// stall to wait before each shard. The faults table must exist; only a
+    /// fault that counts down its failures writes to the dataset.
     pub(crate) fn take(
         conn: &Connection,
         table: &str,
     ) -> rusqlite::Result<Result<Option<Duration>, UnitError>> {
-        let has_faults: bool = conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = ?1)",
-            [FAULTS_TABLE],
-            |r| r.get(0),
-        )?;
-        if !has_faults {
-            return Ok(Ok(None));
-        }
         let row: Option<(String, Option<i64>, Option<i64>)> = conn
             .query_row(
                 &format!(

@@ -10,12 +10,13 @@
 //! [`track`] installs the triggers; a table that had none (never tracked, or
 //! dropped and made again) has its counters raised when they are installed,
 //! since nobody counted what happened to it before. Schema changes
-//! (`ALTER TABLE`) fire no trigger and are not seen.
+//! (`ALTER TABLE`) fire no trigger: the markers carry a fingerprint of the
+//! columns for them (see the warehouse's `change_markers`).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::warehouse::quote_ident;
 use crate::ports::warehouse::Partitioning;
@@ -116,12 +117,27 @@ pub fn declared(conn: &Connection) -> rusqlite::Result<HashMap<String, Partition
     let mut declared = HashMap::new();
     for row in rows {
         let (table, column, unit) = row?;
-        let unit = serde_json::from_value(unit.clone().into()).map_err(|_| {
-            rusqlite::Error::InvalidColumnType(2, unit, rusqlite::types::Type::Text)
-        })?;
-        declared.insert(table, PartitionColumn { column, unit });
+        declared.insert(table, partition_column(column, unit)?);
     }
     Ok(declared)
+}
+
+/// How `table` is partitioned, if it is; `_bqdrain_partitioning` must
+/// exist. One row read, where [`declared`] reads them all.
+pub fn declared_of(conn: &Connection, table: &str) -> rusqlite::Result<Option<PartitionColumn>> {
+    conn.prepare_cached(&format!(
+        "SELECT column_name, unit FROM {PARTITIONING_TABLE} WHERE table_name = ?1"
+    ))?
+    .query_row([table], |r| Ok((r.get(0)?, r.get(1)?)))
+    .optional()?
+    .map(|(column, unit)| partition_column(column, unit))
+    .transpose()
+}
+
+fn partition_column(column: String, unit: String) -> rusqlite::Result<PartitionColumn> {
+    let unit = serde_json::from_value(unit.clone().into())
+        .map_err(|_| rusqlite::Error::InvalidColumnType(2, unit, rusqlite::types::Type::Text))?;
+    Ok(PartitionColumn { column, unit })
 }
 
 /// The change counters: by table, then by partition id (the whole table's

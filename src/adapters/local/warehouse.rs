@@ -12,17 +12,19 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use flate2::write::GzEncoder;
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags};
 
 use super::dataset::{Fault, FAULTS_TABLE};
+use super::jobs;
+use super::partitions::{self, PARTITIONING_TABLE};
 use super::store::{place, staging_file, FsStore};
 use super::{absolute, LocalUri};
-use super::{jobs, partitions};
 use crate::contract::change::ChangeMarker;
 use crate::contract::options::{Compression, ExportOptions, Format};
 use crate::error::{ConfigError, UnitError};
@@ -38,6 +40,7 @@ pub struct LocalWarehouse {
     path: PathBuf,
     dataset: String,
     shard_bytes: u64,
+    connections: Arc<Pool>,
 }
 
 impl LocalWarehouse {
@@ -87,15 +90,128 @@ impl LocalWarehouse {
         };
         Ok(LocalWarehouse {
             uri: format!("sqlite://{}{}", path.display(), query),
+            connections: Arc::new(Pool {
+                path: path.clone(),
+                idle: Mutex::new(Idle::default()),
+            }),
             path,
             dataset,
             shard_bytes,
         })
     }
+
+    /// Runs `f` on a connection of the pool, on a blocking thread.
+    async fn with_connection<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let pool = Arc::clone(&self.connections);
+        tokio::task::spawn_blocking(move || pool.with(|kept| f(&mut kept.conn))?).await?
+    }
 }
 
-fn connect(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(path, flags)?;
+/// Connections to the dataset file, kept open between operations. Opening
+/// one reads and parses the whole schema, which grows with the table count
+/// (40 ms at 10,000 tables, more than exporting a small table), so a worker
+/// that opened one per export spent most of each unit doing that.
+///
+/// Keeping them is safe while other processes change the file: each
+/// statement checks SQLite's schema cookie and reloads a schema that
+/// changed (a table dropped and made again, a fault set), and sees the
+/// rows committed before it began. A file replaced at its path (deleted and
+/// made again) is a new database, which no kept connection would see: they
+/// are dropped when the path names another file than when they were opened.
+struct Pool {
+    path: PathBuf,
+    idle: Mutex<Idle>,
+}
+
+#[derive(Default)]
+struct Idle {
+    /// The file (device, inode) the connections are open on.
+    file: Option<(u64, u64)>,
+    connections: Vec<Kept>,
+}
+
+/// A connection, and what it last read of the schema.
+struct Kept {
+    conn: Connection,
+    names: Option<Names>,
+}
+
+/// What each table and view is (`table` or `view`), as of a schema version.
+struct Names {
+    version: i64,
+    kinds: HashMap<String, String>,
+}
+
+impl Kept {
+    /// What `name` is (`table`, virtual ones too, or `view`), if anything.
+    /// SQLite looks a name up only by scanning `sqlite_master`, a row per
+    /// table and trigger: so it is read once per schema version, which
+    /// changes with every table made, dropped or altered, by any process.
+    fn kind_of(&mut self, name: &str) -> rusqlite::Result<Option<&str>> {
+        let tx = self.conn.unchecked_transaction()?;
+        let version: i64 = tx.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+        if self.names.as_ref().is_none_or(|n| n.version != version) {
+            let kinds = tx
+                .prepare("SELECT name, type FROM sqlite_master WHERE type IN ('table', 'view')")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            self.names = Some(Names { version, kinds });
+        }
+        tx.finish()?;
+        Ok(self
+            .names
+            .as_ref()
+            .and_then(|n| n.kinds.get(name))
+            .map(String::as_str))
+    }
+}
+
+impl Pool {
+    /// `f`'s result, or the error of opening a connection for it.
+    fn with<T, E>(
+        &self,
+        f: impl FnOnce(&mut Kept) -> Result<T, E>,
+    ) -> rusqlite::Result<Result<T, E>> {
+        use std::os::unix::fs::MetadataExt;
+        // No file: nothing kept, and opening says why.
+        let file = std::fs::metadata(&self.path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        let kept = {
+            let mut idle = self.idle();
+            if idle.file != file {
+                idle.connections.clear();
+                idle.file = file;
+            }
+            idle.connections.pop()
+        };
+        let mut kept = match kept {
+            Some(kept) => kept,
+            None => Kept {
+                conn: connect(&self.path)?,
+                names: None,
+            },
+        };
+        let result = f(&mut kept);
+        // A connection left inside a transaction (an error mid-way) is not
+        // kept; neither is one opened on a file since replaced.
+        let mut idle = self.idle();
+        if kept.conn.is_autocommit() && file.is_some() && idle.file == file {
+            idle.connections.push(kept);
+        }
+        Ok(result)
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Idle> {
+        self.idle.lock().expect("connection pool lock poisoned")
+    }
+}
+
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
     conn.busy_timeout(Duration::from_secs(30))?;
     Ok(conn)
 }
@@ -161,61 +277,59 @@ impl Warehouse for LocalWarehouse {
         &self,
         tables: &[TableInfo],
     ) -> anyhow::Result<HashMap<String, ChangeMarker>> {
-        let path = self.path.clone();
         let tables: Vec<(String, Option<u64>)> = tables
             .iter()
             .filter(|t| t.kind == TableKind::Table)
             .map(|t| (t.name.clone(), t.rows))
             .collect();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = connect(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        self.with_connection(move |conn| {
             let names: Vec<String> = tables.iter().map(|(name, _)| name.clone()).collect();
-            partitions::track(&mut conn, &names)?;
-            let counters = partitions::counters(&conn)?;
-            Ok(tables
-                .into_iter()
-                .filter_map(|(name, rows)| {
-                    let version = partitions::table_counter(&counters, &name)?;
-                    Some((name, table_marker(version, rows)))
-                })
-                .collect())
+            partitions::track(conn, &names)?;
+            let counters = partitions::counters(conn)?;
+            let mut markers = HashMap::with_capacity(tables.len());
+            for (name, rows) in tables {
+                let Some(version) = partitions::table_counter(&counters, &name) else {
+                    continue;
+                };
+                markers.insert(name.clone(), table_marker(conn, &name, version, rows)?);
+            }
+            Ok(markers)
         })
-        .await?
+        .await
     }
 
-    /// The counters of the tables whose triggers are in place, read from a
-    /// read-only connection: nothing is installed or raised.
+    /// The counters of the tables whose triggers are in place: only read,
+    /// nothing is installed or raised.
     async fn tracked_markers(
         &self,
         tables: &[TableInfo],
     ) -> anyhow::Result<HashMap<String, ChangeMarker>> {
-        let path = self.path.clone();
         let tables: Vec<(String, Option<u64>)> = tables
             .iter()
             .filter(|t| t.kind == TableKind::Table)
             .map(|t| (t.name.clone(), t.rows))
             .collect();
-        tokio::task::spawn_blocking(move || {
-            let conn = connect(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        self.with_connection(move |conn| {
             let names: Vec<String> = tables.iter().map(|(name, _)| name.clone()).collect();
-            let tracked = partitions::tracked(&conn, &names)?;
-            let counters = partitions::counters(&conn)?;
-            Ok(tables
+            let tracked = partitions::tracked(conn, &names)?;
+            let counters = partitions::counters(conn)?;
+            let mut markers = HashMap::with_capacity(tables.len());
+            for (name, rows) in tables
                 .into_iter()
                 .filter(|(name, _)| tracked.contains(name))
-                .filter_map(|(name, rows)| {
-                    let version = partitions::table_counter(&counters, &name)?;
-                    Some((name, table_marker(version, rows)))
-                })
-                .collect())
+            {
+                let Some(version) = partitions::table_counter(&counters, &name) else {
+                    continue;
+                };
+                markers.insert(name.clone(), table_marker(conn, &name, version, rows)?);
+            }
+            Ok(markers)
         })
-        .await?
+        .await
     }
 
     async fn list_tables(&self) -> anyhow::Result<Vec<TableInfo>> {
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = connect(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        self.with_connection(move |conn| {
             let mut stmt = conn.prepare(
                 "SELECT name, type, sql FROM sqlite_master
                  WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
@@ -260,16 +374,14 @@ impl Warehouse for LocalWarehouse {
             }
             Ok(tables)
         })
-        .await?
+        .await
     }
 
     async fn list_partitions(&self, tables: &[TableInfo]) -> anyhow::Result<Vec<PartitionInfo>> {
-        let path = self.path.clone();
         let names: Vec<String> = tables.iter().map(|t| t.name.clone()).collect();
-        tokio::task::spawn_blocking(move || {
-            let conn = connect(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-            let declared = partitions::declared(&conn)?;
-            let counters = partitions::counters(&conn)?;
+        self.with_connection(move |conn| {
+            let declared = partitions::declared(conn)?;
+            let counters = partitions::counters(conn)?;
             let mut listed = Vec::new();
             for table in names {
                 let Some(partitioning) = declared.get(&table) else {
@@ -284,6 +396,7 @@ impl Warehouse for LocalWarehouse {
                 let rows = stmt
                     .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?
                     .collect::<rusqlite::Result<Vec<_>>>()?;
+                let schema = schema_fingerprint(conn, &table)?;
                 for (id, rows) in rows {
                     let version = counters.get(&table).and_then(|c| c.get(&id)).copied();
                     listed.push(PartitionInfo {
@@ -295,6 +408,7 @@ impl Warehouse for LocalWarehouse {
                             modified: None,
                             bytes: None,
                             streaming: false,
+                            schema: Some(schema.clone()),
                         }),
                         id,
                         rows: Some(rows),
@@ -304,16 +418,14 @@ impl Warehouse for LocalWarehouse {
             }
             Ok(listed)
         })
-        .await?
+        .await
     }
 
     /// Free here; estimated the way the BigQuery emulator does, 8 bytes a
     /// column a row, so the byte guard can be tried out locally.
     async fn view_bytes(&self, view: &str) -> anyhow::Result<u64> {
-        let path = self.path.clone();
         let select = format!("SELECT * FROM {}", quote_ident(view));
-        tokio::task::spawn_blocking(move || {
-            let conn = connect(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        self.with_connection(move |conn| {
             let columns = conn.prepare(&select)?.column_count() as u64;
             let rows: u64 =
                 conn.query_row(&format!("SELECT count(*) FROM ({select})"), [], |r| {
@@ -321,7 +433,7 @@ impl Warehouse for LocalWarehouse {
                 })?;
             Ok(rows * columns * 8)
         })
-        .await?
+        .await
     }
 
     async fn export(
@@ -331,7 +443,7 @@ impl Warehouse for LocalWarehouse {
     ) -> Result<ExportResult, UnitError> {
         let root = FsStore::root_of(&request.destination_root, "destination")
             .map_err(|e| UnitError::permanent("invalid", e.to_string()))?;
-        let path = self.path.clone();
+        let pool = Arc::clone(&self.connections);
         let shard_bytes = self.shard_bytes;
         let request = request.clone();
         tokio::task::spawn_blocking(move || {
@@ -339,7 +451,9 @@ impl Warehouse for LocalWarehouse {
             if let Some(result) = finished {
                 return Ok(result);
             }
-            let result = export_blocking(&path, &root, shard_bytes, &request, &cancel)?;
+            let result = pool
+                .with(|kept| export_blocking(kept, &root, shard_bytes, &request, &cancel))
+                .map_err(|e| sqlite_error("opening dataset", e))??;
             job.finish(&request.job_key, &result)?;
             Ok(result)
         })
@@ -349,41 +463,66 @@ impl Warehouse for LocalWarehouse {
 }
 
 /// A whole table's marker: its counter and its rows.
-fn table_marker(version: u64, rows: Option<u64>) -> ChangeMarker {
-    ChangeMarker {
+/// A whole table's marker: its change counter, rows and columns.
+fn table_marker(
+    conn: &Connection,
+    table: &str,
+    version: u64,
+    rows: Option<u64>,
+) -> rusqlite::Result<ChangeMarker> {
+    Ok(ChangeMarker {
         version: Some(version),
         rows,
         modified: None,
         bytes: None,
         streaming: false,
-    }
+        schema: Some(schema_fingerprint(conn, table)?),
+    })
 }
 
 pub(super) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// The fingerprint of a table's columns (names and declared types, in
+/// order) for its change markers: `ALTER TABLE` fires no trigger, so a
+/// column dropped or renamed shows nowhere else.
+fn schema_fingerprint(conn: &Connection, table: &str) -> rusqlite::Result<String> {
+    let columns = conn
+        .prepare_cached("SELECT name, type FROM pragma_table_xinfo(?1) ORDER BY cid")?
+        .query_map([table], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(ChangeMarker::schema_of(columns.iter().map(
+        |(name, declared)| (name.as_str(), declared.as_str()),
+    )))
+}
+
 fn export_blocking(
-    db: &Path,
+    kept: &mut Kept,
     root: &Path,
     shard_bytes: u64,
     request: &ExportRequest,
     cancel: &Cancel,
 ) -> Result<ExportResult, UnitError> {
     let table = &request.source.table;
-    let conn = connect(db, OpenFlags::SQLITE_OPEN_READ_WRITE)
-        .map_err(|e| sqlite_error("opening dataset", e))?;
-    let stall = Fault::take(&conn, table).map_err(|e| sqlite_error("reading faults", e))??;
-    let kind = if request.source.view { "view" } else { "table" };
-    let exists: Option<String> = conn
-        .query_row(
-            "SELECT type FROM sqlite_master WHERE name = ?1 AND type = ?2",
-            [table, kind],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(|e| sqlite_error("looking up table", e))?;
-    if exists.is_none() || table.starts_with(FAULTS_TABLE) {
+    let mut kind = |name: &str| {
+        kept.kind_of(name)
+            .map(|k| k.map(str::to_string))
+            .map_err(|e| sqlite_error("reading the schema", e))
+    };
+    let faults = kind(FAULTS_TABLE)?.is_some();
+    let found = kind(table)?;
+    let partitioned = request.source.partition.is_some() && kind(PARTITIONING_TABLE)?.is_some();
+    let conn = &kept.conn;
+    let stall = if faults {
+        Fault::take(conn, table).map_err(|e| sqlite_error("reading faults", e))??
+    } else {
+        None
+    };
+    let want = if request.source.view { "view" } else { "table" };
+    if found.as_deref() != Some(want) || table.starts_with(FAULTS_TABLE) {
         return Err(UnitError::permanent(
             "notFound",
             format!(
@@ -395,9 +534,13 @@ fn export_blocking(
     let mut select = format!("SELECT * FROM {}", quote_ident(table));
     let mut filter = Vec::new();
     if let Some(partition) = &request.source.partition {
-        let declared =
-            partitions::declared(&conn).map_err(|e| sqlite_error("reading partitioning", e))?;
-        let Some(partitioning) = declared.get(table) else {
+        let declared = if partitioned {
+            partitions::declared_of(conn, table)
+                .map_err(|e| sqlite_error("reading partitioning", e))?
+        } else {
+            None
+        };
+        let Some(partitioning) = declared else {
             return Err(UnitError::permanent(
                 "invalid",
                 format!("table {table} is not partitioned, so it has no partition {partition}"),
@@ -876,6 +1019,36 @@ lines', -2.0);
             (err.reason.as_str(), err.is_transient()),
             ("notFound", false)
         );
+    }
+
+    #[tokio::test]
+    async fn kept_connections_see_what_other_connections_change() {
+        let (dir, wh) = setup();
+        let out = dir.path().join("out");
+        let db = dir.path().join("wh.db");
+        let (first, _) = export(&wh, &out, "odd", ExportOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(first.rows, Some(3));
+        // Made again with other columns, as another process would.
+        dataset::execute(
+            &db,
+            "DROP TABLE odd; CREATE TABLE odd (z TEXT); INSERT INTO odd VALUES ('new');",
+        )
+        .unwrap();
+        let (_, texts) = export(&wh, &out, "odd", ExportOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(texts.concat(), "z\nnew\n");
+        // The file replaced by another: a new database at the same path.
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+        }
+        dataset::create_dummy_tables(&db, &["odd".into()], 1).unwrap();
+        let (_, texts) = export(&wh, &out, "odd", ExportOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(texts.concat(), "id,name,age\n1,user_1,19\n");
     }
 
     #[tokio::test]
