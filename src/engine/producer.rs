@@ -623,7 +623,13 @@ async fn plan_source(
             // from the source); else by the run's worker that commits the
             // table's last unit, so that rows moved to another partition
             // are never missing from the destination meanwhile.
-            Some(_) => every_table.contains(table) && !exported_tables.contains(table),
+            // A run whose window left some of the table's partitions out
+            // does not judge its others: the rows may have moved there.
+            Some(_) => {
+                every_table.contains(table)
+                    && !exported_tables.contains(table)
+                    && !partly_covered.iter().any(|f| *f == format!("{dataset}/{table}/"))
+            }
             None => plan.prune_gone && !every_table.contains(table),
         }
     });
