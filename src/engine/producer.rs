@@ -628,7 +628,9 @@ async fn plan_source(
             Some(_) => {
                 every_table.contains(table)
                     && !exported_tables.contains(table)
-                    && !partly_covered.iter().any(|f| *f == format!("{dataset}/{table}/"))
+                    && !partly_covered
+                        .iter()
+                        .any(|f| *f == format!("{dataset}/{table}/"))
             }
             None => plan.prune_gone && !every_table.contains(table),
         }
