@@ -110,6 +110,53 @@ impl LocalWarehouse {
     }
 }
 
+/// Whether reading change markers may install the triggers that keep them.
+#[derive(Clone, Copy)]
+enum Markers {
+    /// Install them (`--only-changed` planning): counting starts now.
+    Install,
+    /// Only read (`verify`): tables without their triggers have no marker.
+    ReadOnly,
+}
+
+impl LocalWarehouse {
+    /// The markers of these tables, by name.
+    async fn table_markers(
+        &self,
+        tables: &[TableInfo],
+        mode: Markers,
+    ) -> anyhow::Result<HashMap<String, ChangeMarker>> {
+        let tables: Vec<(String, Option<u64>)> = tables
+            .iter()
+            .filter(|t| t.kind == TableKind::Table)
+            .map(|t| (t.name.clone(), t.rows))
+            .collect();
+        self.with_connection(move |conn| {
+            let names: Vec<String> = tables.iter().map(|(name, _)| name.clone()).collect();
+            let tracked = match mode {
+                Markers::Install => {
+                    partitions::track(conn, &names)?;
+                    None
+                }
+                Markers::ReadOnly => Some(partitions::tracked(conn, &names)?),
+            };
+            let counters = partitions::counters(conn)?;
+            let mut markers = HashMap::with_capacity(tables.len());
+            for (name, rows) in tables {
+                if tracked.as_ref().is_some_and(|t| !t.contains(&name)) {
+                    continue;
+                }
+                let Some(version) = partitions::table_counter(&counters, &name) else {
+                    continue;
+                };
+                markers.insert(name.clone(), table_marker(conn, &name, version, rows)?);
+            }
+            Ok(markers)
+        })
+        .await
+    }
+}
+
 /// Connections to the dataset file, kept open between operations. Opening
 /// one reads and parses the whole schema, which grows with the table count
 /// (40 ms at 10,000 tables, more than exporting a small table), so a worker
@@ -277,55 +324,14 @@ impl Warehouse for LocalWarehouse {
         &self,
         tables: &[TableInfo],
     ) -> anyhow::Result<HashMap<String, ChangeMarker>> {
-        let tables: Vec<(String, Option<u64>)> = tables
-            .iter()
-            .filter(|t| t.kind == TableKind::Table)
-            .map(|t| (t.name.clone(), t.rows))
-            .collect();
-        self.with_connection(move |conn| {
-            let names: Vec<String> = tables.iter().map(|(name, _)| name.clone()).collect();
-            partitions::track(conn, &names)?;
-            let counters = partitions::counters(conn)?;
-            let mut markers = HashMap::with_capacity(tables.len());
-            for (name, rows) in tables {
-                let Some(version) = partitions::table_counter(&counters, &name) else {
-                    continue;
-                };
-                markers.insert(name.clone(), table_marker(conn, &name, version, rows)?);
-            }
-            Ok(markers)
-        })
-        .await
+        self.table_markers(tables, Markers::Install).await
     }
 
-    /// The counters of the tables whose triggers are in place: only read,
-    /// nothing is installed or raised.
     async fn tracked_markers(
         &self,
         tables: &[TableInfo],
     ) -> anyhow::Result<HashMap<String, ChangeMarker>> {
-        let tables: Vec<(String, Option<u64>)> = tables
-            .iter()
-            .filter(|t| t.kind == TableKind::Table)
-            .map(|t| (t.name.clone(), t.rows))
-            .collect();
-        self.with_connection(move |conn| {
-            let names: Vec<String> = tables.iter().map(|(name, _)| name.clone()).collect();
-            let tracked = partitions::tracked(conn, &names)?;
-            let counters = partitions::counters(conn)?;
-            let mut markers = HashMap::with_capacity(tables.len());
-            for (name, rows) in tables
-                .into_iter()
-                .filter(|(name, _)| tracked.contains(name))
-            {
-                let Some(version) = partitions::table_counter(&counters, &name) else {
-                    continue;
-                };
-                markers.insert(name.clone(), table_marker(conn, &name, version, rows)?);
-            }
-            Ok(markers)
-        })
-        .await
+        self.table_markers(tables, Markers::ReadOnly).await
     }
 
     async fn list_tables(&self) -> anyhow::Result<Vec<TableInfo>> {
