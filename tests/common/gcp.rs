@@ -146,7 +146,9 @@ impl GcpSandbox {
         sb
     }
 
-    async fn create_work_subscription(&self, role: &str) {
+    /// Creates subscription `role` of the work topic, with the dead-letter
+    /// policy, without moving workers to it.
+    pub async fn create_work_subscription(&self, role: &str) {
         self.create_subscription(
             role,
             json!({
@@ -185,6 +187,11 @@ impl GcpSandbox {
     /// fresh subscription instead of waiting.
     pub async fn resubscribe(&self, role: &str) {
         self.create_work_subscription(role).await;
+        self.drain_from(role);
+    }
+
+    /// Workers drain subscription `role`, which exists, from now on.
+    pub fn drain_from(&self, role: &str) {
         *self.work.lock().unwrap() = role.to_string();
     }
 
@@ -224,14 +231,6 @@ impl GcpSandbox {
     async fn pubsub_call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let url = format!("http://{}/v1/{path}", self.emulators.pubsub);
         self.call(method, &url, body).await
-    }
-
-    /// Seeks the work subscription to before anything was published: every
-    /// message not acked is offered again, whoever held it.
-    pub async fn seek_work_to_start(&self) {
-        let path = format!("{}:seek", self.subscription_name(&self.work_role()));
-        self.pubsub_call("POST", &path, Some(json!({"time": "2000-01-01T00:00:00Z"})))
-            .await;
     }
 
     fn topic_name(&self, role: &str) -> String {
