@@ -59,6 +59,11 @@ Fixes, all applied by monkeypatching before the server starts:
      counts only the columns read. A query job whose estimate is above its
      maximumBytesBilled fails unrun, reason bytesBilledLimitExceeded (stock
      ignores the cap).
+ 12. ALTER TABLE (ADD / DROP / RENAME / ALTER COLUMN) updates the catalog's
+     schema from DuckDB, so tables.get and INFORMATION_SCHEMA.COLUMNS show
+     the new columns (stock kept the old ones); a partition whose rows
+     changed only with the columns keeps its last_modified_time and
+     logical bytes in 9, as BigQuery's does after a metadata-only change.
   Empty query parameters (pageToken=, maxResults=) are accepted as "unset".
 
 Usage:
@@ -91,7 +96,8 @@ import bqemulator.api.routes.jobs as jobs_routes
 import bqemulator.api.routes.tabledata as tabledata_routes
 import bqemulator.api.routes.tables as tables_routes
 from bqemulator.catalog.etag import generate_etag
-from bqemulator.catalog.models import JobMeta, RangePartitioning, TableMeta
+import bqemulator.catalog.ddl_sync as ddl_sync
+from bqemulator.catalog.models import JobMeta, RangePartitioning, TableMeta, TableSchema
 from bqemulator.config import PersistenceMode, Settings
 from bqemulator.domain.errors import (
     AlreadyExistsError,
@@ -587,7 +593,11 @@ tables_routes._table_to_list_item = _table_to_list_item
 # summed DuckDB row hashes) whenever it is looked at and around every change
 # this launcher sees (fix 10); a partition's time is when its current
 # fingerprint was first seen (a change seen happening: the change's time; a
-# partition never seen before: the table's creation/last-modified time).
+# partition never seen before: the table's creation/last-modified time). A
+# change of the table's columns alone (ALTER TABLE ADD/DROP/RENAME COLUMN, fix
+# 12) changes every row's hash but writes no data: BigQuery calls dropping a
+# column a metadata-only operation, so the partition keeps its time and its
+# logical bytes (until its rows next change), and only the schema shows it.
 _PARTITIONS_COLUMN_TYPES = (
     ("table_catalog", "STRING"), ("table_schema", "STRING"), ("table_name", "STRING"),
     ("partition_id", "STRING"), ("total_rows", "INT64"), ("total_logical_bytes", "INT64"),
@@ -639,16 +649,26 @@ def _partition_expr(meta: TableMeta) -> Optional[str]:
     return None
 
 
-# (project, dataset, table, creation µs) -> {partition_id: (fingerprint, first seen with it)}
+# (project, dataset, table, creation µs) ->
+#     {partition_id: (fingerprint, first seen with it, logical bytes a row then)}
 _partition_seen: dict = {}
+# (project, dataset, table, creation µs) -> its columns when last fingerprinted
+_partition_columns: dict = {}
+
+
+def _row_width(meta: TableMeta) -> int:
+    """Logical bytes a row: an estimate, 8 bytes a column, as in fix 7."""
+    return max(1, len(meta.schema_.fields)) * 8
 
 
 def _observe_partitions(ctx: Any, cur: Any, meta: TableMeta, changed_at: Optional[datetime] = None) -> dict:
-    """{partition_id: (rows, last_modified_time)} of the table's live rows.
+    """{partition_id: (rows, last_modified_time, logical bytes)} of the
+    table's live rows.
 
     A fingerprint not seen before gets `changed_at` (a change this launcher
     saw), else now (changed behind our back), or for a partition never seen
-    at all the table's creation / last-modified time."""
+    at all the table's creation / last-modified time; one that changed with
+    the table's columns alone keeps its time and bytes."""
     expr = _partition_expr(meta)
     ref = quoted_table_ref(meta.project_id, meta.dataset_id, meta.table_id)
     stats = {
@@ -660,18 +680,21 @@ def _observe_partitions(ctx: Any, cur: Any, meta: TableMeta, changed_at: Optiona
     }
     if expr is None and not stats:
         stats = {None: (0, (0, None))}  # an unpartitioned table has its row even when empty
-    seen = _partition_seen.setdefault(
-        (meta.project_id, meta.dataset_id, meta.table_id, _us(meta.creation_time)), {}
-    )
+    key = (meta.project_id, meta.dataset_id, meta.table_id, _us(meta.creation_time))
+    seen = _partition_seen.setdefault(key, {})
+    columns = tuple((f.name, f.type, f.mode) for f in meta.schema_.fields)
+    altered = _partition_columns.setdefault(key, columns) != columns
+    _partition_columns[key] = columns
+    width = _row_width(meta)
     for pid, (_, fp) in stats.items():
         old = seen.get(pid)
         if old is None:
-            seen[pid] = (fp, changed_at or max(meta.creation_time, meta.last_modified_time))
+            seen[pid] = (fp, changed_at or max(meta.creation_time, meta.last_modified_time), width)
         elif old[0] != fp:
-            seen[pid] = (fp, changed_at or ctx.clock.now())
+            seen[pid] = (fp, old[1], old[2]) if altered else (fp, changed_at or ctx.clock.now(), width)
     for pid in [k for k in seen if k not in stats]:
         del seen[pid]  # emptied: if rows come back, that is a change
-    return {pid: (n, seen[pid][1]) for pid, (n, _) in stats.items()}
+    return {pid: (n, seen[pid][1], n * seen[pid][2]) for pid, (n, _) in stats.items()}
 
 
 _partitions_only: Optional[set] = None  # table names the query being expanded is limited to
@@ -690,10 +713,9 @@ def _partitions_materialized(catalog: Any, project_id: str, dataset_id: str) -> 
             parts = _observe_partitions(_context, cur, t)
         except duckdb.Error:
             continue  # dropped behind the catalog's back, partitioning column gone, ...
-        width = max(1, len(t.schema_.fields)) * 8  # logical bytes: an estimate, as in fix 7
         for pid in sorted(parts, key=lambda k: (k is None, k or "")):
-            n, modified = parts[pid]
-            rows.append((project_id, dataset_id, t.table_id, pid, n, n * width, modified, "ACTIVE"))
+            n, modified, logical_bytes = parts[pid]
+            rows.append((project_id, dataset_id, t.table_id, pid, n, logical_bytes, modified, "ACTIVE"))
     return _materialize(f"partitions__{project_id}__{dataset_id}", _PARTITIONS_COLUMN_TYPES, rows)
 
 
@@ -1037,6 +1059,69 @@ async def _capped_query_job(project_id: str, job_id: str, config: dict, **kwargs
 
 # insert_job() calls it by its module name.
 jobs_routes._handle_query_job = _capped_query_job
+
+
+# --- 12. ALTER TABLE keeps the catalog's schema ----------------------------------
+# BigQuery: `ALTER TABLE t ADD COLUMN / DROP COLUMN / RENAME COLUMN / ALTER
+# COLUMN` changes the table's schema, which tables.get and
+# INFORMATION_SCHEMA.COLUMNS then show. Stock runs the statement in DuckDB only:
+# the catalog keeps the old columns, so both kept listing a dropped column
+# (extract jobs, reading DuckDB, already left it out). Here, after such a
+# statement (jobs.query or a query job; dataset-qualified names only), the
+# catalog's columns are read back from DuckDB in their new order, a column
+# still there keeping its catalog field (mode, description, nested fields).
+_ALTER_TARGET = re.compile(rf"\bALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?({_PART}(?:\s*\.\s*{_PART}){{0,2}})", re.I)
+
+
+def _altered_tables(bq_sql: str, project_id: str) -> list:
+    """(project, dataset, table) of every dataset-qualified ALTER TABLE target."""
+    out: list = []
+    for m in _ALTER_TARGET.finditer(bq_sql):
+        parts = [x for piece in re.findall(_PART, m.group(1)) for x in piece.strip("`").split(".")]
+        if len(parts) == 2:
+            parts.insert(0, project_id)
+        if len(parts) == 3 and tuple(parts) not in out:
+            out.append(tuple(parts))
+    return out
+
+
+def _sync_columns(ctx: Any, ref: tuple) -> None:
+    """The catalog's schema of `ref`, as DuckDB now has it."""
+    meta = ctx.catalog.get_table(*ref)
+    if meta is None or meta.table_type != "TABLE":
+        return
+    try:
+        live = ddl_sync._introspect_schema(*ref, ctx).fields
+    except duckdb.Error:
+        return  # the statement failed or dropped the table: nothing to follow
+    kept = {f.name.lower(): f for f in meta.schema_.fields}
+    fields = tuple(kept.get(f.name.lower(), f) for f in live)
+    if fields == tuple(meta.schema_.fields):
+        return  # SET OPTIONS and the like
+    now = ctx.clock.now()
+    ctx.catalog.update_table(meta.model_copy(update={
+        "schema_": TableSchema(fields=fields),
+        "last_modified_time": now,
+        "etag": generate_etag(*ref, "TABLE", str(now)),
+    }))
+
+
+_execute_before_alter = jobs_routes.execute_query_job  # fix 10's
+
+
+async def _execute_and_sync_columns(
+    project_id: str, job_id: str, bq_sql: str, query_params: Any, ctx: Any, **kwargs: Any
+) -> JobMeta:
+    altered = _altered_tables(bq_sql, project_id)
+    try:
+        return await _execute_before_alter(project_id, job_id, bq_sql, query_params, ctx, **kwargs)
+    finally:
+        for ref in altered:
+            _sync_columns(ctx, ref)
+
+
+# jobs.insert (query jobs) and jobs.query call the name imported into the routes module.
+jobs_routes.execute_query_job = _execute_and_sync_columns
 
 
 # --- main ----------------------------------------------------------------------
