@@ -8,6 +8,7 @@ mod common;
 use std::process::Child;
 use std::time::Duration;
 
+use bqdrain::engine::layout::TableManifest;
 use serde_json::{json, Value};
 
 use common::fault_proxy::{Fault, FaultProxy};
@@ -864,21 +865,157 @@ async fn producer_falls_back_to_tables_list_and_retries_throttled_calls() {
     );
 }
 
-/// The rows of one exported unit, read back from its files: the lines
-/// after each CSV shard's header.
-async fn exported_lines(sb: &GcpSandbox, folder: &str, run_id: &str, unit: &str) -> Vec<String> {
+/// The text of each CSV shard of one exported unit.
+async fn exported_texts(sb: &GcpSandbox, folder: &str, run_id: &str, unit: &str) -> Vec<String> {
     let record = sb
         .done_record(folder, run_id, unit)
         .await
         .unwrap_or_else(|| panic!("{unit} has no completion record\n{}", sb.logs()));
-    let mut lines = Vec::new();
+    let mut texts = Vec::new();
     for f in &record.files {
         let bytes = sb.download(&format!("{folder}/{}", f.key)).await.unwrap();
-        let text = String::from_utf8(bytes).unwrap();
-        lines.extend(text.lines().skip(1).map(str::to_string));
+        texts.push(String::from_utf8(bytes).unwrap());
     }
+    texts
+}
+
+/// The rows of one exported unit, read back from its files: the lines
+/// after each CSV shard's header.
+async fn exported_lines(sb: &GcpSandbox, folder: &str, run_id: &str, unit: &str) -> Vec<String> {
+    let texts = exported_texts(sb, folder, run_id, unit).await;
+    let mut lines: Vec<String> = texts
+        .iter()
+        .flat_map(|text| text.lines().skip(1).map(str::to_string))
+        .collect();
     lines.sort();
     lines
+}
+
+/// The header of each CSV shard of one exported unit.
+async fn exported_headers(sb: &GcpSandbox, folder: &str, run_id: &str, unit: &str) -> Vec<String> {
+    let texts = exported_texts(sb, folder, run_id, unit).await;
+    texts
+        .iter()
+        .map(|text| text.lines().next().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// (published, unchanged) of a producer's report.
+fn published_and_unchanged(report: &Value) -> (Option<u64>, Option<u64>) {
+    (report["published"].as_u64(), report["unchanged"].as_u64())
+}
+
+/// A column dropped on purpose (say one holding personal data) changes no
+/// row, and BigQuery moves no partition's modification time for it (a
+/// metadata-only change): the columns' fingerprint in the change marker
+/// must still send the table, and each partition of a split one, out
+/// again, without the column.
+#[tokio::test]
+async fn only_changed_exports_again_what_lost_a_column() {
+    let sb = GcpSandbox::new("dropped_column", 5).await;
+    sb.create_table("t_001", 20).await;
+    sb.create_table("t_002", 20).await;
+    sb.create_daily_table("events", &["2026-12-01", "2026-12-02"], 5)
+        .await;
+    let args = |run_id| ["--run-id", run_id, "--partitions", "--only-changed"];
+    let first = produced(&sb.produce("exports", &args("r1")));
+    assert_eq!(
+        published_and_unchanged(&first),
+        (Some(4), Some(0)),
+        "{first}"
+    );
+    all_drained(&sb, workers(&sb, 1, "exports", "r1"));
+    assert_eq!(
+        exported_headers(&sb, "exports", "r1", "t_001").await,
+        ["id,name,age"]
+    );
+
+    sb.dml("t_001", "ALTER TABLE {table} DROP COLUMN age").await;
+    sb.dml("events", "ALTER TABLE {table} DROP COLUMN amount")
+        .await;
+    sb.resubscribe("work2").await;
+    let second = produced(&sb.produce("exports", &args("r2")));
+    assert_eq!(
+        published_and_unchanged(&second),
+        (Some(3), Some(1)),
+        "t_001 and both partitions of events lost a column: {second}"
+    );
+    all_drained(&sb, workers(&sb, 1, "exports", "r2"));
+    assert_eq!(
+        exported_headers(&sb, "exports", "r2", "t_001").await,
+        ["id,name"]
+    );
+    assert_eq!(
+        exported_lines(&sb, "exports", "r2", "t_001").await.len(),
+        20
+    );
+    // Only the columns tell (the emulator keeps the table's times, as
+    // BigQuery does for a metadata-only change).
+    let marker = |record: Option<TableManifest>| record.and_then(|r| r.change).expect("a marker");
+    let (before, after) = (
+        marker(sb.done_record("exports", "r1", "t_001").await),
+        marker(sb.done_record("exports", "r2", "t_001").await),
+    );
+    assert_eq!(
+        (before.modified, before.rows, before.bytes),
+        (after.modified, after.rows, after.bytes)
+    );
+    assert_ne!(before.schema, after.schema);
+    for unit in ["events$20261201", "events$20261202"] {
+        assert_eq!(
+            exported_headers(&sb, "exports", "r2", unit).await,
+            ["id,day"],
+            "{unit}"
+        );
+        assert_eq!(exported_lines(&sb, "exports", "r2", unit).await.len(), 5);
+    }
+
+    // Nothing changed since: nothing to export.
+    sb.resubscribe("work3").await;
+    let third = produced(&sb.produce("exports", &args("r3")));
+    assert_eq!(
+        published_and_unchanged(&third),
+        (Some(0), Some(4)),
+        "{third}"
+    );
+}
+
+/// Records written without the columns' fingerprint (by earlier versions,
+/// or by a run without `--only-changed`, which reads no columns) cannot
+/// tell whether a column went since: their units count as changed once,
+/// then compare as usual.
+#[tokio::test]
+async fn a_marker_without_the_columns_fingerprint_counts_as_changed_once() {
+    let sb = GcpSandbox::new("unfingerprinted", 5).await;
+    sb.create_daily_table("events", &["2026-12-01", "2026-12-02"], 5)
+        .await;
+    produced(&sb.produce("exports", &["--run-id", "r1", "--partitions"]));
+    all_drained(&sb, workers(&sb, 1, "exports", "r1"));
+    let record = sb
+        .done_record("exports", "r1", "events$20261201")
+        .await
+        .unwrap();
+    let marker = record
+        .change
+        .expect("a partition's record keeps its marker");
+    assert_eq!(marker.schema, None, "no columns were read: {marker:?}");
+
+    let args = |run_id| ["--run-id", run_id, "--partitions", "--only-changed"];
+    sb.resubscribe("work2").await;
+    let second = produced(&sb.produce("exports", &args("r2")));
+    assert_eq!(
+        published_and_unchanged(&second),
+        (Some(2), Some(0)),
+        "{second}"
+    );
+    all_drained(&sb, workers(&sb, 1, "exports", "r2"));
+    sb.resubscribe("work3").await;
+    let third = produced(&sb.produce("exports", &args("r3")));
+    assert_eq!(
+        published_and_unchanged(&third),
+        (Some(0), Some(2)),
+        "{third}"
+    );
 }
 
 #[tokio::test]

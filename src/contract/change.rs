@@ -50,6 +50,20 @@ impl ChangeMarker {
         }
         format!("{hash:016x}")
     }
+
+    /// A partition's marker with its table's columns fingerprint, where the
+    /// table's marker has one: a partition has its table's columns, and
+    /// BigQuery reads them once a dataset, for the tables' markers, not per
+    /// partition listing.
+    pub fn with_schema_of(self, table: Option<&ChangeMarker>) -> ChangeMarker {
+        match table.and_then(|t| t.schema.clone()) {
+            Some(schema) => ChangeMarker {
+                schema: Some(schema),
+                ..self
+            },
+            None => self,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -72,5 +86,26 @@ mod tests {
         ] {
             assert_ne!(base, other);
         }
+    }
+
+    #[test]
+    fn a_partition_takes_its_tables_columns_fingerprint() {
+        let marker = |schema: Option<&str>| ChangeMarker {
+            modified: None,
+            version: Some(3),
+            rows: Some(10),
+            bytes: None,
+            streaming: false,
+            schema: schema.map(str::to_string),
+        };
+        let table = marker(Some("table"));
+        assert_eq!(marker(None).with_schema_of(Some(&table)), table);
+        assert_eq!(marker(Some("own")).with_schema_of(Some(&table)), table);
+        assert_eq!(
+            marker(Some("own")).with_schema_of(Some(&marker(None))),
+            marker(Some("own")),
+            "a table marker without columns leaves the partition's"
+        );
+        assert_eq!(marker(None).with_schema_of(None), marker(None));
     }
 }

@@ -845,6 +845,7 @@ async fn plan_units(
             table.name.clone(),
             parts.iter().map(|p| p.id.clone()).collect(),
         );
+        let table_marker = markers.remove(&table.name);
         let first_day = first_day.filter(|_| {
             let whole = exported_whole.contains(table.name.as_str());
             if whole {
@@ -866,7 +867,8 @@ async fn plan_units(
                 Some(part.id),
                 part.rows,
                 part.bytes,
-                part.change,
+                part.change
+                    .map(|change| change.with_schema_of(table_marker.as_ref())),
             ));
         }
         if left_out {

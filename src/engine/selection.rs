@@ -252,6 +252,15 @@ mod tests {
         );
         assert_eq!(unchanged_since(Some(&export), Some(&five), &csv), None);
         assert_eq!(unchanged_since(Some(&export), None, &csv), None);
+        let fingerprinted = ChangeMarker {
+            schema: Some("cbf29ce484222325".into()),
+            ..marker(4)
+        };
+        assert_eq!(
+            unchanged_since(Some(&export), Some(&fingerprinted), &csv),
+            None,
+            "a record without the columns' fingerprint cannot tell a column went: changed once"
+        );
         assert_eq!(unchanged_since(None, Some(&four), &csv), None);
         let gzip = ExportOptions {
             compression: crate::contract::options::Compression::Gzip,

@@ -159,7 +159,10 @@ pub trait Warehouse: Send + Sync {
     ) -> anyhow::Result<HashMap<String, ChangeMarker>>;
 
     /// The partitions of those of these tables that are partitioned, with
-    /// their sizes and change markers.
+    /// their sizes and change markers. A partition's marker may leave out
+    /// the columns' fingerprint (`ChangeMarker::schema`): callers take it
+    /// from the table's marker (`change_markers`), so a warehouse that
+    /// reads columns at a cost reads them once, and only for those.
     async fn list_partitions(&self, tables: &[TableInfo]) -> anyhow::Result<Vec<PartitionInfo>>;
 
     /// The bytes a query reading all of this view would process, and so

@@ -505,12 +505,7 @@ impl BigQueryWarehouse {
                 .query(sql, "querying INFORMATION_SCHEMA.PARTITIONS")
                 .await?
             {
-                let cell = |i: usize| {
-                    row.get("f")
-                        .and_then(|f| f.get(i))
-                        .and_then(|c| c.get("v"))
-                        .and_then(|v| v.as_str())
-                };
+                let cell = |i| cell(&row, i);
                 rows.push(PartitionRow {
                     table: cell(0).unwrap_or_default().to_string(),
                     id: cell(1).map(str::to_string),
@@ -521,6 +516,16 @@ impl BigQueryWarehouse {
             }
         }
         Ok(rows)
+    }
+
+    /// The fingerprint of each table's columns, by table, from one query of
+    /// the dataset's `INFORMATION_SCHEMA.COLUMNS` (see [`columns_sql`]).
+    async fn column_fingerprints(&self) -> Result<HashMap<String, String>, UnitError> {
+        let sql = columns_sql(&self.project, &self.dataset);
+        let rows = self
+            .query(sql, "querying INFORMATION_SCHEMA.COLUMNS")
+            .await?;
+        Ok(fingerprints(&rows))
     }
 
     /// Every table of the dataset with its kind, rows and bytes, from one
@@ -974,10 +979,64 @@ fn planning_sql(project: &str, dataset: &str) -> String {
     )
 }
 
+/// The query behind the columns' fingerprints: every column of every
+/// table of the dataset, with what the fingerprint is made of. The
+/// dataset's own view, so the planning query's grants run it
+/// (`bigquery.tables.get` and `bigquery.tables.list` on the dataset). A
+/// nested field's change shows in its column's `data_type`
+/// (`STRUCT<a INT64, b ARRAY<STRING>>`); pseudo-columns
+/// (`_PARTITIONTIME`) have no position and are left out.
+fn columns_sql(project: &str, dataset: &str) -> String {
+    format!(
+        "SELECT table_name, ordinal_position, column_name, data_type, is_nullable \
+         FROM `{project}.{dataset}.INFORMATION_SCHEMA.COLUMNS` \
+         WHERE ordinal_position IS NOT NULL"
+    )
+}
+
+/// Each table's fingerprint ([`ChangeMarker::schema_of`]) from the rows of
+/// [`columns_sql`]: its columns in their order, each as its name and type,
+/// `NOT NULL` added for a `REQUIRED` one (as DDL declares it), so a column
+/// dropped, added, renamed, moved, retyped or relaxed changes it.
+fn fingerprints(rows: &[serde_json::Map<String, serde_json::Value>]) -> HashMap<String, String> {
+    let mut columns: HashMap<&str, Vec<(u64, &str, String)>> = HashMap::new();
+    for row in rows {
+        let text = |i| cell(row, i).unwrap_or_default();
+        let Ok(position) = text(1).parse::<u64>() else {
+            continue;
+        };
+        let required = if text(4) == "NO" { " NOT NULL" } else { "" };
+        columns.entry(text(0)).or_default().push((
+            position,
+            text(2),
+            format!("{}{required}", text(3)),
+        ));
+    }
+    columns
+        .into_iter()
+        .map(|(table, mut of_table)| {
+            of_table.sort_by_key(|(position, ..)| *position);
+            let fingerprint = ChangeMarker::schema_of(
+                of_table
+                    .iter()
+                    .map(|(_, name, declared)| (*name, declared.as_str())),
+            );
+            (table.to_string(), fingerprint)
+        })
+        .collect()
+}
+
+/// Cell `i` of a query's result row (`{"f": [{"v": …}, …]}`), as text.
+fn cell(row: &serde_json::Map<String, serde_json::Value>, i: usize) -> Option<&str> {
+    row.get("f")
+        .and_then(|f| f.get(i))
+        .and_then(|c| c.get("v"))
+        .and_then(|v| v.as_str())
+}
+
 /// One row of the planning query: name, type, rows, bytes, each `{"v": …}`.
 fn table_from_row(row: &serde_json::Map<String, serde_json::Value>) -> TableInfo {
-    let cell = |i: usize| row.get("f").and_then(|f| f.get(i)).and_then(|c| c.get("v"));
-    let text = |i| cell(i).and_then(|v| v.as_str()).unwrap_or_default();
+    let text = |i| cell(row, i).unwrap_or_default();
     let number = |i| text(i).parse::<u64>().ok();
     TableInfo {
         name: text(0).to_string(),
@@ -1050,11 +1109,18 @@ impl Warehouse for BigQueryWarehouse {
             marker.bytes = marker.bytes.zip(row.bytes).map(|(a, b)| a + b);
             marker.streaming |= row.id.as_deref() == Some(STREAMING_PARTITION);
         }
+        // No modification time moves when a column is dropped (a
+        // metadata-only change): the columns themselves must be compared.
+        let mut fingerprints = self.column_fingerprints().await?;
+        for (table, marker) in &mut markers {
+            marker.schema = fingerprints.remove(table);
+        }
         Ok(markers)
     }
 
     /// The same markers: reading them writes nothing here (one
-    /// `INFORMATION_SCHEMA.PARTITIONS` query per 1,000 tables).
+    /// `INFORMATION_SCHEMA.PARTITIONS` query per 1,000 tables, and one
+    /// `INFORMATION_SCHEMA.COLUMNS` query).
     async fn tracked_markers(
         &self,
         tables: &[TableInfo],
@@ -1163,7 +1229,10 @@ impl Warehouse for BigQueryWarehouse {
 
 #[cfg(test)]
 mod tests {
-    use super::{decide, export_data_sql, job_id, parse_timestamp, planning_sql};
+    use super::{
+        columns_sql, decide, export_data_sql, fingerprints, job_id, parse_timestamp, planning_sql,
+    };
+    use crate::contract::change::ChangeMarker;
     use crate::contract::message::SourceTable;
     use crate::contract::options::{Compression, Format};
     use crate::error::ErrorKind::{self, Permanent, Transient};
@@ -1185,6 +1254,53 @@ mod tests {
             "{sql}"
         );
         assert!(!sql.contains("region-"), "{sql}");
+        let sql = columns_sql("p", "sales");
+        let views: Vec<&str> = sql.split('`').skip(1).step_by(2).collect();
+        assert_eq!(views, ["p.sales.INFORMATION_SCHEMA.COLUMNS"], "{sql}");
+    }
+
+    /// Rows as `jobs.query` returns them: every cell a string or null.
+    fn columns_rows(rows: &[[Option<&str>; 5]]) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        rows.iter()
+            .map(|cells| {
+                let f: Vec<serde_json::Value> = cells
+                    .iter()
+                    .map(|v| serde_json::json!({ "v": v }))
+                    .collect();
+                serde_json::json!({ "f": f }).as_object().unwrap().clone()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_tables_fingerprint_is_its_columns_in_order_with_required_ones_marked() {
+        let found = fingerprints(&columns_rows(&[
+            [
+                Some("t"),
+                Some("2"),
+                Some("tags"),
+                Some("ARRAY<STRING>"),
+                Some("NO"),
+            ],
+            [Some("u"), Some("1"), Some("id"), Some("INT64"), Some("YES")],
+            [Some("t"), Some("1"), Some("id"), Some("INT64"), Some("NO")],
+            // A pseudo-column has no position.
+            [
+                Some("t"),
+                None,
+                Some("_PARTITIONTIME"),
+                Some("TIMESTAMP"),
+                Some("YES"),
+            ],
+        ]));
+        let expected =
+            ChangeMarker::schema_of([("id", "INT64 NOT NULL"), ("tags", "ARRAY<STRING> NOT NULL")]);
+        assert_eq!(found.get("t"), Some(&expected));
+        assert_eq!(
+            found.get("u"),
+            Some(&ChangeMarker::schema_of([("id", "INT64")]))
+        );
+        assert_eq!(found.len(), 2);
     }
 
     fn request(key: &str, dataset: &str) -> ExportRequest {

@@ -40,7 +40,9 @@
 //! partitions, asked only for tables exported per partition, a `tables.list`
 //! page per 1,000 tables and one `INFORMATION_SCHEMA.PARTITIONS` query per
 //! 1,000 of them; the markers, asked only for tables whose records can be
-//! compared, one more `PARTITIONS` query per 1,000. `INFORMATION_SCHEMA`
+//! compared, one more `PARTITIONS` query per 1,000 and one
+//! `INFORMATION_SCHEMA.COLUMNS` query (the columns' fingerprint, which a
+//! partition's marker takes from its table's). `INFORMATION_SCHEMA`
 //! queries are billed (on demand, at least 10 MB each and never cached:
 //! <https://cloud.google.com/bigquery/docs/information-schema-intro>,
 //! "Pricing"), a few tenths of a GB for 10,000 tables; `tables.list` and
@@ -208,14 +210,18 @@ pub async fn check(
             continue;
         };
         for export in table.current.iter().filter(comparable) {
-            let (now, source_rows): (Option<&ChangeMarker>, Option<u64>) = match &export.partition {
-                None => (Some(marker), info.rows.or(marker.rows)),
+            let (now, source_rows): (Option<ChangeMarker>, Option<u64>) = match &export.partition {
+                None => (Some(marker.clone()), info.rows.or(marker.rows)),
                 Some(id) => match partitions.get(&table.name).and_then(|p| p.get(id)) {
-                    Some(p) => (p.change.as_ref(), p.rows),
+                    Some(p) => (
+                        p.change.clone().map(|c| c.with_schema_of(Some(marker))),
+                        p.rows,
+                    ),
                     None => (None, None),
                 },
             };
-            let (true, Some(source_rows)) = (same_data(&export.record, now), source_rows) else {
+            let (true, Some(source_rows)) = (same_data(&export.record, now.as_ref()), source_rows)
+            else {
                 continue;
             };
             rows.by_folder
