@@ -970,13 +970,23 @@ async fn only_changed_exports_again_what_lost_a_column() {
         assert_eq!(exported_lines(&sb, "exports", "r2", unit).await.len(), 5);
     }
 
-    // Nothing changed since: nothing to export.
+    // Nothing changed since: nothing to export. The columns cost one
+    // query: the planning one, PARTITIONS for the tables' markers, COLUMNS,
+    // and PARTITIONS for the partitions (after their tables.list page).
     sb.resubscribe("work3").await;
-    let third = produced(&sb.produce("exports", &args("r3")));
+    let proxy = FaultProxy::counting(&sb.emulators.bigquery);
+    let third = produced(&sb.produce_through(&proxy.addr, "exports", &args("r3")));
     assert_eq!(
         published_and_unchanged(&third),
         (Some(0), Some(4)),
         "{third}"
+    );
+    assert_eq!(proxy.requests("/queries"), 4, "four queries");
+    assert_eq!(proxy.requests("/tables"), 1, "one tables.list page");
+    assert!(
+        proxy.requests("") <= 6,
+        "and the dataset's location: {} calls",
+        proxy.requests("")
     );
 }
 
@@ -989,7 +999,14 @@ async fn a_marker_without_the_columns_fingerprint_counts_as_changed_once() {
     let sb = GcpSandbox::new("unfingerprinted", 5).await;
     sb.create_daily_table("events", &["2026-12-01", "2026-12-02"], 5)
         .await;
-    produced(&sb.produce("exports", &["--run-id", "r1", "--partitions"]));
+    let proxy = FaultProxy::counting(&sb.emulators.bigquery);
+    let args = ["--run-id", "r1", "--partitions"];
+    produced(&sb.produce_through(&proxy.addr, "exports", &args));
+    assert_eq!(
+        proxy.requests("/queries"),
+        2,
+        "planning and PARTITIONS, no COLUMNS without --only-changed"
+    );
     all_drained(&sb, workers(&sb, 1, "exports", "r1"));
     let record = sb
         .done_record("exports", "r1", "events$20261201")
