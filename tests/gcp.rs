@@ -970,6 +970,17 @@ async fn only_changed_exports_again_what_lost_a_column() {
         assert_eq!(exported_lines(&sb, "exports", "r2", unit).await.len(), 5);
     }
 
+    // `verify --deep` counts each export's rows against the source's, known
+    // for a partition only while its marker, columns included, is the same.
+    let (code, report) = verify(&sb, "exports", &["--source", &sb.source(), "--deep"]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["rows_counted"], 4, "{report:#}");
+    assert_eq!(
+        report["notes"],
+        json!([]),
+        "every count compared: {report:#}"
+    );
+
     // Nothing changed since: nothing to export. The columns cost one
     // query: the planning one, PARTITIONS for the tables' markers, COLUMNS,
     // and PARTITIONS for the partitions (after their tables.list page).
