@@ -1109,8 +1109,8 @@ impl Warehouse for BigQueryWarehouse {
             marker.bytes = marker.bytes.zip(row.bytes).map(|(a, b)| a + b);
             marker.streaming |= row.id.as_deref() == Some(STREAMING_PARTITION);
         }
-        // No modification time moves when a column is dropped (a
-        // metadata-only change): the columns themselves must be compared.
+        // Dropping a column is a metadata-only change, which need move no
+        // modification time: the columns themselves are compared.
         let mut fingerprints = self.column_fingerprints().await?;
         for (table, marker) in &mut markers {
             marker.schema = fingerprints.remove(table);
