@@ -36,14 +36,15 @@
 //!
 //! Cost. The embedded warehouse is read through a read-only connection. On
 //! BigQuery the listings are the producer's: the tables are one
-//! `INFORMATION_SCHEMA` query (`TABLES` joined with `TABLE_STORAGE`); the
-//! partitions, asked only for tables exported per partition, a `tables.list`
-//! page per 1,000 tables and one `INFORMATION_SCHEMA.PARTITIONS` query per
-//! 1,000 of them; the markers, asked only for tables whose records can be
-//! compared, one more `PARTITIONS` query per 1,000 and one
-//! `INFORMATION_SCHEMA.COLUMNS` query (the columns' fingerprint, which a
-//! partition's marker takes from its table's). `INFORMATION_SCHEMA`
-//! queries are billed (on demand, at least 10 MB each and never cached:
+//! `INFORMATION_SCHEMA` query (`TABLES` joined with the dataset's `PARTITIONS`
+//! summed per table); the partitions, asked only for tables exported per
+//! partition, a `tables.list` page per 1,000 tables and one
+//! `INFORMATION_SCHEMA.PARTITIONS` query per 1,000 of them; the markers, asked
+//! only for tables whose records can be compared, one more `PARTITIONS` query
+//! per 1,000 and one `INFORMATION_SCHEMA.COLUMNS` query (the columns'
+//! fingerprint, which a partition's marker takes from its table's).
+//! `INFORMATION_SCHEMA` queries are billed (on demand, at least 10 MB each and
+//! never cached:
 //! <https://cloud.google.com/bigquery/docs/information-schema-intro>,
 //! "Pricing"), a few tenths of a GB for 10,000 tables; `tables.list` and
 //! `tables.get` are metadata operations, free.
