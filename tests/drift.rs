@@ -376,6 +376,40 @@ async fn a_worker_killed_between_commit_and_settle_leaves_one_export() {
     assert_eq!(sb.unit_state("r2", "t_001"), "exported");
 }
 
+/// Issue 16: a worker killed half-way through deleting the older export
+/// it replaces leaves that export still committed (its manifest goes
+/// last), so the redelivery finishes deleting it, even once the older
+/// run's records have expired (a lifecycle rule on `_bqdrain/runs/`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_deleting_the_older_export_leaves_one_export() {
+    let sb = Sandbox::new();
+    sb.make_tables(1, 10);
+    sb.produce("", "r1").await;
+    drain(&sb, &[]);
+    std::fs::remove_dir_all(sb.exports().join("_bqdrain/runs/r1")).unwrap();
+    sb.produce("", "r2").await;
+    store_fault::stall_deletes(&sb.exports(), 1).unwrap();
+    let subscription = sb.subscription("ack_deadline=2");
+    let mut victim = sb.spawn_worker(&subscription, &[]);
+    wait_until(Duration::from_secs(30), "the second delete", || {
+        store_fault::delete_held(&sb.exports())
+    });
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    store_fault::clear_stall(&sb.exports()).unwrap();
+    assert_eq!(
+        export_folders(&sb, "t_001").len(),
+        2,
+        "killed with part of r1's export deleted"
+    );
+
+    let survivor = sb.spawn_worker(&subscription, &["--idle-timeout", "4"]);
+    let (status, report) = finish(survivor, Duration::from_secs(60));
+    assert!(status.success(), "{}", sb.logs());
+    assert_eq!(report["acked"], 1, "the redelivery is settled: {report}");
+    assert_equals_source(&sb, "t_001", &[whole(&sb, "t_001", "r2")]);
+}
+
 /// Item 6: two runs of one dataset overlapping in one worker keep one
 /// export per table, whichever commits first: their messages are queued
 /// pairwise (each table's two runs side by side) and exported at once.

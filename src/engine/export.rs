@@ -577,9 +577,14 @@ impl<'a> ExportFolders<'a> {
             .collect()
     }
 
-    /// Deletes every listed object of one export folder.
+    /// Deletes every listed object of one export folder, its manifest last:
+    /// a task killed half-way leaves the folder committed, so the next
+    /// settling still sees an older export to delete, not an export that
+    /// some run is still writing.
     async fn delete(&self, store: &dyn ObjectStore, id: FolderId<'_>) -> Result<(), UnitError> {
-        for key in self.keys(id) {
+        let mut keys = self.keys(id);
+        keys.sort_by_key(|key| layout::is_export_manifest(key));
+        for key in keys {
             store
                 .delete(key)
                 .await
