@@ -363,6 +363,10 @@ async fn a_worker_killed_between_commit_and_settle_leaves_one_export() {
         "killed after r2's export of t_001 was committed: {:?}",
         sb.files_of("t_001")
     );
+    assert!(
+        sb.manifest("r2", "t_001").is_none(),
+        "the completion record comes after the settling"
+    );
 
     // A task of the run's launch watches it (`--run-id`), as every task
     // `bqdrain launch` starts does.
