@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bqdrain::adapters::backends;
 use bqdrain::adapters::local::queue::peek;
-use bqdrain::adapters::local::{dataset, partitions};
+use bqdrain::adapters::local::{dataset, partitions, store_fault};
 use bqdrain::contract::change::ChangeMarker;
 use bqdrain::contract::options::{Compression, ExportOptions, Format};
 use bqdrain::engine::layout::{self, RunManifest};
@@ -333,6 +333,85 @@ async fn two_deliveries_at_once_leave_one_intact_export() {
     assert!(rows == 30 || rows == 100, "{rows}");
     assert_exported(&sb, "r1", "t_001", rows);
     assert_eq!(sb.unit_state("r1", "t_001"), "exported");
+}
+
+/// Issue 16: a worker killed after it committed a unit's export but before
+/// it settled it (deleted the older export, wrote the completion record)
+/// leaves the run incomplete, so the task watching the run waits for the
+/// redelivery, which settles the unit: one export stands, and `verify`
+/// agrees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_between_commit_and_settle_leaves_one_export() {
+    let sb = Sandbox::new();
+    sb.make_tables(1, 10);
+    sb.produce("", "r1").await;
+    drain(&sb, &[]);
+    dataset::execute(&sb.warehouse(), "DELETE FROM t_001 WHERE id > 7;").unwrap();
+    sb.produce("", "r2").await;
+    store_fault::stall_deletes(&sb.exports(), 0).unwrap();
+    let subscription = sb.subscription("ack_deadline=2");
+    let mut victim = sb.spawn_worker(&subscription, &[]);
+    wait_until(Duration::from_secs(30), "a delete of the settle", || {
+        store_fault::delete_held(&sb.exports())
+    });
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    store_fault::clear_stall(&sb.exports()).unwrap();
+    assert!(
+        sb.files_of("t_001")
+            .contains(&format!("{}_MANIFEST.json", whole(&sb, "t_001", "r2"))),
+        "killed after r2's export of t_001 was committed: {:?}",
+        sb.files_of("t_001")
+    );
+    assert!(
+        sb.manifest("r2", "t_001").is_none(),
+        "the completion record comes after the settling"
+    );
+
+    // A task of the run's launch watches it (`--run-id`), as every task
+    // `bqdrain launch` starts does.
+    let destination = sb.destination();
+    let watching = ["--run-id", "r2", "--destination", &destination];
+    let survivor = sb.spawn_worker(&subscription, &watching);
+    let (status, report) = finish(survivor, Duration::from_secs(60));
+    assert!(status.success(), "{}", sb.logs());
+    assert_eq!(report["acked"], 1, "the redelivery is settled: {report}");
+    assert_equals_source(&sb, "t_001", &[whole(&sb, "t_001", "r2")]);
+    assert_eq!(sb.unit_state("r2", "t_001"), "exported");
+}
+
+/// Issue 16: a worker killed half-way through deleting the older export
+/// it replaces leaves that export still committed (its manifest goes
+/// last), so the redelivery finishes deleting it, even once the older
+/// run's records have expired (a lifecycle rule on `_bqdrain/runs/`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_deleting_the_older_export_leaves_one_export() {
+    let sb = Sandbox::new();
+    sb.make_tables(1, 10);
+    sb.produce("", "r1").await;
+    drain(&sb, &[]);
+    std::fs::remove_dir_all(sb.exports().join("_bqdrain/runs/r1")).unwrap();
+    sb.produce("", "r2").await;
+    store_fault::stall_deletes(&sb.exports(), 1).unwrap();
+    let subscription = sb.subscription("ack_deadline=2");
+    let mut victim = sb.spawn_worker(&subscription, &[]);
+    wait_until(Duration::from_secs(30), "the second delete", || {
+        store_fault::delete_held(&sb.exports())
+    });
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    store_fault::clear_stall(&sb.exports()).unwrap();
+    assert_eq!(
+        export_folders(&sb, "t_001").len(),
+        2,
+        "killed with part of r1's export deleted"
+    );
+
+    let survivor = sb.spawn_worker(&subscription, &["--idle-timeout", "4"]);
+    let (status, report) = finish(survivor, Duration::from_secs(60));
+    assert!(status.success(), "{}", sb.logs());
+    assert_eq!(report["acked"], 1, "the redelivery is settled: {report}");
+    assert_equals_source(&sb, "t_001", &[whole(&sb, "t_001", "r2")]);
 }
 
 /// Item 6: two runs of one dataset overlapping in one worker keep one

@@ -32,9 +32,11 @@
 //! compression, header and delimiter; run by the in-process producer and
 //! drain as the binaries wire them, and sometimes resumed after a partial
 //! drain, with a worker killed mid-export (the drain aborted while a slow
-//! export has written some shards), with crash leftovers in the run's
-//! export folder, with one unit delivered twice at once, or as two runs
-//! overlapping (both produced, then drained together).
+//! export has written some shards) or while it settles a committed unit
+//! (the drain aborted while the store holds one of its deletes), with
+//! crash leftovers in the run's export folder, with one unit delivered
+//! twice at once, or as two runs overlapping (both produced, then drained
+//! together).
 //!
 //! Running it:
 //! - CI: `cargo test --test model` runs `BQDRAIN_MODEL_CASES` cases (64 by
@@ -72,6 +74,7 @@ use bqdrain::adapters::backends;
 use bqdrain::adapters::local::dataset::{self, Fault};
 use bqdrain::adapters::local::partitions;
 use bqdrain::adapters::local::queue::peek;
+use bqdrain::adapters::local::store_fault;
 use bqdrain::contract::message::WorkMessage;
 use bqdrain::contract::options::{Compression, ExportOptions, Format};
 use bqdrain::engine::drain::{drain, Disposition, DrainConfig, ExitReason, Handler};
@@ -174,6 +177,10 @@ enum How {
     /// Produce, make the largest unit's table slow, abort the drain once
     /// its export has written a shard, then drain again.
     Killed,
+    /// Produce, stall the store's deletes after `after` of them pass,
+    /// abort the drain once a delete is held (a unit committed and
+    /// settling), then drain again.
+    KilledSettling { after: u8 },
     /// Produce, leave a crashed attempt's files in one unit's export
     /// folder of the run (no record), then drain.
     Crashed { unit: u8 },
@@ -367,6 +374,12 @@ fn run(allow: &Allow) -> BoxedStrategy<Run> {
     }
     if allow.on("kill") {
         hows.push((1, Just(How::Killed).boxed()));
+        hows.push((
+            1,
+            (0u8..3)
+                .prop_map(|after| How::KilledSettling { after })
+                .boxed(),
+        ));
     }
     if allow.on("crash") {
         hows.push((
@@ -540,7 +553,10 @@ impl Case {
             matches!(
                 op,
                 Op::Run(Run {
-                    how: How::Killed | How::Duplicate { .. } | How::Overlap { .. },
+                    how: How::Killed
+                        | How::KilledSettling { .. }
+                        | How::Duplicate { .. }
+                        | How::Overlap { .. },
                     ..
                 })
             )
@@ -1479,9 +1495,7 @@ impl World {
                 Some(largest) => {
                     let table = largest.source.table.clone();
                     // One unit in flight, killed while its first shard is
-                    // still being written: mid-export. (A kill between a
-                    // unit's completion record and its settling is a known
-                    // gap this model does not draw: see the README.)
+                    // still being written: mid-export.
                     self.set_slow(&table, 300)?;
                     let shards = self.kill_mid_export(1, &id, &table).await?;
                     self.clear_faults(std::slice::from_ref(&table))?;
@@ -1489,6 +1503,25 @@ impl World {
                     format!("worker killed while exporting {table} ({shards} shard(s) written), drained again")
                 }
             },
+            How::KilledSettling { after } => {
+                store_fault::stall_deletes(&self.exports, u32::from(after))
+                    .map_err(|e| format!("[harness] {e:#}"))?;
+                let exports = self.exports.clone();
+                let held = self
+                    .kill_when(concurrency, &id, Duration::from_secs(5), move || {
+                        store_fault::delete_held(&exports)
+                    })
+                    .await;
+                store_fault::clear_stall(&self.exports).map_err(|e| format!("[harness] {e:#}"))?;
+                self.drain_all(concurrency, &[&id]).await?;
+                if held? {
+                    format!(
+                        "worker killed settling, {after} delete(s) after its commit, drained again"
+                    )
+                } else {
+                    format!("no delete held after {after} passed; drained again")
+                }
+            }
             How::Crashed { unit } => {
                 if units == 0 {
                     self.drain_all(concurrency, &[&id]).await?;
@@ -1616,13 +1649,41 @@ impl World {
 
     /// Drains for 100 ms, while the slow `table`'s export of run `id` is
     /// writing its first shard, then aborts as a killed worker would (grace
-    /// period 0).
+    /// period 0). Returns the shards written.
     async fn kill_mid_export(
         &self,
         concurrency: usize,
         id: &str,
         table: &str,
     ) -> Result<usize, String> {
+        let folder = self.exports.join(DATASET).join(table);
+        let marker = format!("/run={id}/");
+        let shards = move |root: &Path| {
+            let mut keys = Vec::new();
+            walk(&folder, root, &mut keys);
+            keys.iter()
+                .filter(|k| k.contains(&marker) && !k.ends_with("_MANIFEST.json"))
+                .count()
+        };
+        let exports = self.exports.clone();
+        let written = shards.clone();
+        self.kill_when(concurrency, id, Duration::from_millis(100), move || {
+            written(&exports) > 0
+        })
+        .await?;
+        Ok(shards(&self.exports))
+    }
+
+    /// Drains run `id` until `now` holds (or the drain ends, or `limit`
+    /// passes), then aborts as a killed worker would (grace period 0).
+    /// Returns whether `now` held.
+    async fn kill_when(
+        &self,
+        concurrency: usize,
+        id: &str,
+        limit: Duration,
+        now: impl Fn() -> bool,
+    ) -> Result<bool, String> {
         let subscription = self.subscription(concurrency).await?;
         let dead = backends::open_topic(&self.queue_uri("dead"), "--dead-letter-topic")
             .await
@@ -1640,28 +1701,17 @@ impl World {
             config,
             shutdown,
         ));
-        let folder = self.exports.join(DATASET).join(table);
-        let marker = format!("/run={id}/");
-        let shards = |root: &Path| {
-            let mut keys = Vec::new();
-            walk(&folder, root, &mut keys);
-            keys.iter()
-                .filter(|k| k.contains(&marker) && !k.ends_with("_MANIFEST.json"))
-                .count()
-        };
         let started = Instant::now();
-        while shards(&self.exports) == 0
-            && !worker.is_finished()
-            && started.elapsed() < Duration::from_millis(100)
-        {
+        while !now() && !worker.is_finished() && started.elapsed() < limit {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        let held = now();
         trigger.begin(Duration::ZERO);
         worker.await.map_err(|e| format!("[harness] {e}"))?;
-        // The killed export's thread stops at its next shard; wait for it,
+        // A killed export's thread stops at its next shard; wait for it,
         // as a dead process writes nothing more.
         tokio::time::sleep(Duration::from_millis(60)).await;
-        Ok(shards(&self.exports))
+        Ok(held)
     }
 
     // -----------------------------------------------------------------------
@@ -2154,9 +2204,13 @@ fn run_case(rt: &tokio::runtime::Runtime, case: &Case) -> Result<(), String> {
         }
         for (i, op) in case.ops.iter().enumerate() {
             let began = Instant::now();
+            let logged = world.log.len();
             let applied = world.apply(op).await;
             if std::env::var_os("BQDRAIN_MODEL_TRACE").is_some() {
                 eprintln!("{:>7.3} s  {op:?}", began.elapsed().as_secs_f64());
+                for line in &world.log[logged.min(world.log.len())..] {
+                    eprintln!("           {line}");
+                }
             }
             if let Err(e) = applied {
                 return Err(format!(

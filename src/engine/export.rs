@@ -2,29 +2,32 @@
 //!
 //! The order of steps is what makes retries, crashes, duplicates and
 //! overlapping runs safe:
-//! 1. a completion record already there means the unit is done: settle again
-//!    (step 4) and ack (looked for on redeliveries and retries; a first
-//!    delivery's duplicate shares its export job and finds the record when
-//!    it commits);
+//! 1. a commit already there means the unit is exported: settle again
+//!    (step 4), write the completion record if it is missing (a delivery
+//!    killed after its commit) and ack. Looked for on redeliveries and
+//!    retries; a first delivery's duplicate shares its export job and finds
+//!    the commit when it commits;
 //! 2. export into the run's own folder (older exports are untouched), and
 //!    list it for the files' sizes; nothing is deleted yet, since another
 //!    delivery of the unit may be writing there too;
-//! 3. write the completion record if absent: the first writer wins; then
-//!    the folder's manifest, a copy of it;
-//! 4. settle, from a listing of the table's folder taken after the record
-//!    was written: if a newer run has committed an export holding this
-//!    unit's rows, this run's export is superseded: record that and delete
-//!    this run's folder. Otherwise write the folder's manifest if a
-//!    crashed delivery did not (only over files that are all there), delete what the folder holds besides the
-//!    committed files (shards of a crashed or losing attempt), and delete
-//!    older runs' *committed* exports of the unit. An older run's
-//!    uncommitted folder may still be filling: that run deletes it itself
-//!    when it settles;
+//! 3. commit: write the folder's manifest if absent. The first writer wins;
+//!    from here the folder counts as committed for every reader;
+//! 4. settle, from a listing of the table's folder taken after the commit:
+//!    if a newer run has committed an export holding this unit's rows, this
+//!    run's export is superseded: record that and delete this run's folder.
+//!    Otherwise delete what the folder holds besides the committed files
+//!    (shards of a crashed or losing attempt), and older runs' *committed*
+//!    exports of the unit. An older run's uncommitted folder may still be
+//!    filling: that run deletes it itself when it settles;
 //! 5. a partition unit whose run holds every unit of the table committed
 //!    also retires the older exports the table's units replace together:
 //!    the whole table's (it switched to partitions) and those of partitions
 //!    the table no longer has. A whole-table unit replaces every older
-//!    export of its table in step 4.
+//!    export of its table in step 4;
+//! 6. write the completion record (a copy of the manifest), last: a run
+//!    counts as complete only once each of its units is settled, so the
+//!    tasks watching it wait for the redelivery of a unit whose delivery
+//!    was killed between its commit and its record.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -103,7 +106,7 @@ impl ExportHandler {
         cancel: Cancel,
     ) -> Result<(), UnitError> {
         let unit = msg.unit();
-        let done_key = layout::done_record(&msg.run_id, &unit);
+        let manifest_key = layout::export_manifest(&msg.source, &msg.run_id);
         let folder = layout::export_folder(&msg.source, &msg.run_id);
         let request = ExportRequest {
             job_key: format!("bqdrain_{}_{}", msg.run_id, unit),
@@ -115,24 +118,20 @@ impl ExportHandler {
         };
         let started = std::time::Instant::now();
         // A redelivery, and every try after the first, first looks for a
-        // completion record: a task that crashed after its commit, or won a
-        // race while this one was backing off, ends here. A first delivery's
-        // first try goes straight to the export: a duplicate of it (a
-        // resumed run, a publish retried) is given the first export's job,
-        // as BigQuery gives a job id inserted twice, and finds the record
-        // when it commits.
+        // commit: a task that crashed after its commit, or won a race while
+        // this one was backing off, ends here. A first delivery's first try
+        // goes straight to the export: a duplicate of it (a resumed run, a
+        // publish retried) is given the first export's job, as BigQuery
+        // gives a job id inserted twice, and finds the commit when it
+        // commits.
         let tries = std::sync::atomic::AtomicU32::new(0);
         let outcome = self
             .retry
             .run("export", || async {
                 let first = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
                 if attempt > 1 || !first {
-                    let done = store
-                        .read(&done_key)
-                        .await
-                        .map_err(|e| UnitError::io("reading completion record", e))?;
-                    if let Some(record) = done {
-                        return Ok(Tried::AlreadyCommitted(record));
+                    if let Some(commit) = find_commit(msg, store).await? {
+                        return Ok(Tried::AlreadyCommitted(commit));
                     }
                 }
                 let warehouse = self
@@ -148,9 +147,9 @@ impl ExportHandler {
             .await?;
         let result = match outcome {
             Tried::Exported(result) => result,
-            Tried::AlreadyCommitted(record) => {
-                tracing::info!(run_id = %msg.run_id, unit, "already exported: settling the duplicate");
-                return self.settle(msg, store, &record).await;
+            Tried::AlreadyCommitted(commit) => {
+                tracing::info!(run_id = %msg.run_id, unit, recorded = commit.recorded, "already committed: settling the duplicate");
+                return self.finish(msg, store, commit).await;
             }
         };
 
@@ -202,40 +201,73 @@ impl ExportHandler {
         };
         let body = RecordBody::of(&manifest);
         let committed = store
-            .write_if_absent(&done_key, &body.pretty, Some(&body.summary))
-            .await
-            .map_err(|e| UnitError::io("writing completion record", e))?;
-        if !committed {
-            tracing::info!(run_id = %msg.run_id, unit, "another task committed this unit first");
-            let record = store
-                .read(&done_key)
-                .await
-                .map_err(|e| UnitError::io("reading completion record", e))?
-                .unwrap_or_default();
-            return self.settle(msg, store, &record).await;
-        }
-        // The folder's manifest before the listing that settles: written
-        // after it, it could land in a folder a newer run has just deleted.
-        store
-            .write_if_absent(
-                &layout::export_manifest(&msg.source, &msg.run_id),
-                &body.pretty,
-                Some(&body.summary),
-            )
+            .write_if_absent(&manifest_key, &body.pretty, Some(&body.summary))
             .await
             .map_err(|e| UnitError::io("writing the export manifest", e))?;
+        if !committed {
+            tracing::info!(run_id = %msg.run_id, unit, "another delivery committed this unit first");
+            let record = store
+                .read(&manifest_key)
+                .await
+                .map_err(|e| UnitError::io("reading the export manifest", e))?
+                .ok_or_else(|| {
+                    // The winner's settling deleted it (a newer run's export
+                    // stands): its completion record follows.
+                    UnitError::transient(
+                        "backendError",
+                        format!("{manifest_key} was committed by another delivery and is gone: its completion record is awaited"),
+                    )
+                })?;
+            let commit = Commit {
+                record,
+                recorded: false,
+            };
+            return self.finish(msg, store, commit).await;
+        }
         tracing::info!(
             run_id = %msg.run_id, unit, files = manifest.files.len(), bytes = manifest.bytes,
             rows = manifest.rows, seconds = started.elapsed().as_secs_f64(), "exported"
         );
-        self.settle(msg, store, &body.pretty).await
+        let commit = Commit {
+            record: body.pretty,
+            recorded: false,
+        };
+        self.finish(msg, store, commit).await
+    }
+
+    /// Settles a committed unit, then writes its completion record (a copy
+    /// of the commit) unless it is there: last, so that the run is not
+    /// complete while an older export of the unit still stands.
+    async fn finish(
+        &self,
+        msg: &WorkMessage,
+        store: &dyn ObjectStore,
+        commit: Commit,
+    ) -> Result<(), UnitError> {
+        self.settle(msg, store, &commit.record).await?;
+        if commit.recorded {
+            return Ok(());
+        }
+        let summary = serde_json::from_slice::<TableManifest>(&commit.record)
+            .ok()
+            .map(|m| RecordBody::of(&m).summary);
+        store
+            .write_if_absent(
+                &layout::done_record(&msg.run_id, &msg.unit()),
+                &commit.record,
+                summary.as_deref(),
+            )
+            .await
+            .map_err(|e| UnitError::io("writing completion record", e))?;
+        Ok(())
     }
 
     /// What follows a commit, safe to repeat (a redelivered duplicate does it
-    /// again); `record` is this run's completion record of the unit. It
-    /// decides from a listing of the table's folder taken after the record
-    /// was written: of two runs committing one unit at once, the later
-    /// listing then sees the other's commit, so exactly one export stands.
+    /// again); `record` is this run's commit of the unit (its manifest, or
+    /// its completion record). It decides from a listing of the table's
+    /// folder taken after the commit: of two runs committing one unit at
+    /// once, the later listing then sees the other's commit, so exactly one
+    /// export stands.
     async fn settle(
         &self,
         msg: &WorkMessage,
@@ -302,7 +334,8 @@ impl ExportHandler {
         };
         let manifest_key = layout::export_manifest(&msg.source, &msg.run_id);
         if !ours_listed.contains(manifest_key.as_str()) {
-            // A duplicate finishing what a crashed delivery began. With its
+            // A unit committed by an earlier version, which wrote the
+            // completion record first, killed before its manifest. With its
             // summary, the next run's `--only-changed` plans from a listing
             // of the destination.
             let summary = RecordBody::of(&committed).summary;
@@ -369,14 +402,25 @@ impl ExportHandler {
         if doomed.is_empty() {
             return Ok(());
         }
+        // This run's units of the table with a manifest in the listing
+        // (this one's included) are committed; the listing was taken after
+        // this unit's commit, so of two units committing at once the later
+        // sees the other. Their completion records are written after they
+        // settle; those also count units a newer run's export superseded.
         let done_prefix = layout::done_prefix(&msg.run_id);
-        let committed: HashSet<String> = store
+        let mut committed: HashSet<String> = store
             .list(&format!("{done_prefix}{}$", table_unit_prefix(msg)))
             .await
             .map_err(io("listing the run's completion records"))?
             .iter()
             .filter_map(|o| layout::unit_of_record(&done_prefix, &o.key).map(str::to_string))
             .collect();
+        for (id, objects) in exports.folders() {
+            let manifest = layout::export_manifest(&id.source(msg), id.run);
+            if id.run == msg.run_id && objects.iter().any(|o| o.key == manifest) {
+                committed.insert(id.unit(msg));
+            }
+        }
         if !table.units.iter().all(|u| committed.contains(u)) {
             // A unit of the table is still to commit: it retires them.
             return Ok(());
@@ -533,9 +577,14 @@ impl<'a> ExportFolders<'a> {
             .collect()
     }
 
-    /// Deletes every listed object of one export folder.
+    /// Deletes every listed object of one export folder, its manifest last:
+    /// a task killed half-way leaves the folder committed, so the next
+    /// settling still sees an older export to delete, not an export that
+    /// some run is still writing.
     async fn delete(&self, store: &dyn ObjectStore, id: FolderId<'_>) -> Result<(), UnitError> {
-        for key in self.keys(id) {
+        let mut keys = self.keys(id);
+        keys.sort_by_key(|key| layout::is_export_manifest(key));
+        for key in keys {
             store
                 .delete(key)
                 .await
@@ -545,12 +594,12 @@ impl<'a> ExportFolders<'a> {
     }
 }
 
-/// The completion record of another run's export folder `id` of this
-/// table, if that run committed it. The folder's manifest is a copy written
-/// after the commit and kept with the export, so it outlives the run
-/// records (which a lifecycle rule may expire while `--only-changed` keeps
-/// the export current); a listing may carry it as the summary. Without one,
-/// the run's completion record.
+/// The commit of another run's export folder `id` of this table, if that
+/// run committed it. The folder's manifest is the commit, kept with the
+/// export, so it outlives the run records (which a lifecycle rule may
+/// expire while `--only-changed` keeps the export current); a listing may
+/// carry it as the summary. Without one, the run's completion record (an
+/// earlier version wrote it first).
 async fn committed_record(
     msg: &WorkMessage,
     store: &dyn ObjectStore,
@@ -580,21 +629,49 @@ async fn committed_record(
 /// What one try of an export found or did.
 enum Tried {
     Exported(ExportResult),
-    /// The unit has a completion record already (this body).
-    AlreadyCommitted(Vec<u8>),
+    AlreadyCommitted(Commit),
+}
+
+/// A unit's committed export, as a delivery holds it.
+struct Commit {
+    /// The folder's manifest, or the completion record (the same document).
+    record: Vec<u8>,
+    /// Whether the completion record is written.
+    recorded: bool,
+}
+
+/// A commit of the unit by an earlier delivery: its completion record, or
+/// its folder's manifest alone when that delivery was killed before it
+/// settled.
+async fn find_commit(
+    msg: &WorkMessage,
+    store: &dyn ObjectStore,
+) -> Result<Option<Commit>, UnitError> {
+    let done = store
+        .read(&layout::done_record(&msg.run_id, &msg.unit()))
+        .await
+        .map_err(|e| UnitError::io("reading completion record", e))?;
+    if let Some(record) = done {
+        return Ok(Some(Commit {
+            record,
+            recorded: true,
+        }));
+    }
+    let manifest = store
+        .read(&layout::export_manifest(&msg.source, &msg.run_id))
+        .await
+        .map_err(|e| UnitError::io("reading the export manifest", e))?;
+    Ok(manifest.map(|record| Commit {
+        record,
+        recorded: false,
+    }))
 }
 
 /// Deletes what a failed export of this run left in its folder, unless the
 /// unit was committed meanwhile (by another delivery): no file outlives a
 /// failed export.
 async fn remove_uncommitted(msg: &WorkMessage, store: &dyn ObjectStore) -> Result<(), UnitError> {
-    let done = layout::done_record(&msg.run_id, &msg.unit());
-    if store
-        .read(&done)
-        .await
-        .map_err(|e| UnitError::io("reading completion record", e))?
-        .is_some()
-    {
+    if find_commit(msg, store).await?.is_some() {
         return Ok(());
     }
     store

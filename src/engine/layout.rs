@@ -2,11 +2,11 @@
 //!
 //! ```text
 //! DATASET/TABLE/run=RUN_ID/TABLE_000000000000.csv   shards of one run's export
-//! DATASET/TABLE/run=RUN_ID/_MANIFEST.json           that export's manifest (a copy of its completion record)
+//! DATASET/TABLE/run=RUN_ID/_MANIFEST.json           that export's manifest: its commit, written if absent
 //! DATASET/TABLE/partition=P/run=RUN_ID/...          the same, per partition
 //! _bqdrain/runs/RUN_ID/manifest.json                the run manifest (expected units), written before publishing
 //! _bqdrain/runs/RUN_ID/published.json               written once every message of the run is confirmed
-//! _bqdrain/runs/RUN_ID/done/UNIT.json               completion record, written if absent
+//! _bqdrain/runs/RUN_ID/done/UNIT.json               completion record (a copy of the manifest), written once the unit is settled
 //! _bqdrain/runs/RUN_ID/dead/UNIT.json               dead-letter record with the reason
 //! _bqdrain/runs/RUN_ID/superseded/UNIT.json         a newer run's export replaced this run's
 //! _bqdrain/runs/RUN_ID/active/UNIT.json             a task's heartbeat while it exports a long unit

@@ -5,12 +5,15 @@
 //! - [`dataset`]: makes such datasets, with dummy tables and injected faults.
 //! - [`partitions`]: partitioned tables and change markers of such datasets.
 //! - [`store`]: a folder as an object store (`file://`).
+//! - [`store_fault`]: stalls such a store's deletes, to kill a worker
+//!   while it settles.
 
 pub mod dataset;
 pub mod jobs;
 pub mod partitions;
 pub mod queue;
 pub mod store;
+pub mod store_fault;
 pub mod warehouse;
 
 use std::path::PathBuf;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 
-use super::{absolute, LocalUri};
+use super::{absolute, store_fault, LocalUri};
 use crate::error::ConfigError;
 use crate::ports::store::{ObjectInfo, ObjectStore};
 
@@ -260,6 +260,7 @@ impl ObjectStore for FsStore {
 
     async fn delete(&self, key: &str) -> anyhow::Result<()> {
         let path = self.path_of(key)?;
+        store_fault::before_delete(&self.root).await;
         let root = self.root.clone();
         blocking(move || {
             match std::fs::remove_file(&path) {
