@@ -574,6 +574,49 @@ impl Warehouse for Timed {
     }
 }
 
+/// A producer killed while it retires an export leaves that export still
+/// committed (its manifest goes last), so the next `--prune-gone` run
+/// retires the rest of it instead of leaving files no run owns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_killed_retiring_an_export_leaves_it_to_the_next_run() {
+    let sb = Sandbox::new();
+    sb.make_tables(2, 10);
+    sb.produce("", "r1").await;
+    drain(&sb, &[]);
+    dataset::execute(&sb.warehouse(), "DROP TABLE t_002;").unwrap();
+    let pruning = |id| RunPlan {
+        prune_gone: true,
+        ..RunPlan::every_table(run(id))
+    };
+    store_fault::stall_deletes(&sb.exports(), 1).unwrap();
+    let (source, plan) = (sb.source(""), pruning("r2"));
+    let producing = sb.try_produce_plan(&source, "work", &plan);
+    tokio::pin!(producing);
+    let held = async {
+        while !store_fault::delete_held(&sb.exports()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::select! {
+        done = &mut producing => panic!("the retiring should stall: {done:?}"),
+        () = held => {}
+    }
+    drop(producing); // killed at its second delete
+    store_fault::clear_stall(&sb.exports()).unwrap();
+
+    let pruned = sb
+        .try_produce_plan(&sb.source(""), "work", &pruning("r3"))
+        .await
+        .unwrap();
+    drain(&sb, &[]);
+    assert_eq!(pruned.retired, 1, "{pruned:?}");
+    assert!(
+        sb.files_of("t_002").is_empty(),
+        "{:?}",
+        sb.files_of("t_002")
+    );
+}
+
 /// A dropped table keeps its last export until `--prune-gone` retires it;
 /// the run manifest and `status` say so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -577,21 +577,27 @@ impl<'a> ExportFolders<'a> {
             .collect()
     }
 
-    /// Deletes every listed object of one export folder, its manifest last:
-    /// a task killed half-way leaves the folder committed, so the next
-    /// settling still sees an older export to delete, not an export that
-    /// some run is still writing.
+    /// Deletes every listed object of one export folder, its manifest last.
     async fn delete(&self, store: &dyn ObjectStore, id: FolderId<'_>) -> Result<(), UnitError> {
-        let mut keys = self.keys(id);
-        keys.sort_by_key(|key| layout::is_export_manifest(key));
-        for key in keys {
-            store
-                .delete(key)
-                .await
-                .map_err(|e| UnitError::io("deleting an export's files", e))?;
-        }
-        Ok(())
+        delete_export_files(store, self.keys(id))
+            .await
+            .map_err(|e| UnitError::io("deleting an export's files", e))
     }
+}
+
+/// Deletes the objects `keys` of one export folder, its manifest last: a
+/// task killed half-way leaves the folder committed, so whoever settles or
+/// retires it next still sees an export to delete, not an export that some
+/// run is still writing.
+pub(crate) async fn delete_export_files(
+    store: &dyn ObjectStore,
+    mut keys: Vec<&str>,
+) -> anyhow::Result<()> {
+    keys.sort_by_key(|key| layout::is_export_manifest(key));
+    for key in keys {
+        store.delete(key).await?;
+    }
+    Ok(())
 }
 
 /// The commit of another run's export folder `id` of this table, if that

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::contract::message::{check_path_segment, SourceTable, WorkMessage, SCHEMA_VERSION};
 use crate::contract::options::ExportOptions;
+use crate::engine::export;
 use crate::engine::layout::{self, PlannedUnit, RetiredExport, RunManifest, SkippedTable};
 use crate::engine::ownership;
 use crate::engine::retry::RetryPolicy;
@@ -502,7 +503,11 @@ async fn publish_new(
         .await?;
     for export in &manifest.retired {
         RETRY
-            .run_any("retiring an export", || store.delete_all(&export.folder))
+            .run_any("retiring an export", || async {
+                let listed = store.list(&export.folder).await?;
+                let keys = listed.iter().map(|o| o.key.as_str()).collect();
+                export::delete_export_files(store, keys).await
+            })
             .await?;
         tracing::info!(
             run_id,
