@@ -73,6 +73,133 @@ const CASES: &[Case] = &[
         says: &["--compression", "deflate"],
         ..ROW
     },
+    // Issue 18, item 1: a dead-letter queue that is the work queue.
+    Case {
+        name: "a subscription whose dead-letter queue is itself",
+        args: &[
+            "work",
+            "--subscription",
+            "queue://{dir}/queue.db?dead_letter=work#work",
+        ],
+        says: &["--subscription", "dead_letter=work", "dead_letter=dead"],
+        ..ROW
+    },
+    Case {
+        name: "a dead-letter topic that is the work queue",
+        args: &[
+            "work",
+            "--subscription",
+            "queue://{dir}/queue.db#work",
+            "--dead-letter-topic",
+            "queue://{dir}/queue.db#work",
+        ],
+        says: &["--dead-letter-topic", "the work queue"],
+        ..ROW
+    },
+    // Item 2: replay to the queue it reads.
+    Case {
+        name: "replay from a queue to itself",
+        args: &[
+            "replay",
+            "--from",
+            "queue://{dir}/queue.db#dead",
+            "--to",
+            "queue://{dir}/queue.db#dead",
+        ],
+        says: &["--to", "--from", "work topic"],
+        ..ROW
+    },
+    // Item 6: an idle timeout of 0.
+    Case {
+        name: "an idle timeout of 0",
+        args: &[
+            "work",
+            "--subscription",
+            "queue://{dir}/queue.db?dead_letter=dead#work",
+            "--idle-timeout",
+            "0",
+        ],
+        says: &["--idle-timeout", "above 0"],
+        ..ROW
+    },
+    // Item 7: only the producer makes a queue file.
+    Case {
+        name: "a worker on a mistyped queue path",
+        args: &[
+            "work",
+            "--subscription",
+            "queue://{dir}/typo/queue.db?dead_letter=dead#work",
+        ],
+        says: &["--subscription", "typo/queue.db", "does not exist"],
+        ..ROW
+    },
+    Case {
+        name: "replay from a mistyped queue path",
+        args: &[
+            "replay",
+            "--from",
+            "queue://{dir}/typo.db#dead",
+            "--to",
+            "queue://{dir}/queue.db#work",
+        ],
+        says: &["--from", "typo.db", "does not exist"],
+        ..ROW
+    },
+    Case {
+        name: "replay to a mistyped queue path",
+        args: &[
+            "replay",
+            "--from",
+            "queue://{dir}/queue.db#dead",
+            "--to",
+            "queue://{dir}/typo.db#work",
+        ],
+        says: &["--to", "typo.db", "does not exist"],
+        ..ROW
+    },
+    Case {
+        name: "status reconciling a mistyped queue path",
+        args: &[
+            "status",
+            "--destination",
+            "file://{dir}/exports",
+            "--run-id",
+            "r1",
+            "--reconcile",
+            "queue://{dir}/typo.db#dead",
+        ],
+        says: &["--reconcile", "typo.db", "does not exist"],
+        ..ROW
+    },
+    // Item 8: names that match nothing.
+    Case {
+        name: "clearing the fault of a table that does not exist",
+        args: &[
+            "fault",
+            "--source",
+            "sqlite://{dir}/warehouse.db",
+            "--table",
+            "nosuch",
+            "--kind",
+            "clear",
+        ],
+        says: &["--table", "nosuch", "t_001"],
+        ..ROW
+    },
+    Case {
+        name: "a worker watching a run that does not exist",
+        args: &[
+            "work",
+            "--subscription",
+            "queue://{dir}/queue.db?dead_letter=dead#work",
+            "--run-id",
+            "nosuch",
+            "--destination",
+            "file://{dir}/exports",
+        ],
+        says: &["--run-id", "nosuch", "no run"],
+        ..ROW
+    },
 ];
 
 #[test]
@@ -221,4 +348,33 @@ fn collect_files(dir: &Path, root: &Path, out: &mut BTreeMap<String, Option<Vec<
             out.insert(name, Some(std::fs::read(&path).unwrap()));
         }
     }
+}
+
+/// A replay target that feeds the queue replay reads (a Pub/Sub topic can
+/// be both, unseen by the check of `--to`): replay takes what the queue held
+/// when it began, once, and ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_onto_the_queue_it_reads_moves_each_message_once() {
+    use bqdrain::adapters::backends;
+    use bqdrain::commands::replay::{replay, ReplayFilter};
+    use bqdrain::ports::queue::ReceiveSettings;
+
+    let sb = Sandbox::new();
+    sb.make_tables(2, 5);
+    sb.produce_to("dead", "", "r1").await;
+    let from = backends::open_subscription(&sb.queue("dead"), "--from", &ReceiveSettings::sweep())
+        .await
+        .unwrap();
+    let to = backends::open_topic(&sb.queue("dead"), "--to")
+        .await
+        .unwrap();
+    let replayed = tokio::time::timeout(
+        LIMIT,
+        replay(from.as_ref(), to.as_ref(), &ReplayFilter::default()),
+    )
+    .await
+    .expect("replay ends")
+    .unwrap();
+    assert_eq!(replayed.replayed, 2);
+    assert_eq!(sb.depth("dead").await, 2, "each message once, nothing more");
 }
