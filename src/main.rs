@@ -26,6 +26,7 @@ use bqdrain::engine::task::TaskIdentity;
 use bqdrain::error::ConfigError;
 use bqdrain::logging::{self, LogFormat};
 use bqdrain::ports::queue::ReceiveSettings;
+use bqdrain::ports::store::ObjectStore;
 
 #[derive(Parser)]
 #[command(
@@ -276,6 +277,21 @@ fn seconds(flag: &str, value: f64) -> Result<Duration, ConfigError> {
     })
 }
 
+/// The store of the run `--run-id` names, which must have a run manifest:
+/// a mistyped id would make the worker wait for units that never come.
+async fn watched_run(run_id: &str, destination: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    let store = backends::open_store(destination, "--destination").await?;
+    if store.read(&layout::run_manifest(run_id)).await?.is_none() {
+        return Err(ConfigError::new(
+            "--run-id",
+            format!("there is no run {run_id} in {destination}: it has no run manifest"),
+            "give the run id the producer printed, and the --destination it wrote to",
+        )
+        .into());
+    }
+    Ok(store)
+}
+
 /// A dead-letter queue that is the work queue would take back each failed
 /// message as new work, and fail it again, for ever.
 fn dead_letter_is_work_queue(args: &WorkArgs, dead_letter: &str) -> ConfigError {
@@ -339,6 +355,21 @@ async fn work(args: WorkArgs, started: Instant) -> anyhow::Result<ExitCode> {
     if args.concurrency == 0 {
         return Err(ConfigError::new("--concurrency", "is 0", "give at least 1").into());
     }
+    if args.idle_timeout == Some(0.0) {
+        return Err(ConfigError::new(
+            "--idle-timeout",
+            "is 0, so the worker would stop before its first pull",
+            "give a number of seconds above 0, such as 30, or leave the flag out (the ack \
+             deadline plus 10 s)",
+        )
+        .into());
+    }
+    let watched = match (&args.run_id, &args.destination) {
+        (Some(run_id), Some(destination)) => {
+            Some((run_id, watched_run(run_id, destination).await?))
+        }
+        _ => None,
+    };
     let receive = ReceiveSettings {
         max_outstanding: args.concurrency,
         max_lease: seconds("--task-timeout", args.task_timeout)?,
@@ -374,15 +405,6 @@ async fn work(args: WorkArgs, started: Instant) -> anyhow::Result<ExitCode> {
     }
     let dead_letter = backends::open_topic(&dead_letter_uri, "--dead-letter-topic").await?;
     let idle_timeout = match args.idle_timeout {
-        Some(0.0) => {
-            return Err(ConfigError::new(
-                "--idle-timeout",
-                "is 0, so the worker would stop before its first pull",
-                "give a number of seconds above 0, such as 30, or leave the flag out (the ack \
-                 deadline plus 10 s)",
-            )
-            .into())
-        }
         Some(s) => seconds("--idle-timeout", s)?,
         None => subscription.ack_deadline() + Duration::from_secs(10),
     };
@@ -406,16 +428,7 @@ async fn work(args: WorkArgs, started: Instant) -> anyhow::Result<ExitCode> {
         .into());
     }
     let handler = ExportHandler::new(retry, task.clone()).with_heartbeat(heartbeat);
-    if let (Some(run_id), Some(destination)) = (&args.run_id, &args.destination) {
-        let store = backends::open_store(destination, "--destination").await?;
-        if store.read(&layout::run_manifest(run_id)).await?.is_none() {
-            return Err(ConfigError::new(
-                "--run-id",
-                format!("there is no run {run_id} in {destination}: it has no run manifest"),
-                "give the run id the producer printed, and the --destination it wrote to",
-            )
-            .into());
-        }
+    if let Some((run_id, store)) = watched {
         handler.watch(run_id, store);
     }
     let handler = Arc::new(handler);
