@@ -14,9 +14,9 @@ use bqdrain::contract::message::Envelope;
 use common::*;
 
 /// Adds a unit named `table` to run `run_id` as an earlier producer
-/// planned it (its manifest lists it) and publishes its message, made
-/// from the message of the run's first unit.
-async fn add_unit(sb: &Sandbox, run_id: &str, table: &str) {
+/// planned it (its manifest lists it) and publishes its message to `queue`,
+/// made from the first message there.
+async fn add_unit(sb: &Sandbox, queue: &str, run_id: &str, table: &str) {
     let manifest_path = sb
         .exports()
         .join(format!("_bqdrain/runs/{run_id}/manifest.json"));
@@ -27,13 +27,13 @@ async fn add_unit(sb: &Sandbox, run_id: &str, table: &str) {
     manifest["units"].as_array_mut().unwrap().push(unit);
     std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
 
-    let first = peek(&sb.queue("work")).await.unwrap().remove(0);
+    let first = peek(&sb.queue(queue)).await.unwrap().remove(0);
     let mut body: serde_json::Value = serde_json::from_slice(&first.data).unwrap();
     body["source"]["table"] = table.into();
     let mut attributes = first.attributes.clone();
     attributes.insert("table".into(), table.into());
     sb.publish_raw(
-        "work",
+        queue,
         vec![Envelope {
             data: serde_json::to_vec(&body).unwrap(),
             attributes,
@@ -54,7 +54,7 @@ async fn each_is_dead_lettered_at_once(tables: &[String], exist: bool, reason: &
         dataset::create_dummy_tables(&sb.warehouse(), tables, 5).unwrap();
     }
     for table in tables {
-        add_unit(&sb, "r1", table).await;
+        add_unit(&sb, "work", "r1", table).await;
     }
     let sub = sb.subscription("ack_deadline=1&max_attempts=5");
     let worker = sb.spawn_worker(&sub, &["--idle-timeout", "2", "--retry-delay", "0"]);
@@ -100,4 +100,21 @@ async fn names_too_long_for_a_file_are_dead_lettered_at_once_with_their_record()
         format!("t{}", "y".repeat(299)),
     ];
     each_is_dead_lettered_at_once(&names, true, "too long").await;
+}
+
+/// `status --reconcile` records such units too when the subscription's own
+/// policy took their messages (no worker wrote a record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_records_units_no_file_can_name() {
+    let sb = Sandbox::new();
+    sb.make_tables(1, 5);
+    sb.produce_to("dead", "", "r1").await;
+    for table in ["..".to_string(), format!("t{}", "z".repeat(299))] {
+        add_unit(&sb, "dead", "r1", &table).await;
+    }
+    let after = sb.status("r1", &["--reconcile", &sb.queue("dead")]);
+    assert_eq!(
+        after["totals"],
+        serde_json::json!({"expected": 3, "exported": 0, "dead_lettered": 3, "superseded": 0, "pending": 0})
+    );
 }
