@@ -442,6 +442,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_record_is_named_after_its_unit_unless_no_file_can_carry_the_name() {
+        for unit in [
+            "t_001",
+            "events$20261201",
+            "d.t",
+            &"x".repeat(RECORD_NAME_MAX),
+        ] {
+            assert_eq!(record_name(unit), unit);
+        }
+        let long = "x".repeat(RECORD_NAME_MAX + 1);
+        for unit in ["", ".", "..", "a/b", "a\\b", "a\nb", "~t", long.as_str()] {
+            let name = record_name(unit);
+            assert!(
+                name.starts_with('~') && name.len() == 17,
+                "{unit:?}: {name}"
+            );
+            assert_eq!(record_name(unit), name, "the same name every time");
+        }
+        assert_ne!(record_name(".."), record_name("."));
+        assert_eq!(
+            dead_record("r1", "a/b"),
+            format!("_bqdrain/runs/r1/dead/{}.json", record_name("a/b"))
+        );
+    }
+
+    #[test]
     fn export_keys_parse_into_table_partition_run_and_file() {
         let whole = ExportPath::parse("d", "d/t/run=r1/t_000000000000.csv").unwrap();
         assert_eq!(
