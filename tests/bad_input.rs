@@ -29,6 +29,8 @@ struct Case {
     name: &'static str,
     bin: Bin,
     args: &'static [&'static str],
+    /// Environment variables set for the command (`{dir}` replaced too).
+    env: &'static [(&'static str, &'static str)],
     /// Makes what the row needs beyond the common sandbox.
     prepare: fn(&Sandbox),
     exit: i32,
@@ -43,6 +45,7 @@ const ROW: Case = Case {
     name: "",
     bin: Bin::Bqdrain,
     args: &[],
+    env: &[],
     prepare: nothing,
     exit: 2,
     says: &[],
@@ -119,6 +122,17 @@ const CASES: &[Case] = &[
             "--idle-timeout",
             "0",
         ],
+        says: &["--idle-timeout", "above 0"],
+        ..ROW
+    },
+    Case {
+        name: "an idle timeout of 0 from the environment",
+        args: &[
+            "work",
+            "--subscription",
+            "queue://{dir}/queue.db?dead_letter=dead#work",
+        ],
+        env: &[("BQDRAIN_IDLE_TIMEOUT", "0")],
         says: &["--idle-timeout", "above 0"],
         ..ROW
     },
@@ -220,7 +234,12 @@ fn check(case: &Case) -> Result<(), String> {
     let before = snapshot(&sb);
     let dir = sb.dir.path().display().to_string();
     let args: Vec<String> = case.args.iter().map(|a| a.replace("{dir}", &dir)).collect();
-    let (code, stderr) = run(case.bin, &args)?;
+    let env: Vec<(&str, String)> = case
+        .env
+        .iter()
+        .map(|(k, v)| (*k, v.replace("{dir}", &dir)))
+        .collect();
+    let (code, stderr) = run(case.bin, &args, &env)?;
     let mut wrong = Vec::new();
     if code != Some(case.exit) {
         wrong.push(format!("exit {code:?}, not {}", case.exit));
@@ -252,8 +271,8 @@ fn prepared_sandbox() -> Sandbox {
 /// Longest a row may take: a bad input must be refused, not waited on.
 const LIMIT: Duration = Duration::from_secs(60);
 
-/// Runs the binary with `args`; its exit code and stderr.
-fn run(bin: Bin, args: &[String]) -> Result<(Option<i32>, String), String> {
+/// Runs the binary with `args` and `env`; its exit code and stderr.
+fn run(bin: Bin, args: &[String], env: &[(&str, String)]) -> Result<(Option<i32>, String), String> {
     let program = match bin {
         Bin::Bqdrain => Path::new(BIN).to_path_buf(),
         Bin::Producer => Path::new(BIN).with_file_name("bqdrain-producer"),
@@ -262,6 +281,7 @@ fn run(bin: Bin, args: &[String]) -> Result<(Option<i32>, String), String> {
     let stderr_path = out.path().join("stderr");
     let mut child = Command::new(&program)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr_path).unwrap())
