@@ -30,6 +30,7 @@ macro_rules! connect {
 }
 
 pub mod bigquery;
+pub mod permissions;
 pub mod pubsub;
 pub mod run;
 pub mod storage;
