@@ -22,12 +22,12 @@ import json
 
 import pytest
 
-from conftest import CHECKS, ROOT
+from conftest import ROOT
 from test_terraform import MODULE, refers_to, target, who
 from tfconfig import Config, Evaluator
 
 TABLE = json.loads((ROOT / "src" / "adapters" / "gcp" / "permissions.json").read_text())
-ROLES = json.loads((CHECKS / "predefined_roles.json").read_text())["roles"]
+ROLES = json.loads((ROOT / "src" / "adapters" / "gcp" / "predefined_roles.json").read_text())["roles"]
 
 # Who in the table, as test_terraform.who() names the grant's member.
 PRINCIPALS = {"producer": "producer", "worker": "worker", "scheduler": "scheduler",
