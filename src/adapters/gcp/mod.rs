@@ -31,6 +31,7 @@ macro_rules! connect {
 
 pub mod bigquery;
 pub mod permissions;
+pub mod preflight;
 pub mod pubsub;
 pub mod run;
 pub mod storage;
