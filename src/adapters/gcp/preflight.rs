@@ -44,7 +44,7 @@ impl Api {
         Ok(Api {
             base,
             credentials,
-            http: reqwest::Client::new(),
+            http: http_client(),
         })
     }
 
@@ -149,6 +149,16 @@ pub fn run(endpoint: &str) -> anyhow::Result<Api> {
     Ok(Api {
         base: endpoint.to_string(),
         credentials,
-        http: reqwest::Client::new(),
+        http: http_client(),
     })
+}
+
+/// A connection per call: a preflight makes a dozen, and an emulator (the
+/// Pub/Sub one) keeps a connection open past `Connection: close`, on which
+/// a pooled client would send its next call.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap_or_default()
 }
