@@ -3,7 +3,10 @@
 //! writable, dead-letter policy), and publishes and writes nothing.
 
 mod common;
+#[path = "../../tests/common/fake_run_api.rs"]
+mod fake_run_api;
 use common::Setup;
+use fake_run_api::{FakeRunApi, JOB};
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -95,4 +98,47 @@ fn an_unreadable_source_fails_the_plan_check() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.starts_with("missing  plan: "), "{text}");
     assert!(text.contains("check failed"), "{text}");
+}
+
+/// With `--launch-workers`, the worker job's permissions are asked of the
+/// Cloud Run Admin API (`testIamPermissions`, here its stand-in), and the
+/// task count the run would start is printed; nothing is started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_asks_cloud_run_for_the_launch_permissions_and_starts_nothing() {
+    let s = Setup::new();
+    let api = FakeRunApi::start(vec![(
+        200,
+        serde_json::json!({"permissions": ["run.jobs.run"]}),
+    )])
+    .await;
+    let out = s.produce(&[
+        "--check",
+        "--launch-workers",
+        JOB,
+        "--run-api-endpoint",
+        &api.endpoint,
+        "--units-per-task",
+        "3",
+    ]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("ok       permission run.jobs.run on {JOB}\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "missing  permission run.jobs.runWithOverrides on {JOB}; fix: gcloud run jobs \
+             add-iam-policy-binding {JOB} --member=MEMBER --role=roles/run.jobsExecutorWithOverrides\n"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("tasks: 2\n"), "4 units, 3 per task: {text}");
+    let requests = api.requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0].path, format!("/v2/{JOB}:testIamPermissions"));
+    assert_eq!(
+        requests[0].body["permissions"],
+        serde_json::json!(["run.jobs.run", "run.jobs.runWithOverrides"])
+    );
 }
