@@ -340,20 +340,11 @@ pub async fn preview(
 ) -> anyhow::Result<RunPreview> {
     let started = Instant::now();
     validate(plan, warehouses, store)?;
-    let filters = Filters {
-        include: patterns("--include", &plan.include)?,
-        exclude: patterns("--exclude", &plan.exclude)?,
-    };
-    let today = Utc::now().date_naive();
-    let mut all = SourcePlan::default();
-    let mut planning = Vec::new();
-    for warehouse in warehouses {
-        let several = warehouses.len() > 1;
-        all.absorb(plan_source(plan, &filters, warehouse.as_ref(), store, today, several).await?);
-        if let Some(path) = warehouse.planned_from() {
-            planning.push((warehouse.uri().to_string(), path.to_string()));
-        }
-    }
+    let all = plan_sources(plan, warehouses, store).await?;
+    let planning = warehouses
+        .iter()
+        .filter_map(|w| Some((w.uri().to_string(), w.planned_from()?.to_string())))
+        .collect();
     Ok(RunPreview {
         tables: all.listed,
         units: all.units.len(),
@@ -432,24 +423,7 @@ async fn publish_new(
     store: &dyn ObjectStore,
     started: Instant,
 ) -> anyhow::Result<ProduceReport> {
-    let today = Utc::now().date_naive();
-    let filters = Filters {
-        include: patterns("--include", &plan.include)?,
-        exclude: patterns("--exclude", &plan.exclude)?,
-    };
-    let mut all = SourcePlan::default();
-    for warehouse in warehouses {
-        let source = plan_source(
-            plan,
-            &filters,
-            warehouse.as_ref(),
-            store,
-            today,
-            warehouses.len() > 1,
-        )
-        .await?;
-        all.absorb(source);
-    }
+    let all = plan_sources(plan, warehouses, store).await?;
     // The run's snapshot, taken after every change marker was read: a change
     // made while planning is then in the data each unit exports, and its
     // marker moves again by the next run, which exports it once more. Taken
@@ -598,6 +572,25 @@ async fn publish_new(
         duplicate_of: None,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Every source's part of a new run, planned in turn.
+async fn plan_sources(
+    plan: &RunPlan,
+    warehouses: &[Arc<dyn Warehouse>],
+    store: &dyn ObjectStore,
+) -> anyhow::Result<SourcePlan> {
+    let today = Utc::now().date_naive();
+    let filters = Filters {
+        include: patterns("--include", &plan.include)?,
+        exclude: patterns("--exclude", &plan.exclude)?,
+    };
+    let several = warehouses.len() > 1;
+    let mut all = SourcePlan::default();
+    for warehouse in warehouses {
+        all.absorb(plan_source(plan, &filters, warehouse.as_ref(), store, today, several).await?);
+    }
+    Ok(all)
 }
 
 /// One source's part of a new run: its tables as filtered and skipped,
