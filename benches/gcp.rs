@@ -22,6 +22,9 @@
 //! - `incremental`: 1,000 tables of 1,000 rows drained by 8 worker
 //!   processes, then 50 of them changed and an `--only-changed` run: each
 //!   run's producer + drain wall time;
+//! - `preflight`: `bqdrain-producer --check` of a dataset of 1,000 tables
+//!   (the emulators' `testIamPermissions` answered by the tests' IAM proxy):
+//!   wall time;
 //! - `skew`: 99 small tables and `events`, as many rows as all of them over
 //!   60 daily partitions, drained by 8 tasks as whole tables and as
 //!   partition units: makespan against its lower bound (once each).
@@ -30,7 +33,8 @@
 //! and asserts nothing about speed. `BQDRAIN_BENCH_QUICK=1` runs each once
 //! with smaller sizes (500 tables for `producer`, 500 units for `status`
 //! and `verify`,
-//! 100 tables with 5 changed for `incremental`, 99 × 50 rows for `skew`).
+//! 100 tables with 5 changed for `incremental`, 99 × 50 rows for `skew`,
+//! 100 tables for `preflight`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -47,6 +51,7 @@ use bqdrain::engine::layout::{self, PlannedUnit, RecordBody, RunManifest, TableM
 use bqdrain::engine::producer::{produce, ProduceReport, RunId, RunPlan};
 use common::fault_proxy::FaultProxy;
 use common::gcp::{emulators, GcpSandbox};
+use common::iam_proxy::IamProxy;
 use support::{emit, median, mib, spread_json, unit_times, Incremental, Schedule};
 
 const NOOP_CHILD: &str = "--noop-child";
@@ -69,6 +74,8 @@ struct Sizes {
     incremental_changed: usize,
     /// Rows of each small table of the skewed dataset.
     skew_small_rows: u64,
+    /// Tables of the dataset `--check` plans.
+    preflight_tables: usize,
 }
 
 fn main() {
@@ -90,6 +97,7 @@ fn main() {
             incremental_tables: 100,
             incremental_changed: 5,
             skew_small_rows: 50,
+            preflight_tables: 100,
         }
     } else {
         Sizes {
@@ -104,6 +112,7 @@ fn main() {
             incremental_tables: 1_000,
             incremental_changed: 50,
             skew_small_rows: 1_000,
+            preflight_tables: 1_000,
         }
     };
     // BigQuery's own shard size (1 GB), not the tests' small one.
@@ -159,6 +168,9 @@ fn main() {
         }
         if wanted("skew") {
             skew(&s).await;
+        }
+        if wanted("preflight") {
+            preflight(&s).await;
         }
     });
 }
@@ -823,4 +835,40 @@ async fn skew(s: &Sizes) {
             ),
         );
     }
+}
+
+/// `bqdrain-producer --check` of a dataset of `preflight_tables` tables, as
+/// the release binary runs it: planning, permissions, the topic's
+/// subscriptions, the bucket.
+async fn preflight(s: &Sizes) {
+    let sb = GcpSandbox::new("preflight", 5).await;
+    create_tables_in_parallel(&sb, s.preflight_tables, 10).await;
+    let storage = IamProxy::start(&sb.emulators.storage, &[]);
+    let pubsub = IamProxy::start(&sb.emulators.pubsub, &[]);
+    let mut times = Vec::new();
+    for _ in 0..s.reps {
+        let started = Instant::now();
+        let out = sb.produce_to(
+            &sb.topic(),
+            "preflight",
+            &["--check"],
+            vec![
+                ("STORAGE_EMULATOR_HOST", storage.addr.clone()),
+                ("PUBSUB_EMULATOR_HOST", pubsub.addr.clone()),
+            ],
+        );
+        times.push(started.elapsed().as_secs_f64());
+        let report: Value = serde_json::from_slice(&out.stdout).expect("--check --json");
+        assert_eq!(out.status.code(), Some(0), "{report:#}");
+        assert_eq!(report["plan"]["units"], s.preflight_tables, "{report:#}");
+    }
+    let seconds = median(times.clone());
+    emit(
+        json!({"bench": "preflight", "tables": s.preflight_tables, "seconds": seconds,
+               "spread": spread_json(times)}),
+        format!(
+            "preflight, {} tables: bqdrain-producer --check in {seconds:.2} s",
+            s.preflight_tables
+        ),
+    );
 }

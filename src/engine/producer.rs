@@ -311,6 +311,57 @@ pub async fn produce(
     resume(manifest, again, topic, store, started).await
 }
 
+/// What a run would do, planned as `produce` plans it, with nothing
+/// published, written or retired (`bqdrain-producer --check`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunPreview {
+    /// Tables listed in every source, before filters.
+    pub tables: usize,
+    pub units: usize,
+    /// The units' bytes, as the source reports them (unknown counts none).
+    pub bytes: u64,
+    pub skipped: Vec<SkippedTable>,
+    pub excluded: usize,
+    pub unchanged: usize,
+    pub outside_window: usize,
+    pub gone: usize,
+    /// Exports the run would retire.
+    pub retired: usize,
+    pub view_bytes_estimated: u64,
+    /// How each source was planned (`--source` URI, path), where it says.
+    pub planning: Vec<(String, String)>,
+    pub seconds: f64,
+}
+
+/// Plans a new run of `warehouses` as [`produce`] would, and stops there.
+pub async fn preview(
+    plan: &RunPlan,
+    warehouses: &[Arc<dyn Warehouse>],
+    store: &dyn ObjectStore,
+) -> anyhow::Result<RunPreview> {
+    let started = Instant::now();
+    validate(plan, warehouses, store)?;
+    let all = plan_sources(plan, warehouses, store).await?;
+    let planning = warehouses
+        .iter()
+        .filter_map(|w| Some((w.uri().to_string(), w.planned_from()?.to_string())))
+        .collect();
+    Ok(RunPreview {
+        tables: all.listed,
+        units: all.units.len(),
+        bytes: all.units.iter().filter_map(|u| u.bytes).sum(),
+        skipped: all.skipped,
+        excluded: all.excluded,
+        unchanged: all.unchanged.len(),
+        outside_window: all.outside_window,
+        gone: all.gone.len(),
+        retired: all.retired.len(),
+        view_bytes_estimated: all.view_bytes,
+        planning,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
 /// What one source adds to a new run.
 #[derive(Default)]
 struct SourcePlan {
@@ -373,24 +424,7 @@ async fn publish_new(
     store: &dyn ObjectStore,
     started: Instant,
 ) -> anyhow::Result<ProduceReport> {
-    let today = Utc::now().date_naive();
-    let filters = Filters {
-        include: patterns("--include", &plan.include)?,
-        exclude: patterns("--exclude", &plan.exclude)?,
-    };
-    let mut all = SourcePlan::default();
-    for warehouse in warehouses {
-        let source = plan_source(
-            plan,
-            &filters,
-            warehouse.as_ref(),
-            store,
-            today,
-            warehouses.len() > 1,
-        )
-        .await?;
-        all.absorb(source);
-    }
+    let all = plan_sources(plan, warehouses, store).await?;
     // The run's snapshot, taken after every change marker was read: a change
     // made while planning is then in the data each unit exports, and its
     // marker moves again by the next run, which exports it once more. Taken
@@ -555,6 +589,25 @@ fn unnamable_reason(table: &str) -> Option<String> {
              to export it"
         )
     })
+}
+
+/// Every source's part of a new run, planned in turn.
+async fn plan_sources(
+    plan: &RunPlan,
+    warehouses: &[Arc<dyn Warehouse>],
+    store: &dyn ObjectStore,
+) -> anyhow::Result<SourcePlan> {
+    let today = Utc::now().date_naive();
+    let filters = Filters {
+        include: patterns("--include", &plan.include)?,
+        exclude: patterns("--exclude", &plan.exclude)?,
+    };
+    let several = warehouses.len() > 1;
+    let mut all = SourcePlan::default();
+    for warehouse in warehouses {
+        all.absorb(plan_source(plan, &filters, warehouse.as_ref(), store, today, several).await?);
+    }
+    Ok(all)
 }
 
 /// One source's part of a new run: its tables as filtered and skipped,

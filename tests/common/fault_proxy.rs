@@ -135,7 +135,18 @@ async fn serve(mut client: TcpStream, plan: Arc<Plan>) -> std::io::Result<()> {
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
         None => {}
     }
-    let mut upstream = TcpStream::connect(&plan.upstream).await?;
+    forward(client, &plan.upstream, &head, &body).await
+}
+
+/// Sends a request read from `client` on to `upstream`, one connection per
+/// request, and copies the answer back.
+pub async fn forward(
+    mut client: TcpStream,
+    upstream: &str,
+    head: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut upstream = TcpStream::connect(upstream).await?;
     let head: String = head
         .split("\r\n")
         .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
@@ -144,13 +155,13 @@ async fn serve(mut client: TcpStream, plan: Arc<Plan>) -> std::io::Result<()> {
     upstream
         .write_all(format!("{head}Connection: close\r\n\r\n").as_bytes())
         .await?;
-    upstream.write_all(&body).await?;
+    upstream.write_all(body).await?;
     tokio::io::copy(&mut upstream, &mut client).await?;
     client.shutdown().await
 }
 
 /// The request head (without its final blank line) and its body.
-async fn read_request(client: &mut TcpStream) -> std::io::Result<Option<(String, Vec<u8>)>> {
+pub async fn read_request(client: &mut TcpStream) -> std::io::Result<Option<(String, Vec<u8>)>> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let head_end = loop {

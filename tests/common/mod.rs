@@ -6,6 +6,7 @@
 pub mod fake_run_api;
 pub mod fault_proxy;
 pub mod gcp;
+pub mod iam_proxy;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
