@@ -590,8 +590,7 @@ async fn a_producer_killed_retiring_an_export_leaves_it_to_the_next_run() {
     };
     store_fault::stall_deletes(&sb.exports(), 1).unwrap();
     let (source, plan) = (sb.source(""), pruning("r2"));
-    let producing = sb.try_produce_plan(&source, "work", &plan);
-    tokio::pin!(producing);
+    let mut producing = Box::pin(sb.try_produce_plan(&source, "work", &plan));
     let held = async {
         while !store_fault::delete_held(&sb.exports()) {
             tokio::time::sleep(Duration::from_millis(10)).await;
