@@ -1,6 +1,7 @@
 //! The engine: the same code whatever the adapters.
 
 pub mod dead_letter;
+pub mod definition;
 pub mod drain;
 pub mod export;
 pub mod heartbeat;

@@ -493,6 +493,17 @@ impl Warehouse for Timed {
     ) -> Result<ExportResult, UnitError> {
         self.inner.export(request, cancel).await
     }
+    async fn definition(
+        &self,
+        source: &bqdrain::contract::message::SourceTable,
+    ) -> Result<bqdrain::ports::definition::TableDefinition, UnitError> {
+        self.inner.definition(source).await
+    }
+    async fn column_types(
+        &self,
+    ) -> anyhow::Result<std::collections::HashMap<String, Vec<(String, String)>>> {
+        self.inner.column_types().await
+    }
 }
 
 /// A dropped table keeps its last export until `--prune-gone` retires it;

@@ -21,13 +21,15 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
 use super::dataset::{Fault, FAULTS_TABLE};
-use super::jobs;
 use super::partitions::{self, PARTITIONING_TABLE};
 use super::store::{place, staging_file, FsStore};
 use super::{absolute, LocalUri};
+use super::{definition, jobs};
 use crate::contract::change::ChangeMarker;
+use crate::contract::message::SourceTable;
 use crate::contract::options::{Compression, ExportOptions, Format};
 use crate::error::{ConfigError, UnitError};
+use crate::ports::definition::TableDefinition;
 use crate::ports::warehouse::{
     Cancel, ExportRequest, ExportResult, PartitionInfo, TableInfo, TableKind, Warehouse,
 };
@@ -465,6 +467,46 @@ impl Warehouse for LocalWarehouse {
         })
         .await
         .map_err(|e| UnitError::transient("backendError", format!("export task failed: {e}")))?
+    }
+
+    async fn definition(&self, source: &SourceTable) -> Result<TableDefinition, UnitError> {
+        let pool = Arc::clone(&self.connections);
+        let wanted = source.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            pool.with(|kept| definition::read(&kept.conn, &wanted))
+        })
+        .await
+        .map_err(|e| {
+            UnitError::transient("backendError", format!("definition task failed: {e}"))
+        })?;
+        let found = read
+            .map_err(|e| sqlite_error("opening dataset", e))?
+            .map_err(|e| sqlite_error("reading the table's definition", e))?;
+        found.ok_or_else(|| {
+            UnitError::permanent(
+                "notFound",
+                format!("Not found: Table local:{}.{}", source.dataset, source.table),
+            )
+        })
+    }
+
+    /// SQLite's declared types: none is nested or repeated, so no format
+    /// the local warehouse writes (CSV, JSON) is refused for its types.
+    async fn column_types(&self) -> anyhow::Result<HashMap<String, Vec<(String, String)>>> {
+        self.with_connection(move |conn| {
+            let mut types: HashMap<String, Vec<(String, String)>> = HashMap::new();
+            let mut stmt = conn.prepare(
+                "SELECT m.name, c.name, c.type FROM sqlite_master AS m, pragma_table_xinfo(m.name) AS c \
+                 WHERE m.type IN ('table', 'view') ORDER BY m.name, c.cid",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            for row in rows {
+                let (table, column, declared): (String, String, String) = row?;
+                types.entry(table).or_default().push((column, declared));
+            }
+            Ok(types)
+        })
+        .await
     }
 }
 
