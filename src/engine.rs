@@ -5,6 +5,7 @@ pub mod definition;
 pub mod drain;
 pub mod export;
 pub mod heartbeat;
+pub mod holdable;
 pub mod layout;
 pub mod ownership;
 pub mod producer;
