@@ -1457,6 +1457,21 @@ async fn each_export_holds_the_tables_definition_from_tables_get() {
         ]}),
         "{analytics:#}"
     );
+
+    // `verify` finds each definition in its listing, and names one gone.
+    let (code, report) = verify(&sb, "exports", &[]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["calls"]["reads"], 0, "{report:#}");
+    let gone = format!("{}/events_20261201/run=r1/_TABLE.json", sb.dataset);
+    sb.delete_objects(&format!("exports/{gone}")).await;
+    let (code, report) = verify(&sb, "exports", &[]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(
+        report["counts"],
+        json!({"missing_definition": 1}),
+        "{report:#}"
+    );
+    assert_eq!(report["discrepancies"][0]["path"], gone, "{report:#}");
 }
 
 /// A dataset shaped like a Google Analytics export: CSV, the default,
