@@ -746,11 +746,17 @@ impl GcpSandbox {
             .await
             .expect("the export's manifest");
         expected.push((manifest_key, manifest.len() as u64));
+        let definition_key = format!("{table_folder}run={run_id}/_TABLE.json");
+        let definition = self
+            .download(&definition_key)
+            .await
+            .expect("the export's table definition");
+        expected.push((definition_key, definition.len() as u64));
         expected.sort();
         assert_eq!(
             self.objects(&table_folder).await,
             expected,
-            "{table}: exactly the shards of this run and its manifest"
+            "{table}: exactly the shards of this run, its manifest and its definition"
         );
         let done_key = format!("{folder}/_bqdrain/runs/{run_id}/done/{table}.json");
         assert_eq!(

@@ -491,18 +491,24 @@ impl Warehouse for LocalWarehouse {
     }
 
     /// SQLite's declared types: none is nested or repeated, so no format
-    /// the local warehouse writes (CSV, JSON) is refused for its types.
+    /// the local warehouse writes (CSV, JSON) is refused for its types. A
+    /// view whose tables are gone has no columns to read: it is left out,
+    /// and its export fails in the worker as before.
     async fn column_types(&self) -> anyhow::Result<HashMap<String, Vec<(String, String)>>> {
         self.with_connection(move |conn| {
-            let mut types: HashMap<String, Vec<(String, String)>> = HashMap::new();
-            let mut stmt = conn.prepare(
-                "SELECT m.name, c.name, c.type FROM sqlite_master AS m, pragma_table_xinfo(m.name) AS c \
-                 WHERE m.type IN ('table', 'view') ORDER BY m.name, c.cid",
-            )?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            for row in rows {
-                let (table, column, declared): (String, String, String) = row?;
-                types.entry(table).or_default().push((column, declared));
+            let names = conn
+                .prepare("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")?
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut types = HashMap::new();
+            for name in names {
+                let columns = conn
+                    .prepare_cached("SELECT name, type FROM pragma_table_xinfo(?1) ORDER BY cid")?
+                    .query_map([&name], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<Vec<(String, String)>>>();
+                if let Ok(columns) = columns {
+                    types.insert(name, columns);
+                }
             }
             Ok(types)
         })
