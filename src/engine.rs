@@ -1,9 +1,11 @@
 //! The engine: the same code whatever the adapters.
 
 pub mod dead_letter;
+pub mod definition;
 pub mod drain;
 pub mod export;
 pub mod heartbeat;
+pub mod holdable;
 pub mod layout;
 pub mod ownership;
 pub mod producer;

@@ -91,7 +91,7 @@ fn export_folders(sb: &Sandbox, table: &str) -> BTreeMap<String, BTreeSet<String
 fn exported_ids(sb: &Sandbox, table: &str) -> Vec<i64> {
     let mut ids = Vec::new();
     for key in sb.files_of(table) {
-        if key.ends_with("_MANIFEST.json") {
+        if key.ends_with("_MANIFEST.json") || key.ends_with("_TABLE.json") {
             continue;
         }
         let bytes = std::fs::read(sb.exports().join(&key)).unwrap();
@@ -229,7 +229,7 @@ async fn only_changed_exports_again_when_the_options_change() {
         assert_equals_source(&sb, table, std::slice::from_ref(&folder));
         let shards: Vec<String> = export_folders(&sb, table)[&folder]
             .iter()
-            .filter(|f| *f != "_MANIFEST.json")
+            .filter(|f| *f != "_MANIFEST.json" && *f != "_TABLE.json")
             .cloned()
             .collect();
         assert!(
@@ -571,6 +571,17 @@ impl Warehouse for Timed {
         cancel: Cancel,
     ) -> Result<ExportResult, UnitError> {
         self.inner.export(request, cancel).await
+    }
+    async fn definition(
+        &self,
+        source: &bqdrain::contract::message::SourceTable,
+    ) -> Result<bqdrain::ports::definition::TableDefinition, UnitError> {
+        self.inner.definition(source).await
+    }
+    async fn column_types(
+        &self,
+    ) -> anyhow::Result<std::collections::HashMap<String, Vec<(String, String)>>> {
+        self.inner.column_types().await
     }
 }
 

@@ -855,13 +855,23 @@ async fn producer_plans_a_dataset_from_one_information_schema_query() {
         stderr.contains("planned from one INFORMATION_SCHEMA query"),
         "{stderr}"
     );
-    assert_eq!(proxy.requests("/queries"), 1, "one query");
+    assert_eq!(
+        proxy.requests("/queries"),
+        2,
+        "the planning query, and COLUMNS for CSV's format check"
+    );
     assert_eq!(proxy.requests("/tables"), 0, "no tables.list or tables.get");
     assert!(
-        proxy.requests("") <= 3,
-        "the dataset's location, the query, nothing else: {} calls",
+        proxy.requests("") <= 4,
+        "the dataset's location, the queries, nothing else: {} calls",
         proxy.requests("")
     );
+
+    // A format that holds every type reads no columns.
+    let proxy = FaultProxy::counting(&sb.emulators.bigquery);
+    let args = ["--run-id", "r2", "--format", "avro"];
+    produced(&sb.produce_through(&proxy.addr, "avro", &args));
+    assert_eq!(proxy.requests("/queries"), 1, "the planning query alone");
 }
 
 #[tokio::test]
@@ -1013,8 +1023,10 @@ async fn only_changed_exports_again_what_lost_a_column() {
     );
 
     // Nothing changed since: nothing to export. The columns cost one
-    // query: the planning one, PARTITIONS for the tables' markers, COLUMNS,
-    // and PARTITIONS for the partitions (after their tables.list page).
+    // query for the markers and one for the CSV format check: the planning
+    // one, COLUMNS for the format, PARTITIONS for the tables' markers,
+    // COLUMNS, and PARTITIONS for the partitions (after their tables.list
+    // page).
     sb.resubscribe("work3").await;
     let proxy = FaultProxy::counting(&sb.emulators.bigquery);
     let third = produced(&sb.produce_through(&proxy.addr, "exports", &args("r3")));
@@ -1023,10 +1035,10 @@ async fn only_changed_exports_again_what_lost_a_column() {
         (Some(0), Some(4)),
         "{third}"
     );
-    assert_eq!(proxy.requests("/queries"), 4, "four queries");
+    assert_eq!(proxy.requests("/queries"), 5, "five queries");
     assert_eq!(proxy.requests("/tables"), 1, "one tables.list page");
     assert!(
-        proxy.requests("") <= 6,
+        proxy.requests("") <= 7,
         "and the dataset's location: {} calls",
         proxy.requests("")
     );
@@ -1046,8 +1058,9 @@ async fn a_marker_without_the_columns_fingerprint_counts_as_changed_once() {
     produced(&sb.produce_through(&proxy.addr, "exports", &args));
     assert_eq!(
         proxy.requests("/queries"),
-        2,
-        "planning and PARTITIONS, no COLUMNS without --only-changed"
+        3,
+        "planning, PARTITIONS, and COLUMNS only for the CSV format check: \
+         no markers' COLUMNS without --only-changed"
     );
     all_drained(&sb, workers(&sb, 1, "exports", "r1"));
     let record = sb
@@ -1405,5 +1418,136 @@ async fn verify_holds_for_a_real_export_and_names_each_damage() {
             .unwrap()
             .starts_with(&format!("re-export {}.t_003", sb.dataset)),
         "{checksum}"
+    );
+}
+
+/// `_TABLE.json` beside each export, read with `tables.get`: columns,
+/// partitioning, clustering, description and labels as the emulator keeps
+/// them, and the unit's partition id.
+#[tokio::test]
+async fn each_export_holds_the_tables_definition_from_tables_get() {
+    let sb = GcpSandbox::new("definition", 5).await;
+    sb.create_daily_table_with(
+        "events",
+        "2026-12-01",
+        3,
+        json!({
+            "timePartitioning": {"type": "DAY", "field": "day", "expirationMs": "86400000000"},
+            "clustering": {"fields": ["id"]},
+            "description": "one row per event",
+            "labels": {"team": "data"},
+        }),
+    )
+    .await;
+    sb.create_analytics_table("events_20261201", 2).await;
+    let args = ["--run-id", "r1", "--partitions", "--format", "json"];
+    produced(&sb.produce("exports", &args));
+    all_drained(&sb, workers(&sb, 1, "exports", "r1"));
+
+    let definition = |key: String| {
+        let sb = &sb;
+        async move {
+            let bytes = sb
+                .download(&format!("exports/{}/{key}", sb.dataset))
+                .await
+                .unwrap_or_else(|| panic!("{key} is missing\n{}", sb.logs()));
+            serde_json::from_slice::<Value>(&bytes).unwrap()
+        }
+    };
+    let events = definition("events/partition=20261201/run=r1/_TABLE.json".into()).await;
+    assert_eq!(events["table"], "events");
+    assert_eq!(events["partition"], "20261201");
+    assert_eq!(events["table_type"], "TABLE");
+    assert_eq!(
+        events["columns"],
+        json!([
+            {"name": "id", "type": "INTEGER", "mode": "NULLABLE"},
+            {"name": "day", "type": "DATE", "mode": "NULLABLE"},
+            {"name": "amount", "type": "INTEGER", "mode": "NULLABLE"},
+        ])
+    );
+    assert_eq!(
+        events["time_partitioning"],
+        json!({"type": "DAY", "field": "day", "expiration_ms": 86400000000u64}),
+        "{events:#}"
+    );
+    assert_eq!(events["clustering"], json!(["id"]), "{events:#}");
+    assert_eq!(events["description"], "one row per event", "{events:#}");
+    assert_eq!(events["labels"], json!({"team": "data"}), "{events:#}");
+
+    let analytics = definition("events_20261201/run=r1/_TABLE.json".into()).await;
+    assert!(analytics.get("partition").is_none(), "{analytics:#}");
+    assert_eq!(
+        analytics["columns"][2],
+        json!({"name": "event_params", "type": "RECORD", "mode": "REPEATED", "fields": [
+            {"name": "key", "type": "STRING", "mode": "NULLABLE"},
+            {"name": "value", "type": "RECORD", "mode": "NULLABLE", "fields": [
+                {"name": "string_value", "type": "STRING", "mode": "NULLABLE"},
+                {"name": "int_value", "type": "INTEGER", "mode": "NULLABLE"},
+            ]},
+        ]}),
+        "{analytics:#}"
+    );
+
+    // `verify` finds each definition in its listing, and names one gone.
+    let (code, report) = verify(&sb, "exports", &[]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["calls"]["reads"], 0, "{report:#}");
+    let gone = format!("{}/events_20261201/run=r1/_TABLE.json", sb.dataset);
+    sb.delete_objects(&format!("exports/{gone}")).await;
+    let (code, report) = verify(&sb, "exports", &[]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(
+        report["counts"],
+        json!({"missing_definition": 1}),
+        "{report:#}"
+    );
+    assert_eq!(report["discrepancies"][0]["path"], gone, "{report:#}");
+}
+
+/// A dataset shaped like a Google Analytics export: CSV, the default,
+/// cannot hold its repeated records, so a CSV run is refused before
+/// anything is published, naming each such table and the fix; one command
+/// with a format that holds them exports it all.
+#[tokio::test]
+async fn a_format_that_cannot_hold_a_table_is_refused_before_publishing() {
+    let sb = GcpSandbox::new("analytics", 5).await;
+    sb.create_table("users", 3).await;
+    for day in ["events_20261201", "events_20261202"] {
+        sb.create_analytics_table(day, 4).await;
+    }
+
+    let refused = sb.produce("csv", &["--run-id", "r1"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    for needed in [
+        "--format",
+        "events_20261201 (event_params ARRAY<STRUCT<",
+        "events_20261202 (event_params ARRAY<STRUCT<",
+        "--format avro",
+        "--exclude",
+    ] {
+        assert!(stderr.contains(needed), "{needed:?} in {stderr}");
+    }
+    assert!(!stderr.contains("users"), "{stderr}");
+    assert!(
+        sb.pull("work", 10, false).await.is_empty(),
+        "nothing published"
+    );
+    assert_eq!(sb.objects("csv/").await, [], "nothing written");
+
+    let report = produced(&sb.produce("json", &["--run-id", "r2", "--format", "json"]));
+    assert_eq!(report["published"], 3, "{report}");
+    all_drained(&sb, workers(&sb, 1, "json", "r2"));
+    let texts = exported_texts(&sb, "json", "r2", "events_20261202").await;
+    let rows: Vec<Value> = texts
+        .iter()
+        .flat_map(|text| text.lines().map(|l| serde_json::from_str(l).unwrap()))
+        .collect();
+    assert_eq!(rows.len(), 4, "{texts:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r["event_params"].as_array().map(Vec::len) == Some(2)),
+        "the repeated records kept: {rows:?}"
     );
 }

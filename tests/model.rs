@@ -1662,7 +1662,11 @@ impl World {
             let mut keys = Vec::new();
             walk(&folder, root, &mut keys);
             keys.iter()
-                .filter(|k| k.contains(&marker) && !k.ends_with("_MANIFEST.json"))
+                .filter(|k| {
+                    k.contains(&marker)
+                        && !k.ends_with("_MANIFEST.json")
+                        && !k.ends_with("_TABLE.json")
+                })
                 .count()
         };
         let exports = self.exports.clone();
@@ -1936,15 +1940,19 @@ impl World {
     /// files in it, with their sizes.
     fn committed(&self, folder: &str, files: &BTreeSet<String>) -> Result<TableManifest, String> {
         let manifest_key = format!("{folder}_MANIFEST.json");
+        let definition_key = format!("{folder}_TABLE.json");
         let data: BTreeSet<&str> = files
             .iter()
             .map(String::as_str)
-            .filter(|k| *k != manifest_key)
+            .filter(|k| *k != manifest_key && *k != definition_key)
             .collect();
         if !files.contains(&manifest_key) {
             return Err(format!(
                 "{folder} is not a committed export: no _MANIFEST.json beside {data:?}"
             ));
+        }
+        if !files.contains(&definition_key) {
+            return Err(format!("{folder} is committed without its _TABLE.json"));
         }
         let bytes = std::fs::read(self.exports.join(&manifest_key)).map_err(|e| e.to_string())?;
         let record: TableManifest = serde_json::from_slice(&bytes)
@@ -2128,23 +2136,30 @@ impl World {
                             continue;
                         };
                         let manifest_key = format!("{folder}_MANIFEST.json");
+                        let definition_key = format!("{folder}_TABLE.json");
                         let named: BTreeSet<&str> =
                             record.files.iter().map(|f| f.key.as_str()).collect();
                         let data: BTreeSet<&str> = files
                             .iter()
                             .map(String::as_str)
-                            .filter(|k| *k != manifest_key)
+                            .filter(|k| *k != manifest_key && *k != definition_key)
                             .collect();
-                        if named != data || !files.contains(&manifest_key) {
+                        if named != data
+                            || !files.contains(&manifest_key)
+                            || !files.contains(&definition_key)
+                        {
                             violations.push(format!(
                                 "[status] {at} is exported; its record names {} file(s) {named:?}, \
                                  {folder} holds {} {data:?}, {}",
                                 named.len(),
                                 data.len(),
-                                if files.contains(&manifest_key) {
-                                    "with its _MANIFEST.json"
-                                } else {
-                                    "and no _MANIFEST.json"
+                                match (
+                                    files.contains(&manifest_key),
+                                    files.contains(&definition_key),
+                                ) {
+                                    (true, true) => "with its _MANIFEST.json and _TABLE.json",
+                                    (true, false) => "with its _MANIFEST.json, without _TABLE.json",
+                                    (false, _) => "and no _MANIFEST.json",
                                 }
                             ));
                         }

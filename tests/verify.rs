@@ -577,6 +577,38 @@ async fn damaged_folders_are_named_with_their_fix() {
 /// was forged to its new size passes every listing check, not the count.
 /// With --source, a record's row count is compared with the source's only
 /// where the source did not change since the export.
+/// Every committed export holds its table's definition: a restore reads
+/// it. One without it, whole or per partition, is a discrepancy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_without_its_tables_definition_is_a_discrepancy() {
+    let sb = Sandbox::new();
+    make_dataset(&sb, 2, 10);
+    run(&sb, "", &split(plan("r1"))).await;
+    verifies(&sb, &[]);
+    let whole = "warehouse/t_001/run=r1/_TABLE.json";
+    let partition = "warehouse/events/partition=20261202/run=r1/_TABLE.json";
+    for key in [whole, partition] {
+        std::fs::remove_file(sb.exports().join(key)).unwrap();
+    }
+
+    let found = fails(&sb, &[]);
+    assert_eq!(kinds(&found), ["missing_definition"; 2], "{found:#?}");
+    let missing = of_kind(&found, "missing_definition");
+    let paths: Vec<&str> = missing.iter().map(|(p, _, _)| p.as_str()).collect();
+    assert_eq!(paths, [partition, whole]);
+    let (_, detail, fix) = &missing[1];
+    assert!(
+        detail.contains("run r1's export of warehouse.t_001 has no _TABLE.json"),
+        "{detail}"
+    );
+    assert!(
+        fix.starts_with(
+            "re-export warehouse.t_001: run the producer with --include warehouse.t_001"
+        ),
+        "{fix}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_records_are_caught_by_counting_rows() {
     let sb = Sandbox::new();

@@ -31,6 +31,8 @@
 //!     `checksum_mismatch` (where the record and the listing both have a
 //!     checksum), `unlisted_file` (in its folder, not in its manifest),
 //!     `missing_manifest` (committed, files intact, manifest gone),
+//!     `missing_definition` (committed, without the `_TABLE.json` a
+//!     restore reads),
 //!     `stray_object` (under a table's folder, in no export folder);
 //!   - one format per table: `mixed_format`.
 //! - With `--source`, against what the source has now: `missing_export`,
@@ -76,6 +78,7 @@ pub enum Kind {
     UnfinishedExport,
     BadManifest,
     MissingManifest,
+    MissingDefinition,
     MissingFile,
     SizeMismatch,
     ChecksumMismatch,

@@ -73,6 +73,26 @@ impl Format {
         }
     }
 
+    /// Whether some column types cannot be written in this format at all,
+    /// so that the producer must read the tables' columns to refuse them.
+    pub fn refuses_some_types(self) -> bool {
+        self == Format::Csv
+    }
+
+    /// Whether this format can hold a column of `data_type`, as BigQuery's
+    /// SQL spells it (`INT64`, `STRUCT<a INT64>`, `ARRAY<STRING>`): BigQuery
+    /// writes no nested or repeated column to CSV. Avro, Parquet and JSON
+    /// hold every type, some lossily (README, "Formats and types").
+    pub fn holds(self, data_type: &str) -> bool {
+        let nested = ["STRUCT<", "ARRAY<", "RECORD"].iter().any(|kind| {
+            data_type
+                .trim_start()
+                .to_ascii_uppercase()
+                .starts_with(kind)
+        });
+        !(self == Format::Csv && nested)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Format::Csv => "csv",
@@ -149,6 +169,26 @@ impl ExportOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_holds_no_nested_or_repeated_column_and_the_others_hold_all() {
+        let nested = [
+            "STRUCT<a INT64>",
+            "ARRAY<STRING>",
+            "array<struct<k STRING>>",
+        ];
+        for data_type in nested {
+            assert!(!Format::Csv.holds(data_type), "{data_type}");
+            for other in [Format::Json, Format::Avro, Format::Parquet] {
+                assert!(other.holds(data_type), "{other:?} {data_type}");
+            }
+        }
+        for flat in ["INT64", "STRING", "NUMERIC(10, 2)", "RANGE<DATE>", "JSON"] {
+            assert!(Format::Csv.holds(flat), "{flat}");
+        }
+        assert!(Format::Csv.refuses_some_types());
+        assert!(!Format::Parquet.refuses_some_types());
+    }
 
     #[test]
     fn compression_follows_bigquery_rules() {

@@ -39,6 +39,7 @@ use chrono::{DateTime, Utc};
 use crate::adapters::backends::OpenBackends;
 use crate::contract::message::{SourceTable, WorkMessage, SCHEMA_VERSION};
 use crate::engine::dead_letter::{write_dead_record, LastTry};
+use crate::engine::definition;
 use crate::engine::drain::{Disposition, Handler, Progress};
 use crate::engine::heartbeat::{self, Heartbeat};
 use crate::engine::layout::{
@@ -50,7 +51,7 @@ use crate::engine::task::TaskIdentity;
 use crate::error::UnitError;
 use crate::ports::queue::Delivery;
 use crate::ports::store::{ObjectInfo, ObjectStore};
-use crate::ports::warehouse::{Cancel, ExportRequest, ExportResult};
+use crate::ports::warehouse::{Cancel, ExportRequest, ExportResult, Warehouse};
 
 pub struct ExportHandler {
     backends: OpenBackends,
@@ -97,6 +98,13 @@ impl ExportHandler {
             .map_err(|e| open_failure("destination", e))
     }
 
+    async fn warehouse_for(&self, msg: &WorkMessage) -> Result<Arc<dyn Warehouse>, UnitError> {
+        self.backends
+            .warehouse(&msg.source.dataset_uri)
+            .await
+            .map_err(|e| open_failure("source.dataset_uri", e))
+    }
+
     async fn export(
         &self,
         msg: &WorkMessage,
@@ -134,11 +142,7 @@ impl ExportHandler {
                         return Ok(Tried::AlreadyCommitted(commit));
                     }
                 }
-                let warehouse = self
-                    .backends
-                    .warehouse(&msg.source.dataset_uri)
-                    .await
-                    .map_err(|e| open_failure("source.dataset_uri", e))?;
+                let warehouse = self.warehouse_for(msg).await?;
                 warehouse
                     .export(&request, Arc::clone(&cancel))
                     .await
@@ -182,6 +186,9 @@ impl ExportHandler {
                 ),
             ));
         }
+        // Before the commit: a committed folder always holds it.
+        definition::write_beside_export(self.warehouse_for(msg).await?.as_ref(), msg, store)
+            .await?;
         let manifest = TableManifest {
             v: SCHEMA_VERSION,
             run_id: msg.run_id.clone(),
@@ -346,9 +353,11 @@ impl ExportHandler {
         }
         // What a crashed attempt, or a delivery that lost the commit, left
         // beside the committed files.
-        let named: HashSet<&str> = committed.files.iter().map(|f| f.key.as_str()).collect();
+        let mut named: HashSet<&str> = committed.files.iter().map(|f| f.key.as_str()).collect();
+        let definition_key = layout::export_definition(&msg.source, &msg.run_id);
+        named.extend([manifest_key.as_str(), definition_key.as_str()]);
         for key in ours_listed {
-            if !named.contains(key) && key != manifest_key {
+            if !named.contains(key) {
                 store
                     .delete(key)
                     .await

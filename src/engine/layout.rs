@@ -3,6 +3,7 @@
 //! ```text
 //! DATASET/TABLE/run=RUN_ID/TABLE_000000000000.csv   shards of one run's export
 //! DATASET/TABLE/run=RUN_ID/_MANIFEST.json           that export's manifest: its commit, written if absent
+//! DATASET/TABLE/run=RUN_ID/_TABLE.json              the table's definition as the unit was exported
 //! DATASET/TABLE/partition=P/run=RUN_ID/...          the same, per partition
 //! _bqdrain/runs/RUN_ID/manifest.json                the run manifest (expected units), written before publishing
 //! _bqdrain/runs/RUN_ID/published.json               written once every message of the run is confirmed
@@ -29,6 +30,7 @@ use crate::engine::selection::CurrentExport;
 /// Reserved top-level folder for bqdrain's own records.
 pub const META: &str = "_bqdrain";
 const TABLE_MANIFEST: &str = "_MANIFEST.json";
+const TABLE_DEFINITION: &str = "_TABLE.json";
 const RUN_FOLDER_PREFIX: &str = "run=";
 const PARTITION_FOLDER_PREFIX: &str = "partition=";
 
@@ -57,6 +59,11 @@ pub fn export_folder(source: &SourceTable, run_id: &str) -> String {
 /// The manifest inside one run's export folder of a unit.
 pub fn export_manifest(source: &SourceTable, run_id: &str) -> String {
     format!("{}{TABLE_MANIFEST}", export_folder(source, run_id))
+}
+
+/// The table's definition inside one run's export folder of a unit.
+pub fn export_definition(source: &SourceTable, run_id: &str) -> String {
+    format!("{}{TABLE_DEFINITION}", export_folder(source, run_id))
 }
 
 /// Who a dataset's folder belongs to (see [`crate::engine::ownership`]).
@@ -185,6 +192,11 @@ impl<'a> ExportPath<'a> {
     /// Whether this is the export folder's manifest.
     pub fn is_manifest(&self) -> bool {
         self.file == TABLE_MANIFEST
+    }
+
+    /// Whether this is the export folder's table definition.
+    pub fn is_definition(&self) -> bool {
+        self.file == TABLE_DEFINITION
     }
 }
 

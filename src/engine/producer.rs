@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::contract::message::{check_path_segment, SourceTable, WorkMessage, SCHEMA_VERSION};
 use crate::contract::options::ExportOptions;
 use crate::engine::export;
+use crate::engine::holdable;
 use crate::engine::layout::{self, PlannedUnit, RetiredExport, RunManifest, SkippedTable};
 use crate::engine::ownership;
 use crate::engine::retry::RetryPolicy;
@@ -374,6 +375,8 @@ struct SourcePlan {
     gone: Vec<CurrentExport>,
     /// Views over `--max-bytes-billed`, with their estimates.
     too_costly: Vec<String>,
+    /// Tables the format cannot hold, with the columns it cannot hold.
+    not_held: Vec<String>,
     view_bytes: u64,
     views_unestimated: Vec<String>,
     partly_covered: Vec<String>,
@@ -391,6 +394,7 @@ impl SourcePlan {
         self.unchanged.extend(other.unchanged);
         self.gone.extend(other.gone);
         self.too_costly.extend(other.too_costly);
+        self.not_held.extend(other.not_held);
         self.view_bytes += other.view_bytes;
         self.views_unestimated.extend(other.views_unestimated);
         self.partly_covered.extend(other.partly_covered);
@@ -440,11 +444,15 @@ async fn publish_new(
         unchanged,
         gone,
         too_costly,
+        not_held,
         view_bytes,
         views_unestimated,
         partly_covered,
         retired,
     } = all;
+    if !not_held.is_empty() {
+        return Err(holdable::refusal(plan.options.format, &not_held).into());
+    }
     if let (false, Some(max)) = (too_costly.is_empty(), plan.options.max_bytes_billed) {
         return Err(ConfigError::new(
             "--max-bytes-billed",
@@ -643,6 +651,10 @@ async fn plan_source(
         false
     });
     let (view_sizes, too_costly) = size_views(plan, warehouse, &mut tables, several).await;
+    let not_held = holdable::tables_not_held(plan.options.format, warehouse, &tables, |t| {
+        run_name(dataset, t, several)
+    })
+    .await?;
     // The current exports: what is unchanged, gone, or exported whole.
     let current = RETRY
         .run_any("listing the current exports", || {
@@ -749,6 +761,7 @@ async fn plan_source(
         unchanged,
         gone,
         too_costly,
+        not_held,
         view_bytes: view_sizes.bytes,
         views_unestimated: view_sizes.unestimated,
         partly_covered,

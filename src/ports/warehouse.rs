@@ -13,8 +13,9 @@ use crate::contract::change::ChangeMarker;
 use crate::contract::message::SourceTable;
 use crate::contract::options::ExportOptions;
 use crate::error::{ConfigError, UnitError};
+use crate::ports::definition::TableDefinition;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TableKind {
     Table,
@@ -181,4 +182,14 @@ pub trait Warehouse: Send + Sync {
         request: &ExportRequest,
         cancel: Cancel,
     ) -> Result<ExportResult, UnitError>;
+
+    /// The definition of the unit's table as it is now, written beside the
+    /// unit's export as `_TABLE.json`, so a restore makes the table as it was.
+    async fn definition(&self, source: &SourceTable) -> Result<TableDefinition, UnitError>;
+
+    /// Every table's columns as `(name, type)`, by table, the types as the
+    /// warehouse's SQL spells them (`STRUCT<a INT64>`, `ARRAY<STRING>`), so
+    /// a format that cannot hold a table is refused before anything is
+    /// published.
+    async fn column_types(&self) -> anyhow::Result<HashMap<String, Vec<(String, String)>>>;
 }

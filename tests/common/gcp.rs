@@ -302,15 +302,52 @@ impl GcpSandbox {
         self.new_table(table, schema, partitioning, rows).await;
     }
 
+    /// Creates `table` shaped like a day of a Google Analytics export
+    /// (`events_YYYYMMDD`): `id`, `event_name`, and `event_params`, a
+    /// repeated record of a key and a record value; `rows` rows of two
+    /// parameters each.
+    pub async fn create_analytics_table(&self, table: &str, rows: u64) {
+        let value = json!({"name": "value", "type": "RECORD", "fields": [
+            {"name": "string_value", "type": "STRING"},
+            {"name": "int_value", "type": "INTEGER"},
+        ]});
+        let params = json!({"name": "event_params", "type": "RECORD", "mode": "REPEATED",
+            "fields": [{"name": "key", "type": "STRING"}, value]});
+        let schema = json!([["id", "INTEGER"], ["event_name", "STRING"], params]);
+        let rows = (1..=rows)
+            .map(|i| {
+                json!({"id": i, "event_name": "page_view", "event_params": [
+                    {"key": "page", "value": {"string_value": format!("/p{i}")}},
+                    {"key": "seconds", "value": {"int_value": i}},
+                ]})
+            })
+            .collect();
+        self.new_table(table, schema, json!({}), rows).await;
+    }
+
+    /// Creates `table` (id, day, amount) like [`Self::create_daily_table`],
+    /// with the table settings in `extra` (clustering, labels, …).
+    pub async fn create_daily_table_with(&self, table: &str, day: &str, rows: u64, extra: Value) {
+        let rows = (1..=rows)
+            .map(|i| json!({"id": i, "day": day, "amount": i}))
+            .collect();
+        let schema = json!([["id", "INTEGER"], ["day", "DATE"], ["amount", "INTEGER"]]);
+        self.new_table(table, schema, extra, rows).await;
+    }
+
     /// Creates `table` with the columns in `schema` (`[[name, type], …]`,
-    /// `id` first) and the table settings in `extra`; inserts `rows`.
+    /// or a field as `tables.insert` takes it; `id` first) and the table
+    /// settings in `extra`; inserts `rows`.
     async fn new_table(&self, table: &str, schema: Value, extra: Value, rows: Vec<Value>) {
         let tables = format!("projects/{PROJECT}/datasets/{}/tables", self.dataset);
         let fields: Vec<Value> = schema
             .as_array()
             .unwrap()
             .iter()
-            .map(|f| json!({"name": f[0], "type": f[1]}))
+            .map(|f| match f.as_array() {
+                Some(pair) => json!({"name": pair[0], "type": pair[1]}),
+                None => f.clone(),
+            })
             .collect();
         let mut definition = json!({
             "tableReference": {"projectId": PROJECT, "datasetId": self.dataset, "tableId": table},
@@ -709,11 +746,17 @@ impl GcpSandbox {
             .await
             .expect("the export's manifest");
         expected.push((manifest_key, manifest.len() as u64));
+        let definition_key = format!("{table_folder}run={run_id}/_TABLE.json");
+        let definition = self
+            .download(&definition_key)
+            .await
+            .expect("the export's table definition");
+        expected.push((definition_key, definition.len() as u64));
         expected.sort();
         assert_eq!(
             self.objects(&table_folder).await,
             expected,
-            "{table}: exactly the shards of this run and its manifest"
+            "{table}: exactly the shards of this run, its manifest and its definition"
         );
         let done_key = format!("{folder}/_bqdrain/runs/{run_id}/done/{table}.json");
         assert_eq!(

@@ -362,11 +362,12 @@ pub fn assert_exported(sb: &Sandbox, run_id: &str, table: &str, rows: u64) -> Ta
     let mut expected = keys.clone();
     let folder_manifest_key = layout::export_manifest(&sb.table_source(table), run_id);
     expected.push(folder_manifest_key.clone());
+    expected.push(layout::export_definition(&sb.table_source(table), run_id));
     expected.sort();
     assert_eq!(
         sb.files_of(table),
         expected,
-        "{table}: exactly the shards of this run and its manifest"
+        "{table}: exactly the shards of this run, its manifest and its definition"
     );
     assert_eq!(
         csv_rows(&sb.exports(), &keys),

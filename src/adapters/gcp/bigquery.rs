@@ -16,7 +16,8 @@ use chrono::{DateTime, Utc};
 use google_cloud_bigquery_v2::client::{DatasetService, JobService, TableService};
 use google_cloud_bigquery_v2::model::{
     ErrorProto, Job, JobConfiguration, JobConfigurationExtract, JobConfigurationQuery,
-    JobReference, ListFormatTable, QueryRequest, QueryResponse, TableReference,
+    JobReference, ListFormatTable, QueryRequest, QueryResponse, Table, TableFieldSchema,
+    TableReference,
 };
 use google_cloud_gax::error::rpc::StatusDetails;
 use google_cloud_gax::retry_policy::NeverRetry;
@@ -24,9 +25,13 @@ use tokio::sync::OnceCell;
 
 use super::storage;
 use crate::contract::change::ChangeMarker;
+use crate::contract::message::SourceTable;
 use crate::contract::options::{Compression, ExportOptions, Format};
 use crate::engine::retry::RetryPolicy;
 use crate::error::{ConfigError, ErrorKind, UnitError};
+use crate::ports::definition::{
+    Column, RangePartitioning, TableDefinition, TimePartitioning, DEFINITION_VERSION,
+};
 use crate::ports::warehouse::{
     Cancel, ExportRequest, ExportResult, PartitionInfo, Partitioning, TableInfo, TableKind,
     Warehouse,
@@ -528,11 +533,16 @@ impl BigQueryWarehouse {
     /// The fingerprint of each table's columns, by table, from one query of
     /// the dataset's `INFORMATION_SCHEMA.COLUMNS` (see [`columns_sql`]).
     async fn column_fingerprints(&self) -> Result<HashMap<String, String>, UnitError> {
+        Ok(fingerprints(&self.column_rows().await?))
+    }
+
+    /// The rows of [`columns_sql`]: one query of the dataset's
+    /// `INFORMATION_SCHEMA.COLUMNS`.
+    async fn column_rows(
+        &self,
+    ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, UnitError> {
         let sql = columns_sql(&self.project, &self.dataset);
-        let rows = self
-            .query(sql, "querying INFORMATION_SCHEMA.COLUMNS")
-            .await?;
-        Ok(fingerprints(&rows))
+        self.query(sql, "querying INFORMATION_SCHEMA.COLUMNS").await
     }
 
     /// Every table of the dataset with its kind, rows and bytes, from one
@@ -1001,36 +1011,117 @@ fn columns_sql(project: &str, dataset: &str) -> String {
     )
 }
 
-/// Each table's fingerprint ([`ChangeMarker::schema_of`]) from the rows of
-/// [`columns_sql`]: its columns in their order, each as its name and type,
-/// `NOT NULL` added for a `REQUIRED` one (as DDL declares it), so a column
-/// dropped, added, renamed, moved, retyped or relaxed changes it.
-fn fingerprints(rows: &[serde_json::Map<String, serde_json::Value>]) -> HashMap<String, String> {
-    let mut columns: HashMap<&str, Vec<(u64, &str, String)>> = HashMap::new();
+/// Each table's columns from the rows of [`columns_sql`], in their order:
+/// name, type, and whether the column is `REQUIRED`.
+fn columns_by_table(
+    rows: &[serde_json::Map<String, serde_json::Value>],
+) -> HashMap<&str, Vec<(&str, &str, bool)>> {
+    let mut columns: HashMap<&str, Vec<(u64, &str, &str, bool)>> = HashMap::new();
     for row in rows {
         let text = |i| cell(row, i).unwrap_or_default();
         let Ok(position) = text(1).parse::<u64>() else {
             continue;
         };
-        let required = if text(4) == "NO" { " NOT NULL" } else { "" };
-        columns.entry(text(0)).or_default().push((
-            position,
-            text(2),
-            format!("{}{required}", text(3)),
-        ));
+        columns
+            .entry(text(0))
+            .or_default()
+            .push((position, text(2), text(3), text(4) == "NO"));
     }
     columns
         .into_iter()
         .map(|(table, mut of_table)| {
             of_table.sort_by_key(|(position, ..)| *position);
+            let ordered = of_table
+                .into_iter()
+                .map(|(_, name, data_type, required)| (name, data_type, required))
+                .collect();
+            (table, ordered)
+        })
+        .collect()
+}
+
+/// Each table's fingerprint ([`ChangeMarker::schema_of`]) from the rows of
+/// [`columns_sql`]: its columns in their order, each as its name and type,
+/// `NOT NULL` added for a `REQUIRED` one (as DDL declares it), so a column
+/// dropped, added, renamed, moved, retyped or relaxed changes it.
+fn fingerprints(rows: &[serde_json::Map<String, serde_json::Value>]) -> HashMap<String, String> {
+    columns_by_table(rows)
+        .into_iter()
+        .map(|(table, columns)| {
+            let declared: Vec<(&str, String)> = columns
+                .iter()
+                .map(|(name, data_type, required)| {
+                    let not_null = if *required { " NOT NULL" } else { "" };
+                    (*name, format!("{data_type}{not_null}"))
+                })
+                .collect();
             let fingerprint = ChangeMarker::schema_of(
-                of_table
+                declared
                     .iter()
-                    .map(|(_, name, declared)| (*name, declared.as_str())),
+                    .map(|(name, declared)| (*name, declared.as_str())),
             );
             (table.to_string(), fingerprint)
         })
         .collect()
+}
+
+/// A table's definition from `tables.get`, for the unit `source`.
+fn definition_of(table: Table, source: &SourceTable) -> TableDefinition {
+    let columns = table
+        .schema
+        .map(|schema| schema.fields.into_iter().map(column_of).collect())
+        .unwrap_or_default();
+    let view_query = match (table.view, table.materialized_view) {
+        (Some(view), _) => Some(view.query),
+        (None, Some(materialized)) => Some(materialized.query),
+        (None, None) => None,
+    };
+    let mut labels: Vec<(String, String)> = table.labels.into_iter().collect();
+    labels.sort();
+    TableDefinition {
+        v: DEFINITION_VERSION,
+        table: source.table.clone(),
+        partition: source.partition.clone(),
+        table_type: table_kind(&table.r#type),
+        columns,
+        time_partitioning: table.time_partitioning.map(|time| TimePartitioning {
+            unit: time.r#type,
+            field: time.field,
+            expiration_ms: time.expiration_ms,
+        }),
+        range_partitioning: table.range_partitioning.map(|range| {
+            let bounds = range.range.unwrap_or_default();
+            let number = |text: &str| text.parse().unwrap_or_default();
+            RangePartitioning {
+                field: range.field,
+                start: number(&bounds.start),
+                end: number(&bounds.end),
+                interval: number(&bounds.interval),
+            }
+        }),
+        require_partition_filter: table.require_partition_filter.unwrap_or(false),
+        clustering: table.clustering.map(|c| c.fields).unwrap_or_default(),
+        labels: labels.into_iter().collect(),
+        description: table.description.filter(|d| !d.is_empty()),
+        view_query,
+    }
+}
+
+/// One column of `tables.get`'s schema, its fields nested.
+fn column_of(field: TableFieldSchema) -> Column {
+    Column {
+        name: field.name,
+        data_type: field.r#type,
+        mode: if field.mode.is_empty() {
+            "NULLABLE".to_string()
+        } else {
+            field.mode
+        },
+        fields: field.fields.into_iter().map(column_of).collect(),
+        description: field.description.filter(|d| !d.is_empty()),
+        default_value: field.default_value_expression.filter(|d| !d.is_empty()),
+        policy_tags: field.policy_tags.map(|t| t.names).unwrap_or_default(),
+    }
 }
 
 /// Cell `i` of a query's result row (`{"f": [{"v": …}, …]}`), as text.
@@ -1237,6 +1328,44 @@ impl Warehouse for BigQueryWarehouse {
             }
         }
         self.extract(request, location, None, &cancel).await
+    }
+
+    /// One `tables.get` per unit, in the worker: the planning queries'
+    /// `INFORMATION_SCHEMA` views hold no labels, policy tags or range
+    /// bounds, and a unit exported hours after planning records the table
+    /// as it was exported.
+    async fn definition(&self, source: &SourceTable) -> Result<TableDefinition, UnitError> {
+        let what = format!("reading the definition of table {}", source.table);
+        let table = metadata_retry()
+            .run(&what, || async {
+                self.tables
+                    .get_table()
+                    .set_project_id(&source.project)
+                    .set_dataset_id(&source.dataset)
+                    .set_table_id(&source.table)
+                    .send()
+                    .await
+                    .map_err(|e| classify(&what, &e))
+            })
+            .await?;
+        Ok(definition_of(table, source))
+    }
+
+    /// From one query of the dataset's `INFORMATION_SCHEMA.COLUMNS`, whose
+    /// `data_type` spells a nested or repeated column `STRUCT<…>` or
+    /// `ARRAY<…>`.
+    async fn column_types(&self) -> anyhow::Result<HashMap<String, Vec<(String, String)>>> {
+        let rows = self.column_rows().await?;
+        Ok(columns_by_table(&rows)
+            .into_iter()
+            .map(|(table, columns)| {
+                let typed = columns
+                    .into_iter()
+                    .map(|(name, data_type, _)| (name.to_string(), data_type.to_string()))
+                    .collect();
+                (table.to_string(), typed)
+            })
+            .collect())
     }
 }
 

@@ -3,12 +3,14 @@
 //! - [`queue`]: a SQLite work queue with Pub/Sub semantics (`queue://`).
 //! - [`warehouse`]: a SQLite database as a dataset (`sqlite://`).
 //! - [`dataset`]: makes such datasets, with dummy tables and injected faults.
+//! - [`definition`]: a table's definition, written beside its export.
 //! - [`partitions`]: partitioned tables and change markers of such datasets.
 //! - [`store`]: a folder as an object store (`file://`).
 //! - [`store_fault`]: stalls such a store's deletes, to kill a worker
 //!   while it settles.
 
 pub mod dataset;
+pub mod definition;
 pub mod jobs;
 pub mod partitions;
 pub mod queue;

@@ -21,13 +21,15 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
 use super::dataset::{Fault, FAULTS_TABLE};
-use super::jobs;
 use super::partitions::{self, PARTITIONING_TABLE};
 use super::store::{place, staging_file, FsStore};
 use super::{absolute, LocalUri};
+use super::{definition, jobs};
 use crate::contract::change::ChangeMarker;
+use crate::contract::message::SourceTable;
 use crate::contract::options::{Compression, ExportOptions, Format};
 use crate::error::{ConfigError, UnitError};
+use crate::ports::definition::TableDefinition;
 use crate::ports::warehouse::{
     Cancel, ExportRequest, ExportResult, PartitionInfo, TableInfo, TableKind, Warehouse,
 };
@@ -465,6 +467,52 @@ impl Warehouse for LocalWarehouse {
         })
         .await
         .map_err(|e| UnitError::transient("backendError", format!("export task failed: {e}")))?
+    }
+
+    async fn definition(&self, source: &SourceTable) -> Result<TableDefinition, UnitError> {
+        let pool = Arc::clone(&self.connections);
+        let wanted = source.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            pool.with(|kept| definition::read(&kept.conn, &wanted))
+        })
+        .await
+        .map_err(|e| {
+            UnitError::transient("backendError", format!("definition task failed: {e}"))
+        })?;
+        let found = read
+            .map_err(|e| sqlite_error("opening dataset", e))?
+            .map_err(|e| sqlite_error("reading the table's definition", e))?;
+        found.ok_or_else(|| {
+            UnitError::permanent(
+                "notFound",
+                format!("Not found: Table local:{}.{}", source.dataset, source.table),
+            )
+        })
+    }
+
+    /// SQLite's declared types: none is nested or repeated, so no format
+    /// the local warehouse writes (CSV, JSON) is refused for its types. A
+    /// view whose tables are gone has no columns to read: it is left out,
+    /// and its export fails in the worker as before.
+    async fn column_types(&self) -> anyhow::Result<HashMap<String, Vec<(String, String)>>> {
+        self.with_connection(move |conn| {
+            let names = conn
+                .prepare("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")?
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut types = HashMap::new();
+            for name in names {
+                let columns = conn
+                    .prepare_cached("SELECT name, type FROM pragma_table_xinfo(?1) ORDER BY cid")?
+                    .query_map([&name], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<Vec<(String, String)>>>();
+                if let Ok(columns) = columns {
+                    types.insert(name, columns);
+                }
+            }
+            Ok(types)
+        })
+        .await
     }
 }
 

@@ -30,9 +30,11 @@ const READ_CONCURRENCY: usize = 32;
 pub struct Folder {
     pub key: String,
     pub run: String,
-    /// Its objects, the manifest left out.
+    /// Its objects, the manifest and the definition left out.
     pub files: Vec<ObjectInfo>,
     pub manifest: Option<ObjectInfo>,
+    /// Its `_TABLE.json`.
+    pub definition: Option<ObjectInfo>,
 }
 
 /// A table's folder in the destination, as listed.
@@ -93,9 +95,12 @@ impl ListedDataset {
                     run: path.run.to_string(),
                     files: Vec::new(),
                     manifest: None,
+                    definition: None,
                 });
             if path.is_manifest() {
                 folder.manifest = Some(object);
+            } else if path.is_definition() {
+                folder.definition = Some(object);
             } else {
                 folder.files.push(object);
             }
@@ -635,6 +640,17 @@ fn check_files(
                 );
             }
         }
+    }
+    if export.folder.definition.is_none() {
+        findings.add(
+            Kind::MissingDefinition,
+            &format!("{}_TABLE.json", export.folder.key),
+            format!(
+                "run {run}'s export of {unit} has no _TABLE.json: a restore would not know the \
+                 table's columns, partitioning or clustering"
+            ),
+            fix.clone(),
+        );
     }
     let named: HashSet<&str> = export.record.files.iter().map(|f| f.key.as_str()).collect();
     for object in &export.folder.files {
