@@ -8,6 +8,7 @@ use clap::Parser;
 
 use bqdrain::adapters::backends;
 use bqdrain::adapters::gcp::run::WorkerJobs;
+use bqdrain::adapters::local::queue::{self, QueueUri};
 use bqdrain::cli::{fail, print_json};
 use bqdrain::commands::launch::{
     self, LaunchPlan, DEFAULT_ENDPOINT, DEFAULT_MAX_TASKS, DEFAULT_UNITS_PER_TASK,
@@ -150,6 +151,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         None => None,
     };
     let warehouses = backends::open_sources(&cli.source, "--source").await?;
+    if QueueUri::is_local(&cli.topic) {
+        let sources: Vec<&str> = warehouses.iter().map(|w| w.uri()).collect();
+        queue::refuse_source_as_queue(&cli.topic, "--topic", &sources)?;
+    }
     let topic = backends::open_topic(&cli.topic, "--topic").await?;
     let store = backends::open_store(&cli.destination, "--destination").await?;
     let jobs = match &launch_plan {

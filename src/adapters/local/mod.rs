@@ -5,11 +5,13 @@
 //! - [`dataset`]: makes such datasets, with dummy tables and injected faults.
 //! - [`partitions`]: partitioned tables and change markers of such datasets.
 //! - [`store`]: a folder as an object store (`file://`).
+//! - [`sqlite_file`]: what an existing SQLite file holds, read before use.
 
 pub mod dataset;
 pub mod jobs;
 pub mod partitions;
 pub mod queue;
+pub mod sqlite_file;
 pub mod store;
 pub mod warehouse;
 

@@ -24,7 +24,7 @@ use super::dataset::{Fault, FAULTS_TABLE};
 use super::jobs;
 use super::partitions::{self, PARTITIONING_TABLE};
 use super::store::{place, staging_file, FsStore};
-use super::{absolute, LocalUri};
+use super::{absolute, sqlite_file, LocalUri};
 use crate::contract::change::ChangeMarker;
 use crate::contract::options::{Compression, ExportOptions, Format};
 use crate::error::{ConfigError, UnitError};
@@ -79,6 +79,7 @@ impl LocalWarehouse {
                 "check the path, or run `bqdrain demo` to make one",
             ));
         }
+        sqlite_file::tables(&path, flag)?;
         let dataset = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -1082,5 +1083,51 @@ lines', -2.0);
         export(&wh, &out, "big", ExportOptions::default())
             .await
             .unwrap();
+    }
+
+    /// Item 12 of issue 18: infinity was written as `null` in JSON and
+    /// `inf` in CSV, silently.
+    #[tokio::test]
+    async fn infinity_is_spelled_as_bigquery_spells_it() {
+        let (dir, wh) = setup();
+        dataset::execute(
+            &dir.path().join("wh.db"),
+            "CREATE TABLE far (x REAL); INSERT INTO far VALUES (9e999), (-9e999), (0.5);",
+        )
+        .unwrap();
+        let out = dir.path().join("out");
+        let (_, csv) = export(&wh, &out, "far", ExportOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(csv.concat(), "x\nInfinity\n-Infinity\n0.5\n");
+        let json = ExportOptions {
+            format: Format::Json,
+            ..Default::default()
+        };
+        let (_, json) = export(&wh, &out, "far", json).await.unwrap();
+        assert_eq!(
+            json.concat(),
+            "{\"x\":\"Infinity\"}\n{\"x\":\"-Infinity\"}\n{\"x\":0.5}\n"
+        );
+    }
+
+    /// A BLOB's error named the column by its number in CSV.
+    #[tokio::test]
+    async fn a_blob_column_is_named_in_its_error() {
+        let (dir, wh) = setup();
+        dataset::execute(
+            &dir.path().join("wh.db"),
+            "CREATE TABLE pics (id INT, photo BLOB); INSERT INTO pics VALUES (1, x'00ff');",
+        )
+        .unwrap();
+        let out = dir.path().join("out");
+        for format in [Format::Csv, Format::Json] {
+            let options = ExportOptions {
+                format,
+                ..Default::default()
+            };
+            let err = export(&wh, &out, "pics", options).await.unwrap_err();
+            assert!(err.message.contains("column photo"), "{err}");
+        }
     }
 }
