@@ -572,7 +572,7 @@ fn export_blocking(
             Format::Json => render_json(row, &columns, &mut line)?,
             _ => render_csv(
                 row,
-                columns.len(),
+                &columns,
                 request.options.field_delimiter.as_bytes(),
                 &mut line,
             )?,
@@ -601,20 +601,37 @@ fn blob_error(column: &str) -> UnitError {
     )
 }
 
+/// How BigQuery spells a float that is not a number a file can hold: its
+/// JSON encoding of FLOAT64 is the string "Infinity", "-Infinity" or "NaN"
+/// (<https://cloud.google.com/bigquery/docs/reference/standard-sql/json_functions#json_encodings>),
+/// and its CSV exports write the same words. SQLite stores no NaN (it reads
+/// back as NULL), so only the infinities reach an export here.
+fn non_finite(v: f64) -> Option<&'static str> {
+    match v {
+        f64::INFINITY => Some("Infinity"),
+        f64::NEG_INFINITY => Some("-Infinity"),
+        v if v.is_nan() => Some("NaN"),
+        _ => None,
+    }
+}
+
 fn render_csv(
     row: &rusqlite::Row,
-    columns: usize,
+    columns: &[String],
     delimiter: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), UnitError> {
-    for i in 0..columns {
+    for (i, name) in columns.iter().enumerate() {
         if i > 0 {
             out.extend_from_slice(delimiter);
         }
         match row.get_ref(i).map_err(|e| sqlite_error("reading row", e))? {
             ValueRef::Null => {}
             ValueRef::Integer(v) => out.extend_from_slice(v.to_string().as_bytes()),
-            ValueRef::Real(v) => out.extend_from_slice(v.to_string().as_bytes()),
+            ValueRef::Real(v) => match non_finite(v) {
+                Some(word) => out.extend_from_slice(word.as_bytes()),
+                None => out.extend_from_slice(v.to_string().as_bytes()),
+            },
             ValueRef::Text(t) => {
                 let needs_quotes = t.iter().any(|&b| b == b'"' || b == b'\n' || b == b'\r')
                     || t.windows(delimiter.len()).any(|w| w == delimiter);
@@ -631,7 +648,7 @@ fn render_csv(
                     out.extend_from_slice(t);
                 }
             }
-            ValueRef::Blob(_) => return Err(blob_error(&i.to_string())),
+            ValueRef::Blob(_) => return Err(blob_error(name)),
         }
     }
     out.push(b'\n');
@@ -648,7 +665,10 @@ fn render_json(
         let value = match row.get_ref(i).map_err(|e| sqlite_error("reading row", e))? {
             ValueRef::Null => serde_json::Value::Null,
             ValueRef::Integer(v) => v.into(),
-            ValueRef::Real(v) => v.into(),
+            ValueRef::Real(v) => match non_finite(v) {
+                Some(word) => word.into(),
+                None => v.into(),
+            },
             ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned().into(),
             ValueRef::Blob(_) => return Err(blob_error(name)),
         };
