@@ -5,9 +5,8 @@
 //! temporary file to its key, which the file system refuses atomically when
 //! the key exists.
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -61,29 +60,45 @@ impl FsStore {
 /// concurrent writers never delete each other's.
 pub(crate) const STAGING: &str = ".bqdrain-tmp";
 
-/// Staged files older than this were left by a crashed process.
-const STAGING_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
-
-/// A fresh staging file under `root` (the folder exists once this returns).
-pub(crate) fn staging_file(root: &Path) -> std::io::Result<PathBuf> {
-    let dir = root.join(STAGING);
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir.join(format!("{:016x}.tmp", fastrand::u64(..))))
+/// A file being written in the staging folder. Its writer holds an
+/// exclusive lock on it until the file is placed, and the lock goes with the
+/// writer's process: a staged file nobody holds was left by a dead writer.
+pub(crate) struct Staged {
+    pub path: PathBuf,
+    pub file: std::fs::File,
 }
 
-/// Deletes what crashed writers left in the staging folder long ago.
+/// A fresh staging file under `root`, locked (the folder exists once this
+/// returns).
+pub(crate) fn staging_file(root: &Path) -> std::io::Result<Staged> {
+    let dir = root.join(STAGING);
+    std::fs::create_dir_all(&dir)?;
+    loop {
+        let path = dir.join(format!("{:016x}.tmp", fastrand::u64(..)));
+        let file = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        file.lock()?;
+        // A sweep may have taken the file between its creation and the
+        // lock: then start again with another.
+        if path.exists() {
+            return Ok(Staged { path, file });
+        }
+    }
+}
+
+/// Deletes what dead writers left in the staging folder: every file whose
+/// lock nobody holds.
 fn sweep_staging(root: &Path) {
     let Ok(entries) = std::fs::read_dir(root.join(STAGING)) else {
         return;
     };
     for entry in entries.flatten() {
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > STAGING_MAX_AGE);
-        if old {
+        let Ok(file) = std::fs::File::open(entry.path()) else {
+            continue;
+        };
+        if file.try_lock().is_ok() {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -111,12 +126,14 @@ pub(crate) fn place(
     }
 }
 
-fn write_temp(root: &Path, path: &Path, data: &[u8]) -> anyhow::Result<PathBuf> {
+fn write_temp(root: &Path, path: &Path, data: &[u8]) -> anyhow::Result<Staged> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let tmp = staging_file(root)?;
-    std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
+    let mut tmp = staging_file(root)?;
+    tmp.file
+        .write_all(data)
+        .with_context(|| format!("writing {}", tmp.path.display()))?;
     Ok(tmp)
 }
 
@@ -230,7 +247,7 @@ impl ObjectStore for FsStore {
         let root = self.root.clone();
         blocking(move || {
             let tmp = write_temp(&root, &path, &data)?;
-            place(&tmp, &path, |from, to| std::fs::rename(from, to))
+            place(&tmp.path, &path, |from, to| std::fs::rename(from, to))
                 .with_context(|| format!("renaming into {}", path.display()))
         })
         .await
@@ -247,8 +264,8 @@ impl ObjectStore for FsStore {
         let root = self.root.clone();
         blocking(move || {
             let tmp = write_temp(&root, &path, &data)?;
-            let linked = place(&tmp, &path, |from, to| std::fs::hard_link(from, to));
-            let _ = std::fs::remove_file(&tmp);
+            let linked = place(&tmp.path, &path, |from, to| std::fs::hard_link(from, to));
+            let _ = std::fs::remove_file(&tmp.path);
             match linked {
                 Ok(()) => Ok(true),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),

@@ -712,13 +712,14 @@ impl Sink {
         }
     }
 
-    /// Writes the gzip trailer and flushes, reporting what `Drop` would hide.
-    fn finish(self) -> std::io::Result<()> {
-        let mut file = match self {
+    /// Writes the gzip trailer and flushes, reporting what `Drop` would
+    /// hide; returns the file, whose lock must be held until it is placed.
+    fn finish(self) -> std::io::Result<File> {
+        let file = match self {
             Sink::Plain(w) => w,
             Sink::Gzip(w) => (*w).finish()?,
         };
-        file.flush()
+        file.into_inner().map_err(|e| e.into_error())
     }
 }
 
@@ -773,11 +774,9 @@ impl<'a> ShardWriter<'a> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, e))?;
         }
-        let tmp = staging_file(self.root).map_err(|e| io_error("staging", self.root, e))?;
-        let file = BufWriter::with_capacity(
-            256 * 1024,
-            File::create(&tmp).map_err(|e| io_error("creating", &tmp, e))?,
-        );
+        let staged = staging_file(self.root).map_err(|e| io_error("staging", self.root, e))?;
+        let tmp = staged.path;
+        let file = BufWriter::with_capacity(256 * 1024, staged.file);
         let mut sink = match self.request.options.compression {
             Compression::Gzip => Sink::Gzip(Box::new(GzEncoder::new(
                 file,
@@ -825,13 +824,14 @@ impl<'a> ShardWriter<'a> {
 
     fn close_shard(&mut self) -> Result<(), UnitError> {
         if let Some(shard) = self.open.take() {
-            shard
+            let locked = shard
                 .sink
                 .finish()
                 .map_err(|e| io_error("finishing", &shard.tmp, e))?;
             let path = self.root.join(&shard.key);
             place(&shard.tmp, &path, |from, to| std::fs::rename(from, to))
                 .map_err(|e| io_error("renaming", &path, e))?;
+            drop(locked);
             self.written.push(shard.key);
         }
         Ok(())
