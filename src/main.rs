@@ -248,9 +248,14 @@ struct DemoArgs {
     /// Worker processes to start, like Cloud Run tasks.
     #[arg(long, env = "BQDRAIN_DEMO_TASKS", default_value_t = 4)]
     tasks: usize,
-    /// Folder for the warehouse, queue, exports and logs (recreated, exports kept).
+    /// Folder for the warehouse, queue, exports and logs (recreated, exports
+    /// kept); refused when it holds anything the demo did not make.
     #[arg(long, env = "BQDRAIN_DEMO_DIR", default_value = "bqdrain-demo")]
     dir: PathBuf,
+    /// Use --dir even when it holds files or tables the demo did not make
+    /// (its warehouse.db and queue.db are replaced).
+    #[arg(long, env = "BQDRAIN_DEMO_FORCE")]
+    force: bool,
     /// Make this table unexportable, to show dead-lettering and replay (repeatable).
     #[arg(long, env = "BQDRAIN_DEMO_FAIL", value_delimiter = ',')]
     fail: Vec<String>,
@@ -504,6 +509,7 @@ async fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
                 html: args.html,
                 progress: !args.json,
                 incremental: args.incremental,
+                force: args.force,
             };
             let report = demo::run(&opts, &std::env::current_exe()?).await?;
             if args.json {
