@@ -5,6 +5,7 @@ pub mod drain;
 pub mod export;
 pub mod heartbeat;
 pub mod layout;
+pub mod limits;
 pub mod ownership;
 pub mod producer;
 pub mod retry;

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::contract::message::{check_path_segment, SourceTable, WorkMessage, SCHEMA_VERSION};
 use crate::contract::options::ExportOptions;
 use crate::engine::layout::{self, PlannedUnit, RetiredExport, RunManifest, SkippedTable};
+use crate::engine::limits;
 use crate::engine::ownership;
 use crate::engine::retry::RetryPolicy;
 use crate::engine::runs;
@@ -421,6 +422,8 @@ async fn publish_new(
         )
         .into());
     }
+    limits::check_names(&units, &run_id, &plan.options, store)?;
+    limits::check_daily_quota(&units, warehouses)?;
     // Nothing is written before this: a run refused above leaves no trace.
     if let Some(window) = plan.duplicate_window {
         let earlier = trigger::claim(

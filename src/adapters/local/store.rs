@@ -185,8 +185,39 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await?
 }
 
+/// Linux's limits: a file name of 255 bytes (`NAME_MAX`), a path of 4,096
+/// with its closing NUL (`PATH_MAX`).
+const MAX_FILE_NAME_BYTES: usize = 255;
+const MAX_PATH_BYTES: usize = 4095;
+
+/// Why the file system would refuse a file at `path`, if it would.
+fn path_problem(path: &Path) -> Option<String> {
+    let bytes = path.as_os_str().len();
+    if bytes > MAX_PATH_BYTES {
+        return Some(format!(
+            "its path would be {bytes} bytes, above the file system's limit of 4,096 ({})",
+            path.display()
+        ));
+    }
+    path.components()
+        .map(|c| c.as_os_str())
+        .find(|name| name.len() > MAX_FILE_NAME_BYTES)
+        .map(|name| {
+            format!(
+                "its file name would be {} bytes, above the file system's limit of \
+                 {MAX_FILE_NAME_BYTES} ({})",
+                name.len(),
+                name.to_string_lossy()
+            )
+        })
+}
+
 #[async_trait]
 impl ObjectStore for FsStore {
+    fn name_problem(&self, key: &str) -> Option<String> {
+        path_problem(&self.root.join(key))
+    }
+
     fn uri(&self) -> &str {
         &self.uri
     }
@@ -301,6 +332,20 @@ impl ObjectStore for FsStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_names_and_paths_are_held_to_the_file_systems_limits() {
+        let root = Path::new("/exports");
+        assert_eq!(path_problem(&root.join("a".repeat(255))), None);
+        let problem = path_problem(&root.join("a".repeat(256))).unwrap();
+        assert!(
+            problem.contains("file name would be 256 bytes"),
+            "{problem}"
+        );
+        let deep: PathBuf = (0..17).map(|_| "b".repeat(250)).collect();
+        let problem = path_problem(&root.join(deep)).unwrap();
+        assert!(problem.contains("limit of 4,096"), "{problem}");
+    }
     use std::sync::Arc;
 
     #[tokio::test]
