@@ -39,6 +39,21 @@ impl FsStore {
 
     pub fn open(uri: &str, flag: &str) -> Result<FsStore, ConfigError> {
         let root = Self::root_of(uri, flag)?;
+        let example = "name a folder, e.g. file:///data/exports or file://demo/exports";
+        if root.parent().is_none() {
+            return Err(ConfigError::new(
+                flag,
+                format!("{uri} is the file system's root, and exports would land beside /etc"),
+                example,
+            ));
+        }
+        if root.exists() && !root.is_dir() {
+            return Err(ConfigError::new(
+                flag,
+                format!("{} is a file, not a folder", root.display()),
+                example,
+            ));
+        }
         sweep_staging(&root);
         Ok(FsStore {
             uri: format!("file://{}", root.display()),
