@@ -64,9 +64,26 @@ impl UnitError {
     }
 
     /// Failures of the queue, the store or the local file system: the next
-    /// attempt may well succeed.
-    pub fn io(context: &str, err: impl fmt::Display) -> Self {
-        UnitError::transient("backendError", format!("{context}: {err}"))
+    /// attempt may well succeed, unless a name is longer than the file
+    /// system allows ("File name too long"), which no retry changes.
+    pub fn io(context: &str, err: impl Into<anyhow::Error>) -> Self {
+        let err = err.into();
+        let name_too_long = err.chain().any(|cause| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::InvalidFilename)
+        });
+        if name_too_long {
+            UnitError::permanent(
+                "invalid",
+                format!(
+                    "{context}: {err}; a name is too long for the destination's file system: \
+                     rename the table, or export to Cloud Storage"
+                ),
+            )
+        } else {
+            UnitError::transient("backendError", format!("{context}: {err}"))
+        }
     }
 
     pub fn is_transient(&self) -> bool {

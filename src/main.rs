@@ -20,12 +20,14 @@ use bqdrain::commands::report::ReplayTarget;
 use bqdrain::commands::{demo, reconcile, replay, status, verify};
 use bqdrain::engine::drain::{drain, DrainConfig, DrainReport, ExitReason};
 use bqdrain::engine::export::ExportHandler;
+use bqdrain::engine::layout;
 use bqdrain::engine::retry::RetryPolicy;
 use bqdrain::engine::shutdown;
 use bqdrain::engine::task::TaskIdentity;
 use bqdrain::error::ConfigError;
 use bqdrain::logging::{self, LogFormat};
 use bqdrain::ports::queue::ReceiveSettings;
+use bqdrain::ports::store::ObjectStore;
 
 #[derive(Parser)]
 #[command(
@@ -300,6 +302,72 @@ fn seconds(flag: &str, value: f64) -> Result<Duration, ConfigError> {
     })
 }
 
+/// The store of the run `--run-id` names, which must have a run manifest:
+/// a mistyped id would make the worker wait for units that never come.
+async fn watched_run(run_id: &str, destination: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    let store = backends::open_store(destination, "--destination").await?;
+    if store.read(&layout::run_manifest(run_id)).await?.is_none() {
+        return Err(ConfigError::new(
+            "--run-id",
+            format!("there is no run {run_id} in {destination}: it has no run manifest"),
+            "give the run id the producer printed, and the --destination it wrote to",
+        )
+        .into());
+    }
+    Ok(store)
+}
+
+/// A dead-letter queue that is the work queue would take back each failed
+/// message as new work, and fail it again, for ever.
+fn dead_letter_is_work_queue(args: &WorkArgs, dead_letter: &str) -> ConfigError {
+    let (flag, fix) = match &args.dead_letter_topic {
+        Some(_) => (
+            "--dead-letter-topic",
+            "give a queue of its own, e.g. the subscription's file with #dead",
+        ),
+        None => (
+            "--subscription",
+            "name another queue in its dead_letter setting, e.g. dead_letter=dead",
+        ),
+    };
+    ConfigError::new(
+        flag,
+        format!(
+            "{dead_letter} is the work queue {} reads, so a failed message would come back as \
+             work and fail again for ever",
+            args.subscription
+        ),
+        fix,
+    )
+}
+
+/// `fault` names a table that must be there: a typo would otherwise be a
+/// fault set on nothing, or a fix that fixes nothing, both with exit 0.
+fn require_table(path: &std::path::Path, source: &str, table: &str) -> anyhow::Result<()> {
+    if !path.exists() {
+        return Err(ConfigError::new(
+            "--source",
+            format!("{} does not exist", path.display()),
+            "check the path; `bqdrain demo --dir DIR` makes DIR/warehouse.db",
+        )
+        .into());
+    }
+    let names = dataset::table_names(path)?;
+    if names.iter().any(|n| n == table) {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        "--table",
+        format!("{source} has no table {table:?}"),
+        match names.len() {
+            0 => "the dataset has no tables; `bqdrain demo` makes some".to_string(),
+            1..=10 => format!("give one of: {}", names.join(", ")),
+            n => format!("give one of: {}, … ({n} in all)", names[..10].join(", ")),
+        },
+    )
+    .into())
+}
+
 #[derive(Serialize)]
 struct WorkOutcome {
     #[serde(flatten)]
@@ -309,6 +377,21 @@ struct WorkOutcome {
 }
 
 async fn work(args: WorkArgs, started: Instant) -> anyhow::Result<ExitCode> {
+    if args.idle_timeout == Some(0.0) {
+        return Err(ConfigError::new(
+            "--idle-timeout",
+            "is 0, so the worker would stop before its first pull",
+            "give a number of seconds above 0, such as 30, or leave the flag out (the ack \
+             deadline plus 10 s)",
+        )
+        .into());
+    }
+    let watched = match (&args.run_id, &args.destination) {
+        (Some(run_id), Some(destination)) => {
+            Some((run_id, watched_run(run_id, destination).await?))
+        }
+        _ => None,
+    };
     let receive = ReceiveSettings {
         max_outstanding: args.concurrency,
         max_lease: seconds("--task-timeout", args.task_timeout)?,
@@ -338,6 +421,10 @@ async fn work(args: WorkArgs, started: Instant) -> anyhow::Result<ExitCode> {
             "pass --dead-letter-topic (or add dead_letter=NAME to a queue:// subscription), so failures are kept, not lost",
         )
     })?;
+    if backends::same_topic(&dead_letter_uri, &subscription.topic()) {
+        subscription.close().await?;
+        return Err(dead_letter_is_work_queue(&args, &dead_letter_uri).into());
+    }
     let dead_letter = backends::open_topic(&dead_letter_uri, "--dead-letter-topic").await?;
     let idle_timeout = match args.idle_timeout {
         Some(s) => seconds("--idle-timeout", s)?,
@@ -363,11 +450,8 @@ async fn work(args: WorkArgs, started: Instant) -> anyhow::Result<ExitCode> {
         .into());
     }
     let handler = ExportHandler::new(retry, task.clone()).with_heartbeat(heartbeat);
-    if let (Some(run_id), Some(destination)) = (&args.run_id, &args.destination) {
-        handler.watch(
-            run_id,
-            backends::open_store(destination, "--destination").await?,
-        );
+    if let Some((run_id, store)) = watched {
+        handler.watch(run_id, store);
     }
     let handler = Arc::new(handler);
     let config = DrainConfig {
@@ -402,7 +486,20 @@ struct ReplayOutcome<'a> {
 async fn replay_dead_letters(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let launch_plan = args.launch.plan()?;
     let from = backends::open_subscription(&args.from, "--from", &ReceiveSettings::sweep()).await?;
-    let to = backends::open_topic(&args.to, "--to").await?;
+    if backends::same_topic(&args.to, &from.topic()) {
+        from.close().await?;
+        return Err(ConfigError::new(
+            "--to",
+            format!(
+                "{} is the topic --from {} receives from, so each replayed message would come \
+                 back to be replayed again, for ever",
+                args.to, args.from
+            ),
+            "give the work topic the workers pull from, e.g. queue://demo/queue.db#work",
+        )
+        .into());
+    }
+    let to = backends::open_existing_topic(&args.to, "--to").await?;
     let jobs = match &launch_plan {
         Some(plan) => Some(WorkerJobs::connect(&plan.endpoint).await?),
         None => None,
@@ -542,6 +639,7 @@ async fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
         }
         Command::Fault(args) => {
             let path = LocalWarehouse::path_of(&args.source, "--source")?;
+            require_table(&path, &args.source, &args.table)?;
             let fault = match args.kind {
                 FaultKind::Clear => None,
                 FaultKind::Permanent => Some(Fault::Permanent),

@@ -151,10 +151,6 @@ fn bad_input_exits_2_naming_the_flag() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--fail"));
 
-    let out = run(&["work", "--subscription", &sb.queue("work")]);
-    assert_eq!(out.status.code(), Some(2), "no dead-letter topic anywhere");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--dead-letter-topic"));
-
     let out = run(&[
         "work",
         "--subscription",

@@ -382,3 +382,22 @@ async fn replay_finds_the_matching_few_behind_many_held_others() {
     assert_eq!(sb.depth("work").await, 10);
     assert_eq!(sb.depth("dead").await, 150);
 }
+
+/// Issue 18, item 5: a queue that cannot be pulled from (its file locked by
+/// another process) is a failure, not an idle queue: the worker exits 1
+/// `queue_failed`, so Cloud Run retries the task, and takes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_queue_fails_the_worker_instead_of_idling() {
+    let sb = Sandbox::new();
+    sb.make_tables(5, 5);
+    sb.produce("", "r1").await;
+    let lock = rusqlite::Connection::open(sb.path("queue.db")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let worker = sb.spawn_worker(&sb.subscription(""), &["--idle-timeout", "1"]);
+    let (status, json) = finish(worker, Duration::from_secs(120));
+    lock.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(status.code(), Some(1), "{json}\n{}", sb.logs());
+    assert_eq!(json["exit"], "queue_failed", "{json}");
+    assert!(sb.logs().contains("database is locked"), "{}", sb.logs());
+    assert_eq!(sb.depth("work").await, 5, "nothing taken");
+}

@@ -597,6 +597,37 @@ async fn a_subscription_without_a_dead_letter_policy_is_refused() {
     );
 }
 
+/// Issue 18, items 1 and 2 on Pub/Sub: a dead-letter topic that is the
+/// work topic, and a replay to the topic its dead-letter subscription
+/// receives from, would loop for ever; both are refused, nothing pulled.
+#[tokio::test]
+async fn topics_that_feed_their_own_subscription_are_refused() {
+    let sb = GcpSandbox::new("selffeed", 5).await;
+    let work = sb.topic();
+    let out = sb.bqdrain(&[
+        "work",
+        "--subscription",
+        &sb.subscription(),
+        "--dead-letter-topic",
+        &work,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--dead-letter-topic") && stderr.contains("for ever"),
+        "{stderr}"
+    );
+    let dead = sb.dead_letter_topic();
+    let dead_subscription = sb.dead_letter_subscription();
+    let out = sb.bqdrain(&["replay", "--from", &dead_subscription, "--to", &dead]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--to") && stderr.contains("--from"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn a_stream_that_fails_for_good_makes_the_worker_fail() {
     let sb = GcpSandbox::new("streamfail", 5).await;

@@ -352,3 +352,47 @@ async fn names_too_long_for_the_store_are_refused_when_planning() {
     );
     assert_eq!(s.published().await, 4);
 }
+
+/// Issue 18, item 3: a table whose name cannot be a folder is skipped with
+/// the reason, as a view is, instead of published for a worker to refuse.
+#[tokio::test]
+async fn tables_whose_names_cannot_be_folders_are_skipped_with_the_reason() {
+    let s = Setup::new();
+    let db = s.dir.path().join("wh.db");
+    let names = ["", ".", "..", "a/b", "back\\slash", "new\nline"];
+    let names: Vec<String> = names.map(String::from).to_vec();
+    dataset::create_dummy_tables(&db, &names, 5).unwrap();
+    let out = s.produce(&["--json", "--run-id", "r1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["published"], 4, "a_1, a_2, a_3, b_1: {report}");
+    let published: Vec<String> = peek(&s.queue())
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.attributes["table"].clone())
+        .collect();
+    assert!(
+        published.iter().all(|t| names.iter().all(|n| n != t)),
+        "{published:?}"
+    );
+    for name in &names {
+        let skipped = report["skipped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["table"] == name.as_str())
+            .unwrap_or_else(|| panic!("{name:?} is not skipped: {report}"));
+        assert!(
+            skipped["reason"]
+                .as_str()
+                .unwrap()
+                .contains("cannot be a folder of the destination"),
+            "{skipped}"
+        );
+    }
+}

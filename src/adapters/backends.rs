@@ -40,6 +40,25 @@ pub async fn open_topic(uri: &str, flag: &str) -> anyhow::Result<Arc<dyn Topic>>
     }
 }
 
+/// The topic of a queue that must exist already, as a replay target does:
+/// only the producer makes a local queue file.
+pub async fn open_existing_topic(uri: &str, flag: &str) -> anyhow::Result<Arc<dyn Topic>> {
+    if QueueUri::is_local(uri) {
+        QueueUri::parse(uri, flag)?.require_file(flag)?;
+    }
+    open_topic(uri, flag).await
+}
+
+/// Whether two topic URIs name the same queue: for `queue://`, the same
+/// file and queue name whatever the settings or the path's spelling.
+pub fn same_topic(a: &str, b: &str) -> bool {
+    let canonical = |uri: &str| match QueueUri::parse(uri, "") {
+        Ok(q) => q.sibling(&q.name),
+        Err(_) => uri.trim_end_matches('/').to_string(),
+    };
+    canonical(a) == canonical(b)
+}
+
 pub async fn open_subscription(
     uri: &str,
     flag: &str,

@@ -65,7 +65,7 @@ pub async fn reconcile(
     let outcome = async {
         while let Some(batch) = sweep.next().await? {
             for d in batch {
-                if let Ok(msg) = WorkMessage::decode(&d.data) {
+                if let Some(msg) = WorkMessage::decode_for_record(&d.data) {
                     if msg.run_id == run_id && !settled(store, &msg).await? {
                         let (error, attempts) = cause(&d);
                         write_dead_record(store, &msg, &error, attempts, None).await?;

@@ -4,7 +4,9 @@
 //! subscription only once the republish is confirmed, so a crash in between
 //! duplicates a message (harmless: exports are idempotent) but never loses
 //! one. Messages that do not match are held until the whole dead-letter
-//! queue has been looked at, then given back untouched.
+//! queue has been looked at, then given back untouched. Replay takes only
+//! what the queue held when it began, so a target that feeds the dead-letter
+//! queue again cannot make it loop.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -85,6 +87,9 @@ pub async fn replay(
     filter: &ReplayFilter,
 ) -> anyhow::Result<ReplayReport> {
     let started = Instant::now();
+    // What the queue held when replay began: a message published since
+    // (one replayed to a topic that feeds `from` again) is left alone.
+    let began = chrono::Utc::now();
     let table = filter
         .table
         .as_deref()
@@ -115,7 +120,11 @@ pub async fn replay(
             break;
         };
         for d in batch {
-            if report.matched >= max || !matches(&d, filter.run_id.as_deref(), table.as_ref()) {
+            let arrived_since = d.published_at.is_some_and(|t| t > began);
+            if arrived_since
+                || report.matched >= max
+                || !matches(&d, filter.run_id.as_deref(), table.as_ref())
+            {
                 held.push(d);
                 continue;
             }

@@ -127,8 +127,19 @@ impl WorkMessage {
         Ok(msg)
     }
 
+    /// A body that [`WorkMessage::decode`] refuses for its names only (a
+    /// table named `..`, or with a slash), read for its dead-letter record:
+    /// the run and destination it names are still good, and the unit must
+    /// count as dead-lettered there, not stay pending for ever. Such a
+    /// message is never exported: its names would make paths outside its
+    /// folder.
+    pub fn decode_for_record(data: &[u8]) -> Option<WorkMessage> {
+        let msg: WorkMessage = serde_json::from_slice(data).ok()?;
+        (msg.v == SCHEMA_VERSION && check_path_segment(&msg.run_id).is_ok()).then_some(msg)
+    }
+
     /// Names become object keys: refuse anything that could escape a folder.
-    fn check_names(&self) -> Result<(), UnitError> {
+    pub fn check_names(&self) -> Result<(), UnitError> {
         let fields = [
             ("run_id", Some(&self.run_id)),
             ("source.dataset", Some(&self.source.dataset)),

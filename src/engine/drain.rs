@@ -198,6 +198,9 @@ pub async fn drain(
         .idle_timeout
         .max(ctx.subscription.max_backoff() + ctx.subscription.ack_deadline());
     let mut pull_failures = 0u32;
+    // When the first pull of the current run of failed pulls began: a queue
+    // that fails is not an idle one.
+    let mut failing_since: Option<Instant> = None;
 
     let exit = loop {
         while let Some(joined) = in_flight.try_join_next() {
@@ -232,6 +235,15 @@ pub async fn drain(
                     }
                 }
                 match &progress {
+                    _ if failing_since.is_some_and(|t| t.elapsed() < config.idle_timeout) => {}
+                    _ if failing_since.is_some() => {
+                        tracing::error!(
+                            failures = pull_failures,
+                            "the queue failed every pull for the idle timeout: giving up, so \
+                             that the task is retried"
+                        );
+                        break ExitReason::QueueFailed;
+                    }
                     Progress::Incomplete { .. } if idle < patience => {}
                     Progress::Incomplete { run_id, pending } => {
                         tracing::error!(
@@ -266,6 +278,7 @@ pub async fn drain(
         } else {
             BUSY_PULL_WAIT
         };
+        let pull_started = Instant::now();
         let pulled = tokio::select! {
             pulled = ctx.subscription.pull(free, wait) => pulled,
             _ = shutdown.draining() => continue,
@@ -273,6 +286,7 @@ pub async fn drain(
         match pulled {
             Ok(batch) => {
                 pull_failures = 0;
+                failing_since = None;
                 if !batch.is_empty() {
                     last_activity = Instant::now();
                 }
@@ -291,6 +305,7 @@ pub async fn drain(
             }
             Err(err) => {
                 pull_failures += 1;
+                failing_since.get_or_insert(pull_started);
                 if pull_failures >= MAX_PULL_FAILURES {
                     tracing::error!(
                         error = %format!("{err:#}"), failures = pull_failures,

@@ -656,7 +656,7 @@ impl Handler for ExportHandler {
         error: &UnitError,
         started_at: DateTime<Utc>,
     ) {
-        let Ok(msg) = WorkMessage::decode(&delivery.data) else {
+        let Some(msg) = WorkMessage::decode_for_record(&delivery.data) else {
             return;
         };
         let Ok(store) = self.store_for(&msg).await else {
@@ -677,6 +677,11 @@ impl Handler for ExportHandler {
         .await
         {
             tracing::error!(run_id = %msg.run_id, unit, error = %format!("{err:#}"), "cannot write dead-letter record");
+        }
+        // A message refused for its names made no files, and its folder
+        // would be a path outside the unit's.
+        if msg.check_names().is_err() {
+            return;
         }
         if let Err(err) = remove_uncommitted(&msg, store.as_ref()).await {
             tracing::warn!(run_id = %msg.run_id, unit, error = %err, "cannot delete the failed export's files");

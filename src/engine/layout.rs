@@ -22,7 +22,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::contract::change::ChangeMarker;
-use crate::contract::message::SourceTable;
+use crate::contract::message::{check_path_segment, SourceTable};
 use crate::contract::options::ExportOptions;
 use crate::engine::selection::CurrentExport;
 
@@ -89,19 +89,48 @@ pub fn active_prefix(run_id: &str) -> String {
 }
 
 pub fn active_record(run_id: &str, unit: &str) -> String {
-    format!("{}{unit}.json", active_prefix(run_id))
+    format!("{}{}.json", active_prefix(run_id), record_name(unit))
 }
 
 pub fn done_record(run_id: &str, unit: &str) -> String {
-    format!("{}{unit}.json", done_prefix(run_id))
+    format!("{}{}.json", done_prefix(run_id), record_name(unit))
 }
 
 pub fn dead_record(run_id: &str, unit: &str) -> String {
-    format!("{}{unit}.json", dead_prefix(run_id))
+    format!("{}{}.json", dead_prefix(run_id), record_name(unit))
 }
 
 pub fn superseded_record(run_id: &str, unit: &str) -> String {
-    format!("{}{unit}.json", superseded_prefix(run_id))
+    format!("{}{}.json", superseded_prefix(run_id), record_name(unit))
+}
+
+/// The longest unit name a record's file is named after: with `.json`, a
+/// file system's 255-byte limit on a file name.
+const RECORD_NAME_MAX: usize = 250;
+/// Marks a record named after its unit's hash.
+const HASHED_RECORD: char = '~';
+
+/// The file name (less `.json`) of a unit's records: the unit itself, or,
+/// for a name no file can carry (too long, empty, `..`, a separator), `~`
+/// and a hash of it, so that a record is always writable and the unit that
+/// cannot be exported is still counted as dead-lettered. Listings map
+/// names back to units through this function.
+pub fn record_name(unit: &str) -> String {
+    let writable = unit.len() <= RECORD_NAME_MAX
+        && !unit.starts_with(HASHED_RECORD)
+        && check_path_segment(unit).is_ok();
+    if writable {
+        unit.to_string()
+    } else {
+        format!("{HASHED_RECORD}{:016x}", stable_hash(unit))
+    }
+}
+
+/// FNV-1a: the same on every machine and release, unlike std's hasher.
+pub fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Whether `key` is the manifest of an export folder.
@@ -173,7 +202,7 @@ pub fn table_and_partition<'a>(dataset: &str, unit: &'a str) -> (&'a str, Option
     }
 }
 
-/// The unit named by a record key under `prefix`.
+/// The record name (see [`record_name`]) in a record key under `prefix`.
 pub fn unit_of_record<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
     key.strip_prefix(prefix)?.strip_suffix(".json")
 }

@@ -543,6 +543,18 @@ async fn publish_new(
     })
 }
 
+/// Why a table's name cannot be a folder of the destination (empty, `.`,
+/// `..`, a slash, a backslash, a control character), if it cannot: a worker
+/// would refuse its message as malformed.
+fn unnamable_reason(table: &str) -> Option<String> {
+    check_path_segment(table).err().map(|problem| {
+        format!(
+            "its name {problem}, so it cannot be a folder of the destination; rename the table \
+             to export it"
+        )
+    })
+}
+
 /// One source's part of a new run: its tables as filtered and skipped,
 /// planned into units, less those unchanged since their current export.
 /// With several sources, tables are named `DATASET.TABLE` in what is skipped.
@@ -561,17 +573,19 @@ async fn plan_source(
     tables.retain(|t| filters.select(dataset, &t.name));
     let excluded = listed - tables.len();
     let mut skipped = Vec::new();
-    tables.retain(|t| match t.kind.unexportable_reason() {
-        None => true,
-        Some(_) if plan.views && t.kind.is_view() => true,
-        Some(reason) => {
-            tracing::info!(dataset, table = %t.name, kind = ?t.kind, reason, "skipping");
-            skipped.push(SkippedTable {
-                table: run_name(dataset, &t.name, several),
-                reason: reason.to_string(),
-            });
-            false
-        }
+    tables.retain(|t| {
+        let reason = match (unnamable_reason(&t.name), t.kind.unexportable_reason()) {
+            (Some(reason), _) => reason,
+            (None, None) => return true,
+            (None, Some(_)) if plan.views && t.kind.is_view() => return true,
+            (None, Some(reason)) => reason.to_string(),
+        };
+        tracing::info!(dataset, table = %t.name, kind = ?t.kind, reason, "skipping");
+        skipped.push(SkippedTable {
+            table: run_name(dataset, &t.name, several),
+            reason,
+        });
+        false
     });
     let (view_sizes, too_costly) = size_views(plan, warehouse, &mut tables, several).await;
     // The current exports: what is unchanged, gone, or exported whole.

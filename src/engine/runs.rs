@@ -82,7 +82,8 @@ struct Records {
     superseded: Summaries,
 }
 
-/// Unit -> its record's summary, if the listing carried one.
+/// Record name (see [`layout::record_name`]) -> its record's summary, if
+/// the listing carried one.
 type Summaries = HashMap<String, Option<String>>;
 
 #[derive(Clone, Copy)]
@@ -102,8 +103,8 @@ impl Records {
                     .await?
                     .into_iter()
                     .filter_map(|o| {
-                        let unit = layout::unit_of_record(&prefix, &o.key)?.to_string();
-                        Some((unit, o.summary))
+                        let name = layout::unit_of_record(&prefix, &o.key)?.to_string();
+                        Some((name, o.summary))
                     })
                     .collect::<Summaries>(),
             )
@@ -137,7 +138,7 @@ impl Records {
             Settled::DeadLettered => (&self.dead, layout::dead_record(run_id, unit)),
             Settled::Superseded => (&self.superseded, layout::superseded_record(run_id, unit)),
         };
-        match listed.get(unit) {
+        match listed.get(&layout::record_name(unit)) {
             Some(Some(summary)) => {
                 Ok(Some(serde_json::from_str(summary).with_context(|| {
                     format!("parsing the summary of {key}")
@@ -151,11 +152,12 @@ impl Records {
     /// export); then a completion record (a dead-lettered unit may have been
     /// replayed and exported since).
     fn of(&self, unit: &str) -> Settled {
-        if self.superseded.contains_key(unit) {
+        let name = layout::record_name(unit);
+        if self.superseded.contains_key(&name) {
             Settled::Superseded
-        } else if self.done.contains_key(unit) {
+        } else if self.done.contains_key(&name) {
             Settled::Exported
-        } else if self.dead.contains_key(unit) {
+        } else if self.dead.contains_key(&name) {
             Settled::DeadLettered
         } else {
             Settled::Pending
@@ -330,7 +332,7 @@ impl RunTracker {
                 if !matches!(records.of(unit), Settled::Pending) {
                     continue;
                 }
-                let beat: Option<ActiveRecord> = match active.get(unit) {
+                let beat: Option<ActiveRecord> = match active.get(&layout::record_name(unit)) {
                     None => return Ok(false),
                     Some(Some(summary)) => serde_json::from_str(summary).ok(),
                     Some(None) => {

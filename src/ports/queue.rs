@@ -153,6 +153,11 @@ pub trait Subscription: Send + Sync {
     /// The topic the subscription's dead-letter policy forwards to, if any.
     fn dead_letter_topic(&self) -> Option<String>;
 
+    /// The topic this subscription receives from: a dead-letter topic or a
+    /// replay target that is this topic would feed the subscription its own
+    /// messages for ever.
+    fn topic(&self) -> String;
+
     /// The longest the subscription's retry policy holds a nacked message
     /// back before redelivering it; zero without a policy (redelivery at
     /// once). A worker waiting for a run to finish waits at least this long.

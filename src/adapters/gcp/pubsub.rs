@@ -113,6 +113,7 @@ pub struct PubSubSubscription {
     ack_deadline: Duration,
     max_delivery_attempts: Option<u32>,
     dead_letter_topic: Option<String>,
+    topic: String,
     /// The retry policy's maximum backoff; zero without a retry policy.
     max_backoff: Duration,
     received: tokio::sync::Mutex<mpsc::Receiver<Received>>,
@@ -174,6 +175,7 @@ impl PubSubSubscription {
                 .as_ref()
                 .map(|p| p.max_delivery_attempts.max(5) as u32),
             dead_letter_topic: policy.map(|p| format!("{SCHEME}{}", p.dead_letter_topic)),
+            topic: format!("{SCHEME}{}", config.topic),
             max_backoff,
             received: tokio::sync::Mutex::new(rx),
             stop,
@@ -293,6 +295,10 @@ impl Subscription for PubSubSubscription {
 
     fn dead_letter_topic(&self) -> Option<String> {
         self.dead_letter_topic.clone()
+    }
+
+    fn topic(&self) -> String {
+        self.topic.clone()
     }
 
     fn max_backoff(&self) -> Duration {

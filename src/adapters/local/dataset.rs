@@ -108,6 +108,20 @@ pub fn execute(path: &Path, sql: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The dataset's tables and views, as `fault --table` may name them.
+pub fn table_names(path: &Path) -> anyhow::Result<Vec<String>> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut stmt = conn.prepare(
+        "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')
+           AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE '\\_bqdrain\\_%' ESCAPE '\\'
+         ORDER BY name",
+    )?;
+    let names = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(names)
+}
+
 pub fn set_fault(path: &Path, table: &str, fault: Fault) -> anyhow::Result<()> {
     let conn = open(path)?;
     ensure_faults_table(&conn)?;

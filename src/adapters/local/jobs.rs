@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::store::STAGING;
+use crate::engine::layout::stable_hash;
 use crate::error::UnitError;
 use crate::ports::warehouse::{Cancel, ExportResult};
 
@@ -47,7 +48,7 @@ pub fn start(
     let io = |what: &str, path: &Path, e| UnitError::io(&format!("{what} {}", path.display()), e);
     let dir = root.join(STAGING);
     std::fs::create_dir_all(&dir).map_err(|e| io("creating", &dir, e))?;
-    let name = format!("job-{:016x}", fnv1a(job_key));
+    let name = format!("job-{:016x}", stable_hash(job_key));
     let lock_path = dir.join(format!("{name}.lock"));
     let lock = File::options()
         .create(true)
@@ -104,12 +105,6 @@ impl Job {
 
 /// FNV-1a: a stable short name for a job key, which may be longer than a
 /// file name may be.
-fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -167,6 +167,21 @@ impl QueueUri {
     pub fn sibling(&self, name: &str) -> String {
         format!("queue://{}#{}", self.path.display(), name)
     }
+
+    /// Refuses a queue file that is not there: only the producer makes one,
+    /// so a missing file is a mistyped path, which must not become a new,
+    /// empty queue that a worker or replay then finds idle.
+    pub fn require_file(&self, flag: &str) -> Result<(), ConfigError> {
+        if self.path.exists() {
+            return Ok(());
+        }
+        Err(ConfigError::new(
+            flag,
+            format!("queue file {} does not exist", self.path.display()),
+            "check the path (the producer's --topic names it); only bqdrain-producer makes a \
+             queue file, so run it first",
+        ))
+    }
 }
 
 fn fix_query() -> &'static str {
@@ -333,6 +348,7 @@ impl LocalSubscription {
         receive: &ReceiveSettings,
     ) -> anyhow::Result<LocalSubscription> {
         let settings = QueueUri::parse(uri, flag)?;
+        settings.require_file(flag)?;
         refuse_foreign_file(&settings, flag)?;
         Ok(LocalSubscription {
             uri: uri.to_string(),
@@ -449,6 +465,10 @@ impl Subscription for LocalSubscription {
 
     fn max_backoff(&self) -> Duration {
         self.settings.backoff.map_or(Duration::ZERO, |b| b.max)
+    }
+
+    fn topic(&self) -> String {
+        self.settings.sibling(&self.settings.name)
     }
 
     async fn pull(&self, max: usize, wait: Duration) -> anyhow::Result<Vec<Delivery>> {
