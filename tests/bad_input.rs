@@ -300,6 +300,20 @@ const CASES: &[Case] = &[
         ..ROW
     },
     Case {
+        name: "a destination that cannot be written",
+        bin: Bin::Producer,
+        args: &[
+            "--source",
+            "sqlite://{dir}/warehouse.db",
+            "--topic",
+            "queue://{dir}/queue.db#work",
+            "--destination",
+            "file:///sys/bqdrain-exports",
+        ],
+        says: &["--destination", "cannot be written"],
+        ..ROW
+    },
+    Case {
         name: "the file system's root as the destination",
         args: &["status", "--destination", "file:///", "--run-id", "r1"],
         says: &["--destination", "root"],

@@ -210,3 +210,19 @@ async fn a_dollar_in_a_table_name_is_no_partition() {
     assert!(!text.contains("partition"), "{text}");
     assert!(text.contains("dollar$1  exported"), "{text}");
 }
+
+/// A read-only destination was retried for 7.5 s before `Operation not
+/// permitted`, exit 1. (`/sys` refuses new folders even to root, where
+/// permissions would not.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_that_cannot_be_written_is_refused_before_publishing() {
+    let sb = Sandbox::new();
+    sb.make_tables(1, 5);
+    let out = Command::new(std::path::Path::new(BIN).with_file_name("bqdrain-producer"))
+        .args(["--source", &sb.source(""), "--topic", &sb.queue("work")])
+        .args(["--destination", "file:///sys/bqdrain-exports"])
+        .output()
+        .unwrap();
+    assert_refused(&out, &["--destination", "cannot be written", "permissions"]);
+    assert_eq!(sb.depth("work").await, 0, "nothing published");
+}

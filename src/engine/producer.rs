@@ -424,6 +424,14 @@ async fn publish_new(
     }
     limits::check_names(&units, &run_id, &plan.options, store)?;
     limits::check_daily_quota(&units, warehouses)?;
+    if let Some(problem) = store.write_problem().await {
+        return Err(ConfigError::new(
+            "--destination",
+            problem,
+            "give a destination you can write to, or fix its permissions",
+        )
+        .into());
+    }
     // Nothing is written before this: a run refused above leaves no trace.
     if let Some(window) = plan.duplicate_window {
         let earlier = trigger::claim(

@@ -38,6 +38,12 @@ pub trait ObjectStore: Send + Sync {
         None
     }
 
+    /// Why nothing can be written to the store, if that is known before
+    /// trying (a read-only folder): checked before a run writes anything.
+    async fn write_problem(&self) -> Option<String> {
+        None
+    }
+
     /// Every object whose key starts with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectInfo>>;
 

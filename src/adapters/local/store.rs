@@ -233,6 +233,22 @@ impl ObjectStore for FsStore {
         path_problem(&self.root.join(key))
     }
 
+    /// Makes the folder and a staging file in it: a folder that is
+    /// read-only, or under one, fails here at once, rather than after the
+    /// retries of a write.
+    async fn write_problem(&self) -> Option<String> {
+        let root = self.root.clone();
+        blocking(move || {
+            std::fs::create_dir_all(&root)?;
+            let staged = staging_file(&root)?;
+            std::fs::remove_file(&staged.path)?;
+            Ok(())
+        })
+        .await
+        .err()
+        .map(|e| format!("{} cannot be written: {e:#}", self.root.display()))
+    }
+
     fn uri(&self) -> &str {
         &self.uri
     }
