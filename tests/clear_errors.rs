@@ -226,3 +226,33 @@ async fn a_destination_that_cannot_be_written_is_refused_before_publishing() {
     assert_refused(&out, &["--destination", "cannot be written", "permissions"]);
     assert_eq!(sb.depth("work").await, 0, "nothing published");
 }
+
+/// `replay` with nothing to replay took 7 s: a sweep waited for pulls to
+/// come back empty. A queue that can count its messages is not pulled when
+/// it holds none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_of_an_empty_dead_letter_queue_does_not_wait() {
+    let sb = Sandbox::new();
+    sb.make_tables(1, 5);
+    sb.produce("", "r1").await;
+    sb.produce_to("dead", "", "r2").await;
+    let replay = || {
+        let out = sb.replay(&[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json_of(&out)
+    };
+    let report = replay();
+    assert_eq!(
+        (report["replayed"].as_u64(), report["pulls"].as_u64()),
+        (Some(1), Some(4))
+    );
+    let report = replay();
+    assert_eq!(
+        (report["replayed"].as_u64(), report["pulls"].as_u64()),
+        (Some(0), Some(0))
+    );
+}

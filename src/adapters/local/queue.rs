@@ -471,6 +471,10 @@ impl Subscription for LocalSubscription {
         self.settings.sibling(&self.settings.name)
     }
 
+    async fn depth_if_known(&self) -> anyhow::Result<Option<u64>> {
+        Ok(Some(self.depth().await?))
+    }
+
     async fn pull(&self, max: usize, wait: Duration) -> anyhow::Result<Vec<Delivery>> {
         let deadline = Instant::now() + wait;
         loop {
