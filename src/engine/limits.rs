@@ -48,25 +48,19 @@ pub fn check_names(
     options: &ExportOptions,
     store: &dyn ObjectStore,
 ) -> Result<(), ConfigError> {
-    let problems: Vec<String> = units
+    let refused: Vec<(&PlannedUnit, String)> = units
         .iter()
         .filter_map(|unit| {
             let keys = unit_keys(unit, run_id, options);
-            let problem = keys.iter().find_map(|key| store.name_problem(key))?;
-            Some(format!("{}: {problem}", unit.unit))
+            Some((unit, keys.iter().find_map(|key| store.name_problem(key))?))
         })
         .collect();
-    if problems.is_empty() {
+    let Some((first, _)) = refused.first() else {
         return Ok(());
-    }
-    let tables: Vec<&str> = units
+    };
+    let problems: Vec<String> = refused
         .iter()
-        .filter(|u| {
-            problems
-                .iter()
-                .any(|p| p.starts_with(&format!("{}: ", u.unit)))
-        })
-        .map(|u| u.source.table.as_str())
+        .map(|(unit, problem)| format!("{}: {problem}", unit.unit))
         .collect();
     Err(ConfigError::new(
         "--destination",
@@ -79,7 +73,7 @@ pub fn check_names(
         format!(
             "leave them out with --exclude '{}', rename the tables, or choose a shorter \
              destination (prefix or path)",
-            tables.first().copied().unwrap_or("TABLE")
+            first.source.table
         ),
     ))
 }
