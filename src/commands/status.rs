@@ -32,8 +32,9 @@ pub struct StatusReport {
     /// Exports the producer retired while planning: partitions gone from
     /// live tables, and with `--prune-gone` tables gone from the source.
     pub retired: Vec<RetiredExport>,
-    /// Whether every message of the run was confirmed published; a run
-    /// whose producer stopped before is finished by `--resume`.
+    /// Whether every message of the run was confirmed published (taken as
+    /// so when no unit is pending); a run whose producer stopped before is
+    /// finished by `--resume`.
     pub published: bool,
     /// The partition of each partition unit, from the run manifest: a
     /// table's name may hold a `$` too.
@@ -54,7 +55,10 @@ pub async fn run_status(store: &dyn ObjectStore, run_id: &str) -> anyhow::Result
         )
         .into());
     };
-    let published = store.read(&layout::run_published(run_id)).await?.is_some();
+    // Read only while units are pending, when it decides the hint: a
+    // complete run's status reads its manifest alone.
+    let published =
+        state.totals().pending == 0 || store.read(&layout::run_published(run_id)).await?.is_some();
     let partitions = state
         .manifest
         .units
