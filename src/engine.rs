@@ -7,6 +7,7 @@ pub mod export;
 pub mod heartbeat;
 pub mod holdable;
 pub mod layout;
+pub mod limits;
 pub mod ownership;
 pub mod producer;
 pub mod retry;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
@@ -13,7 +14,7 @@ use bqdrain::adapters::gcp::pubsub;
 use bqdrain::adapters::gcp::run::WorkerJobs;
 use bqdrain::adapters::local::dataset::{self, Fault};
 use bqdrain::adapters::local::warehouse::LocalWarehouse;
-use bqdrain::cli::{fail, peak_rss_bytes, print_json};
+use bqdrain::cli::{at_least_one, fail, peak_rss_bytes, print_json};
 use bqdrain::commands::launch::{self, LaunchArgs, LaunchReport, LaunchStatus};
 use bqdrain::commands::report::ReplayTarget;
 use bqdrain::commands::{demo, reconcile, replay, status, verify};
@@ -48,13 +49,18 @@ struct Cli {
     command: Command,
 }
 
+/// Every subcommand reads `-1` as a flag's value, so that a negative
+/// number is refused naming its flag rather than as an unknown argument.
 #[derive(Subcommand)]
 enum Command {
     /// Pull work messages and export each unit, until the runs seen are done.
+    #[command(allow_negative_numbers = true)]
     Work(WorkArgs),
     /// Move dead-lettered messages back to the work topic.
+    #[command(allow_negative_numbers = true)]
     Replay(ReplayArgs),
     /// Show each unit of a run: pending, exported, or dead-lettered and why.
+    #[command(allow_negative_numbers = true)]
     Status(StatusArgs),
     /// Check a destination against the rule its exports keep, from listings.
     ///
@@ -80,10 +86,13 @@ enum Command {
     /// Prints one line per discrepancy, naming the object or folder and the
     /// fix. Exit status: 0 when every check holds, 1 when any discrepancy
     /// is found (or the check cannot finish), 2 for a bad flag.
+    #[command(allow_negative_numbers = true)]
     Verify(VerifyArgs),
     /// Run the whole flow locally: dummy tables, producer, worker processes.
+    #[command(allow_negative_numbers = true)]
     Demo(DemoArgs),
     /// Make a table of a local sqlite:// dataset fail or stall, or clear that.
+    #[command(allow_negative_numbers = true)]
     Fault(FaultArgs),
 }
 
@@ -131,7 +140,7 @@ struct WorkArgs {
     #[arg(long, env = "BQDRAIN_DESTINATION", requires = "run_id")]
     destination: Option<String>,
     /// Units exported at once by this task.
-    #[arg(long, env = "BQDRAIN_CONCURRENCY", default_value_t = 4)]
+    #[arg(long, env = "BQDRAIN_CONCURRENCY", default_value_t = 4, value_parser = at_least_one)]
     concurrency: usize,
     /// Exit after this many seconds with nothing received and nothing held
     /// [default: the ack deadline plus 10 s, so a redelivery is still caught].
@@ -159,7 +168,7 @@ struct WorkArgs {
     #[arg(long, env = "BQDRAIN_HEARTBEAT", default_value_t = 60.0)]
     heartbeat: f64,
     /// Print one JSON object with the outcome on stdout.
-    #[arg(long, env = "BQDRAIN_JSON")]
+    #[arg(long, env = "BQDRAIN_JSON", value_parser = BoolishValueParser::new())]
     json: bool,
 }
 
@@ -178,14 +187,14 @@ struct ReplayArgs {
     #[arg(long, env = "BQDRAIN_TABLE")]
     table: Option<String>,
     /// List what would be replayed; move nothing.
-    #[arg(long, env = "BQDRAIN_DRY_RUN")]
+    #[arg(long, env = "BQDRAIN_DRY_RUN", value_parser = BoolishValueParser::new())]
     dry_run: bool,
     /// Replay at most this many messages.
     #[arg(long, env = "BQDRAIN_MAX")]
     max: Option<usize>,
     #[command(flatten)]
     launch: LaunchArgs,
-    #[arg(long, env = "BQDRAIN_JSON")]
+    #[arg(long, env = "BQDRAIN_JSON", value_parser = BoolishValueParser::new())]
     json: bool,
 }
 
@@ -208,7 +217,7 @@ struct StatusArgs {
     /// Also write the run report, one self-contained HTML page, to this file.
     #[arg(long, env = "BQDRAIN_HTML", value_name = "FILE")]
     html: Option<PathBuf>,
-    #[arg(long, env = "BQDRAIN_JSON")]
+    #[arg(long, env = "BQDRAIN_JSON", value_parser = BoolishValueParser::new())]
     json: bool,
 }
 
@@ -231,12 +240,12 @@ struct VerifyArgs {
     /// Also download every file of every current export and count its rows
     /// (CSV and JSON, plain or gzip; avro and parquet are not counted):
     /// as many bytes as the destination holds.
-    #[arg(long, env = "BQDRAIN_DEEP")]
+    #[arg(long, env = "BQDRAIN_DEEP", value_parser = BoolishValueParser::new())]
     deep: bool,
     /// Print one JSON object with the report on stdout: counts per kind,
     /// every discrepancy (kind, path, detail, fix), notes, what was checked
     /// and the listing calls made.
-    #[arg(long, env = "BQDRAIN_JSON")]
+    #[arg(long, env = "BQDRAIN_JSON", value_parser = BoolishValueParser::new())]
     json: bool,
 }
 
@@ -250,9 +259,14 @@ struct DemoArgs {
     /// Worker processes to start, like Cloud Run tasks.
     #[arg(long, env = "BQDRAIN_DEMO_TASKS", default_value_t = 4)]
     tasks: usize,
-    /// Folder for the warehouse, queue, exports and logs (recreated, exports kept).
+    /// Folder for the warehouse, queue, exports and logs (recreated, exports
+    /// kept); refused when it holds anything the demo did not make.
     #[arg(long, env = "BQDRAIN_DEMO_DIR", default_value = "bqdrain-demo")]
     dir: PathBuf,
+    /// Use --dir even when it holds files or tables the demo did not make
+    /// (its warehouse.db and queue.db are replaced).
+    #[arg(long, env = "BQDRAIN_DEMO_FORCE", value_parser = BoolishValueParser::new())]
+    force: bool,
     /// Make this table unexportable, to show dead-lettering and replay (repeatable).
     #[arg(long, env = "BQDRAIN_DEMO_FAIL", value_delimiter = ',')]
     fail: Vec<String>,
@@ -261,18 +275,29 @@ struct DemoArgs {
     html: Option<PathBuf>,
     /// Add a table partitioned by day, export it partition by partition,
     /// change a few rows, and run again exporting only what changed.
-    #[arg(long, env = "BQDRAIN_DEMO_INCREMENTAL")]
+    #[arg(long, env = "BQDRAIN_DEMO_INCREMENTAL", value_parser = BoolishValueParser::new())]
     incremental: bool,
-    #[arg(long, env = "BQDRAIN_JSON")]
+    #[arg(long, env = "BQDRAIN_JSON", value_parser = BoolishValueParser::new())]
     json: bool,
 }
 
+/// The longest span a flag of seconds takes: a year, beyond any Cloud Run
+/// task's (7 days at most), and safe to add to any instant.
+const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
 fn seconds(flag: &str, value: f64) -> Result<Duration, ConfigError> {
+    if value > MAX_SECONDS {
+        return Err(ConfigError::new(
+            flag,
+            format!("{value:e} seconds is more than a year"),
+            format!("give at most {MAX_SECONDS} seconds"),
+        ));
+    }
     Duration::try_from_secs_f64(value).map_err(|_| {
         ConfigError::new(
             flag,
             format!("{value} is not a number of seconds"),
-            "give a non-negative number",
+            "give a number of 0 or more, such as 30",
         )
     })
 }
@@ -352,9 +377,6 @@ struct WorkOutcome {
 }
 
 async fn work(args: WorkArgs, started: Instant) -> anyhow::Result<ExitCode> {
-    if args.concurrency == 0 {
-        return Err(ConfigError::new("--concurrency", "is 0", "give at least 1").into());
-    }
     if args.idle_timeout == Some(0.0) {
         return Err(ConfigError::new(
             "--idle-timeout",
@@ -601,6 +623,7 @@ async fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
                 html: args.html,
                 progress: !args.json,
                 incremental: args.incremental,
+                force: args.force,
             };
             let report = demo::run(&opts, &std::env::current_exe()?).await?;
             if args.json {
@@ -636,7 +659,7 @@ async fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let started = Instant::now();
-    let cli = Cli::parse();
+    let cli: Cli = bqdrain::cli::parse();
     logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -214,7 +214,183 @@ const CASES: &[Case] = &[
         says: &["--run-id", "nosuch", "no run"],
         ..ROW
     },
+    // Item 9: the demo's folder holding a user's files.
+    Case {
+        name: "the demo in a folder holding a user's file",
+        args: &["demo", "--tables", "1", "--dir", "{dir}/mine"],
+        prepare: users_folder,
+        says: &["--dir", "notes.txt", "--force"],
+        ..ROW
+    },
+    Case {
+        name: "the demo in a file",
+        args: &["demo", "--tables", "1", "--dir", "{dir}/notes.txt"],
+        prepare: text_file,
+        says: &["--dir", "is a file"],
+        ..ROW
+    },
+    // Item 10: a delimiter CSV cannot carry.
+    Case {
+        name: "a quote as the CSV delimiter",
+        bin: Bin::Producer,
+        args: &[
+            "--source",
+            "sqlite://{dir}/warehouse.db",
+            "--topic",
+            "queue://{dir}/queue.db#work",
+            "--destination",
+            "file://{dir}/exports",
+            "--field-delimiter",
+            "\"",
+        ],
+        says: &["--field-delimiter", "CSV"],
+        ..ROW
+    },
+    // Item 11: the warehouse as the queue.
+    Case {
+        name: "the warehouse file as the queue",
+        bin: Bin::Producer,
+        args: &[
+            "--source",
+            "sqlite://{dir}/warehouse.db",
+            "--topic",
+            "queue://{dir}/warehouse.db#work",
+            "--destination",
+            "file://{dir}/exports",
+        ],
+        says: &["--topic", "is a source of this run"],
+        ..ROW
+    },
+    Case {
+        name: "a worker on the warehouse file",
+        args: &[
+            "work",
+            "--subscription",
+            "queue://{dir}/warehouse.db?dead_letter=dead#work",
+        ],
+        says: &["--subscription", "t_001", "not a queue's"],
+        ..ROW
+    },
+    // Errors that name the thing and the fix.
+    Case {
+        name: "a source that is not SQLite",
+        bin: Bin::Producer,
+        args: &[
+            "--source",
+            "sqlite://{dir}/notes.txt",
+            "--topic",
+            "queue://{dir}/queue.db#work",
+            "--destination",
+            "file://{dir}/exports",
+        ],
+        prepare: text_file,
+        says: &["--source", "not a SQLite database"],
+        ..ROW
+    },
+    Case {
+        name: "a queue that is not SQLite",
+        args: &[
+            "work",
+            "--subscription",
+            "queue://{dir}/notes.txt?dead_letter=dead#work",
+        ],
+        prepare: text_file,
+        says: &["--subscription", "not a SQLite database"],
+        ..ROW
+    },
+    Case {
+        name: "a destination that is a file",
+        bin: Bin::Producer,
+        args: &[
+            "--source",
+            "sqlite://{dir}/warehouse.db",
+            "--topic",
+            "queue://{dir}/queue.db#work",
+            "--destination",
+            "file://{dir}/notes.txt",
+        ],
+        prepare: text_file,
+        says: &["--destination", "is a file"],
+        ..ROW
+    },
+    Case {
+        name: "a destination that cannot be written",
+        bin: Bin::Producer,
+        args: &[
+            "--source",
+            "sqlite://{dir}/warehouse.db",
+            "--topic",
+            "queue://{dir}/queue.db#work",
+            "--destination",
+            "file:///sys/bqdrain-exports",
+        ],
+        says: &["--destination", "cannot be written"],
+        ..ROW
+    },
+    Case {
+        name: "the file system's root as the destination",
+        args: &["status", "--destination", "file:///", "--run-id", "r1"],
+        says: &["--destination", "root"],
+        ..ROW
+    },
+    Case {
+        name: "a negative concurrency",
+        args: &[
+            "work",
+            "--subscription",
+            "queue://{dir}/queue.db?dead_letter=dead#work",
+            "--concurrency",
+            "-1",
+        ],
+        says: &["--concurrency", "1 or more"],
+        ..ROW
+    },
+    Case {
+        name: "an idle timeout of more than a year",
+        args: &[
+            "work",
+            "--subscription",
+            "queue://{dir}/queue.db?dead_letter=dead#work",
+            "--idle-timeout",
+            "1e300",
+        ],
+        says: &["--idle-timeout", "at most"],
+        ..ROW
+    },
+    // Issue 17, item 3: a name the store cannot hold.
+    Case {
+        name: "a table name too long for a file",
+        bin: Bin::Producer,
+        args: &[
+            "--source",
+            "sqlite://{dir}/warehouse.db",
+            "--topic",
+            "queue://{dir}/queue.db#work",
+            "--destination",
+            "file://{dir}/exports",
+        ],
+        prepare: long_table,
+        says: &["--destination", "limit of 255", "--exclude"],
+        ..ROW
+    },
 ];
+
+/// A folder of the user's: `mine/notes.txt`.
+fn users_folder(sb: &Sandbox) {
+    std::fs::create_dir_all(sb.path("mine")).unwrap();
+    std::fs::write(sb.path("mine/notes.txt"), "mine").unwrap();
+}
+
+/// `notes.txt`: a file that is no database and no folder.
+fn text_file(sb: &Sandbox) {
+    std::fs::write(sb.path("notes.txt"), "not a database, only some text").unwrap();
+}
+
+/// A table whose shards' names would pass a file name's 255 bytes.
+fn long_table(sb: &Sandbox) {
+    let name = "t".repeat(240);
+    bqdrain::adapters::local::dataset::create_dummy_tables(&sb.warehouse(), &[name], 1).unwrap();
+}
 
 #[test]
 fn bad_inputs_exit_with_their_code_and_error_and_change_nothing() {

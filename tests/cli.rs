@@ -213,3 +213,78 @@ async fn logs_are_json_lines_with_severity_when_not_on_a_terminal() {
         .iter()
         .any(|l| l["message"] == "exported" && l["unit"] == "t_001"));
 }
+
+/// Item 9 of issue 18: the demo replaced a folder's `warehouse.db` and
+/// `queue.db` without asking, and a user's table in it was gone.
+#[test]
+fn demo_refuses_a_dir_holding_what_it_did_not_make() {
+    let sb = Sandbox::new();
+    let dir = sb.path("mine");
+    std::fs::create_dir_all(&dir).unwrap();
+    let warehouse = dir.join("warehouse.db");
+    bqdrain::adapters::local::dataset::execute(
+        &warehouse,
+        "CREATE TABLE customers (id INT); INSERT INTO customers VALUES (7);",
+    )
+    .unwrap();
+    let notes = dir.join("notes.txt");
+    std::fs::write(&notes, "mine").unwrap();
+    let args = ["demo", "--tables", "2", "--rows", "3", "--tasks", "1"];
+    let out = run(&[&args[..], &["--dir", dir.to_str().unwrap()]].concat());
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for words in ["--dir", "notes.txt", "--force"] {
+        assert!(stderr.contains(words), "no {words:?} in: {stderr}");
+    }
+    std::fs::remove_file(&notes).unwrap();
+    let out = run(&[&args[..], &["--dir", dir.to_str().unwrap()]].concat());
+    assert_eq!(out.status.code(), Some(2), "a table the demo did not make");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("customers"), "{stderr}");
+    assert_eq!(
+        rusqlite_count(&warehouse, "customers"),
+        1,
+        "the user's table is kept"
+    );
+
+    // Its own folder it runs in again; --force takes any folder.
+    let demo = sb.path("demo");
+    demo_ok(&demo, &args);
+    demo_ok(&demo, &args);
+    let out = run(&[&args[..], &["--force", "--dir", dir.to_str().unwrap()]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `demo --dir` on a file said `File exists (os error 17)`, exit 1.
+#[test]
+fn demo_dir_that_is_a_file_exits_2_naming_it() {
+    let sb = Sandbox::new();
+    let file = sb.path("afile");
+    std::fs::write(&file, "x").unwrap();
+    let out = run(&["demo", "--tables", "1", "--dir", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--dir") && stderr.contains("is a file"),
+        "{stderr}"
+    );
+}
+
+fn demo_ok(dir: &std::path::Path, args: &[&str]) {
+    let out = run(&[args, &["--dir", dir.to_str().unwrap()]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn rusqlite_count(db: &std::path::Path, table: &str) -> i64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}

@@ -153,3 +153,29 @@ async fn an_older_run_finishing_late_does_not_replace_a_newer_export() {
     );
     assert_exported(&sb, "r2", "t_001", 200);
 }
+
+/// Item 13 of issue 18: temporary files piled up in `DEST/.bqdrain-tmp/`
+/// after a killed write (a 49 MB `.tmp` stayed after a successful
+/// re-export). What a dead writer left goes; a live writer's file stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_writers_temporary_file_is_cleaned_up() {
+    let sb = Sandbox::new();
+    sb.make_tables(1, 10);
+    sb.produce("", "r1").await;
+    let staging = sb.exports().join(".bqdrain-tmp");
+    std::fs::create_dir_all(&staging).unwrap();
+    // A killed writer leaves its file and, with its process, its lock.
+    let dead = staging.join("0123456789abcdef.tmp");
+    std::fs::write(&dead, vec![b'x'; 4096]).unwrap();
+    let live = staging.join("fedcba9876543210.tmp");
+    let held = std::fs::File::create(&live).unwrap();
+    held.lock().unwrap();
+
+    let worker = sb.spawn_worker(&sb.subscription(""), &["--idle-timeout", "1"]);
+    let (status, _) = finish(worker, Duration::from_secs(60));
+    assert!(status.success(), "{}", sb.logs());
+    assert_exported(&sb, "r1", "t_001", 10);
+    assert!(!dead.exists(), "the dead writer's file is still there");
+    assert!(live.exists(), "a live writer's file was deleted");
+    drop(held);
+}

@@ -4,10 +4,12 @@
 
 use std::process::ExitCode;
 
+use clap::builder::BoolishValueParser;
 use clap::Parser;
 
 use bqdrain::adapters::backends;
 use bqdrain::adapters::gcp::run::WorkerJobs;
+use bqdrain::adapters::local::queue::{self, QueueUri};
 use bqdrain::cli::{fail, print_json};
 use bqdrain::commands::launch::{
     self, LaunchPlan, DEFAULT_ENDPOINT, DEFAULT_MAX_TASKS, DEFAULT_UNITS_PER_TASK,
@@ -22,7 +24,8 @@ use bqdrain::logging::{self, LogFormat};
 #[command(
     name = "bqdrain-producer",
     version,
-    about = "Publish one bqdrain work message per table of a dataset"
+    about = "Publish one bqdrain work message per table of a dataset",
+    allow_negative_numbers = true
 )]
 struct Cli {
     /// Dataset to export, e.g. bigquery://PROJECT/DATASET, or every dataset of
@@ -41,7 +44,7 @@ struct Cli {
     run_id: Option<String>,
     /// Continue the existing run --run-id: publish again only its units that
     /// have no completion record, with the options it was planned with.
-    #[arg(long, env = "BQDRAIN_RESUME", requires = "run_id")]
+    #[arg(long, env = "BQDRAIN_RESUME", requires = "run_id", value_parser = BoolishValueParser::new())]
     resume: bool,
     /// Export only tables matching this glob, as TABLE or DATASET.TABLE
     /// (repeatable; comma-separated in the variable).
@@ -57,14 +60,14 @@ struct Cli {
     #[arg(long, env = "BQDRAIN_COMPRESSION", value_enum, default_value = "none")]
     compression: Compression,
     /// Leave out the CSV header row.
-    #[arg(long, env = "BQDRAIN_NO_HEADER")]
+    #[arg(long, env = "BQDRAIN_NO_HEADER", value_parser = BoolishValueParser::new())]
     no_header: bool,
     /// CSV field delimiter.
     #[arg(long, env = "BQDRAIN_FIELD_DELIMITER", default_value = ",")]
     field_delimiter: String,
     /// One unit per partition of each partitioned table (`table$20261201`),
     /// each exported and replaced on its own; other tables stay whole.
-    #[arg(long, env = "BQDRAIN_PARTITIONS")]
+    #[arg(long, env = "BQDRAIN_PARTITIONS", value_parser = BoolishValueParser::new())]
     partitions: bool,
     /// Only partitions with a day among the run's last N days (UTC, today
     /// included); `__NULL__` is left out, `__UNPARTITIONED__` kept.
@@ -90,18 +93,18 @@ struct Cli {
     partitions_since: Option<chrono::NaiveDate>,
     /// Publish a unit only if its source changed since its current export
     /// (the change marker its completion record keeps).
-    #[arg(long, env = "BQDRAIN_ONLY_CHANGED")]
+    #[arg(long, env = "BQDRAIN_ONLY_CHANGED", value_parser = BoolishValueParser::new())]
     only_changed: bool,
     /// Export views and materialized views too, through EXPORT DATA query
     /// jobs, which are billed; each is dry-run first.
-    #[arg(long, env = "BQDRAIN_VIEWS")]
+    #[arg(long, env = "BQDRAIN_VIEWS", value_parser = BoolishValueParser::new())]
     views: bool,
     /// Delete the exports of tables gone from the source. Without it a
     /// dropped table keeps its last export (it may be someone's only copy)
     /// and the run reports it as gone. On a bucket with object versioning
     /// the deleted files stay as noncurrent versions for the bucket's
     /// retention (terraform/: noncurrent_retention_days).
-    #[arg(long, env = "BQDRAIN_PRUNE_GONE")]
+    #[arg(long, env = "BQDRAIN_PRUNE_GONE", value_parser = BoolishValueParser::new())]
     prune_gone: bool,
     /// Minutes in which a second new run of the same sources and options is
     /// a duplicate scheduler trigger (Cloud Scheduler delivers at least
@@ -144,7 +147,7 @@ struct Cli {
     #[arg(long, env = "BQDRAIN_SUBSCRIPTION", requires = "check")]
     subscription: Option<String>,
     /// Print one JSON object with the outcome on stdout.
-    #[arg(long, env = "BQDRAIN_JSON")]
+    #[arg(long, env = "BQDRAIN_JSON", value_parser = BoolishValueParser::new())]
     json: bool,
     /// Log format on stderr: text on a terminal and JSON lines otherwise by default.
     #[arg(long, env = "BQDRAIN_LOG_FORMAT", value_enum, default_value = "auto")]
@@ -178,6 +181,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         });
     }
     let warehouses = backends::open_sources(&cli.source, "--source").await?;
+    if QueueUri::is_local(&cli.topic) {
+        let sources: Vec<&str> = warehouses.iter().map(|w| w.uri()).collect();
+        queue::refuse_source_as_queue(&cli.topic, "--topic", &sources)?;
+    }
     let topic = backends::open_topic(&cli.topic, "--topic").await?;
     let store = backends::open_store(&cli.destination, "--destination").await?;
     let jobs = match &launch_plan {
@@ -325,7 +332,7 @@ fn print_preflight(report: &PreflightReport, json: bool) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = bqdrain::cli::parse();
     logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use bqdrain::adapters::local::queue::peek;
-use bqdrain::adapters::local::{dataset, partitions};
+use bqdrain::adapters::local::{dataset, partitions, sqlite_file};
 use bqdrain::ports::warehouse::Partitioning;
 
 mod common;
@@ -235,6 +235,122 @@ async fn a_duplicate_trigger_within_the_window_publishes_nothing() {
     assert_eq!(other["published"], 4, "other options: another run");
     let unguarded = json(&["--run-id", "r4"]);
     assert_eq!(unguarded["published"], 4, "no window: no check");
+}
+
+/// Item 10 of issue 18: a quote or a line break as the delimiter was
+/// accepted, and the CSV could not be read back (3 rows in the manifest, 4
+/// to a CSV reader).
+#[tokio::test]
+async fn delimiters_csv_cannot_carry_are_refused() {
+    let s = Setup::new();
+    for delimiter in ["\"", "\n", "\r"] {
+        let out = s.produce(&["--field-delimiter", delimiter]);
+        assert_eq!(out.status.code(), Some(2), "{delimiter:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--field-delimiter") && stderr.contains("CSV"),
+            "{delimiter:?}: {stderr}"
+        );
+    }
+    assert_eq!(s.published().await, 0);
+    assert!(!s.dir.path().join("out").exists(), "nothing written");
+}
+
+/// Item 11 of issue 18: the warehouse file given as the queue got the
+/// queue's tables inside the source, and its own `messages` table published
+/// as a unit.
+#[tokio::test]
+async fn a_queue_file_that_is_a_source_or_no_queue_is_refused() {
+    let s = Setup::new();
+    let source = s.dir.path().join("wh.db");
+    let tables_before = sqlite_file::tables(&source, "t").unwrap();
+    let other = s.dir.path().join("other.db");
+    dataset::execute(&other, "CREATE TABLE notes (id INT)").unwrap();
+    for (queue, words) in [(&source, "is a source of this run"), (&other, "notes")] {
+        let topic = format!("queue://{}#work", queue.display());
+        let out = Command::new(BIN)
+            .args(["--source", &format!("sqlite://{}", source.display())])
+            .args(["--topic", &topic, "--destination", &s.destination()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{topic}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--topic") && stderr.contains(words),
+            "{topic}: {stderr}"
+        );
+    }
+    assert_eq!(sqlite_file::tables(&source, "t").unwrap(), tables_before);
+    assert_eq!(
+        sqlite_file::tables(&other, "t").unwrap().unwrap(),
+        ["notes"],
+        "no queue tables added"
+    );
+    assert!(!s.dir.path().join("out").exists(), "nothing written");
+}
+
+/// A source or queue that is not SQLite said `file is not a database:
+/// Error code 26`, exit 1.
+#[tokio::test]
+async fn files_that_are_not_sqlite_exit_2_naming_the_flag() {
+    let s = Setup::new();
+    let text = s.dir.path().join("notes.txt");
+    std::fs::write(&text, "not a database, just some text that is long enough").unwrap();
+    let source = format!("sqlite://{}", s.dir.path().join("wh.db").display());
+    let text_uri =
+        |scheme: &str, fragment: &str| format!("{scheme}://{}{fragment}", text.display());
+    for (source, topic, flag) in [
+        (text_uri("sqlite", ""), s.queue(), "--source"),
+        (source, text_uri("queue", "#work"), "--topic"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["--source", &source, "--topic", &topic])
+            .args(["--destination", &s.destination()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(flag) && stderr.contains("not a SQLite database"),
+            "{flag}: {stderr}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&text).unwrap(),
+        "not a database, just some text that is long enough"
+    );
+}
+
+/// Issue 17 item 3 / issue 18 item 4: a name too long for the store was
+/// published, then failed as "File name too long" (retried as transient,
+/// and at 300 characters even its dead-letter record could not be written).
+/// It is refused when planning, naming the limit and the fix.
+#[tokio::test]
+async fn names_too_long_for_the_store_are_refused_when_planning() {
+    let s = Setup::new();
+    let long = "t".repeat(240);
+    dataset::create_dummy_tables(&s.dir.path().join("wh.db"), std::slice::from_ref(&long), 3)
+        .unwrap();
+    let out = s.produce(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for words in [
+        "--destination",
+        "limit of 255",
+        &format!("--exclude '{long}'"),
+    ] {
+        assert!(stderr.contains(words), "no {words:?} in: {stderr}");
+    }
+    assert_eq!(s.published().await, 0);
+    assert!(!s.dir.path().join("out").exists(), "nothing written");
+    // Left out, the rest of the dataset is exported.
+    let out = s.produce(&["--exclude", &long]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.published().await, 4);
 }
 
 /// Issue 18, item 3: a table whose name cannot be a folder is skipped with

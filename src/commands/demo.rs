@@ -44,6 +44,8 @@ pub struct DemoOptions {
     pub progress: bool,
     /// Run twice, the second time exporting only what changed.
     pub incremental: bool,
+    /// Use `dir` even when it holds what the demo did not make.
+    pub force: bool,
 }
 
 /// The second run of `--incremental`.
@@ -109,6 +111,81 @@ fn remove_sqlite(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// What the demo makes in its folder.
+const DEMO_ENTRIES: [&str; 8] = [
+    "warehouse.db",
+    "warehouse.db-wal",
+    "warehouse.db-shm",
+    "queue.db",
+    "queue.db-wal",
+    "queue.db-shm",
+    "exports",
+    "logs",
+];
+
+/// Whether the demo made a table of this name: its dummy tables, the
+/// partitioned table, and the local warehouse's own bookkeeping.
+fn made_by_the_demo(table: &str) -> bool {
+    let dummy = table
+        .strip_prefix("dummy_")
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    dummy || table == EVENTS_TABLE || table.starts_with("_bqdrain_")
+}
+
+/// Refuses a folder holding anything the demo did not make (files, or
+/// tables in its `warehouse.db` and `queue.db`), unless `--force`: the demo
+/// replaces both databases, and a user's table in them would be gone.
+fn check_dir(opts: &DemoOptions) -> Result<(), ConfigError> {
+    let dir = &opts.dir;
+    if dir.exists() && !dir.is_dir() {
+        return Err(ConfigError::new(
+            "--dir",
+            format!("{} is a file, not a folder", dir.display()),
+            "give a new folder, or one an earlier demo made",
+        ));
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    if opts.force {
+        return Ok(());
+    }
+    let html = opts.html.as_ref().and_then(|h| h.file_name());
+    let mut foreign: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|name| Some(name.as_os_str()) != html)
+        .map(|name| name.to_string_lossy().into_owned())
+        .filter(|name| !DEMO_ENTRIES.contains(&name.as_str()))
+        .collect();
+    let tables_of =
+        |file: &str| crate::adapters::local::sqlite_file::tables(&dir.join(file), "--dir");
+    for table in tables_of("warehouse.db")?.unwrap_or_default() {
+        if !made_by_the_demo(&table) {
+            foreign.push(format!("table {table} in warehouse.db"));
+        }
+    }
+    for table in tables_of("queue.db")?.unwrap_or_default() {
+        if table != "messages" {
+            foreign.push(format!("table {table} in queue.db"));
+        }
+    }
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    foreign.sort();
+    Err(ConfigError::new(
+        "--dir",
+        format!(
+            "{} holds what the demo did not make ({}), and the demo replaces its warehouse.db \
+             and queue.db",
+            dir.display(),
+            foreign.join(", ")
+        ),
+        "give a new or empty folder, or add --force to use this one anyway",
+    ))
+}
+
 pub async fn run(opts: &DemoOptions, worker_exe: &Path) -> anyhow::Result<DemoReport> {
     let started = Instant::now();
     if opts.tables == 0 {
@@ -126,6 +203,7 @@ pub async fn run(opts: &DemoOptions, worker_exe: &Path) -> anyhow::Result<DemoRe
         )
         .into());
     }
+    check_dir(opts)?;
     std::fs::create_dir_all(&opts.dir)?;
     let dir = std::path::absolute(&opts.dir)?;
     let warehouse_path = dir.join("warehouse.db");

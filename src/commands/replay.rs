@@ -45,6 +45,9 @@ pub struct ReplayReport {
     pub left: usize,
     pub dry_run: bool,
     pub messages: Vec<ReplayedMessage>,
+    /// Pulls made on the dead-letter subscription: none when it was known
+    /// to be empty.
+    pub pulls: usize,
     pub seconds: f64,
 }
 
@@ -112,6 +115,7 @@ pub async fn replay(
         left: 0,
         dry_run: filter.dry_run,
         messages: Vec::new(),
+        pulls: 0,
         seconds: 0.0,
     };
 
@@ -165,6 +169,7 @@ pub async fn replay(
         }
     }
     report.left = sweep.seen() - report.replayed;
+    report.pulls = sweep.pulls();
     sweep.release(held).await?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)

@@ -1,5 +1,6 @@
 //! `bqdrain status`: a run's units and totals, for people and machines.
 
+use std::collections::HashMap;
 use std::fmt::Write;
 
 use serde::Serialize;
@@ -31,6 +32,14 @@ pub struct StatusReport {
     /// Exports the producer retired while planning: partitions gone from
     /// live tables, and with `--prune-gone` tables gone from the source.
     pub retired: Vec<RetiredExport>,
+    /// Whether every message of the run was confirmed published (taken as
+    /// so when no unit is pending); a run whose producer stopped before is
+    /// finished by `--resume`.
+    pub published: bool,
+    /// The partition of each partition unit, from the run manifest: a
+    /// table's name may hold a `$` too.
+    #[serde(skip)]
+    pub partitions: HashMap<String, String>,
 }
 
 pub async fn run_status(store: &dyn ObjectStore, run_id: &str) -> anyhow::Result<StatusReport> {
@@ -46,6 +55,16 @@ pub async fn run_status(store: &dyn ObjectStore, run_id: &str) -> anyhow::Result
         )
         .into());
     };
+    // Read only while units are pending, when it decides the hint: a
+    // complete run's status reads its manifest alone.
+    let published =
+        state.totals().pending == 0 || store.read(&layout::run_published(run_id)).await?.is_some();
+    let partitions = state
+        .manifest
+        .units
+        .iter()
+        .filter_map(|u| Some((u.unit.clone(), u.source.partition.clone()?)))
+        .collect();
     let (mut files, mut bytes, mut rows, mut rows_unknown) = (0, 0, 0, 0);
     for u in &state.units {
         if let UnitState::Exported { manifest: Some(m) } = &u.state {
@@ -71,6 +90,8 @@ pub async fn run_status(store: &dyn ObjectStore, run_id: &str) -> anyhow::Result
         gone: state.manifest.gone.clone(),
         retired: state.manifest.retired.clone(),
         units: state.units,
+        published,
+        partitions,
     })
 }
 
@@ -82,25 +103,33 @@ impl StatusReport {
             "run {} ({} -> {}), started {}",
             self.run_id, self.source, self.destination, self.created_at
         );
+        // Longer names do not widen the column: one long name would pad
+        // every line.
         let width = self
             .units
             .iter()
-            .map(|u| u.unit.len())
+            .map(|u| u.unit.chars().count())
+            .filter(|&n| n <= MAX_NAME_COLUMN)
             .max()
             .unwrap_or(4)
             .max(4);
-        for group in group_by_table(&self.units) {
+        for group in group_by_table(&self.units, &self.partitions) {
             match group {
                 Group::Table(u) => {
-                    let _ = writeln!(out, "  {:width$}  {}", u.unit, describe(&u.state));
+                    let _ = writeln!(
+                        out,
+                        "  {:width$}  {}",
+                        printable(&u.unit),
+                        describe(&u.state)
+                    );
                 }
                 Group::Partitions(table, parts) => {
-                    let _ = writeln!(out, "  {table} ({} partition(s))", parts.len());
+                    let _ = writeln!(out, "  {} ({} partition(s))", printable(table), parts.len());
                     for (id, u) in parts {
                         let _ = writeln!(
                             out,
                             "    ${:w$}  {}",
-                            id,
+                            printable(id),
                             describe(&u.state),
                             w = width.saturating_sub(3)
                         );
@@ -112,14 +141,16 @@ impl StatusReport {
             let _ = writeln!(
                 out,
                 "  {:width$}  source gone  its table or partition no longer exists; run {}'s export stays",
-                g.unit, g.exported_by
+                printable(&g.unit), g.exported_by
             );
         }
         for r in &self.retired {
             let _ = writeln!(
                 out,
                 "  {:width$}  retired      {}: run {}'s export was deleted",
-                r.unit, r.why, r.exported_by
+                printable(&r.unit),
+                r.why,
+                r.exported_by
             );
         }
         if !self.unchanged.is_empty() {
@@ -147,8 +178,34 @@ impl StatusReport {
                 String::new()
             }
         );
+        if !self.published && t.pending > 0 {
+            let _ = writeln!(
+                out,
+                "the run was never fully published: its producer stopped before every message \
+                 was confirmed. Publish what is missing by running the producer again with the \
+                 same flags and --run-id {} --resume",
+                self.run_id
+            );
+        }
         out
     }
+}
+
+/// Names wider than this do not widen the name column.
+const MAX_NAME_COLUMN: usize = 40;
+
+/// A name with its control characters escaped (`\u{7}`, `\n`), so that a
+/// table's name cannot ring the terminal or forge lines.
+fn printable(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn describe(state: &UnitState) -> String {
@@ -180,12 +237,19 @@ enum Group<'a> {
 }
 
 /// The units in their order, with each table's partitions gathered where
-/// its first partition stands.
-fn group_by_table(units: &[UnitStatus]) -> Vec<Group<'_>> {
+/// its first partition stands; `partitions` names each partition unit's id.
+fn group_by_table<'a>(
+    units: &'a [UnitStatus],
+    partitions: &'a HashMap<String, String>,
+) -> Vec<Group<'a>> {
     let mut groups: Vec<Group> = Vec::new();
-    let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut at: HashMap<&str, usize> = HashMap::new();
     for u in units {
-        let Some((table, id)) = u.unit.split_once('$') else {
+        let split = partitions.get(&u.unit).and_then(|id| {
+            let table = u.unit.strip_suffix(id.as_str())?.strip_suffix('$')?;
+            Some((table, id.as_str()))
+        });
+        let Some((table, id)) = split else {
             groups.push(Group::Table(u));
             continue;
         };

@@ -149,6 +149,20 @@ impl ExportOptions {
                 "give one character, such as ',' or '|' or a tab",
             ));
         }
+        // CSV quotes fields with '"' and ends rows with line breaks: files
+        // split on either could not be read back.
+        if self.format == Format::Csv && ["\"", "\n", "\r"].contains(&self.field_delimiter.as_str())
+        {
+            return Err(ConfigError::new(
+                "--field-delimiter",
+                format!(
+                    "{:?} cannot separate CSV fields: CSV quotes fields with '\"' and ends rows \
+                     with line breaks, so the files could not be read back",
+                    self.field_delimiter
+                ),
+                "give another character, such as ',' or '|' or a tab",
+            ));
+        }
         Ok(())
     }
 

@@ -22,6 +22,7 @@ use crate::contract::options::ExportOptions;
 use crate::engine::export;
 use crate::engine::holdable;
 use crate::engine::layout::{self, PlannedUnit, RetiredExport, RunManifest, SkippedTable};
+use crate::engine::limits;
 use crate::engine::ownership;
 use crate::engine::retry::RetryPolicy;
 use crate::engine::runs;
@@ -461,6 +462,16 @@ async fn publish_new(
                 too_costly.join(", ")
             ),
             "raise --max-bytes-billed, or leave the views out with --exclude",
+        )
+        .into());
+    }
+    limits::check_names(&units, &run_id, &plan.options, store)?;
+    limits::check_daily_quota(&units, warehouses)?;
+    if let Some(problem) = store.write_problem().await {
+        return Err(ConfigError::new(
+            "--destination",
+            problem,
+            "give a destination you can write to, or fix its permissions",
         )
         .into());
     }

@@ -79,6 +79,7 @@ pub struct Sweep<'a> {
     seen: HashSet<String>,
     /// Messages handed out before whose lease lapsed and came back.
     repeats: Vec<Delivery>,
+    pulls: usize,
 }
 
 impl<'a> Sweep<'a> {
@@ -87,12 +88,16 @@ impl<'a> Sweep<'a> {
             from,
             seen: HashSet::new(),
             repeats: Vec::new(),
+            pulls: 0,
         }
     }
 
     /// The next messages not handed out before; `None` once the backlog
     /// is through.
     pub async fn next(&mut self) -> anyhow::Result<Option<Vec<Delivery>>> {
+        if self.pulls == 0 && self.from.depth_if_known().await? == Some(0) {
+            return Ok(None);
+        }
         let mut quiet = 0;
         while quiet < SWEEP_QUIET_PULLS {
             let wait = if self.seen.is_empty() && quiet == 0 {
@@ -100,6 +105,7 @@ impl<'a> Sweep<'a> {
             } else {
                 SWEEP_WAIT
             };
+            self.pulls += 1;
             let (new, repeats): (Vec<Delivery>, Vec<Delivery>) = self
                 .from
                 .pull(SWEEP_BATCH, wait)
@@ -114,6 +120,11 @@ impl<'a> Sweep<'a> {
             quiet += 1;
         }
         Ok(None)
+    }
+
+    /// Pulls made so far: none when the backlog was known to be empty.
+    pub fn pulls(&self) -> usize {
+        self.pulls
     }
 
     /// Messages handed out so far.
@@ -162,6 +173,13 @@ pub trait Subscription: Send + Sync {
     /// back before redelivering it; zero without a policy (redelivery at
     /// once). A worker waiting for a run to finish waits at least this long.
     fn max_backoff(&self) -> Duration;
+
+    /// How many messages the subscription holds, leased or not, where the
+    /// backend can count them exactly (a local queue; Pub/Sub cannot):
+    /// a sweep of an empty one then ends without waiting.
+    async fn depth_if_known(&self) -> anyhow::Result<Option<u64>> {
+        Ok(None)
+    }
 
     /// Leases up to `max` messages, waiting at most `wait` for the first.
     async fn pull(&self, max: usize, wait: Duration) -> anyhow::Result<Vec<Delivery>>;

@@ -19,14 +19,30 @@ pub struct ObjectInfo {
     pub checksum: Option<String>,
 }
 
-/// Longer summaries are not kept (Cloud Storage allows 8 KiB of custom
-/// metadata per object); their readers read the object instead.
+/// Longer summaries are not kept, so no record can cross Cloud Storage's
+/// limits on custom metadata: 4 KiB per value and 8 KiB per object
+/// (<https://cloud.google.com/storage/docs/reference/rpc/google.storage.v1>,
+/// `ServiceConstants`); their readers read the object instead.
 pub const SUMMARY_LIMIT: usize = 4096;
 
 #[async_trait]
 pub trait ObjectStore: Send + Sync {
     /// The root URI, as given in `--destination`.
     fn uri(&self) -> &str;
+
+    /// Why the store could not hold an object named `key`, if it could not
+    /// (a name above its limits), in words that name the limit. Checked
+    /// when a run is planned, so that no unit is published that could
+    /// never be written.
+    fn name_problem(&self, _key: &str) -> Option<String> {
+        None
+    }
+
+    /// Why nothing can be written to the store, if that is known before
+    /// trying (a read-only folder): checked before a run writes anything.
+    async fn write_problem(&self) -> Option<String> {
+        None
+    }
 
     /// Every object whose key starts with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectInfo>>;

@@ -82,6 +82,17 @@ pub struct PartitionInfo {
     pub change: Option<ChangeMarker>,
 }
 
+/// The most a project may export in a day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportQuota {
+    /// Export (extract) jobs.
+    pub jobs: u64,
+    /// Bytes of table data exported.
+    pub bytes: u64,
+    /// Where the quota is documented.
+    pub source: &'static str,
+}
+
 /// One export to perform.
 #[derive(Debug, Clone)]
 pub struct ExportRequest {
@@ -139,6 +150,12 @@ pub trait Warehouse: Send + Sync {
         options: &ExportOptions,
         destination_root: &str,
     ) -> Result<(), ConfigError>;
+
+    /// What the warehouse's project may export in a day, where it has a
+    /// quota: a run that alone would pass it is refused when planned.
+    fn daily_export_quota(&self) -> Option<ExportQuota> {
+        None
+    }
 
     async fn list_tables(&self) -> anyhow::Result<Vec<TableInfo>>;
 

@@ -33,8 +33,8 @@ use crate::ports::definition::{
     Column, RangePartitioning, TableDefinition, TimePartitioning, DEFINITION_VERSION,
 };
 use crate::ports::warehouse::{
-    Cancel, ExportRequest, ExportResult, PartitionInfo, Partitioning, TableInfo, TableKind,
-    Warehouse,
+    Cancel, ExportQuota, ExportRequest, ExportResult, PartitionInfo, Partitioning, TableInfo,
+    TableKind, Warehouse,
 };
 
 pub const SCHEME: &str = "bigquery://";
@@ -877,7 +877,10 @@ fn state(job: &Job) -> &str {
     job.status.as_ref().map_or("", |s| s.state.as_str())
 }
 
-/// The request's job key in `[A-Za-z0-9_-]`, as BigQuery requires, plus a
+/// The request's job key in `[A-Za-z0-9_-]`, as BigQuery requires, cut to
+/// 900 characters so that the id stays within BigQuery's 1,024
+/// (<https://cloud.google.com/bigquery/docs/running-jobs#generate-jobid>)
+/// whatever the table's name, plus a
 /// hash of everything the job does: job ids are unique per project, and
 /// runs of other datasets or to other destinations may share a run id. A
 /// snapshot read and a read of the current state are different jobs.
@@ -1160,6 +1163,16 @@ fn table_kind(kind: &str) -> TableKind {
 impl Warehouse for BigQueryWarehouse {
     fn uri(&self) -> &str {
         &self.uri
+    }
+
+    /// Export jobs' quotas: 100,000 extract jobs and 50 TiB per project per
+    /// day (<https://cloud.google.com/bigquery/quotas#export_jobs>).
+    fn daily_export_quota(&self) -> Option<ExportQuota> {
+        Some(ExportQuota {
+            jobs: 100_000,
+            bytes: 50 << 40,
+            source: "https://cloud.google.com/bigquery/quotas#export_jobs",
+        })
     }
 
     fn project(&self) -> &str {

@@ -90,7 +90,24 @@ impl GcsStore {
     fn name(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
+}
 
+/// Cloud Storage's limit on an object's name: 1,024 bytes of UTF-8
+/// (<https://cloud.google.com/storage/docs/objects#naming>).
+const MAX_OBJECT_NAME_BYTES: usize = 1024;
+
+/// Why Cloud Storage would refuse an object of this name, if it would.
+fn object_name_problem(name: &str) -> Option<String> {
+    (name.len() > MAX_OBJECT_NAME_BYTES).then(|| {
+        format!(
+            "its object name would be {} bytes of UTF-8, above Cloud Storage's limit of \
+             {MAX_OBJECT_NAME_BYTES} ({name})",
+            name.len()
+        )
+    })
+}
+
+impl GcsStore {
     fn location(&self, key: &str) -> String {
         format!("gs://{}/{}", self.bucket, self.name(key))
     }
@@ -135,6 +152,10 @@ impl GcsStore {
 
 #[async_trait]
 impl ObjectStore for GcsStore {
+    fn name_problem(&self, key: &str) -> Option<String> {
+        object_name_problem(&self.name(key))
+    }
+
     fn uri(&self) -> &str {
         &self.uri
     }
@@ -255,6 +276,7 @@ impl ObjectStore for GcsStore {
 
 #[cfg(test)]
 mod tests {
+    use super::object_name_problem;
     use super::parse;
 
     #[test]
@@ -270,5 +292,17 @@ mod tests {
         assert!(err.starts_with("--destination:"), "{err}");
         assert!(p("gs://a").is_err());
         assert!(p("s3://bucket").is_err());
+    }
+
+    #[test]
+    fn object_names_are_limited_to_1024_bytes_of_utf8() {
+        assert_eq!(object_name_problem(&"a".repeat(1024)), None);
+        let problem = object_name_problem(&"a".repeat(1025)).unwrap();
+        assert!(
+            problem.contains("1025 bytes") && problem.contains("limit of 1024"),
+            "{problem}"
+        );
+        // Bytes, not characters: 342 three-byte characters are 1,026 bytes.
+        assert!(object_name_problem(&"€".repeat(342)).is_some());
     }
 }

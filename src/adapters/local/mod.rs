@@ -8,12 +8,14 @@
 //! - [`store`]: a folder as an object store (`file://`).
 //! - [`store_fault`]: stalls such a store's deletes, to kill a worker
 //!   while it settles.
+//! - [`sqlite_file`]: what an existing SQLite file holds, read before use.
 
 pub mod dataset;
 pub mod definition;
 pub mod jobs;
 pub mod partitions;
 pub mod queue;
+pub mod sqlite_file;
 pub mod store;
 pub mod store_fault;
 pub mod warehouse;

@@ -16,7 +16,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{absolute, now_millis, LocalUri};
+use super::{absolute, now_millis, sqlite_file, LocalUri};
 use crate::contract::message::Envelope;
 use crate::error::ConfigError;
 use crate::ports::queue::{Delivery, ReceiveSettings, Subscription, Topic};
@@ -241,6 +241,49 @@ impl QueueDb {
     }
 }
 
+/// Refuses a queue file that is not only a queue's: a warehouse given as
+/// the queue would get the queue's tables inside it, and publish its own
+/// `messages` table as a unit; any other database would be written into.
+fn refuse_foreign_file(q: &QueueUri, flag: &str) -> Result<(), ConfigError> {
+    let Some(tables) = sqlite_file::tables(&q.path, flag)? else {
+        return Ok(());
+    };
+    let foreign: Vec<&str> = tables
+        .iter()
+        .map(String::as_str)
+        .filter(|t| *t != "messages")
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        flag,
+        format!(
+            "{} holds tables that are not a queue's ({}): it is a dataset or another database",
+            q.path.display(),
+            foreign.join(", ")
+        ),
+        "give the queue a file of its own, e.g. queue://demo/queue.db#work",
+    ))
+}
+
+/// Refuses a queue URI whose file is one of the run's sources (`sqlite://`
+/// URIs), before anything is written to either.
+pub fn refuse_source_as_queue(uri: &str, flag: &str, sources: &[&str]) -> Result<(), ConfigError> {
+    let q = QueueUri::parse(uri, flag)?;
+    let source = sources.iter().find(|source| {
+        LocalUri::parse(source, "sqlite").is_some_and(|s| absolute(&s.path) == q.path)
+    });
+    match source {
+        Some(source) => Err(ConfigError::new(
+            flag,
+            format!("{} is a source of this run ({source})", q.path.display()),
+            "give the queue a file of its own, e.g. queue://demo/queue.db#work",
+        )),
+        None => Ok(()),
+    }
+}
+
 pub struct LocalTopic {
     uri: String,
     db: Arc<QueueDb>,
@@ -250,6 +293,7 @@ pub struct LocalTopic {
 impl LocalTopic {
     pub fn open(uri: &str, flag: &str) -> anyhow::Result<LocalTopic> {
         let q = QueueUri::parse(uri, flag)?;
+        refuse_foreign_file(&q, flag)?;
         Ok(LocalTopic {
             uri: q.sibling(&q.name),
             db: QueueDb::open(&q.path)?,
@@ -305,6 +349,7 @@ impl LocalSubscription {
     ) -> anyhow::Result<LocalSubscription> {
         let settings = QueueUri::parse(uri, flag)?;
         settings.require_file(flag)?;
+        refuse_foreign_file(&settings, flag)?;
         Ok(LocalSubscription {
             uri: uri.to_string(),
             db: QueueDb::open(&settings.path)?,
@@ -424,6 +469,10 @@ impl Subscription for LocalSubscription {
 
     fn topic(&self) -> String {
         self.settings.sibling(&self.settings.name)
+    }
+
+    async fn depth_if_known(&self) -> anyhow::Result<Option<u64>> {
+        Ok(Some(self.depth().await?))
     }
 
     async fn pull(&self, max: usize, wait: Duration) -> anyhow::Result<Vec<Delivery>> {

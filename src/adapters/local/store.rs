@@ -5,9 +5,8 @@
 //! temporary file to its key, which the file system refuses atomically when
 //! the key exists.
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -40,6 +39,21 @@ impl FsStore {
 
     pub fn open(uri: &str, flag: &str) -> Result<FsStore, ConfigError> {
         let root = Self::root_of(uri, flag)?;
+        let example = "name a folder, e.g. file:///data/exports or file://demo/exports";
+        if root.parent().is_none() {
+            return Err(ConfigError::new(
+                flag,
+                format!("{uri} is the file system's root, and exports would land beside /etc"),
+                example,
+            ));
+        }
+        if root.exists() && !root.is_dir() {
+            return Err(ConfigError::new(
+                flag,
+                format!("{} is a file, not a folder", root.display()),
+                example,
+            ));
+        }
         sweep_staging(&root);
         Ok(FsStore {
             uri: format!("file://{}", root.display()),
@@ -61,29 +75,45 @@ impl FsStore {
 /// concurrent writers never delete each other's.
 pub(crate) const STAGING: &str = ".bqdrain-tmp";
 
-/// Staged files older than this were left by a crashed process.
-const STAGING_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
-
-/// A fresh staging file under `root` (the folder exists once this returns).
-pub(crate) fn staging_file(root: &Path) -> std::io::Result<PathBuf> {
-    let dir = root.join(STAGING);
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir.join(format!("{:016x}.tmp", fastrand::u64(..))))
+/// A file being written in the staging folder. Its writer holds an
+/// exclusive lock on it until the file is placed, and the lock goes with the
+/// writer's process: a staged file nobody holds was left by a dead writer.
+pub(crate) struct Staged {
+    pub path: PathBuf,
+    pub file: std::fs::File,
 }
 
-/// Deletes what crashed writers left in the staging folder long ago.
+/// A fresh staging file under `root`, locked (the folder exists once this
+/// returns).
+pub(crate) fn staging_file(root: &Path) -> std::io::Result<Staged> {
+    let dir = root.join(STAGING);
+    std::fs::create_dir_all(&dir)?;
+    loop {
+        let path = dir.join(format!("{:016x}.tmp", fastrand::u64(..)));
+        let file = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        file.lock()?;
+        // A sweep may have taken the file between its creation and the
+        // lock: then start again with another.
+        if path.exists() {
+            return Ok(Staged { path, file });
+        }
+    }
+}
+
+/// Deletes what dead writers left in the staging folder: every file whose
+/// lock nobody holds.
 fn sweep_staging(root: &Path) {
     let Ok(entries) = std::fs::read_dir(root.join(STAGING)) else {
         return;
     };
     for entry in entries.flatten() {
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > STAGING_MAX_AGE);
-        if old {
+        let Ok(file) = std::fs::File::open(entry.path()) else {
+            continue;
+        };
+        if file.try_lock().is_ok() {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -111,12 +141,14 @@ pub(crate) fn place(
     }
 }
 
-fn write_temp(root: &Path, path: &Path, data: &[u8]) -> anyhow::Result<PathBuf> {
+fn write_temp(root: &Path, path: &Path, data: &[u8]) -> anyhow::Result<Staged> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let tmp = staging_file(root)?;
-    std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
+    let mut tmp = staging_file(root)?;
+    tmp.file
+        .write_all(data)
+        .with_context(|| format!("writing {}", tmp.path.display()))?;
     Ok(tmp)
 }
 
@@ -168,8 +200,55 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await?
 }
 
+/// Linux's limits: a file name of 255 bytes (`NAME_MAX`), a path of 4,096
+/// with its closing NUL (`PATH_MAX`).
+const MAX_FILE_NAME_BYTES: usize = 255;
+const MAX_PATH_BYTES: usize = 4095;
+
+/// Why the file system would refuse a file at `path`, if it would.
+fn path_problem(path: &Path) -> Option<String> {
+    let bytes = path.as_os_str().len();
+    if bytes > MAX_PATH_BYTES {
+        return Some(format!(
+            "its path would be {bytes} bytes, above the file system's limit of 4,096 ({})",
+            path.display()
+        ));
+    }
+    path.components()
+        .map(|c| c.as_os_str())
+        .find(|name| name.len() > MAX_FILE_NAME_BYTES)
+        .map(|name| {
+            format!(
+                "its file name would be {} bytes, above the file system's limit of \
+                 {MAX_FILE_NAME_BYTES} ({})",
+                name.len(),
+                name.to_string_lossy()
+            )
+        })
+}
+
 #[async_trait]
 impl ObjectStore for FsStore {
+    fn name_problem(&self, key: &str) -> Option<String> {
+        path_problem(&self.root.join(key))
+    }
+
+    /// Makes the folder and a staging file in it: a folder that is
+    /// read-only, or under one, fails here at once, rather than after the
+    /// retries of a write.
+    async fn write_problem(&self) -> Option<String> {
+        let root = self.root.clone();
+        blocking(move || {
+            std::fs::create_dir_all(&root)?;
+            let staged = staging_file(&root)?;
+            std::fs::remove_file(&staged.path)?;
+            Ok(())
+        })
+        .await
+        .err()
+        .map(|e| format!("{} cannot be written: {e:#}", self.root.display()))
+    }
+
     fn uri(&self) -> &str {
         &self.uri
     }
@@ -230,7 +309,7 @@ impl ObjectStore for FsStore {
         let root = self.root.clone();
         blocking(move || {
             let tmp = write_temp(&root, &path, &data)?;
-            place(&tmp, &path, |from, to| std::fs::rename(from, to))
+            place(&tmp.path, &path, |from, to| std::fs::rename(from, to))
                 .with_context(|| format!("renaming into {}", path.display()))
         })
         .await
@@ -247,8 +326,8 @@ impl ObjectStore for FsStore {
         let root = self.root.clone();
         blocking(move || {
             let tmp = write_temp(&root, &path, &data)?;
-            let linked = place(&tmp, &path, |from, to| std::fs::hard_link(from, to));
-            let _ = std::fs::remove_file(&tmp);
+            let linked = place(&tmp.path, &path, |from, to| std::fs::hard_link(from, to));
+            let _ = std::fs::remove_file(&tmp.path);
             match linked {
                 Ok(()) => Ok(true),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
@@ -285,6 +364,20 @@ impl ObjectStore for FsStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_names_and_paths_are_held_to_the_file_systems_limits() {
+        let root = Path::new("/exports");
+        assert_eq!(path_problem(&root.join("a".repeat(255))), None);
+        let problem = path_problem(&root.join("a".repeat(256))).unwrap();
+        assert!(
+            problem.contains("file name would be 256 bytes"),
+            "{problem}"
+        );
+        let deep: PathBuf = (0..17).map(|_| "b".repeat(250)).collect();
+        let problem = path_problem(&root.join(deep)).unwrap();
+        assert!(problem.contains("limit of 4,096"), "{problem}");
+    }
     use std::sync::Arc;
 
     #[tokio::test]

@@ -23,7 +23,7 @@ use rusqlite::{Connection, OpenFlags};
 use super::dataset::{Fault, FAULTS_TABLE};
 use super::partitions::{self, PARTITIONING_TABLE};
 use super::store::{place, staging_file, FsStore};
-use super::{absolute, LocalUri};
+use super::{absolute, sqlite_file, LocalUri};
 use super::{definition, jobs};
 use crate::contract::change::ChangeMarker;
 use crate::contract::message::SourceTable;
@@ -81,6 +81,7 @@ impl LocalWarehouse {
                 "check the path, or run `bqdrain demo` to make one",
             ));
         }
+        sqlite_file::tables(&path, flag)?;
         let dataset = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -619,7 +620,7 @@ fn export_blocking(
             Format::Json => render_json(row, &columns, &mut line)?,
             _ => render_csv(
                 row,
-                columns.len(),
+                &columns,
                 request.options.field_delimiter.as_bytes(),
                 &mut line,
             )?,
@@ -648,20 +649,37 @@ fn blob_error(column: &str) -> UnitError {
     )
 }
 
+/// How BigQuery spells a float that is not a number a file can hold: its
+/// JSON encoding of FLOAT64 is the string "Infinity", "-Infinity" or "NaN"
+/// (<https://cloud.google.com/bigquery/docs/reference/standard-sql/json_functions#json_encodings>),
+/// and its CSV exports write the same words. SQLite stores no NaN (it reads
+/// back as NULL), so only the infinities reach an export here.
+fn non_finite(v: f64) -> Option<&'static str> {
+    match v {
+        f64::INFINITY => Some("Infinity"),
+        f64::NEG_INFINITY => Some("-Infinity"),
+        v if v.is_nan() => Some("NaN"),
+        _ => None,
+    }
+}
+
 fn render_csv(
     row: &rusqlite::Row,
-    columns: usize,
+    columns: &[String],
     delimiter: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), UnitError> {
-    for i in 0..columns {
+    for (i, name) in columns.iter().enumerate() {
         if i > 0 {
             out.extend_from_slice(delimiter);
         }
         match row.get_ref(i).map_err(|e| sqlite_error("reading row", e))? {
             ValueRef::Null => {}
             ValueRef::Integer(v) => out.extend_from_slice(v.to_string().as_bytes()),
-            ValueRef::Real(v) => out.extend_from_slice(v.to_string().as_bytes()),
+            ValueRef::Real(v) => match non_finite(v) {
+                Some(word) => out.extend_from_slice(word.as_bytes()),
+                None => out.extend_from_slice(v.to_string().as_bytes()),
+            },
             ValueRef::Text(t) => {
                 let needs_quotes = t.iter().any(|&b| b == b'"' || b == b'\n' || b == b'\r')
                     || t.windows(delimiter.len()).any(|w| w == delimiter);
@@ -678,7 +696,7 @@ fn render_csv(
                     out.extend_from_slice(t);
                 }
             }
-            ValueRef::Blob(_) => return Err(blob_error(&i.to_string())),
+            ValueRef::Blob(_) => return Err(blob_error(name)),
         }
     }
     out.push(b'\n');
@@ -695,7 +713,10 @@ fn render_json(
         let value = match row.get_ref(i).map_err(|e| sqlite_error("reading row", e))? {
             ValueRef::Null => serde_json::Value::Null,
             ValueRef::Integer(v) => v.into(),
-            ValueRef::Real(v) => v.into(),
+            ValueRef::Real(v) => match non_finite(v) {
+                Some(word) => word.into(),
+                None => v.into(),
+            },
             ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned().into(),
             ValueRef::Blob(_) => return Err(blob_error(name)),
         };
@@ -739,13 +760,14 @@ impl Sink {
         }
     }
 
-    /// Writes the gzip trailer and flushes, reporting what `Drop` would hide.
-    fn finish(self) -> std::io::Result<()> {
-        let mut file = match self {
+    /// Writes the gzip trailer and flushes, reporting what `Drop` would
+    /// hide; returns the file, whose lock must be held until it is placed.
+    fn finish(self) -> std::io::Result<File> {
+        let file = match self {
             Sink::Plain(w) => w,
             Sink::Gzip(w) => (*w).finish()?,
         };
-        file.flush()
+        file.into_inner().map_err(|e| e.into_error())
     }
 }
 
@@ -800,11 +822,9 @@ impl<'a> ShardWriter<'a> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| io_error("creating", dir, e))?;
         }
-        let tmp = staging_file(self.root).map_err(|e| io_error("staging", self.root, e))?;
-        let file = BufWriter::with_capacity(
-            256 * 1024,
-            File::create(&tmp).map_err(|e| io_error("creating", &tmp, e))?,
-        );
+        let staged = staging_file(self.root).map_err(|e| io_error("staging", self.root, e))?;
+        let tmp = staged.path;
+        let file = BufWriter::with_capacity(256 * 1024, staged.file);
         let mut sink = match self.request.options.compression {
             Compression::Gzip => Sink::Gzip(Box::new(GzEncoder::new(
                 file,
@@ -852,13 +872,14 @@ impl<'a> ShardWriter<'a> {
 
     fn close_shard(&mut self) -> Result<(), UnitError> {
         if let Some(shard) = self.open.take() {
-            shard
+            let locked = shard
                 .sink
                 .finish()
                 .map_err(|e| io_error("finishing", &shard.tmp, e))?;
             let path = self.root.join(&shard.key);
             place(&shard.tmp, &path, |from, to| std::fs::rename(from, to))
                 .map_err(|e| io_error("renaming", &path, e))?;
+            drop(locked);
             self.written.push(shard.key);
         }
         Ok(())
@@ -1130,5 +1151,51 @@ lines', -2.0);
         export(&wh, &out, "big", ExportOptions::default())
             .await
             .unwrap();
+    }
+
+    /// Item 12 of issue 18: infinity was written as `null` in JSON and
+    /// `inf` in CSV, silently.
+    #[tokio::test]
+    async fn infinity_is_spelled_as_bigquery_spells_it() {
+        let (dir, wh) = setup();
+        dataset::execute(
+            &dir.path().join("wh.db"),
+            "CREATE TABLE far (x REAL); INSERT INTO far VALUES (9e999), (-9e999), (0.5);",
+        )
+        .unwrap();
+        let out = dir.path().join("out");
+        let (_, csv) = export(&wh, &out, "far", ExportOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(csv.concat(), "x\nInfinity\n-Infinity\n0.5\n");
+        let json = ExportOptions {
+            format: Format::Json,
+            ..Default::default()
+        };
+        let (_, json) = export(&wh, &out, "far", json).await.unwrap();
+        assert_eq!(
+            json.concat(),
+            "{\"x\":\"Infinity\"}\n{\"x\":\"-Infinity\"}\n{\"x\":0.5}\n"
+        );
+    }
+
+    /// A BLOB's error named the column by its number in CSV.
+    #[tokio::test]
+    async fn a_blob_column_is_named_in_its_error() {
+        let (dir, wh) = setup();
+        dataset::execute(
+            &dir.path().join("wh.db"),
+            "CREATE TABLE pics (id INT, photo BLOB); INSERT INTO pics VALUES (1, x'00ff');",
+        )
+        .unwrap();
+        let out = dir.path().join("out");
+        for format in [Format::Csv, Format::Json] {
+            let options = ExportOptions {
+                format,
+                ..Default::default()
+            };
+            let err = export(&wh, &out, "pics", options).await.unwrap_err();
+            assert!(err.message.contains("column photo"), "{err}");
+        }
     }
 }

@@ -470,6 +470,8 @@ mod tests {
             unchanged: Vec::new(),
             gone: Vec::new(),
             retired: Vec::new(),
+            published: true,
+            partitions: Default::default(),
             units: vec![UnitStatus {
                 unit: "t<1>".into(),
                 state: UnitState::DeadLettered {
