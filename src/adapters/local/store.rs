@@ -103,13 +103,16 @@ pub(crate) fn staging_file(root: &Path) -> std::io::Result<Staged> {
     }
 }
 
-/// Deletes what dead writers left in the staging folder: every file whose
-/// lock nobody holds.
+/// Deletes what dead writers left in the staging folder: every staged file
+/// (`*.tmp`) whose lock nobody holds. The folder also keeps the embedded
+/// jobs' locks and results and the store's faults, which are not a
+/// writer's leftovers.
 fn sweep_staging(root: &Path) {
     let Ok(entries) = std::fs::read_dir(root.join(STAGING)) else {
         return;
     };
-    for entry in entries.flatten() {
+    let staged = |entry: &std::fs::DirEntry| entry.path().extension().is_some_and(|e| e == "tmp");
+    for entry in entries.flatten().filter(staged) {
         let Ok(file) = std::fs::File::open(entry.path()) else {
             continue;
         };
