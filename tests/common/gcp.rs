@@ -20,12 +20,19 @@ pub const PROJECT: &str = "test-project";
 pub const SHARD_THRESHOLD_BYTES: &str = "8000";
 pub const SHARD_THRESHOLD_VARIABLE: &str = "BQEMU_EXPORT_SHARD_THRESHOLD_BYTES";
 
-/// Where the three emulators listen, as `127.0.0.1:PORT`.
+/// Where the three emulators listen, as `127.0.0.1:PORT`: BigQuery and
+/// Cloud Storage through `scripts/emulators/discovery_proxy.py`, which
+/// holds every call to Google's API description of it.
 #[derive(Debug, serde::Deserialize)]
 pub struct Emulators {
     pub pubsub: String,
     pub bigquery: String,
     pub storage: String,
+    /// The emulators themselves, behind the proxies.
+    #[serde(default)]
+    pub direct: std::collections::HashMap<String, String>,
+    /// Where the proxies append what they refused or found, a JSON line each.
+    pub violations: std::path::PathBuf,
 }
 
 fn repo() -> &'static Path {
@@ -92,6 +99,9 @@ impl Pulled {
 
 pub struct GcpSandbox {
     pub name: String,
+    /// Length of the violations file when the sandbox was made: the
+    /// violations after it are this test's to answer for.
+    violations_from: u64,
     pub emulators: &'static Emulators,
     pub dataset: String,
     pub bucket: String,
@@ -107,9 +117,11 @@ impl GcpSandbox {
     /// 10 s, dead-letter policy with `max_attempts`), a dead-letter topic
     /// and its subscription, all named after the test.
     pub async fn new(name: &str, max_attempts: u32) -> GcpSandbox {
+        let emulators = emulators();
         let sb = GcpSandbox {
             name: name.to_string(),
-            emulators: emulators(),
+            violations_from: std::fs::metadata(&emulators.violations).map_or(0, |m| m.len()),
+            emulators,
             dataset: format!("ds_{name}"),
             bucket: format!("bqdrain-{}", name.replace('_', "-")),
             dir: tempfile::tempdir().unwrap(),
@@ -802,5 +814,30 @@ impl GcpSandbox {
             })),
         )
         .await;
+    }
+}
+
+/// A test fails when a call it made, or an answer it got, breaks Google's
+/// API description: the proxy refuses such a request with the 400 Google
+/// would answer, which the command may survive (a dead-lettered unit, a
+/// retried call), so the record decides, not the command's outcome.
+impl Drop for GcpSandbox {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let found = super::api_violations::since(
+            &self.emulators.violations,
+            self.violations_from,
+            &[&self.dataset, &self.bucket],
+        );
+        assert!(
+            found.is_empty(),
+            "{}: {} call(s) broke Google's API description (all of them: {:?}):\n{}",
+            self.name,
+            found.len(),
+            self.emulators.violations,
+            found.join("\n")
+        );
     }
 }
