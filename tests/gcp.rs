@@ -1211,3 +1211,73 @@ async fn verify_holds_for_a_real_export_and_names_each_damage() {
         "{checksum}"
     );
 }
+
+/// A dataset no sandbox has: what the test below breaks on purpose names
+/// it, so no other test answers for it (common/api_violations.rs).
+const BROKEN_ON_PURPOSE: &str = "ds_broken_on_purpose";
+
+/// The proxies in front of BigQuery and Cloud Storage refuse a request
+/// Google's API description does not allow, with the 400 Google's front end
+/// answers, naming the call and the field, and record it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_breaking_the_api_description_is_refused_naming_the_call_and_field() {
+    let stack = common::gcp::emulators();
+    let http = reqwest::Client::new();
+    let refusal = |response: reqwest::Response| async move {
+        assert_eq!(response.status(), 400);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["status"], "INVALID_ARGUMENT", "{body}");
+        body["error"]["message"].as_str().unwrap().to_string()
+    };
+    let job = json!({"configuration": {"extract": {
+        "sourceTable": {"projectId": "test-project", "datasetId": BROKEN_ON_PURPOSE, "tableId": "t"},
+        "destinationUris": ["gs://b/x-*.csv"],
+        "compresion": "GZIP",
+        "printHeader": "yes",
+        "destinationFormat": 3,
+    }}});
+    let url = format!(
+        "http://{}/bigquery/v2/projects/test-project/jobs",
+        stack.bigquery
+    );
+    let message = refusal(http.post(url).json(&job).send().await.unwrap()).await;
+    let call = "request of bigquery.jobs.insert (POST /bigquery/v2/projects/{projectId}/jobs)";
+    for field in [
+        "configuration.extract.compresion: unknown field: JobConfigurationExtract has compression,",
+        "configuration.extract.printHeader: a string \"yes\", the API has a boolean",
+        "configuration.extract.destinationFormat: a number 3, the API has a string",
+    ] {
+        assert!(message.contains(&format!("{call}: {field}")), "{message}");
+    }
+
+    let url = format!(
+        "http://{}/storage/v1/b/{BROKEN_ON_PURPOSE}/o?projection=everything",
+        stack.storage
+    );
+    let message = refusal(http.get(url).send().await.unwrap()).await;
+    assert!(
+        message.contains(
+            "request of storage.objects.list (GET /storage/v1/b/{bucket}/o): query parameter \
+             projection: 'everything' is not one of full, noAcl"
+        ),
+        "{message}"
+    );
+    let url = format!(
+        "http://{}/storage/v1/b?prefix={BROKEN_ON_PURPOSE}",
+        stack.storage
+    );
+    let message = refusal(http.get(url).send().await.unwrap()).await;
+    assert!(
+        message.contains(
+            "request of storage.buckets.list (GET /storage/v1/b): query parameter project: required, missing"
+        ),
+        "{message}"
+    );
+
+    let recorded = common::api_violations::since(&stack.violations, 0, &[BROKEN_ON_PURPOSE]);
+    assert_eq!(
+        recorded.len(),
+        5,
+        "each field refused is recorded: {recorded:#?}"
+    );
+}
