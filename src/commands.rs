@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod launch;
+pub mod preflight;
 pub mod reconcile;
 pub mod replay;
 pub mod report;

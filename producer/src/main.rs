@@ -12,6 +12,7 @@ use bqdrain::cli::{fail, print_json};
 use bqdrain::commands::launch::{
     self, LaunchPlan, DEFAULT_ENDPOINT, DEFAULT_MAX_TASKS, DEFAULT_UNITS_PER_TASK,
 };
+use bqdrain::commands::preflight::{preflight, Deployment, PreflightReport};
 use bqdrain::contract::options::{Compression, ExportOptions, Format};
 use bqdrain::engine::producer::{produce, RunId, RunPlan, EXECUTION_VAR};
 use bqdrain::engine::selection::{PartitionPlan, PartitionWindow};
@@ -131,6 +132,17 @@ struct Cli {
     /// Cloud Run Admin API endpoint; a plain http:// one gets anonymous credentials (tests).
     #[arg(long, env = "BQDRAIN_RUN_API_ENDPOINT", default_value = DEFAULT_ENDPOINT, requires = "launch_workers")]
     run_api_endpoint: String,
+    /// Check, before the first run, that this run can work, and print what
+    /// it would do: publishes and writes nothing. One line per check (ok,
+    /// missing with the command that fixes it, unknown, warn), then the
+    /// plan. Exit status 1 when a check is missing.
+    #[arg(long, env = "BQDRAIN_CHECK")]
+    check: bool,
+    /// With --check on local queues: the workers' subscription URI, whose
+    /// dead-letter policy is checked (on Pub/Sub, every subscription of the
+    /// topic is).
+    #[arg(long, env = "BQDRAIN_SUBSCRIPTION", requires = "check")]
+    subscription: Option<String>,
     /// Print one JSON object with the outcome on stdout.
     #[arg(long, env = "BQDRAIN_JSON")]
     json: bool,
@@ -139,7 +151,7 @@ struct Cli {
     log_format: LogFormat,
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let launch_plan = match &cli.launch_workers {
         Some(job) => Some(LaunchPlan::new(
             job,
@@ -149,6 +161,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         )?),
         None => None,
     };
+    if cli.check {
+        let deployment = Deployment {
+            sources: &cli.source,
+            topic: &cli.topic,
+            destination: &cli.destination,
+            subscription: cli.subscription.as_deref(),
+            launch: launch_plan.as_ref(),
+        };
+        let report = preflight(&run_plan(&cli), &deployment).await;
+        print_preflight(&report, cli.json);
+        return Ok(if report.ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let warehouses = backends::open_sources(&cli.source, "--source").await?;
     let topic = backends::open_topic(&cli.topic, "--topic").await?;
     let store = backends::open_store(&cli.destination, "--destination").await?;
@@ -156,32 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(plan) => Some(WorkerJobs::connect(&plan.endpoint).await?),
         None => None,
     };
-    let plan = RunPlan {
-        run: RunId::from_flags(cli.run_id, cli.resume, std::env::var(EXECUTION_VAR).ok()),
-        include: cli.include,
-        exclude: cli.exclude,
-        options: ExportOptions {
-            format: cli.format,
-            compression: cli.compression,
-            header: !cli.no_header,
-            field_delimiter: cli.field_delimiter,
-            max_bytes_billed: cli.max_bytes_billed,
-        },
-        partitions: PartitionPlan {
-            split: cli.partitions,
-            window: match (cli.partitions_last_days, cli.partitions_since) {
-                (Some(days), _) => Some(PartitionWindow::LastDays(days)),
-                (None, Some(day)) => Some(PartitionWindow::Since(day)),
-                (None, None) => None,
-            },
-            min_rows: cli.partitions_min_rows,
-        },
-        only_changed: cli.only_changed,
-        views: cli.views,
-        prune_gone: cli.prune_gone,
-        duplicate_window: (cli.duplicate_window > 0)
-            .then(|| std::time::Duration::from_secs(u64::from(cli.duplicate_window) * 60)),
-    };
+    let plan = run_plan(&cli);
     let cli_window = cli.duplicate_window;
     let report = produce(&plan, &warehouses, topic.as_ref(), store.as_ref()).await?;
     let launched = match (&launch_plan, &jobs) {
@@ -238,8 +241,87 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     match launched.and_then(|l| l.error(&report.run_id, report.published)) {
         Some(err) => Err(err),
-        None => Ok(()),
+        None => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// The run as the flags describe it.
+fn run_plan(cli: &Cli) -> RunPlan {
+    RunPlan {
+        run: RunId::from_flags(
+            cli.run_id.clone(),
+            cli.resume,
+            std::env::var(EXECUTION_VAR).ok(),
+        ),
+        include: cli.include.clone(),
+        exclude: cli.exclude.clone(),
+        options: ExportOptions {
+            format: cli.format,
+            compression: cli.compression,
+            header: !cli.no_header,
+            field_delimiter: cli.field_delimiter.clone(),
+            max_bytes_billed: cli.max_bytes_billed,
+        },
+        partitions: PartitionPlan {
+            split: cli.partitions,
+            window: match (cli.partitions_last_days, cli.partitions_since) {
+                (Some(days), _) => Some(PartitionWindow::LastDays(days)),
+                (None, Some(day)) => Some(PartitionWindow::Since(day)),
+                (None, None) => None,
+            },
+            min_rows: cli.partitions_min_rows,
+        },
+        only_changed: cli.only_changed,
+        views: cli.views,
+        prune_gone: cli.prune_gone,
+        duplicate_window: (cli.duplicate_window > 0)
+            .then(|| std::time::Duration::from_secs(u64::from(cli.duplicate_window) * 60)),
+    }
+}
+
+/// One line per check, then what the run would do.
+fn print_preflight(report: &PreflightReport, json: bool) {
+    if json {
+        print_json(&serde_json::to_value(report).unwrap_or_default());
+        return;
+    }
+    for check in &report.checks {
+        println!("{}", check.line());
+    }
+    if let Some(plan) = &report.plan {
+        println!(
+            "plan: {} table(s), {} unit(s), {} byte(s); skipped {}, excluded {}, unchanged {}, \
+             outside the partition window {}, source gone {}, to retire {}",
+            plan.tables,
+            plan.units,
+            plan.bytes,
+            plan.skipped.len(),
+            plan.excluded,
+            plan.unchanged,
+            plan.outside_window,
+            plan.gone,
+            plan.retired
+        );
+        for (source, path) in &plan.planning {
+            println!("planning {source}: {path}");
+        }
+    }
+    if let Some(tasks) = report.tasks {
+        println!("tasks: {tasks}");
+    }
+    let calls = &report.calls;
+    println!(
+        "calls: planning {}, publish {}, launch {}",
+        calls.planning, calls.publish, calls.launch
+    );
+    println!(
+        "{}",
+        if report.ok {
+            "check passed"
+        } else {
+            "check failed: fix what is missing above"
+        }
+    );
 }
 
 fn main() -> ExitCode {
@@ -253,7 +335,7 @@ fn main() -> ExitCode {
         Err(err) => return fail(err.into()),
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => fail(err),
     }
 }

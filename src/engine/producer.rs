@@ -310,6 +310,66 @@ pub async fn produce(
     resume(manifest, again, topic, store, started).await
 }
 
+/// What a run would do, planned as `produce` plans it, with nothing
+/// published, written or retired (`bqdrain-producer --check`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunPreview {
+    /// Tables listed in every source, before filters.
+    pub tables: usize,
+    pub units: usize,
+    /// The units' bytes, as the source reports them (unknown counts none).
+    pub bytes: u64,
+    pub skipped: Vec<SkippedTable>,
+    pub excluded: usize,
+    pub unchanged: usize,
+    pub outside_window: usize,
+    pub gone: usize,
+    /// Exports the run would retire.
+    pub retired: usize,
+    pub view_bytes_estimated: u64,
+    /// How each source was planned (`--source` URI, path), where it says.
+    pub planning: Vec<(String, String)>,
+    pub seconds: f64,
+}
+
+/// Plans a new run of `warehouses` as [`produce`] would, and stops there.
+pub async fn preview(
+    plan: &RunPlan,
+    warehouses: &[Arc<dyn Warehouse>],
+    store: &dyn ObjectStore,
+) -> anyhow::Result<RunPreview> {
+    let started = Instant::now();
+    validate(plan, warehouses, store)?;
+    let filters = Filters {
+        include: patterns("--include", &plan.include)?,
+        exclude: patterns("--exclude", &plan.exclude)?,
+    };
+    let today = Utc::now().date_naive();
+    let mut all = SourcePlan::default();
+    let mut planning = Vec::new();
+    for warehouse in warehouses {
+        let several = warehouses.len() > 1;
+        all.absorb(plan_source(plan, &filters, warehouse.as_ref(), store, today, several).await?);
+        if let Some(path) = warehouse.planned_from() {
+            planning.push((warehouse.uri().to_string(), path.to_string()));
+        }
+    }
+    Ok(RunPreview {
+        tables: all.listed,
+        units: all.units.len(),
+        bytes: all.units.iter().filter_map(|u| u.bytes).sum(),
+        skipped: all.skipped,
+        excluded: all.excluded,
+        unchanged: all.unchanged.len(),
+        outside_window: all.outside_window,
+        gone: all.gone.len(),
+        retired: all.retired.len(),
+        view_bytes_estimated: all.view_bytes,
+        planning,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
 /// What one source adds to a new run.
 #[derive(Default)]
 struct SourcePlan {

@@ -141,6 +141,13 @@ pub trait Warehouse: Send + Sync {
 
     async fn list_tables(&self) -> anyhow::Result<Vec<TableInfo>>;
 
+    /// How the last `list_tables` planned, for the preflight: BigQuery's
+    /// fast path (one query) or its fallback (a call per table). `None`
+    /// where there is one way only.
+    fn planned_from(&self) -> Option<&'static str> {
+        None
+    }
+
     /// The change markers of these tables as of now, by name; a table
     /// left out has none and always counts as changed. Changes made from now
     /// on raise them (the embedded warehouse installs its triggers here).

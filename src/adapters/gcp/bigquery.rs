@@ -141,7 +141,13 @@ pub struct BigQueryWarehouse {
     /// is jittered, so that jobs started together are not polled together.
     first_poll: Duration,
     max_poll: Duration,
+    /// Which way `list_tables` planned, once it has.
+    planned_from: std::sync::OnceLock<&'static str>,
 }
+
+/// The planning paths, as the preflight prints them.
+const FAST_PATH: &str = "fast (one INFORMATION_SCHEMA query)";
+const FALLBACK_PATH: &str = "fallback (tables.list, then one tables.get per table)";
 
 impl BigQueryWarehouse {
     pub async fn open(uri: &str, flag: &str) -> anyhow::Result<BigQueryWarehouse> {
@@ -184,6 +190,7 @@ impl BigQueryWarehouse {
             location: OnceCell::new(),
             first_poll: Duration::from_secs(1),
             max_poll: Duration::from_secs(5),
+            planned_from: std::sync::OnceLock::new(),
         })
     }
 
@@ -1111,6 +1118,7 @@ impl Warehouse for BigQueryWarehouse {
                     tables = tables.len(),
                     "planned from one INFORMATION_SCHEMA query"
                 );
+                let _ = self.planned_from.set(FAST_PATH);
                 Ok(tables)
             }
             Err(e) => {
@@ -1121,9 +1129,14 @@ impl Warehouse for BigQueryWarehouse {
                      on the project, roles/bigquery.jobUser, and bigquery.tables.list and \
                      bigquery.tables.get on the dataset, roles/bigquery.metadataViewer)"
                 );
+                let _ = self.planned_from.set(FALLBACK_PATH);
                 self.tables_from_api().await
             }
         }
+    }
+
+    fn planned_from(&self) -> Option<&'static str> {
+        self.planned_from.get().copied()
     }
 
     async fn view_bytes(&self, view: &str) -> anyhow::Result<u64> {

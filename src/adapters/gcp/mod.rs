@@ -30,6 +30,8 @@ macro_rules! connect {
 }
 
 pub mod bigquery;
+pub mod permissions;
+pub mod preflight;
 pub mod pubsub;
 pub mod run;
 pub mod storage;
