@@ -9,7 +9,8 @@ Run it with the venv's python (scripts/emulators/install.sh creates it):
 Every emulator runs in its own process group, bound to 127.0.0.1, on a free
 port unless one is given. BigQuery and Cloud Storage are reached through
 discovery_proxy.py, which holds every call to Google's API description
-(unless --no-validate): "bigquery" and "storage" are the proxies, the
+and refuses one the permission table (src/adapters/gcp/permissions.json)
+does not list (unless --no-validate): "bigquery" and "storage" are the proxies, the
 emulators themselves are under "direct", and the proxies append what they
 refuse or find to "violations" (LOG_DIR/api-violations.jsonl). When all
 answer HTTP, ONE JSON line goes to stdout:
@@ -50,6 +51,8 @@ import urllib.request
 
 HOST = "127.0.0.1"
 HERE = Path(__file__).resolve().parent
+# The calls bqdrain may make: the proxies refuse any other (403).
+PERMISSIONS = HERE.parent.parent / "src" / "adapters" / "gcp" / "permissions.json"
 DEFAULT_PUBSUB_BIN = "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator"
 START_TIMEOUT_S = 60.0
 STOP_GRACE_S = 3.0
@@ -207,6 +210,7 @@ def main() -> int:
             proxies[name] = Emulator(f"{name}-proxy", port, [
                 sys.executable, str(HERE / "discovery_proxy.py"), "--api", api, "--port", str(port),
                 "--upstream", f"{HOST}:{ports[name]}", "--violations", str(violations),
+                "--permissions", str(PERMISSIONS),
             ], "/__discovery_proxy/calls", log_dir)
         emus += proxies.values()
 
