@@ -19,6 +19,9 @@ pub const PROJECT: &str = "test-project";
 /// test tables are spread over several files.
 pub const SHARD_THRESHOLD_BYTES: &str = "8000";
 pub const SHARD_THRESHOLD_VARIABLE: &str = "BQEMU_EXPORT_SHARD_THRESHOLD_BYTES";
+/// Set to 1 (the benches do, for timings), the stack starts without its
+/// validating proxies: "bigquery" and "storage" are the emulators.
+pub const NO_VALIDATION_VARIABLE: &str = "BQDRAIN_EMULATORS_NO_VALIDATION";
 
 /// Where the three emulators listen, as `127.0.0.1:PORT`: BigQuery and
 /// Cloud Storage through `scripts/emulators/discovery_proxy.py`, which
@@ -57,6 +60,11 @@ pub fn emulators() -> &'static Emulators {
             .arg(repo().join("scripts/emulators/stack.py"))
             .arg("--log-dir")
             .arg(&logs)
+            .args(
+                std::env::var(NO_VALIDATION_VARIABLE)
+                    .is_ok_and(|v| v == "1")
+                    .then_some("--no-validate"),
+            )
             .env(
                 SHARD_THRESHOLD_VARIABLE,
                 std::env::var(SHARD_THRESHOLD_VARIABLE).unwrap_or(SHARD_THRESHOLD_BYTES.into()),
