@@ -31,9 +31,6 @@ pub struct Emulators {
     pub pubsub: String,
     pub bigquery: String,
     pub storage: String,
-    /// The emulators themselves, behind the proxies.
-    #[serde(default)]
-    pub direct: std::collections::HashMap<String, String>,
     /// Where the proxies append what they refused or found, a JSON line each.
     pub violations: std::path::PathBuf,
 }
