@@ -12,7 +12,13 @@
 //!   calls per unit;
 //! - `producer`: planning and publishing a dataset of 10,000 empty tables,
 //!   with BigQuery behind a counting proxy: wall time and BigQuery calls
-//!   (and how long creating the tables in the emulator took);
+//!   (and how long creating the tables in the emulator took); then twice
+//!   more with BigQuery behind `discovery_proxy.py` refusing (403) every
+//!   call the permission table does not grant the producer under the
+//!   module's default settings: as the table stands (`producer_grants`),
+//!   and without its `jobs.query` entries, as a module granting no
+//!   `jobs.create` would (`producer_fallback`): calls by method, refused
+//!   calls and wall time (the proxy, in Python, adds its own time a call);
 //! - `status`: `bqdrain status` of a run of 10,000 exported units whose
 //!   records are in Cloud Storage;
 //! - `verify`: `bqdrain verify` of a destination of 10,000 committed
@@ -49,6 +55,7 @@ use serde_json::{json, Value};
 use bqdrain::contract::message::{Envelope, SourceTable};
 use bqdrain::engine::layout::{self, PlannedUnit, RecordBody, RunManifest, TableManifest};
 use bqdrain::engine::producer::{produce, ProduceReport, RunId, RunPlan};
+use common::discovery_proxy::DiscoveryProxy;
 use common::fault_proxy::FaultProxy;
 use common::gcp::{emulators, GcpSandbox};
 use common::iam_proxy::IamProxy;
@@ -117,6 +124,8 @@ fn main() {
     };
     // BigQuery's own shard size (1 GB), not the tests' small one.
     std::env::set_var(common::gcp::SHARD_THRESHOLD_VARIABLE, "1000000000");
+    // Timings without the tests' validating proxies in every call.
+    std::env::set_var(common::gcp::NO_VALIDATION_VARIABLE, "1");
     let stack = emulators();
     // Before any client exists: the in-process adapters read these once.
     std::env::set_var("PUBSUB_EMULATOR_HOST", &stack.pubsub);
@@ -417,6 +426,66 @@ async fn producer(s: &Sizes) {
         format!(
             "producer, {} tables: planned and published in {seconds:.2} s with {calls} BigQuery calls (creating them in the emulator took {create_seconds:.0} s)",
             s.dataset_tables
+        ),
+    );
+
+    let table = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(PERMISSION_TABLE);
+    plan_under_grants(sb, s, "producer_grants", &table).await;
+    let without_queries = tempfile::NamedTempFile::new().unwrap();
+    let mut entries: Vec<Value> = serde_json::from_slice(&std::fs::read(&table).unwrap()).unwrap();
+    entries.retain(|e| !e["call"].as_str().unwrap().contains("/queries"));
+    std::fs::write(
+        without_queries.path(),
+        serde_json::to_vec(&entries).unwrap(),
+    )
+    .unwrap();
+    plan_under_grants(sb, s, "producer_fallback", without_queries.path()).await;
+}
+
+const PERMISSION_TABLE: &str = "src/adapters/gcp/permissions.json";
+
+/// Plans and publishes the dataset of `producer` in process, BigQuery behind
+/// `discovery_proxy.py` refusing what `table` does not grant the producer
+/// under the module's default settings (`when` "always"); prints its calls.
+async fn plan_under_grants(sb: &GcpSandbox, s: &Sizes, name: &str, table: &std::path::Path) {
+    let table = table.to_str().unwrap();
+    let who = ["--permissions", table, "--who", "producer", "--when", ""];
+    let proxy = DiscoveryProxy::start("bigquery.v2", &sb.emulators.bigquery, &who);
+    std::env::set_var("BIGQUERY_EMULATOR_HOST", &proxy.addr);
+    let started = Instant::now();
+    let warehouse = bqdrain::adapters::backends::open_warehouse(&sb.source(), "bench")
+        .await
+        .unwrap();
+    std::env::set_var("BIGQUERY_EMULATOR_HOST", &sb.emulators.bigquery);
+    let topic = bqdrain::adapters::backends::open_topic(&sb.topic(), "bench")
+        .await
+        .unwrap();
+    let store = bqdrain::adapters::backends::open_store(&sb.destination(name), "bench")
+        .await
+        .unwrap();
+    let report = publish_run(name, &warehouse, topic.as_ref(), store.as_ref()).await;
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(report.published, s.dataset_tables, "every table planned");
+    let calls = proxy.calls();
+    let total: u64 = calls.values().map(|n| n.as_u64().unwrap()).sum();
+    let refused: Vec<String> = proxy
+        .records()
+        .iter()
+        .map(|r| r["method"].to_string())
+        .collect();
+    let by_method = calls
+        .iter()
+        .map(|(method, n)| format!("{n} {}", method.trim_start_matches("bigquery.")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    emit(
+        json!({"bench": name, "tables": s.dataset_tables, "seconds": seconds,
+               "bigquery_calls": total, "by_method": calls, "refused": refused.len()}),
+        format!(
+            "{name}, {} tables under the module's grants: planned and published in {seconds:.2} s \
+             with {total} BigQuery calls ({by_method}), {} refused",
+            s.dataset_tables,
+            refused.len()
         ),
     );
 }

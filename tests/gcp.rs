@@ -1551,3 +1551,129 @@ async fn a_format_that_cannot_hold_a_table_is_refused_before_publishing() {
         "the repeated records kept: {rows:?}"
     );
 }
+
+/// A dataset no sandbox has: what the test below breaks on purpose names
+/// it, so no other test answers for it (common/api_violations.rs).
+const BROKEN_ON_PURPOSE: &str = "ds_broken_on_purpose";
+
+/// The proxies in front of BigQuery and Cloud Storage refuse a request
+/// Google's API description does not allow, with the 400 Google's front end
+/// answers, naming the call and the field, and record it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_breaking_the_api_description_is_refused_naming_the_call_and_field() {
+    let stack = common::gcp::emulators();
+    let http = reqwest::Client::new();
+    let refusal = |response: reqwest::Response| async move {
+        assert_eq!(response.status(), 400);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["status"], "INVALID_ARGUMENT", "{body}");
+        body["error"]["message"].as_str().unwrap().to_string()
+    };
+    let job = json!({"configuration": {"extract": {
+        "sourceTable": {"projectId": "test-project", "datasetId": BROKEN_ON_PURPOSE, "tableId": "t"},
+        "destinationUris": ["gs://b/x-*.csv"],
+        "compresion": "GZIP",
+        "printHeader": "yes",
+        "destinationFormat": 3,
+    }}});
+    let url = format!(
+        "http://{}/bigquery/v2/projects/test-project/jobs",
+        stack.bigquery
+    );
+    let message = refusal(http.post(url).json(&job).send().await.unwrap()).await;
+    let call = "request of bigquery.jobs.insert (POST /bigquery/v2/projects/{projectId}/jobs)";
+    for field in [
+        "configuration.extract.compresion: unknown field: JobConfigurationExtract has compression,",
+        "configuration.extract.printHeader: a string \"yes\", the API has a boolean",
+        "configuration.extract.destinationFormat: a number 3, the API has a string",
+    ] {
+        assert!(message.contains(&format!("{call}: {field}")), "{message}");
+    }
+
+    let url = format!(
+        "http://{}/storage/v1/b/{BROKEN_ON_PURPOSE}/o?projection=everything",
+        stack.storage
+    );
+    let message = refusal(http.get(url).send().await.unwrap()).await;
+    assert!(
+        message.contains(
+            "request of storage.objects.list (GET /storage/v1/b/{bucket}/o): query parameter \
+             projection: 'everything' is not one of full, noAcl"
+        ),
+        "{message}"
+    );
+    let url = format!(
+        "http://{}/storage/v1/b?prefix={BROKEN_ON_PURPOSE}",
+        stack.storage
+    );
+    let message = refusal(http.get(url).send().await.unwrap()).await;
+    assert!(
+        message.contains(
+            "request of storage.buckets.list (GET /storage/v1/b): query parameter project: required, missing"
+        ),
+        "{message}"
+    );
+
+    let recorded = recorded_on_purpose("request of");
+    assert_eq!(
+        recorded.len(),
+        5,
+        "each field refused is recorded: {recorded:#?}"
+    );
+}
+
+/// The records of the calls broken on purpose that start with `side`.
+fn recorded_on_purpose(side: &str) -> Vec<String> {
+    let violations = &common::gcp::emulators().violations;
+    let mut found = common::api_violations::since(violations, 0, &[BROKEN_ON_PURPOSE]);
+    found.retain(|m| m.starts_with(side));
+    found
+}
+
+/// The proxies refuse, with the 403 a missing grant gets, a call the
+/// permission table does not list, and a query of a region-qualified
+/// `INFORMATION_SCHEMA` view (a project-wide read no entry grants): a test
+/// fails when bqdrain makes a call the module would not allow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_permission_table_does_not_list_is_refused() {
+    let stack = common::gcp::emulators();
+    let http = reqwest::Client::new();
+    let bigquery = format!(
+        "http://{}/bigquery/v2/projects/test-project",
+        stack.bigquery
+    );
+    let refusal = |response: reqwest::Response| async move {
+        assert_eq!(response.status(), 403);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            body["error"]["errors"][0]["reason"], "accessDenied",
+            "{body}"
+        );
+        body["error"]["message"].as_str().unwrap().to_string()
+    };
+    let url = format!("{bigquery}/datasets/{BROKEN_ON_PURPOSE}/tables/t/data");
+    let message = refusal(http.get(url).send().await.unwrap()).await;
+    assert!(
+        message.contains(
+            "permission of bigquery.tabledata.list (GET /bigquery/v2/projects/{projectId}/datasets/\
+             {datasetId}/tables/{tableId}/data): permission: no entry of "
+        ) && message.contains("permissions.json lists this call"),
+        "{message}"
+    );
+    let query = format!(
+        "SELECT * FROM `region-us`.INFORMATION_SCHEMA.TABLE_STORAGE \
+         WHERE table_schema = '{BROKEN_ON_PURPOSE}'"
+    );
+    let body = json!({"query": query, "useLegacySql": false});
+    let url = format!("{bigquery}/queries");
+    let message = refusal(http.post(url).json(&body).send().await.unwrap()).await;
+    assert!(
+        message.contains(
+            "permission of bigquery.jobs.query (POST /bigquery/v2/projects/{projectId}/queries): \
+             permission: the query reads `region-us`.INFORMATION_SCHEMA.TABLE_STORAGE, which needs \
+             bigquery.tables.list on the project"
+        ),
+        "{message}"
+    );
+    assert_eq!(recorded_on_purpose("permission of").len(), 2);
+}

@@ -7,6 +7,8 @@ mod common;
 
 use std::process::Output;
 
+use serde_json::json;
+
 use common::fake_run_api::{api_error, env_of, operation, FakeRunApi, JOB};
 use common::*;
 
@@ -70,4 +72,29 @@ async fn a_dry_run_starts_nothing() {
     let out = replay(&sb, &api, &["--dry-run"]);
     json_of(&out);
     assert!(api.requests().is_empty());
+}
+
+/// The stand-in's answers are ours: the proxy in front of it holds them to
+/// Cloud Run v2's API description as it holds the requests, so a canned
+/// answer Cloud Run would not send fails the test that uses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canned_answer_cloud_run_would_not_send_is_named_with_its_field() {
+    let sb = Sandbox::new();
+    sb.make_tables(1, 10);
+    sb.produce_to("dead", "", "r1").await;
+    let (status, mut answer) = operation(1);
+    answer["done"] = json!("no");
+    answer["doneTime"] = json!("2026-01-01T00:00:00Z");
+    let api = FakeRunApi::start(vec![(status, answer)]).await;
+    replay(&sb, &api, &["--units-per-task", "1"]);
+    assert_eq!(api.requests().len(), 1, "the request passed the proxy");
+    let found = api.take_violations();
+    let call = "response of run.projects.locations.jobs.run (POST /v2/{name}:run)";
+    assert_eq!(
+        found,
+        [
+            format!("{call}: done: a string \"no\", the API has a boolean"),
+            format!("{call}: doneTime: unknown field: GoogleLongrunningOperation has done, error, metadata, name, response"),
+        ],
+    );
 }

@@ -21,6 +21,8 @@ use std::process::Output;
 use serde_json::Value;
 
 mod common;
+#[path = "../../tests/common/discovery_proxy.rs"]
+mod discovery_proxy;
 #[path = "../../tests/common/fake_run_api.rs"]
 mod fake_run_api;
 use common::Setup;

@@ -3,6 +3,8 @@
 //! writable, dead-letter policy), and publishes and writes nothing.
 
 mod common;
+#[path = "../../tests/common/discovery_proxy.rs"]
+mod discovery_proxy;
 #[path = "../../tests/common/fake_run_api.rs"]
 mod fake_run_api;
 use common::Setup;

@@ -65,6 +65,13 @@ Fixes, all applied by monkeypatching before the server starts:
      the new columns (stock kept the old ones); a partition whose rows
      changed only with the columns keeps its last_modified_time and
      logical bytes in 9, as BigQuery's does after a metadata-only change.
+ 13. Answers hold only fields BigQuery's API description has (found by
+     discovery_proxy.py, which checks every answer against it): stock adds
+     totalItems to datasets.list and jobs.list, creationTime,
+     lastModifiedTime, etag and maxTimeTravelHours to datasets.list items,
+     statistics.query.totalRows to query jobs, and ddlOperationPerformed
+     to jobs.query answers (a job's statistics.query has it, the answer
+     does not); all dropped.
   Empty query parameters (pageToken=, maxResults=) are accepted as "unset".
 
 Usage:
@@ -91,7 +98,7 @@ import urllib.request
 import duckdb
 import pyarrow as pa
 import sqlglot
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 import bqemulator.api.routes.jobs as jobs_routes
 import bqemulator.api.routes.tabledata as tabledata_routes
@@ -1008,6 +1015,7 @@ def _create_app(context: Any) -> Any:
     ours = app.router.routes[n_before:]
     del app.router.routes[n_before:]
     app.router.routes[0:0] = ours  # first match wins in Starlette
+    app.middleware("http")(_answers_shaped_like_bigquery)  # fix 13
     return app
 
 
@@ -1144,6 +1152,54 @@ async def _execute_and_sync_columns(
 
 # jobs.insert (query jobs) and jobs.query call the name imported into the routes module.
 jobs_routes.execute_query_job = _execute_and_sync_columns
+
+
+# --- 13. answers shaped like BigQuery's ----------------------------------------
+_JOB_PATHS = re.compile(r"^/bigquery/v2/projects/[^/]+/jobs(/[^/]+)?$")
+_DATASET_LIST = re.compile(r"^/bigquery/v2/projects/[^/]+/datasets$")
+_QUERY = re.compile(r"^/bigquery/v2/projects/[^/]+/queries$")
+# Fields of a datasets.list item (DatasetList.datasets[]) stock copies from
+# the full Dataset resource; BigQuery's list items do not have them.
+_NOT_IN_DATASET_LIST_ITEMS = ("creationTime", "lastModifiedTime", "etag", "maxTimeTravelHours")
+
+
+def _drop_job_total_rows(job: Any) -> None:
+    """JobStatistics2 has no totalRows: a query's row count is in its results."""
+    if isinstance(job, dict):
+        (job.get("statistics") or {}).get("query", {}).pop("totalRows", None)
+
+
+def _bigquery_shaped(path: str, body: dict) -> dict:
+    """`body` without the fields stock adds that BigQuery does not send."""
+    if _DATASET_LIST.match(path):
+        body.pop("totalItems", None)  # DatasetList has no totalItems
+        for item in body.get("datasets", []):
+            for field in _NOT_IN_DATASET_LIST_ITEMS:
+                item.pop(field, None)
+    elif _QUERY.match(path):
+        body.pop("ddlOperationPerformed", None)  # QueryResponse has no such field
+    elif _JOB_PATHS.match(path):
+        body.pop("totalItems", None)  # JobList has no totalItems
+        for job in body.get("jobs", [body]):
+            _drop_job_total_rows(job)
+    return body
+
+
+async def _answers_shaped_like_bigquery(request: Request, call_next: Any) -> Any:
+    response = await call_next(request)
+    path = request.url.path
+    if not any(rx.match(path) for rx in (_DATASET_LIST, _QUERY, _JOB_PATHS)) \
+            or "json" not in response.headers.get("content-type", ""):
+        return response
+    raw = b"".join([chunk async for chunk in response.body_iterator])
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        raw = json.dumps(_bigquery_shaped(path, body)).encode()
+    headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+    return Response(raw, status_code=response.status_code, headers=headers)
 
 
 # --- main ----------------------------------------------------------------------

@@ -7,10 +7,16 @@ Run it with the venv's python (scripts/emulators/install.sh creates it):
         [--no-stdin-watch] [--pubsub-port N] [--bigquery-port N] [--storage-port N]
 
 Every emulator runs in its own process group, bound to 127.0.0.1, on a free
-port unless one is given. When all three answer HTTP, ONE JSON line goes to
-stdout:
+port unless one is given. BigQuery and Cloud Storage are reached through
+discovery_proxy.py, which holds every call to Google's API description
+and refuses one the permission table (src/adapters/gcp/permissions.json)
+does not list (unless --no-validate): "bigquery" and "storage" are the proxies, the
+emulators themselves are under "direct", and the proxies append what they
+refuse or find to "violations" (LOG_DIR/api-violations.jsonl). When all
+answer HTTP, ONE JSON line goes to stdout:
 
     {"pubsub":"127.0.0.1:P","bigquery":"127.0.0.1:Q","storage":"127.0.0.1:R",
+     "direct":{"bigquery":..,"storage":..},"violations":"...",
      "pids":{"pubsub":..,"bigquery":..,"storage":..},"log_dir":"..."}
 
 Then it supervises, and stops every emulator (SIGTERM to each process group,
@@ -45,6 +51,8 @@ import urllib.request
 
 HOST = "127.0.0.1"
 HERE = Path(__file__).resolve().parent
+# The calls bqdrain may make: the proxies refuse any other (403).
+PERMISSIONS = HERE.parent.parent / "src" / "adapters" / "gcp" / "permissions.json"
 DEFAULT_PUBSUB_BIN = "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator"
 START_TIMEOUT_S = 60.0
 STOP_GRACE_S = 3.0
@@ -159,6 +167,8 @@ def main() -> int:
     ap.add_argument("--bigquery-port", type=int, default=0)
     ap.add_argument("--storage-port", type=int, default=0)
     ap.add_argument("--project", default="test-project", help="bqemulator default project")
+    ap.add_argument("--no-validate", action="store_true",
+                    help="no discovery_proxy.py in front of BigQuery and Cloud Storage (timings)")
     ap.add_argument("--timeout", type=float, default=START_TIMEOUT_S, help="startup timeout, seconds")
     args = ap.parse_args()
 
@@ -191,6 +201,18 @@ def main() -> int:
             "--port", str(ports["bigquery"]), "--grpc-port", "0", "--project", args.project,
         ], "/healthz", log_dir, env=bq_env),
     ]
+    violations = log_dir / "api-violations.jsonl"
+    violations.touch()
+    proxies = {}
+    if not args.no_validate:
+        for name, api in (("bigquery", "bigquery.v2"), ("storage", "storage.v1")):
+            port = free_port()
+            proxies[name] = Emulator(f"{name}-proxy", port, [
+                sys.executable, str(HERE / "discovery_proxy.py"), "--api", api, "--port", str(port),
+                "--upstream", f"{HOST}:{ports[name]}", "--violations", str(violations),
+                "--permissions", str(PERMISSIONS),
+            ], "/__discovery_proxy/calls", log_dir)
+        emus += proxies.values()
 
     stop = threading.Event()
     reason = {"why": ""}
@@ -230,7 +252,9 @@ def main() -> int:
         by_name = {e.name: e for e in emus}
         order = ("pubsub", "bigquery", "storage")
         print(json.dumps({
-            **{n: by_name[n].addr for n in order},
+            **{n: (proxies.get(n) or by_name[n]).addr for n in order},
+            "direct": {n: by_name[n].addr for n in proxies},
+            "violations": str(violations),
             "pids": {n: by_name[n].proc.pid for n in order},
             "log_dir": str(log_dir),
         }, separators=(",", ":")), flush=True)

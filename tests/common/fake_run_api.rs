@@ -1,7 +1,9 @@
 //! A stand-in for the Cloud Run Admin API v2 `projects.locations.jobs.run`
 //! method, for contract tests of `--launch-workers` (the producer's and
 //! `bqdrain replay`'s): a small HTTP/1.1 server on 127.0.0.1 that records
-//! every request and answers canned responses.
+//! every request and answers canned responses. It is reached through
+//! `discovery_proxy.py`, which holds each request and each canned answer to
+//! Cloud Run v2's API description; a test fails on what breaks it.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
@@ -10,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use super::discovery_proxy::DiscoveryProxy;
 
 pub const JOB: &str = "projects/p/locations/europe-west1/jobs/w";
 pub const EXECUTION: &str = "projects/p/locations/europe-west1/jobs/w/executions/w-x7k2q";
@@ -28,14 +32,18 @@ pub struct Recorded {
 /// The stand-in Admin API: answers `responses` in order, the last one again
 /// once they run out.
 pub struct FakeRunApi {
+    /// The proxy's URL, in front of the stand-in.
     pub endpoint: String,
     requests: Arc<Mutex<Vec<Recorded>>>,
+    proxy: DiscoveryProxy,
 }
 
 impl FakeRunApi {
     pub async fn start(responses: Vec<(u16, Value)>) -> FakeRunApi {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let proxy =
+            DiscoveryProxy::start("run.v2", &listener.local_addr().unwrap().to_string(), &[]);
+        let endpoint = format!("http://{}", proxy.addr);
         let requests = Arc::new(Mutex::new(Vec::new()));
         let queue = Arc::new(Mutex::new(VecDeque::from(responses)));
         let recorded = requests.clone();
@@ -51,11 +59,37 @@ impl FakeRunApi {
                 });
             }
         });
-        FakeRunApi { endpoint, requests }
+        FakeRunApi {
+            endpoint,
+            requests,
+            proxy,
+        }
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
         self.requests.lock().unwrap().clone()
+    }
+
+    /// What broke Cloud Run's API description so far, then forgets it (a
+    /// test that breaks it on purpose reads it here instead of failing).
+    pub fn take_violations(&self) -> Vec<String> {
+        let found = self.proxy.messages();
+        std::fs::write(&self.proxy.violations, "").unwrap();
+        found
+    }
+}
+
+impl Drop for FakeRunApi {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let found = self.proxy.messages();
+        assert!(
+            found.is_empty(),
+            "calls to the Cloud Run stand-in broke Cloud Run v2's API description:\n{}",
+            found.join("\n")
+        );
     }
 }
 

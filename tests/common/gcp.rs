@@ -19,13 +19,20 @@ pub const PROJECT: &str = "test-project";
 /// test tables are spread over several files.
 pub const SHARD_THRESHOLD_BYTES: &str = "8000";
 pub const SHARD_THRESHOLD_VARIABLE: &str = "BQEMU_EXPORT_SHARD_THRESHOLD_BYTES";
+/// Set to 1 (the benches do, for timings), the stack starts without its
+/// validating proxies: "bigquery" and "storage" are the emulators.
+pub const NO_VALIDATION_VARIABLE: &str = "BQDRAIN_EMULATORS_NO_VALIDATION";
 
-/// Where the three emulators listen, as `127.0.0.1:PORT`.
+/// Where the three emulators listen, as `127.0.0.1:PORT`: BigQuery and
+/// Cloud Storage through `scripts/emulators/discovery_proxy.py`, which
+/// holds every call to Google's API description of it.
 #[derive(Debug, serde::Deserialize)]
 pub struct Emulators {
     pub pubsub: String,
     pub bigquery: String,
     pub storage: String,
+    /// Where the proxies append what they refused or found, a JSON line each.
+    pub violations: std::path::PathBuf,
 }
 
 fn repo() -> &'static Path {
@@ -50,6 +57,11 @@ pub fn emulators() -> &'static Emulators {
             .arg(repo().join("scripts/emulators/stack.py"))
             .arg("--log-dir")
             .arg(&logs)
+            .args(
+                std::env::var(NO_VALIDATION_VARIABLE)
+                    .is_ok_and(|v| v == "1")
+                    .then_some("--no-validate"),
+            )
             .env(
                 SHARD_THRESHOLD_VARIABLE,
                 std::env::var(SHARD_THRESHOLD_VARIABLE).unwrap_or(SHARD_THRESHOLD_BYTES.into()),
@@ -75,6 +87,18 @@ pub fn emulators() -> &'static Emulators {
     })
 }
 
+/// Marks the sandbox's own calls (set-up, reading outcomes): the proxies
+/// hold them to Google's API description but not to the permission table,
+/// which lists bqdrain's calls only.
+fn harness_headers() -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        "x-bqdrain-test-harness",
+        reqwest::header::HeaderValue::from_static("1"),
+    );
+    headers
+}
+
 /// A message pulled from a subscription through the emulator's REST API.
 #[derive(Debug)]
 pub struct Pulled {
@@ -92,6 +116,9 @@ impl Pulled {
 
 pub struct GcpSandbox {
     pub name: String,
+    /// Length of the violations file when the sandbox was made: the
+    /// violations after it are this test's to answer for.
+    violations_from: u64,
     pub emulators: &'static Emulators,
     pub dataset: String,
     pub bucket: String,
@@ -107,9 +134,11 @@ impl GcpSandbox {
     /// 10 s, dead-letter policy with `max_attempts`), a dead-letter topic
     /// and its subscription, all named after the test.
     pub async fn new(name: &str, max_attempts: u32) -> GcpSandbox {
+        let emulators = emulators();
         let sb = GcpSandbox {
             name: name.to_string(),
-            emulators: emulators(),
+            violations_from: std::fs::metadata(&emulators.violations).map_or(0, |m| m.len()),
+            emulators,
             dataset: format!("ds_{name}"),
             bucket: format!("bqdrain-{}", name.replace('_', "-")),
             dir: tempfile::tempdir().unwrap(),
@@ -117,6 +146,7 @@ impl GcpSandbox {
             // few seconds, and a request racing that close fails.
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(0)
+                .default_headers(harness_headers())
                 .build()
                 .unwrap(),
             work: std::sync::Mutex::new("work".into()),
@@ -845,5 +875,30 @@ impl GcpSandbox {
             })),
         )
         .await;
+    }
+}
+
+/// A test fails when a call it made, or an answer it got, breaks Google's
+/// API description: the proxy refuses such a request with the 400 Google
+/// would answer, which the command may survive (a dead-lettered unit, a
+/// retried call), so the record decides, not the command's outcome.
+impl Drop for GcpSandbox {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let found = super::api_violations::since(
+            &self.emulators.violations,
+            self.violations_from,
+            &[&self.dataset, &self.bucket],
+        );
+        assert!(
+            found.is_empty(),
+            "{}: {} call(s) broke Google's API description (all of them: {:?}):\n{}",
+            self.name,
+            found.len(),
+            self.emulators.violations,
+            found.join("\n")
+        );
     }
 }

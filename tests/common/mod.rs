@@ -3,6 +3,8 @@
 //! read back what they exported.
 #![allow(dead_code)]
 
+pub mod api_violations;
+pub mod discovery_proxy;
 pub mod fake_run_api;
 pub mod fault_proxy;
 pub mod gcp;
