@@ -136,6 +136,16 @@ const CASES: &[Case] = &[
         says: &["--idle-timeout", "above 0"],
         ..ROW
     },
+    Case {
+        name: "queue settings written after the queue's name",
+        args: &[
+            "work",
+            "--subscription",
+            "queue://{dir}/queue.db#work?dead_letter=dead",
+        ],
+        says: &["--subscription", "before '#'", "queue://PATH?SETTINGS#NAME"],
+        ..ROW
+    },
     // Item 7: only the producer makes a queue file.
     Case {
         name: "a worker on a mistyped queue path",

@@ -94,6 +94,13 @@ impl QueueUri {
         let name = parsed.fragment.filter(|n| !n.is_empty()).ok_or_else(|| {
             ConfigError::new(flag, format!("{uri:?} names no queue after '#'"), fix)
         })?;
+        if name.contains(['?', '&', '=']) {
+            return Err(ConfigError::new(
+                flag,
+                format!("{uri:?} has settings after the queue's name; they go before '#'"),
+                "write it as queue://PATH?SETTINGS#NAME, e.g. queue://demo/queue.db?dead_letter=dead#work",
+            ));
+        }
         let mut out = QueueUri {
             path: absolute(&parsed.path),
             name,
