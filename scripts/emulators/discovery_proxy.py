@@ -34,6 +34,7 @@ import json
 import signal
 import sys
 import threading
+import traceback
 import urllib.parse
 
 from discovery import Api, Violation
@@ -128,6 +129,15 @@ def make_handler(proxy: Proxy):
                          google_error(code, status, reason, text))
 
         def handle_one(self) -> None:
+            """One call; a failure of the proxy itself is answered 500 with
+            its reason, never a connection dropped without an answer."""
+            try:
+                self._handle()
+            except Exception as e:  # noqa: BLE001: any failure, reported
+                traceback.print_exc(file=sys.stderr)
+                self._refuse(500, "INTERNAL", "backendError", f"discovery_proxy failed: {e!r}")
+
+        def _handle(self) -> None:
             raw = self._body()
             parsed = urllib.parse.urlsplit(self.path)
             if parsed.path == CALLS_PATH:
@@ -179,15 +189,25 @@ def make_handler(proxy: Proxy):
             self._answer(status, headers, answer)
 
         def _forward(self, raw: bytes):
-            conn = http.client.HTTPConnection(proxy.upstream, timeout=600)
-            try:
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-                headers["Content-Length"] = str(len(raw))
-                conn.request(self.command, self.path, body=raw, headers=headers)
-                r = conn.getresponse()
-                return r.status, r.getheaders(), r.read()
-            finally:
-                conn.close()
+            """The emulator's answer. A failed exchange with it is tried once
+            more, then answered 502 (with the reason on stderr) instead of
+            dropping the client's connection without an answer, which its
+            client reads as "connection closed before message completed"."""
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+            headers["Content-Length"] = str(len(raw))
+            for attempt in (1, 2):
+                conn = http.client.HTTPConnection(proxy.upstream, timeout=600)
+                try:
+                    conn.request(self.command, self.path, body=raw, headers=headers)
+                    r = conn.getresponse()
+                    return r.status, r.getheaders(), r.read()
+                except (OSError, http.client.HTTPException) as e:
+                    print(f"discovery_proxy: {self.command} {self.path}: attempt {attempt}: {e!r}",
+                          file=sys.stderr, flush=True)
+                finally:
+                    conn.close()
+            return 502, [("Content-Type", "application/json; charset=UTF-8")], google_error(
+                502, "UNAVAILABLE", "backendError", "discovery_proxy: the emulator did not answer")
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = handle_one
 
