@@ -6,7 +6,7 @@ use gcloud_storage::client::{Client, ClientConfig};
 use gcloud_storage::http::objects::delete::DeleteObjectRequest;
 use gcloud_storage::http::objects::download::Range;
 use gcloud_storage::http::objects::get::GetObjectRequest;
-use gcloud_storage::http::objects::list::ListObjectsRequest;
+use gcloud_storage::http::objects::list::{ListObjectsRequest, ListObjectsResponse};
 use gcloud_storage::http::objects::upload::{UploadObjectRequest, UploadType};
 use gcloud_storage::http::objects::Object;
 use gcloud_storage::http::Error as GcsError;
@@ -108,6 +108,35 @@ fn object_name_problem(name: &str) -> Option<String> {
 }
 
 impl GcsStore {
+    /// Every page of the listing of `prefix` (by `delimiter`, if given),
+    /// following page tokens to the end.
+    async fn pages(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+    ) -> anyhow::Result<Vec<ListObjectsResponse>> {
+        let mut pages = Vec::new();
+        let mut page_token = None;
+        loop {
+            let page = self
+                .client
+                .list_objects(&ListObjectsRequest {
+                    bucket: self.bucket.clone(),
+                    prefix: Some(self.name(prefix)),
+                    delimiter: delimiter.map(str::to_string),
+                    page_token: page_token.take(),
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("listing {}", self.location(prefix)))?;
+            page_token = page.next_page_token.clone().filter(|t| !t.is_empty());
+            pages.push(page);
+            if page_token.is_none() {
+                return Ok(pages);
+            }
+        }
+    }
+
     fn location(&self, key: &str) -> String {
         format!("gs://{}/{}", self.bucket, self.name(key))
     }
@@ -162,18 +191,7 @@ impl ObjectStore for GcsStore {
 
     async fn list(&self, prefix: &str) -> anyhow::Result<Vec<ObjectInfo>> {
         let mut objects = Vec::new();
-        let mut page_token = None;
-        loop {
-            let page = self
-                .client
-                .list_objects(&ListObjectsRequest {
-                    bucket: self.bucket.clone(),
-                    prefix: Some(self.name(prefix)),
-                    page_token: page_token.take(),
-                    ..Default::default()
-                })
-                .await
-                .with_context(|| format!("listing {}", self.location(prefix)))?;
+        for page in self.pages(prefix, None).await? {
             for object in page.items.unwrap_or_default() {
                 if let Some(key) = object.name.strip_prefix(&self.prefix) {
                     objects.push(ObjectInfo {
@@ -184,10 +202,6 @@ impl ObjectStore for GcsStore {
                     });
                 }
             }
-            match page.next_page_token {
-                Some(token) if !token.is_empty() => page_token = Some(token),
-                _ => break,
-            }
         }
         objects.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(objects)
@@ -197,27 +211,11 @@ impl ObjectStore for GcsStore {
     async fn folders(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
         let under = self.name(prefix);
         let mut names = Vec::new();
-        let mut page_token = None;
-        loop {
-            let page = self
-                .client
-                .list_objects(&ListObjectsRequest {
-                    bucket: self.bucket.clone(),
-                    prefix: Some(under.clone()),
-                    delimiter: Some("/".to_string()),
-                    page_token: page_token.take(),
-                    ..Default::default()
-                })
-                .await
-                .with_context(|| format!("listing the folders of {}", self.location(prefix)))?;
+        for page in self.pages(prefix, Some("/")).await? {
             names.extend(page.prefixes.unwrap_or_default().iter().filter_map(|p| {
                 let folder = p.strip_prefix(&under)?.strip_suffix('/')?;
                 (!folder.is_empty()).then(|| folder.to_string())
             }));
-            match page.next_page_token {
-                Some(token) if !token.is_empty() => page_token = Some(token),
-                _ => break,
-            }
         }
         names.sort();
         Ok(names)
