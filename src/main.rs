@@ -587,11 +587,7 @@ async fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
                 };
                 bqdrain::commands::report::write(&report, &replay, path)?;
             }
-            if args.json {
-                print_json(&report);
-            } else {
-                print!("{}", report.render());
-            }
+            print_report(args.json, &report, || report.render());
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify(args) => {
@@ -602,16 +598,8 @@ async fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
                 deep: args.deep,
             };
             let report = verify::verify(store, &sources, &options).await?;
-            if args.json {
-                print_json(&report);
-            } else {
-                print!("{}", report.render());
-            }
-            Ok(if report.ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            print_report(args.json, &report, || report.render());
+            Ok(exit_unless_wrong(report.ok))
         }
         Command::Demo(args) => {
             let opts = demo::DemoOptions {
@@ -626,16 +614,8 @@ async fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
                 force: args.force,
             };
             let report = demo::run(&opts, &std::env::current_exe()?).await?;
-            if args.json {
-                print_json(&report);
-            } else {
-                print!("{}", report.render());
-            }
-            Ok(if report.ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            print_report(args.json, &report, || report.render());
+            Ok(exit_unless_wrong(report.ok))
         }
         Command::Fault(args) => {
             let path = LocalWarehouse::path_of(&args.source, "--source")?;
@@ -670,4 +650,22 @@ fn main() -> ExitCode {
         Err(err) => return fail(err.into()),
     };
     runtime.block_on(run(cli, started)).unwrap_or_else(fail)
+}
+
+/// Prints a command's report as JSON or as its text (rendered only then).
+fn print_report<T: serde::Serialize>(as_json: bool, report: &T, text: impl FnOnce() -> String) {
+    if as_json {
+        print_json(report);
+    } else {
+        print!("{}", text());
+    }
+}
+
+/// Exit 0 when a report found nothing wrong, 1 when it did.
+fn exit_unless_wrong(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
