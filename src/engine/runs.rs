@@ -11,6 +11,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::engine::drain::Progress;
+use crate::engine::retry::RetryPolicy;
 use crate::engine::layout::{
     self, ActiveRecord, DeadRecord, PlannedUnit, RunManifest, SupersededRecord, TableManifest,
 };
@@ -98,8 +99,8 @@ impl Records {
     async fn list(store: &dyn ObjectStore, run_id: &str) -> anyhow::Result<Records> {
         let units = |prefix: String| async move {
             anyhow::Ok(
-                store
-                    .list(&prefix)
+                RetryPolicy::default()
+                    .run_any("listing a run's records", || store.list(&prefix))
                     .await?
                     .into_iter()
                     .filter_map(|o| {

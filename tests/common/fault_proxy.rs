@@ -147,34 +147,56 @@ pub async fn forward(
     body: &[u8],
 ) -> std::io::Result<()> {
     let mut upstream = TcpStream::connect(upstream).await?;
-    let head: String = head
-        .split("\r\n")
-        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
-        .map(|l| format!("{l}\r\n"))
-        .collect();
     upstream
-        .write_all(format!("{head}Connection: close\r\n\r\n").as_bytes())
+        .write_all(format!("{}Connection: close\r\n\r\n", without_connection(head)).as_bytes())
         .await?;
     upstream.write_all(body).await?;
+    // The answer says `Connection: close` too, whatever upstream said: a
+    // client that pooled this connection would send its next request into
+    // one this proxy has closed ("connection closed before message
+    // completed").
+    let Some((head, rest)) = read_head(&mut upstream).await? else {
+        return client.shutdown().await;
+    };
+    client
+        .write_all(format!("{}Connection: close\r\n\r\n", without_connection(&head)).as_bytes())
+        .await?;
+    client.write_all(&rest).await?;
     tokio::io::copy(&mut upstream, &mut client).await?;
     client.shutdown().await
 }
 
-/// The request head (without its final blank line) and its body.
-pub async fn read_request(client: &mut TcpStream) -> std::io::Result<Option<(String, Vec<u8>)>> {
+/// A message head's lines, each ending in CRLF, but its `Connection` header.
+fn without_connection(head: &str) -> String {
+    head.split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .map(|l| format!("{l}\r\n"))
+        .collect()
+}
+
+/// A message head (without its final blank line) and the bytes read after
+/// it; `None` if the stream ended first.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<(String, Vec<u8>)>> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
-    let head_end = loop {
+    loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
+            let head = String::from_utf8_lossy(&buf[..i]).into_owned();
+            return Ok(Some((head, buf[i + 4..].to_vec())));
         }
-        let n = client.read(&mut chunk).await?;
+        let n = stream.read(&mut chunk).await?;
         if n == 0 {
             return Ok(None);
         }
         buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The request head (without its final blank line) and its body.
+pub async fn read_request(client: &mut TcpStream) -> std::io::Result<Option<(String, Vec<u8>)>> {
+    let Some((head, mut body)) = read_head(client).await? else {
+        return Ok(None);
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let length: usize = head
         .lines()
         .find_map(|l| {
@@ -183,7 +205,7 @@ pub async fn read_request(client: &mut TcpStream) -> std::io::Result<Option<(Str
                 .then(|| v.trim().parse().ok())?
         })
         .unwrap_or(0);
-    let mut body = buf[head_end + 4..].to_vec();
+    let mut chunk = [0u8; 8192];
     while body.len() < length {
         let n = client.read(&mut chunk).await?;
         if n == 0 {
