@@ -578,6 +578,13 @@ impl Warehouse for Timed {
     ) -> Result<bqdrain::ports::definition::TableDefinition, UnitError> {
         self.inner.definition(source).await
     }
+    async fn load(
+        &self,
+        request: &bqdrain::ports::warehouse::LoadRequest,
+        cancel: Cancel,
+    ) -> Result<bqdrain::ports::warehouse::LoadResult, UnitError> {
+        self.inner.load(request, cancel).await
+    }
     async fn column_types(
         &self,
     ) -> anyhow::Result<std::collections::HashMap<String, Vec<(String, String)>>> {

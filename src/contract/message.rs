@@ -11,8 +11,14 @@ use crate::contract::change::ChangeMarker;
 use crate::contract::options::ExportOptions;
 use crate::error::UnitError;
 
-/// The body schema version this build writes and reads.
+/// The body schema version of an export's messages, which this build
+/// writes and reads.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// The body schema version of a restore's messages (those with `restore`):
+/// a worker that knows only exports refuses them as an unsupported version,
+/// and dead-letters them, instead of exporting their source.
+pub const RESTORE_SCHEMA_VERSION: u32 = 2;
 
 /// Attribute names. `run_id` and `table` let replay and subscription filters
 /// select messages without parsing bodies.
@@ -41,6 +47,26 @@ pub struct WorkMessage {
     /// datasets' tables of one name keep apart records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
+    /// Present in a restore run's messages: load the unit's export, found in
+    /// `destination` under `source`'s folder, into this table instead of
+    /// exporting `source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreTarget>,
+}
+
+/// Where a restore unit's export is loaded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RestoreTarget {
+    /// URI of the dataset to restore into (`bigquery://P/D`, `sqlite://PATH`).
+    pub dataset_uri: String,
+    /// The table to write there.
+    pub table: String,
+    /// The run whose committed export of the unit is loaded.
+    pub exported_by: String,
+    /// Drop a whole table that exists and make it again from its definition
+    /// (`--if-exists replace`).
+    #[serde(default)]
+    pub replace_table: bool,
 }
 
 /// The table (or partition) to export.
@@ -102,14 +128,17 @@ impl WorkMessage {
     pub fn decode(data: &[u8]) -> Result<WorkMessage, UnitError> {
         let value: serde_json::Value = serde_json::from_slice(data)
             .map_err(|e| UnitError::permanent("malformed", format!("body is not JSON: {e}")))?;
-        match value.get("v").and_then(|v| v.as_u64()) {
-            Some(v) if v == u64::from(SCHEMA_VERSION) => {}
+        let version = value.get("v").and_then(|v| v.as_u64());
+        match version {
+            Some(v) if v == u64::from(SCHEMA_VERSION) || v == u64::from(RESTORE_SCHEMA_VERSION) => {
+            }
             Some(v) => {
                 return Err(UnitError::permanent(
                     "unsupportedVersion",
                     format!(
-                        "schema version {v} is not supported by this worker (it reads v{SCHEMA_VERSION}); \
-                         upgrade the worker or replay with a matching one"
+                        "schema version {v} is not supported by this worker (it reads \
+                         v{SCHEMA_VERSION} and v{RESTORE_SCHEMA_VERSION}); upgrade the worker or \
+                         replay with a matching one"
                     ),
                 ))
             }
@@ -123,8 +152,27 @@ impl WorkMessage {
         let msg: WorkMessage = serde_json::from_value(value).map_err(|e| {
             UnitError::permanent("malformed", format!("body does not match schema v1: {e}"))
         })?;
+        let restore_version = version == Some(u64::from(RESTORE_SCHEMA_VERSION));
+        if restore_version != msg.restore.is_some() {
+            return Err(UnitError::permanent(
+                "malformed",
+                format!(
+                    "a v{SCHEMA_VERSION} body is an export and has no \"restore\"; a \
+                     v{RESTORE_SCHEMA_VERSION} body is a restore and has one"
+                ),
+            ));
+        }
         msg.check_names()?;
         Ok(msg)
+    }
+
+    /// The body schema version for this message: restores have their own.
+    pub fn version_for(restore: &Option<RestoreTarget>) -> u32 {
+        if restore.is_some() {
+            RESTORE_SCHEMA_VERSION
+        } else {
+            SCHEMA_VERSION
+        }
     }
 
     /// A body that [`WorkMessage::decode`] refuses for its names only (a
@@ -135,7 +183,8 @@ impl WorkMessage {
     /// folder.
     pub fn decode_for_record(data: &[u8]) -> Option<WorkMessage> {
         let msg: WorkMessage = serde_json::from_slice(data).ok()?;
-        (msg.v == SCHEMA_VERSION && check_path_segment(&msg.run_id).is_ok()).then_some(msg)
+        (msg.v == WorkMessage::version_for(&msg.restore) && check_path_segment(&msg.run_id).is_ok())
+            .then_some(msg)
     }
 
     /// Names become object keys: refuse anything that could escape a folder.
@@ -146,6 +195,11 @@ impl WorkMessage {
             ("source.table", Some(&self.source.table)),
             ("source.partition", self.source.partition.as_ref()),
             ("unit", self.unit.as_ref()),
+            ("restore.table", self.restore.as_ref().map(|r| &r.table)),
+            (
+                "restore.exported_by",
+                self.restore.as_ref().map(|r| &r.exported_by),
+            ),
         ];
         for (field, value) in fields {
             if let Some(value) = value {
@@ -195,6 +249,7 @@ mod tests {
             enqueued_at: Utc::now(),
             change: None,
             unit: None,
+            restore: None,
         }
     }
 
@@ -210,7 +265,7 @@ mod tests {
     #[test]
     fn rejects_unknown_version_and_garbage() {
         let mut v = serde_json::to_value(sample()).unwrap();
-        v["v"] = 2.into();
+        v["v"] = 3.into();
         let err = WorkMessage::decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
         assert_eq!(err.reason, "unsupportedVersion");
         assert!(!err.is_transient());
@@ -222,6 +277,24 @@ mod tests {
             WorkMessage::decode(b"{\"v\":1}").unwrap_err().reason,
             "malformed"
         );
+    }
+
+    #[test]
+    fn restores_carry_their_own_version() {
+        let mut m = sample();
+        m.restore = Some(RestoreTarget {
+            dataset_uri: "sqlite:///tmp/back.db".into(),
+            table: "t".into(),
+            exported_by: "r0".into(),
+            replace_table: false,
+        });
+        let as_export = WorkMessage::decode(&serde_json::to_vec(&m).unwrap()).unwrap_err();
+        assert_eq!(as_export.reason, "malformed", "{}", as_export.message);
+        m.v = RESTORE_SCHEMA_VERSION;
+        assert_eq!(WorkMessage::decode(&m.to_envelope().data).unwrap(), m);
+        m.restore = None;
+        let bare = WorkMessage::decode(&serde_json::to_vec(&m).unwrap()).unwrap_err();
+        assert_eq!(bare.reason, "malformed", "{}", bare.message);
     }
 
     #[test]

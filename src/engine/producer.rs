@@ -1044,6 +1044,7 @@ async fn publish(
                     enqueued_at: manifest.created_at,
                     change: u.change.clone(),
                     unit: (u.unit != u.source.unit()).then(|| u.unit.clone()),
+                    restore: None,
                 }
                 .to_envelope()
             })

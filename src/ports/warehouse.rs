@@ -134,6 +134,41 @@ pub struct ExportResult {
     pub as_of: Option<DateTime<Utc>>,
 }
 
+/// One unit of a restore: a committed export loaded back into a table of
+/// this warehouse's dataset.
+#[derive(Debug, Clone)]
+pub struct LoadRequest {
+    /// Stable per restore run and unit, so a retried load finds its
+    /// earlier job.
+    pub job_key: String,
+    /// The table to write, in this warehouse's dataset.
+    pub table: String,
+    /// The table's definition as it was exported (`_TABLE.json`): the
+    /// table is created from it when absent. Its `partition` names the one
+    /// partition a partition unit replaces (`TABLE$ID`, truncated), leaving
+    /// the table's other partitions as they are; a view is re-created from
+    /// its `view_query` and no file is loaded.
+    pub definition: TableDefinition,
+    /// Root URI of the store holding the export (`gs://…`, `file://…`).
+    pub source_root: String,
+    /// Keys, relative to `source_root`, of the export's data files.
+    pub files: Vec<String>,
+    /// How the files were written: format, compression, header, delimiter.
+    pub options: ExportOptions,
+    /// A whole-table unit drops the table first if it exists and makes it
+    /// again from the definition (`--if-exists replace`); otherwise a
+    /// table that exists is loaded with its data replaced. Whether a table
+    /// may be written at all is decided before the restore is published.
+    pub replace_table: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadResult {
+    /// Rows the load wrote into the table (or partition): the load job's
+    /// statistics, or a count; `None` for a view.
+    pub rows: Option<u64>,
+}
+
 /// Set when the worker gives up on an export (shutdown): adapters stop early.
 pub type Cancel = Arc<AtomicBool>;
 
@@ -203,6 +238,12 @@ pub trait Warehouse: Send + Sync {
     /// The definition of the unit's table as it is now, written beside the
     /// unit's export as `_TABLE.json`, so a restore makes the table as it was.
     async fn definition(&self, source: &SourceTable) -> Result<TableDefinition, UnitError>;
+
+    /// Loads one unit of a restore (see [`LoadRequest`]): creates the table
+    /// from its definition if absent, then replaces the data of the whole
+    /// table or of the one partition. Safe to repeat: a redelivery writes
+    /// the same rows again, never twice.
+    async fn load(&self, request: &LoadRequest, cancel: Cancel) -> Result<LoadResult, UnitError>;
 
     /// Every table's columns as `(name, type)`, by table, the types as the
     /// warehouse's SQL spells them (`STRUCT<a INT64>`, `ARRAY<STRING>`), so

@@ -33,8 +33,8 @@ use crate::ports::definition::{
     Column, RangePartitioning, TableDefinition, TimePartitioning, DEFINITION_VERSION,
 };
 use crate::ports::warehouse::{
-    Cancel, ExportQuota, ExportRequest, ExportResult, PartitionInfo, Partitioning, TableInfo,
-    TableKind, Warehouse,
+    Cancel, ExportQuota, ExportRequest, ExportResult, LoadRequest, LoadResult, PartitionInfo,
+    Partitioning, TableInfo, TableKind, Warehouse,
 };
 
 pub const SCHEME: &str = "bigquery://";
@@ -1367,6 +1367,17 @@ impl Warehouse for BigQueryWarehouse {
     /// From one query of the dataset's `INFORMATION_SCHEMA.COLUMNS`, whose
     /// `data_type` spells a nested or repeated column `STRUCT<…>` or
     /// `ARRAY<…>`.
+    async fn load(&self, request: &LoadRequest, _cancel: Cancel) -> Result<LoadResult, UnitError> {
+        Err(UnitError::permanent(
+            "notImplemented",
+            format!(
+                "restoring into {} is not built yet (table {})",
+                self.uri(),
+                request.table
+            ),
+        ))
+    }
+
     async fn column_types(&self) -> anyhow::Result<HashMap<String, Vec<(String, String)>>> {
         let rows = self.column_rows().await?;
         Ok(columns_by_table(&rows)

@@ -31,7 +31,8 @@ use crate::contract::options::{Compression, ExportOptions, Format};
 use crate::error::{ConfigError, UnitError};
 use crate::ports::definition::TableDefinition;
 use crate::ports::warehouse::{
-    Cancel, ExportRequest, ExportResult, PartitionInfo, TableInfo, TableKind, Warehouse,
+    Cancel, ExportRequest, ExportResult, LoadRequest, LoadResult, PartitionInfo, TableInfo,
+    TableKind, Warehouse,
 };
 
 /// BigQuery's own limit on one exported file.
@@ -495,6 +496,17 @@ impl Warehouse for LocalWarehouse {
     /// the local warehouse writes (CSV, JSON) is refused for its types. A
     /// view whose tables are gone has no columns to read: it is left out,
     /// and its export fails in the worker as before.
+    async fn load(&self, request: &LoadRequest, _cancel: Cancel) -> Result<LoadResult, UnitError> {
+        Err(UnitError::permanent(
+            "notImplemented",
+            format!(
+                "restoring into {} is not built yet (table {})",
+                self.uri(),
+                request.table
+            ),
+        ))
+    }
+
     async fn column_types(&self) -> anyhow::Result<HashMap<String, Vec<(String, String)>>> {
         self.with_connection(move |conn| {
             let names = conn
