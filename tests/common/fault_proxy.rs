@@ -51,9 +51,6 @@ impl FaultProxy {
     }
 
     pub fn with_rules(upstream: &str, rules: Vec<(&str, Vec<Fault>)>) -> FaultProxy {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
         let plan = Arc::new(Plan {
             upstream: upstream.to_string(),
             rules: Mutex::new(
@@ -66,18 +63,7 @@ impl FaultProxy {
             seen: Mutex::new(Vec::new()),
         });
         let serving = Arc::clone(&plan);
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = TcpListener::from_std(listener).unwrap();
-                while let Ok((client, _)) = listener.accept().await {
-                    tokio::spawn(serve(client, Arc::clone(&serving)));
-                }
-            });
-        });
+        let addr = listen(move |client| serve(client, Arc::clone(&serving)));
         FaultProxy { addr, plan }
     }
 
@@ -96,6 +82,31 @@ impl FaultProxy {
     pub fn reset_count(&self) {
         self.plan.seen.lock().unwrap().clear();
     }
+}
+
+/// Listens on a free port of 127.0.0.1, on a thread of its own, and hands
+/// each connection to `serve`; returns `127.0.0.1:PORT`.
+pub fn listen<F, Fut>(serve: F) -> String
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = TcpListener::from_std(listener).unwrap();
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(serve(client));
+            }
+        });
+    });
+    addr
 }
 
 async fn serve(mut client: TcpStream, plan: Arc<Plan>) -> std::io::Result<()> {

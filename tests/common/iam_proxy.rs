@@ -8,9 +8,9 @@
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-use super::fault_proxy::{forward, read_request};
+use super::fault_proxy::{forward, listen, read_request};
 
 pub struct IamProxy {
     /// `127.0.0.1:PORT`, for `STORAGE_EMULATOR_HOST` and the like.
@@ -19,23 +19,9 @@ pub struct IamProxy {
 
 impl IamProxy {
     pub fn start(upstream: &str, refused: &[&str]) -> IamProxy {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
         let upstream = Arc::new(upstream.to_string());
         let refused: Arc<Vec<String>> = Arc::new(refused.iter().map(|p| p.to_string()).collect());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = TcpListener::from_std(listener).unwrap();
-                while let Ok((client, _)) = listener.accept().await {
-                    tokio::spawn(serve(client, Arc::clone(&upstream), Arc::clone(&refused)));
-                }
-            });
-        });
+        let addr = listen(move |client| serve(client, Arc::clone(&upstream), Arc::clone(&refused)));
         IamProxy { addr }
     }
 }
