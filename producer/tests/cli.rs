@@ -13,21 +13,7 @@ use common::{Setup, BIN};
 #[tokio::test]
 async fn publishes_matching_tables_largest_first_and_skips_views() {
     let s = Setup::new();
-    let out = s.produce(&[
-        "--json",
-        "--include",
-        "a_*",
-        "--exclude",
-        "a_3",
-        "--run-id",
-        "r1",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = s.report(&["--include", "a_*", "--exclude", "a_3", "--run-id", "r1"]);
     assert_eq!(report["run_id"], "r1");
     assert_eq!(report["published"], 2);
     assert_eq!(report["excluded"], 2, "b_1 and a_3");
@@ -153,20 +139,13 @@ async fn views_are_published_under_the_byte_guard_and_refused_above_it() {
     }
     assert_eq!(s.published().await, 0);
 
-    let out = s.produce(&[
-        "--json",
+    let report = s.report(&[
         "--views",
         "--max-bytes-billed",
         "1000000",
         "--include",
         "a_*",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["published"], 4, "{report}");
     assert_eq!(report["skipped"].as_array().unwrap().len(), 0, "{report}");
     let estimated = report["view_bytes_estimated"].as_u64().unwrap();
@@ -202,15 +181,7 @@ fn every_flag_has_an_environment_twin() {
 #[tokio::test]
 async fn a_duplicate_trigger_within_the_window_publishes_nothing() {
     let s = Setup::new();
-    let json = |args: &[&str]| -> serde_json::Value {
-        let out = s.produce(&[&["--json"], args].concat());
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let json = |args: &[&str]| s.report(args);
     let first = json(&["--duplicate-window", "10", "--run-id", "r1"]);
     assert_eq!(first["published"], 4);
     assert!(first.get("duplicate_of").is_none(), "{first}");
@@ -362,13 +333,7 @@ async fn tables_whose_names_cannot_be_folders_are_skipped_with_the_reason() {
     let names = ["", ".", "..", "a/b", "back\\slash", "new\nline"];
     let names: Vec<String> = names.map(String::from).to_vec();
     dataset::create_dummy_tables(&db, &names, 5).unwrap();
-    let out = s.produce(&["--json", "--run-id", "r1"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = s.report(&["--run-id", "r1"]);
     assert_eq!(report["published"], 4, "a_1, a_2, a_3, b_1: {report}");
     let published: Vec<String> = peek(&s.queue())
         .await

@@ -1,4 +1,6 @@
 //! A local dataset, queue and export root for running the real producer.
+//! Shared by several test crates, each of which uses part of it.
+#![allow(dead_code)]
 
 use std::process::{Command, Output};
 
@@ -43,6 +45,18 @@ impl Setup {
             .env_remove("RUST_LOG")
             .output()
             .unwrap()
+    }
+
+    /// Runs the producer with `--json` and `args`, which must succeed, and
+    /// returns its report.
+    pub fn report(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.produce(&[&["--json"], args].concat());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
     }
 
     /// Messages waiting on the queue.
