@@ -99,3 +99,8 @@ output "status_command" {
   description = "Shows a run's progress; add --run-id RUN_ID (the producer logs it at each run)."
   value       = "bqdrain status --destination ${local.destination_uri}"
 }
+
+output "preflight_command" {
+  description = "Runs the preflight (bqdrain-producer --check) as the producer's identity: its log lists each check, ok or missing with the fix."
+  value       = local.preflight_command
+}

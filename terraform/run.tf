@@ -3,6 +3,10 @@
 # variables, each the twin of a command-line flag.
 
 locals {
+  # Settings come to the producer in its environment, so --check alone
+  # replaces the job's (empty) arguments.
+  preflight_command = "gcloud run jobs execute ${google_cloud_run_v2_job.producer.name} --project=${var.project_id} --region=${var.region} --args=--check --wait"
+
   work_subscription_uri = "pubsub://${google_pubsub_subscription.work.id}"
 
   producer_env = merge(
@@ -122,4 +126,16 @@ resource "google_cloud_run_v2_job" "worker" {
   }
 
   depends_on = [google_project_service.required]
+}
+
+# The preflight, run as the producer's own identity by executing its job
+# with --check: it publishes, writes and retires nothing. Runs again when
+# what the producer runs changes.
+resource "terraform_data" "preflight" {
+  count            = var.preflight_after_apply ? 1 : 0
+  triggers_replace = [local.image, local.producer_env, google_cloud_run_v2_job.producer.id]
+
+  provisioner "local-exec" {
+    command = local.preflight_command
+  }
 }

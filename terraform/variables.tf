@@ -545,6 +545,12 @@ variable "producer_max_retries" {
   }
 }
 
+variable "preflight_after_apply" {
+  type        = bool
+  description = "Run the preflight (bqdrain-producer --check: the permissions the producer holds, the subscription's dead-letter policy, the bucket's location and soft delete, the plan) once the jobs exist, and again whenever the producer's image or settings change: apply then executes the producer job with --args=--check and waits, and fails if a check fails. Needs gcloud, signed in, where Terraform runs."
+  default     = false
+}
+
 variable "producer_cpu" {
   type        = string
   description = "CPU limit of the producer."

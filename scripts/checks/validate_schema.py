@@ -72,7 +72,7 @@ class Checker:
         for key, value in body.items():
             if key.startswith("__"):
                 continue
-            if key == "dynamic" and is_dynamics(value):
+            if key == "dynamic" and is_labelled_blocks(value):
                 present |= self.check_dynamics(value, node, path, where)
                 continue
             present.add(key)
@@ -150,7 +150,8 @@ class Checker:
             if key == "lifecycle" and is_blocks(value):
                 for inst in value:
                     self.check_body(inst, LIFECYCLE[kind], "lifecycle.", where)
-            elif kind == "resource" and key in RESOURCE_ONLY_META_BLOCKS and is_blocks(value):
+            elif kind == "resource" and key in RESOURCE_ONLY_META_BLOCKS and (
+                    is_blocks(value) or is_labelled_blocks(value)):
                 continue  # provisioners run outside the provider
             else:
                 own[key] = value
@@ -185,8 +186,9 @@ def is_blocks(value) -> bool:
         isinstance(v, dict) and v.get(BLOCK_MARK) for v in value)
 
 
-def is_dynamics(value) -> bool:
-    """`dynamic "x" {}` comes as [{"x": {..., __is_block__}}] (the label level is unmarked)."""
+def is_labelled_blocks(value) -> bool:
+    """`dynamic "x" {}` or `provisioner "local-exec" {}` comes as
+    [{"x": {..., __is_block__}}] (the label level is unmarked)."""
     return isinstance(value, list) and bool(value) and all(
         isinstance(v, dict) and all(isinstance(b, dict) and b.get(BLOCK_MARK)
                                     for k, b in v.items() if not k.startswith("__"))

@@ -490,6 +490,23 @@ def test_producer_retry_is_described_as_resuming_its_run(module):
     assert "new run id" not in row.lower() and "same run" in row.lower(), row
 
 
+def test_preflight_after_apply_executes_the_producer_job_with_check(module):
+    """Off by default; when on, apply runs `--check` as the producer's own
+    identity (its job, not the operator's credentials), waits for it, and
+    runs it again when what the producer runs changes."""
+    assert module.default("preflight_after_apply") is False
+    preflight = module.resources["terraform_data.preflight"]
+    assert preflight["count"] == "${var.preflight_after_apply ? 1 : 0}"
+    command = module.expand(preflight["provisioner"][0]["local-exec"]["command"])
+    assert "gcloud run jobs execute ${google_cloud_run_v2_job.producer.name}" in command, command
+    assert "--args=--check" in command and "--wait" in command, command
+    triggers = module.expand(preflight["triggers_replace"])
+    for changed in ("var.image", "BQDRAIN_SOURCE", "google_cloud_run_v2_job.producer.id"):
+        assert changed in triggers, (changed, triggers)
+    outputs = (MODULE / "outputs.tf").read_text(encoding="utf-8")
+    assert 'output "preflight_command"' in outputs and "local.preflight_command" in outputs
+
+
 # --- the image repository -----------------------------------------------------------
 
 def cleanup_policies(module) -> list[dict]:
