@@ -1364,9 +1364,6 @@ impl Warehouse for BigQueryWarehouse {
         Ok(definition_of(table, source))
     }
 
-    /// From one query of the dataset's `INFORMATION_SCHEMA.COLUMNS`, whose
-    /// `data_type` spells a nested or repeated column `STRUCT<…>` or
-    /// `ARRAY<…>`.
     async fn load(&self, request: &LoadRequest, _cancel: Cancel) -> Result<LoadResult, UnitError> {
         Err(UnitError::permanent(
             "notImplemented",
@@ -1378,6 +1375,9 @@ impl Warehouse for BigQueryWarehouse {
         ))
     }
 
+    /// From one query of the dataset's `INFORMATION_SCHEMA.COLUMNS`, whose
+    /// `data_type` spells a nested or repeated column `STRUCT<…>` or
+    /// `ARRAY<…>`.
     async fn column_types(&self) -> anyhow::Result<HashMap<String, Vec<(String, String)>>> {
         let rows = self.column_rows().await?;
         Ok(columns_by_table(&rows)

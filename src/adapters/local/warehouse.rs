@@ -492,10 +492,6 @@ impl Warehouse for LocalWarehouse {
         })
     }
 
-    /// SQLite's declared types: none is nested or repeated, so no format
-    /// the local warehouse writes (CSV, JSON) is refused for its types. A
-    /// view whose tables are gone has no columns to read: it is left out,
-    /// and its export fails in the worker as before.
     async fn load(&self, request: &LoadRequest, _cancel: Cancel) -> Result<LoadResult, UnitError> {
         Err(UnitError::permanent(
             "notImplemented",
@@ -507,6 +503,10 @@ impl Warehouse for LocalWarehouse {
         ))
     }
 
+    /// SQLite's declared types: none is nested or repeated, so no format
+    /// the local warehouse writes (CSV, JSON) is refused for its types. A
+    /// view whose tables are gone has no columns to read: it is left out,
+    /// and its export fails in the worker as before.
     async fn column_types(&self) -> anyhow::Result<HashMap<String, Vec<(String, String)>>> {
         self.with_connection(move |conn| {
             let names = conn
