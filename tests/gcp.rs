@@ -278,6 +278,32 @@ async fn transient_bigquery_errors_are_retried_with_backoff() {
     assert_queues_empty(&sb).await;
 }
 
+/// A whole-table unit reads its table once after the export: the one
+/// `tables.get` gives both the row count its record keeps and the
+/// definition written beside it.
+#[tokio::test]
+async fn a_whole_table_unit_reads_its_table_once() {
+    let sb = GcpSandbox::new("readonce", 5).await;
+    sb.make_tables(2, 100).await;
+    produced(&sb.produce("exports", &["--run-id", "r1"]));
+    let proxy = FaultProxy::counting(&sb.emulators.bigquery);
+    let destination = sb.destination("exports");
+    let worker = sb.spawn_worker(
+        &["--run-id", "r1", "--destination", &destination],
+        Some(&proxy.addr),
+    );
+    all_drained(&sb, vec![worker]);
+    for table in ["t_001", "t_002"] {
+        let record = sb.assert_exported("exports", "r1", table, 100).await;
+        assert_eq!(record.rows, Some(100), "{table}");
+        let get = format!(
+            "GET /bigquery/v2/projects/test-project/datasets/{}/tables/{table}",
+            sb.dataset
+        );
+        assert_eq!(proxy.requests(&get), 1, "{table}");
+    }
+}
+
 /// A task killed while its extract job is being created leaves that job to
 /// the unit's next delivery, which re-attaches to it instead of exporting
 /// again.

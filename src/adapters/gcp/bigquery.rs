@@ -148,6 +148,10 @@ pub struct BigQueryWarehouse {
     max_poll: Duration,
     /// Which way `list_tables` planned, once it has.
     planned_from: std::sync::OnceLock<&'static str>,
+    /// Tables read by `exported_rows` after their export, by name, until
+    /// `definition` takes them: one `tables.get` per whole-table unit
+    /// serves both.
+    read_after_export: std::sync::Mutex<HashMap<String, Table>>,
 }
 
 /// The planning paths, as the preflight prints them.
@@ -196,6 +200,7 @@ impl BigQueryWarehouse {
             first_poll: Duration::from_secs(1),
             max_poll: Duration::from_secs(5),
             planned_from: std::sync::OnceLock::new(),
+            read_after_export: Default::default(),
         })
     }
 
@@ -445,7 +450,12 @@ impl BigQueryWarehouse {
                     i64::try_from(found.last_modified_time)
                         .is_ok_and(|ms| ms <= at.timestamp_millis())
                 });
-                found.num_rows.filter(|_| unchanged)
+                let rows = found.num_rows.filter(|_| unchanged);
+                self.read_after_export
+                    .lock()
+                    .unwrap()
+                    .insert(table.clone(), found);
+                rows
             }
             Err(e) => {
                 tracing::warn!(table, error = %e, "cannot read the row count");
@@ -1343,11 +1353,16 @@ impl Warehouse for BigQueryWarehouse {
         self.extract(request, location, None, &cancel).await
     }
 
-    /// One `tables.get` per unit, in the worker: the planning queries'
-    /// `INFORMATION_SCHEMA` views hold no labels, policy tags or range
-    /// bounds, and a unit exported hours after planning records the table
-    /// as it was exported.
+    /// One `tables.get` per unit, in the worker (for a whole table, the one
+    /// its row count was read with after the export): the planning
+    /// queries' `INFORMATION_SCHEMA` views hold no labels, policy tags or
+    /// range bounds, and a unit exported hours after planning records the
+    /// table as it was exported.
     async fn definition(&self, source: &SourceTable) -> Result<TableDefinition, UnitError> {
+        let read = self.read_after_export.lock().unwrap().remove(&source.table);
+        if let Some(table) = read.filter(|_| source.dataset == self.dataset) {
+            return Ok(definition_of(table, source));
+        }
         let what = format!("reading the definition of table {}", source.table);
         let table = metadata_retry()
             .run(&what, || async {
