@@ -493,8 +493,11 @@ fn flags_of(program: &str, subcommand: Option<&str>) -> Flags {
 fn check_flags(command: &[String]) -> Result<(), String> {
     let program = command[0].as_str();
     let (subcommand, args) = match program {
+        // A word in capitals (`bqdrain ARGS`) stands for any.
         "bqdrain" => match command.get(1) {
-            Some(sub) if !sub.starts_with('-') => (Some(sub.as_str()), &command[2..]),
+            Some(sub) if sub.starts_with(|c: char| c.is_ascii_lowercase()) => {
+                (Some(sub.as_str()), &command[2..])
+            }
             _ => (None, &command[1..]),
         },
         _ => (None, &command[1..]),
@@ -503,7 +506,12 @@ fn check_flags(command: &[String]) -> Result<(), String> {
     let unknown: Vec<&str> = args
         .iter()
         .filter(|a| a.starts_with("--") && a.len() > 2)
-        .map(|a| a.split('=').next().unwrap())
+        .map(|a| {
+            let end = a[2..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .map_or(a.len(), |at| at + 2);
+            &a[..end]
+        })
         .filter(|flag| !known.contains(*flag))
         .collect();
     if unknown.is_empty() {
@@ -511,6 +519,53 @@ fn check_flags(command: &[String]) -> Result<(), String> {
     } else {
         Err(format!("unknown flag(s) {unknown:?}"))
     }
+}
+
+/// The code spans of a page's prose (a run of backticks up to the next run
+/// of as many) that start with `bqdrain ` or `bqdrain-producer `, as words:
+/// the synopses' brackets, bars and ellipses read as spaces.
+fn inline_commands(text: &str) -> Vec<(String, Vec<String>)> {
+    let prose = prose(text).join("\n");
+    let mut out = Vec::new();
+    let mut rest = prose.as_str();
+    while let Some(open) = rest.find('`') {
+        let ticks = rest[open..].len() - rest[open..].trim_start_matches('`').len();
+        let fence = &rest[open..open + ticks];
+        let body = &rest[open + ticks..];
+        let Some(close) = body.find(fence) else {
+            break;
+        };
+        let span = &body[..close];
+        if span.starts_with("bqdrain ") || span.starts_with("bqdrain-producer ") {
+            let words = span
+                .replace(['[', ']', '|', '\\', '…'], " ")
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            out.push((span.replace('\n', " "), words));
+        }
+        rest = &body[close + ticks..];
+    }
+    out
+}
+
+#[test]
+fn every_bqdrain_command_in_the_prose_uses_flags_that_exist() {
+    let mut checked = 0;
+    let mut wrong = Vec::new();
+    for page in pages() {
+        for (span, words) in inline_commands(&read(&page)) {
+            checked += 1;
+            if let Err(why) = check_flags(&words) {
+                wrong.push(format!("{}: `{span}`: {why}", page.display()));
+            }
+        }
+    }
+    assert!(
+        checked > 30,
+        "only {checked} commands found in the prose: the parser lost them"
+    );
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
 #[test]
