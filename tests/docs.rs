@@ -195,14 +195,17 @@ fn runnable(kind: Kind) -> Vec<Runnable> {
             if block.kind != kind {
                 continue;
             }
-            let steps = if block.is_console() {
+            let mut steps = if block.is_console() {
                 console_steps(&block)
             } else {
                 vec![Step {
-                    command: commands_of(&block),
+                    command: block.body.clone(),
                     expected: Vec::new(),
                 }]
             };
+            for step in &mut steps {
+                step.command = rewrite_cargo_run(&step.command, &block.place);
+            }
             if !block.is_console() {
                 last_run = Some(Some(out.len()));
             }
@@ -215,6 +218,7 @@ fn runnable(kind: Kind) -> Vec<Runnable> {
     out
 }
 
+/// A shown output's lines, trailing spaces left out.
 fn lines_of(text: &str) -> Vec<String> {
     text.lines().map(|l| l.trim_end().to_string()).collect()
 }
@@ -245,14 +249,7 @@ fn console_steps(block: &Block) -> Vec<Step> {
         }
         continued = line.ends_with('\\');
     }
-    for step in &mut steps {
-        step.command = rewrite_cargo_run(&step.command, &block.place);
-    }
     steps
-}
-
-fn commands_of(block: &Block) -> String {
-    rewrite_cargo_run(&block.body, &block.place)
 }
 
 /// `cargo run [flags] -- ARGS` runs `bqdrain ARGS` (the binary this test
