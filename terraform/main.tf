@@ -20,7 +20,7 @@ locals {
   bucket_location    = coalesce(var.bucket_location, var.region)
 
   # The run records and manifests bqdrain keeps beside the exports
-  # (see the README's destination layout).
+  # (see docs/destination.md, "The layout").
   run_records_prefix = "${var.export_prefix}_bqdrain/runs/"
 
   dataset_ids     = concat([var.dataset_id], var.extra_dataset_ids)

@@ -82,7 +82,7 @@ impl Format {
     /// Whether this format can hold a column of `data_type`, as BigQuery's
     /// SQL spells it (`INT64`, `STRUCT<a INT64>`, `ARRAY<STRING>`): BigQuery
     /// writes no nested or repeated column to CSV. Avro, Parquet and JSON
-    /// hold every type, some lossily (README, "Formats and types").
+    /// hold every type, some lossily (docs/destination.md, "Formats and types").
     pub fn holds(self, data_type: &str) -> bool {
         let nested = ["STRUCT<", "ARRAY<", "RECORD"].iter().any(|kind| {
             data_type

@@ -1,8 +1,8 @@
 //! A table's definition as the warehouse reads it when a unit is exported:
 //! what `_TABLE.json` beside every committed export holds, so that a
 //! restore can make the table again as it was, not as `--autodetect`
-//! guesses it. Its JSON form is a contract (README, "The table's
-//! definition"): fields are only ever added.
+//! guesses it. Its JSON form is a contract (docs/destination.md, "The
+//! table's definition"): fields are only ever added.
 
 use std::collections::BTreeMap;
 

@@ -33,6 +33,11 @@ pub struct Emulators {
     pub storage: String,
     /// Where the proxies append what they refused or found, a JSON line each.
     pub violations: std::path::PathBuf,
+    /// The emulators themselves, behind the proxies, by name ("bigquery",
+    /// "storage"): for calls typed by hand, which the permission table does
+    /// not list.
+    #[serde(default)]
+    pub direct: std::collections::HashMap<String, String>,
 }
 
 fn repo() -> &'static Path {
