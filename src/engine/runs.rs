@@ -11,10 +11,10 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use crate::engine::drain::Progress;
-use crate::engine::retry::RetryPolicy;
 use crate::engine::layout::{
     self, ActiveRecord, DeadRecord, PlannedUnit, RunManifest, SupersededRecord, TableManifest,
 };
+use crate::engine::retry::RetryPolicy;
 use crate::ports::store::ObjectStore;
 
 /// Records read at once for `status` where the listing carried no summary
