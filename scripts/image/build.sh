@@ -16,7 +16,8 @@
 #              build context of what a clone holds (the files git tracks or
 #              would track: .cargo-vendor/ is its .gitignore alone), so the
 #              build fetches the crates from crates.io, as `docker build .`
-#              does on a machine with network and nothing else;
+#              does on a machine with network and nothing else (trusting the
+#              host's CA certificates, mounted into its RUN steps);
 #   4. build   `buildah bud --layers` (the dependency layer is cached across
 #              runs as long as Cargo.toml, Cargo.lock and .cargo-vendor/ do
 #              not change);
