@@ -1,9 +1,13 @@
 # bqdrain container image: the worker (`bqdrain`) and the producer
 # (`bqdrain-producer`) on a distroless base, running as user 65532.
 #
-# BEFORE BUILDING, vendor the dependencies into .cargo-vendor/ (the build
-# reads crates from there only, never from a registry, so it is the same with
-# or without network):
+# With Docker and network, from the repository's root:
+#
+#   docker build -t bqdrain .
+#
+# fetches the crates that Cargo.lock pins from crates.io. Without network,
+# vendor them into .cargo-vendor/ first; the build then reads them from there
+# and never reaches a registry:
 #
 #   scripts/image/build.sh                  # vendors, builds with buildah (no
 #                                           # Docker daemon), checks the image
@@ -11,6 +15,9 @@
 #
 #   cargo vendor --locked --versioned-dirs .cargo-vendor >/dev/null
 #   docker build -t bqdrain .
+#
+# (scripts/image/crate-source.sh makes the choice: vendored crates when there
+# are any, crates.io otherwise.)
 #
 # One image serves both Cloud Run jobs. It has no ENTRYPOINT and both binaries
 # are on PATH, so a job names the one it runs:
@@ -27,23 +34,22 @@
 # then write FROM IMAGE:TAG@sha256:DIGEST below, and the same two names in
 # scripts/image/build.sh (rust_base, runtime_base), which checks these lines.
 
-# ---- builder: compiles the two binaries, offline, from the vendored crates --
+# ---- builder: compiles the two binaries, from vendored crates or crates.io --
 FROM docker.io/library/rust:1.95-slim-bookworm AS builder
 
 WORKDIR /src
 
-# Source replacement: crates-io -> /src/.cargo-vendor, and net.offline.
-COPY scripts/image/cargo-config.toml /usr/local/cargo/config.toml
-
 # Dependencies first, in a layer of their own: the manifests, the lockfile,
-# the vendored crates and empty stand-ins for every declared target. This layer
-# is reused as long as Cargo.toml, Cargo.lock and the vendored crates are.
+# .cargo-vendor/ (its .gitignore alone in a clone, so the COPY always works)
+# and empty stand-ins for every declared target. This layer is reused as long
+# as Cargo.toml, Cargo.lock and .cargo-vendor/ are.
 COPY Cargo.toml Cargo.lock ./
 COPY producer/Cargo.toml producer/
-COPY scripts/image/stub-targets.sh scripts/image/
+COPY scripts/image/stub-targets.sh scripts/image/crate-source.sh scripts/image/cargo-config.toml scripts/image/
 COPY .cargo-vendor/ .cargo-vendor/
-RUN bash scripts/image/stub-targets.sh Cargo.toml producer/Cargo.toml \
-    && cargo build --release --locked --offline \
+RUN bash scripts/image/crate-source.sh .cargo-vendor scripts/image/cargo-config.toml \
+    && bash scripts/image/stub-targets.sh Cargo.toml producer/Cargo.toml \
+    && cargo build --release --locked \
         -p bqdrain -p bqdrain-producer --bin bqdrain --bin bqdrain-producer
 
 # The real sources. The stub build left fingerprints for the two workspace
@@ -52,7 +58,7 @@ RUN bash scripts/image/stub-targets.sh Cargo.toml producer/Cargo.toml \
 COPY src/ src/
 COPY producer/src/ producer/src/
 RUN rm -rf target/release/.fingerprint/bqdrain-* \
-    && cargo build --release --locked --offline \
+    && cargo build --release --locked \
         -p bqdrain -p bqdrain-producer --bin bqdrain --bin bqdrain-producer \
     && mkdir -p /out \
     && cp target/release/bqdrain target/release/bqdrain-producer /out/

@@ -1,4 +1,7 @@
-//! The operator's commands.
+//! What operators run besides the producer and the worker: [`status`] (and
+//! its HTML [`report`]), [`replay`] and [`reconcile`] of dead letters,
+//! [`verify`] of a destination, the producer's [`preflight`] check,
+//! [`launch`] of the worker job, and the local [`demo`].
 
 pub mod demo;
 pub mod launch;

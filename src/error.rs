@@ -1,4 +1,8 @@
-//! The two kinds of failure the engine tells apart.
+//! The two kinds of failure: a [`ConfigError`] in what the user asked for
+//! (the binaries exit 2, before anything is published or written), and a
+//! [`UnitError`] of one unit of work, which the worker retries when it is
+//! [`ErrorKind::Transient`] and dead-letters when it is
+//! [`ErrorKind::Permanent`].
 
 use std::fmt;
 

@@ -11,11 +11,16 @@
 #              and a shell-less Debian rootfs with glibc, libgcc, CA
 #              certificates and user nonroot (65532) for
 #              gcr.io/distroless/cc-debian12:nonroot;
-#   3. vendor  `cargo vendor --locked --versioned-dirs .cargo-vendor`, which the
-#              build reads instead of a registry;
+#   3. crates  `cargo vendor --locked --versioned-dirs .cargo-vendor`, which the
+#              build reads instead of a registry; or, with --crates-io, a
+#              build context of what a clone holds (the files git tracks or
+#              would track: .cargo-vendor/ is its .gitignore alone), so the
+#              build fetches the crates from crates.io, as `docker build .`
+#              does on a machine with network and nothing else (trusting the
+#              host's CA certificates, mounted into its RUN steps);
 #   4. build   `buildah bud --layers` (the dependency layer is cached across
-#              runs as long as Cargo.toml, Cargo.lock and the vendored crates
-#              do not change);
+#              runs as long as Cargo.toml, Cargo.lock and .cargo-vendor/ do
+#              not change);
 #   5. checks  inside the image, as user 65532: both binaries' --version, a
 #              whole `bqdrain demo` (every table exported), the image's user,
 #              and that no toolchain (cargo, rustc, gcc) came along.
@@ -23,27 +28,32 @@
 # Prints how long each phase took and the image's size. Runs from any folder,
 # as root. Rootfs tarballs and logs are kept in .tools/image/ (git-ignored).
 #
-#   scripts/image/build.sh [--tag NAME] [--rebuild-bases] [--no-cache]
+#   scripts/image/build.sh [--tag NAME] [--rebuild-bases] [--no-cache] [--crates-io]
 set -euo pipefail
 
 usage() {
   cat <<'EOF'
-usage: scripts/image/build.sh [--tag NAME] [--rebuild-bases] [--no-cache]
+usage: scripts/image/build.sh [--tag NAME] [--rebuild-bases] [--no-cache] [--crates-io]
   --tag NAME        name of the image to build (default bqdrain:dev)
   --rebuild-bases   remake the two local base images (and their rootfs tarballs)
   --no-cache        build every Dockerfile step afresh (no layer cache)
+  --crates-io       build what a clone holds, crates fetched from crates.io
+                    (needs network), instead of vendoring them first
 EOF
 }
 
 tag=bqdrain:dev
 rebuild_bases=0
 cache_flags=(--layers)
+bud_flags=()
+crates_io=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --tag) [ $# -ge 2 ] || { usage >&2; exit 2; }; tag=$2; shift 2 ;;
     --tag=*) tag=${1#--tag=}; shift ;;
     --rebuild-bases) rebuild_bases=1; shift ;;
     --no-cache) cache_flags=(--layers --no-cache); shift ;;
+    --crates-io) crates_io=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -120,7 +130,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$cache/apt.log" 2>&1 ||
     { tail -20 "$cache/apt.log" >&2; die "apt-get install ${missing[*]} failed"; }
 fi
-command -v cargo >/dev/null || die "cargo is needed on the host (for cargo vendor)"
 end
 
 # ---- 2. bases ---------------------------------------------------------------
@@ -260,23 +269,46 @@ else
 fi
 end
 
-# ---- 3. vendor --------------------------------------------------------------
-begin vendor
-cargo vendor --locked --versioned-dirs "$vendor_dir" >/dev/null 2>"$cache/vendor.log" ||
-  { tail -20 "$cache/vendor.log" >&2; die "cargo vendor failed"; }
-echo "   $vendor_dir: $(find "$vendor_dir" -mindepth 1 -maxdepth 1 -type d | wc -l) crates" >&2
-if git rev-parse --git-dir >/dev/null 2>&1 && ! git check-ignore -q "$vendor_dir"; then
-  echo "   warning: $vendor_dir/ is not git-ignored: add /$vendor_dir to .gitignore, never commit it" >&2
+# ---- 3. crates --------------------------------------------------------------
+begin crates
+if [ "$crates_io" = 1 ]; then
+  git rev-parse --git-dir >/dev/null 2>&1 || die "--crates-io builds what a clone holds: run it in a git checkout"
+  context=$work/clone
+  mkdir "$context"
+  # Tracked files that still exist, and new ones that are not ignored.
+  git ls-files -z --cached --others --exclude-standard |
+    tar --null -T - --ignore-failed-read -cf - 2>/dev/null | tar -C "$context" -xf -
+  echo "   context: the $(find "$context" -type f | wc -l) files a clone has;" \
+    "$vendor_dir/ holds: $(ls -A "$context/$vendor_dir" | tr '\n' ' ')" >&2
+  # The host's CA certificates, bind-mounted read-only into the build's RUN
+  # steps (never into a layer), so that cargo in the builder trusts what the
+  # host trusts: a TLS-intercepting proxy on the way to crates.io, as here.
+  host_ca=/etc/ssl/certs/ca-certificates.crt
+  if [ -s "$host_ca" ]; then
+    bud_flags+=(--volume "$host_ca:$host_ca:ro")
+  fi
+else
+  command -v cargo >/dev/null || die "cargo is needed on the host (for cargo vendor)"
+  context=.
+  cargo vendor --locked --versioned-dirs "$vendor_dir" >/dev/null 2>"$cache/vendor.log" ||
+    { tail -20 "$cache/vendor.log" >&2; die "cargo vendor failed"; }
+  echo "   $vendor_dir: $(find "$vendor_dir" -mindepth 1 -maxdepth 1 -type d | wc -l) crates" >&2
+  if git rev-parse --git-dir >/dev/null 2>&1 && ! git check-ignore -q "$vendor_dir/a-crate-1.0.0"; then
+    echo "   warning: the crates in $vendor_dir/ are not git-ignored: restore $vendor_dir/.gitignore" \
+      "(git checkout -- $vendor_dir/.gitignore), never commit them" >&2
+  fi
 fi
 end
 
 # ---- 4. build ---------------------------------------------------------------
 begin build
 echo "   load: $(uptime | sed 's/.*load average/load average/')" >&2
-buildah bud --isolation chroot --pull=never "${cache_flags[@]}" \
-  -t "$tag" -f Dockerfile . >"$cache/build.log" 2>&1 ||
+buildah bud --isolation chroot --pull=never "${cache_flags[@]}" "${bud_flags[@]}" \
+  -t "$tag" -f "$context/Dockerfile" "$context" >"$cache/build.log" 2>&1 ||
   { tail -40 "$cache/build.log" >&2; die "buildah bud failed (log: $cache/build.log)"; }
-grep -E '^(STEP|--> Using cache)' "$cache/build.log" | sed 's/^/   /' >&2 || true
+# The steps, those taken from the cache, and where the crates came from (said
+# only when the dependency layer is built afresh).
+grep -E '^(\[[0-9]+/[0-9]+\] STEP|--> Using cache|crates: )' "$cache/build.log" | sed 's/^/   /' >&2 || true
 end
 
 # ---- 5. checks --------------------------------------------------------------

@@ -20,7 +20,7 @@
 //!   read (a local file). An export folder without a manifest costs its
 //!   run's state (a read of the run manifest and three listings of its
 //!   records, once per run), and a record of an earlier version, which
-//!   keeps no options, a read of its run manifest. See [`exports`]:
+//!   keeps no options, a read of its run manifest. See `verify/exports.rs`:
 //!   - one committed export per unit: `leftover_export` (an older run's
 //!     export of a unit beside the newest), `mixed_layout` (whole and
 //!     partition exports of one table side by side), `unfinished_export`
@@ -38,13 +38,14 @@
 //! - With `--source`, against what the source has now: `missing_export`,
 //!   `retired_partition`, `row_count_mismatch` (only for units known
 //!   unchanged since their export), and tables `gone` (a note). See
-//!   [`source`], which says what each warehouse is asked and what that
-//!   costs (and why no `COUNT(*)` query is run on BigQuery).
+//!   `verify/source.rs`, which says what each warehouse is asked and what
+//!   that costs (and why no `COUNT(*)` query is run on BigQuery).
 //! - With `--deep`, every file of every standing export is downloaded and
-//!   its rows counted: `file_row_count_mismatch`. See [`deep`].
+//!   its rows counted: `file_row_count_mismatch`. See `verify/deep.rs`.
 //!
 //! Nothing is written: the destination is read through a wrapper that
-//! refuses writes ([`read_only`]), and sources through read-only calls.
+//! refuses writes (`verify/read_only.rs`), and sources through read-only
+//! calls.
 //! Notes (`gone`, `in_progress`, `not_counted`) say what was not judged;
 //! only discrepancies fail the check.
 

@@ -1,5 +1,55 @@
 //! The work-queue port, shaped after Pub/Sub: topics take messages,
 //! subscriptions lease them out until they are acked.
+//!
+//! The producer publishes one message per unit to a [`Topic`]; workers pull
+//! from a [`Subscription`] and ack a message only once its export is
+//! committed. An adapter must give Pub/Sub's guarantees: a publish returns
+//! once stored, a lease that lapses or is nacked redelivers the message
+//! with a higher [`Delivery::delivery_attempt`], and an ack removes it for
+//! good. The embedded adapter, a SQLite file
+//! ([`LocalTopic`](crate::adapters::local::queue::LocalTopic) and
+//! [`LocalSubscription`](crate::adapters::local::queue::LocalSubscription),
+//! `queue://PATH#NAME`), shows the contract:
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use std::time::Duration;
+//!
+//! use bqdrain::adapters::local::queue::{LocalSubscription, LocalTopic};
+//! use bqdrain::contract::message::Envelope;
+//! use bqdrain::ports::queue::{ReceiveSettings, Subscription, Topic};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> anyhow::Result<()> {
+//! let dir = tempfile::tempdir()?;
+//! let uri = format!("queue://{}/queue.db#work", dir.path().display());
+//! let message = |body: &str| Envelope {
+//!     data: body.as_bytes().to_vec(),
+//!     attributes: BTreeMap::from([("table".to_string(), body.to_string())]),
+//! };
+//!
+//! // Publishing makes the queue file; subscribing needs it to exist.
+//! let topic = LocalTopic::open(&uri, "--topic")?;
+//! let ids = topic.publish(vec![message("orders"), message("users")]).await?;
+//! assert_eq!(ids.len(), 2);
+//!
+//! let work = LocalSubscription::open(&uri, "--subscription", &ReceiveSettings::new(2))?;
+//! let first = work.pull(10, Duration::from_secs(1)).await?;
+//! assert_eq!(first.len(), 2);
+//! assert_eq!(first[0].delivery_attempt, 1);
+//!
+//! // Acked: gone for good. Nacked: delivered again, one attempt later.
+//! work.ack(&[first[0].ack_id.clone()]).await?;
+//! work.nack(&first[1].ack_id).await?;
+//! let again = work.pull(10, Duration::from_secs(1)).await?;
+//! assert_eq!(again.len(), 1);
+//! assert_eq!(again[0].data, first[1].data);
+//! assert_eq!(again[0].delivery_attempt, 2);
+//! work.ack(&[again[0].ack_id.clone()]).await?;
+//! assert_eq!(work.depth_if_known().await?, Some(0));
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -141,6 +191,8 @@ impl<'a> Sweep<'a> {
     }
 }
 
+/// Where messages are published; see the [module](self) for the contract
+/// and an example.
 #[async_trait]
 pub trait Topic: Send + Sync {
     fn uri(&self) -> &str;
@@ -150,6 +202,8 @@ pub trait Topic: Send + Sync {
     async fn publish(&self, messages: Vec<Envelope>) -> anyhow::Result<Vec<String>>;
 }
 
+/// Where workers lease messages from; see the [module](self) for the
+/// contract and an example.
 #[async_trait]
 pub trait Subscription: Send + Sync {
     fn uri(&self) -> &str;

@@ -1,4 +1,38 @@
-//! The object-store port: objects by key under one root URI.
+//! The object-store port: objects by key under one root URI (the
+//! `--destination`), where the exports, their completion and dead-letter
+//! records and the run manifests live.
+//!
+//! An adapter implements [`ObjectStore`]: whole-object writes that no reader
+//! sees half done, a write-if-absent that exactly one of racing writers wins
+//! (the engine's commit), and listings in key order. The embedded adapter,
+//! a folder ([`FsStore`](crate::adapters::local::store::FsStore), `file://`),
+//! shows the contract:
+//!
+//! ```
+//! use bqdrain::adapters::local::store::FsStore;
+//! use bqdrain::ports::store::ObjectStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> anyhow::Result<()> {
+//! let dir = tempfile::tempdir()?;
+//! let store = FsStore::open(&format!("file://{}", dir.path().display()), "--destination")?;
+//!
+//! let shard = "sales/orders/run=1/orders_000000000000.csv";
+//! store.write(shard, b"id\n1\n2\n", None).await?;
+//! // The commit: of two writers of one key, only the first writes.
+//! let manifest = "sales/orders/run=1/_MANIFEST.json";
+//! assert!(store.write_if_absent(manifest, b"{}", Some("run 1")).await?);
+//! assert!(!store.write_if_absent(manifest, b"{}", None).await?);
+//!
+//! let listed = store.list("sales/orders/").await?;
+//! let keys: Vec<&str> = listed.iter().map(|o| o.key.as_str()).collect();
+//! assert_eq!(keys, [manifest, shard]);
+//! assert_eq!(listed[1].size, 7);
+//! assert_eq!(store.folders("sales/orders/").await?, ["run=1"]);
+//! assert_eq!(store.read(shard).await?.as_deref(), Some(&b"id\n1\n2\n"[..]));
+//! # Ok(())
+//! # }
+//! ```
 
 use async_trait::async_trait;
 
@@ -25,6 +59,8 @@ pub struct ObjectInfo {
 /// `ServiceConstants`); their readers read the object instead.
 pub const SUMMARY_LIMIT: usize = 4096;
 
+/// Objects by key under one root; see the [module](self) for the contract
+/// and an example.
 #[async_trait]
 pub trait ObjectStore: Send + Sync {
     /// The root URI, as given in `--destination`.

@@ -1,5 +1,60 @@
 //! The warehouse port: list a dataset's tables and their partitions, say
 //! what changed, export one table or partition.
+//!
+//! The producer plans a run from [`Warehouse::list_tables`] (and the
+//! partitions and change markers); a worker calls [`Warehouse::export`] once
+//! per message, which writes the unit's shards into a folder of the
+//! destination and says which files and how many rows. An export must be
+//! safe to repeat: a redelivered message exports again under the same
+//! [`ExportRequest::job_key`]. The embedded adapter, a SQLite file as a
+//! dataset ([`LocalWarehouse`](crate::adapters::local::warehouse::LocalWarehouse),
+//! `sqlite://PATH`), shows the contract:
+//!
+//! ```
+//! use std::sync::Arc;
+//!
+//! use bqdrain::adapters::local::dataset::create_dummy_tables;
+//! use bqdrain::adapters::local::warehouse::LocalWarehouse;
+//! use bqdrain::contract::message::SourceTable;
+//! use bqdrain::contract::options::ExportOptions;
+//! use bqdrain::ports::warehouse::{ExportRequest, TableKind, Warehouse};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> anyhow::Result<()> {
+//! let dir = tempfile::tempdir()?;
+//! let file = dir.path().join("sales.db");
+//! create_dummy_tables(&file, &["orders".into(), "users".into()], 3)?;
+//! let sales = LocalWarehouse::open(&format!("sqlite://{}", file.display()), "--source")?;
+//!
+//! let tables = sales.list_tables().await?;
+//! let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+//! assert_eq!(names, ["orders", "users"]);
+//! assert_eq!((tables[0].kind, tables[0].rows), (TableKind::Table, Some(3)));
+//!
+//! let exports = dir.path().join("exports");
+//! let request = ExportRequest {
+//!     job_key: "run1_orders".into(),
+//!     source: SourceTable {
+//!         dataset_uri: sales.uri().into(),
+//!         project: sales.project().into(),
+//!         dataset: sales.dataset().into(),
+//!         table: "orders".into(),
+//!         partition: None,
+//!         view: false,
+//!     },
+//!     destination_root: format!("file://{}", exports.display()),
+//!     folder: "sales/orders/run=1/".into(),
+//!     options: ExportOptions::default(), // CSV with a header row
+//!     snapshot_at: None,
+//! };
+//! let result = sales.export(&request, Arc::default()).await?;
+//! assert_eq!(result.files, ["sales/orders/run=1/orders_000000000000.csv"]);
+//! assert_eq!(result.rows, Some(3));
+//! let csv = std::fs::read_to_string(exports.join(&result.files[0]))?;
+//! assert_eq!(csv.lines().count(), 1 + 3);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -172,6 +227,8 @@ pub struct LoadResult {
 /// Set when the worker gives up on an export (shutdown): adapters stop early.
 pub type Cancel = Arc<AtomicBool>;
 
+/// One dataset's tables, listed and exported; see the [module](self) for
+/// the contract and an example.
 #[async_trait]
 pub trait Warehouse: Send + Sync {
     fn uri(&self) -> &str;

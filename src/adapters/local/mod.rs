@@ -2,6 +2,8 @@
 //!
 //! - [`queue`]: a SQLite work queue with Pub/Sub semantics (`queue://`).
 //! - [`warehouse`]: a SQLite database as a dataset (`sqlite://`).
+//! - [`jobs`]: its export jobs by key, so that two deliveries of one unit
+//!   never write one folder together.
 //! - [`dataset`]: makes such datasets, with dummy tables and injected faults.
 //! - [`definition`]: a table's definition, written beside its export.
 //! - [`partitions`]: partitioned tables and change markers of such datasets.
