@@ -1,0 +1,265 @@
+//! Restoring one unit into BigQuery: the table made from its exported
+//! definition (`tables.insert`), then one load job over the unit's files
+//! into the table, or into the one partition `TABLE$ID`, replacing what it
+//! held (`WRITE_TRUNCATE`). Jobs are started, re-attached to and followed
+//! by successors exactly as exports' are ([`BigQueryWarehouse::run_job`]).
+
+use google_cloud_bigquery_v2::model::{
+    range_partitioning::Range, table_field_schema::PolicyTagList, Clustering, Job,
+    JobConfiguration, JobConfigurationLoad, JobReference, ParquetOptions, RangePartitioning, Table,
+    TableFieldSchema, TableReference, TableSchema, TimePartitioning, ViewDefinition,
+};
+
+use super::{classify, reason, unit_job_id, BigQueryWarehouse};
+use crate::adapters::gcp::storage;
+use crate::contract::options::Format;
+use crate::error::UnitError;
+use crate::ports::definition::{Column, TableDefinition};
+use crate::ports::warehouse::{Cancel, LoadRequest, LoadResult};
+
+impl BigQueryWarehouse {
+    pub(super) async fn restore_unit(
+        &self,
+        request: &LoadRequest,
+        cancel: &Cancel,
+    ) -> Result<LoadResult, UnitError> {
+        let location = self.location().await?;
+        let definition = &request.definition;
+        // Dropped only before the unit's first load job: a redelivery after
+        // it finds the table made again, and re-attaches to its job.
+        if request.replace_table
+            && definition.partition.is_none()
+            && !self.job_exists(&load_job_id(request, 0), location).await?
+        {
+            self.drop_table(&request.table).await?;
+        }
+        self.create_table(request).await?;
+        if definition.view_query.is_some() {
+            return Ok(LoadResult { rows: None });
+        }
+        let job = self
+            .run_job(
+                |successor| load_job_id(request, successor),
+                |id| self.load_job(id, location, request),
+                location,
+                "load",
+                cancel,
+            )
+            .await?;
+        let rows = job
+            .statistics
+            .and_then(|s| s.load)
+            .and_then(|load| load.output_rows);
+        Ok(LoadResult {
+            rows: rows.map(|n| n.max(0) as u64),
+        })
+    }
+
+    async fn job_exists(&self, job_id: &str, location: &str) -> Result<bool, UnitError> {
+        match self.get_job(job_id, location).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.reason == "notFound" => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `tables.delete`; a table already gone is what was asked for.
+    async fn drop_table(&self, table: &str) -> Result<(), UnitError> {
+        let deleted = self
+            .tables
+            .delete_table()
+            .set_project_id(&self.project)
+            .set_dataset_id(&self.dataset)
+            .set_table_id(table)
+            .send()
+            .await;
+        match deleted {
+            Err(e) if e.http_status_code() != Some(404) && reason(&e) != Some("notFound") => Err(
+                classify(&format!("dropping table {table} to replace it"), &e),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// `tables.insert` from the definition. A table that exists is left
+    /// as it is: the partition units of one table race to make it, and a
+    /// table kept (`--if-exists replace` of a partition, a redelivery) is
+    /// only loaded.
+    async fn create_table(&self, request: &LoadRequest) -> Result<(), UnitError> {
+        let table = table_of(
+            &request.definition,
+            &self.project,
+            &self.dataset,
+            &request.table,
+        );
+        let inserted = self
+            .tables
+            .insert_table()
+            .set_project_id(&self.project)
+            .set_dataset_id(&self.dataset)
+            .set_table(table)
+            .send()
+            .await;
+        match inserted {
+            Err(e) if e.http_status_code() != Some(409) && reason(&e) != Some("duplicate") => {
+                Err(classify(
+                    &format!("creating table {} from its definition", request.table),
+                    &e,
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The load job of the unit: its files into the table, or into the
+    /// unit's partition, replacing what that held; the table must exist.
+    fn load_job(
+        &self,
+        job_id: &str,
+        location: &str,
+        request: &LoadRequest,
+    ) -> Result<Job, UnitError> {
+        // The restore's planning checked it, but a message may come from elsewhere.
+        let (bucket, prefix) = storage::parse(&request.source_root, "--from")
+            .map_err(|e| UnitError::permanent("invalid", e.to_string()))?;
+        let table_id = match &request.definition.partition {
+            Some(partition) => format!("{}${partition}", request.table),
+            None => request.table.clone(),
+        };
+        let load = JobConfigurationLoad::new()
+            .set_source_uris(
+                request
+                    .files
+                    .iter()
+                    .map(|key| format!("gs://{bucket}/{prefix}{key}")),
+            )
+            .set_destination_table(
+                TableReference::new()
+                    .set_project_id(&self.project)
+                    .set_dataset_id(&self.dataset)
+                    .set_table_id(table_id),
+            )
+            .set_write_disposition("WRITE_TRUNCATE")
+            .set_create_disposition("CREATE_NEVER");
+        Ok(Job::new()
+            .set_job_reference(
+                JobReference::new()
+                    .set_project_id(&self.project)
+                    .set_job_id(job_id)
+                    .set_location(location),
+            )
+            .set_configuration(JobConfiguration::new().set_load(format_options(load, request))))
+    }
+}
+
+/// The load options of the files' format. Compression is read from the
+/// files themselves. Avro and Parquet carry their schema; CSV and JSON are
+/// read with the definition's (a column's shape only: its policy tags and
+/// default are the table's, set when it was made).
+fn format_options(load: JobConfigurationLoad, request: &LoadRequest) -> JobConfigurationLoad {
+    let options = &request.options;
+    let shapes = || TableSchema::new().set_fields(request.definition.columns.iter().map(shape_of));
+    match options.format {
+        Format::Avro => load
+            .set_source_format("AVRO")
+            .set_use_avro_logical_types(true),
+        Format::Parquet => load
+            .set_source_format("PARQUET")
+            .set_parquet_options(ParquetOptions::new().set_enable_list_inference(true)),
+        Format::Json => load
+            .set_source_format("NEWLINE_DELIMITED_JSON")
+            .set_schema(shapes()),
+        Format::Csv => load
+            .set_source_format("CSV")
+            .set_skip_leading_rows(i32::from(options.header))
+            .set_field_delimiter(&options.field_delimiter)
+            // BigQuery quotes a value holding a newline, and reads it back
+            // only when told to.
+            .set_allow_quoted_newlines(true)
+            .set_schema(shapes()),
+    }
+}
+
+/// The load job of a restore's unit: see [`unit_job_id`].
+fn load_job_id(request: &LoadRequest, successor: u32) -> String {
+    let identity = serde_json::to_vec(&(
+        "load",
+        &request.job_key,
+        &request.table,
+        &request.definition,
+        &request.source_root,
+        &request.files,
+        &request.options,
+    ))
+    .expect("requests serialize");
+    unit_job_id(&request.job_key, &identity, successor)
+}
+
+/// The table `tables.insert` makes from a definition: columns, partitioning,
+/// clustering, labels, description; a view from its query.
+fn table_of(definition: &TableDefinition, project: &str, dataset: &str, table: &str) -> Table {
+    let mut made = Table::new()
+        .set_table_reference(
+            TableReference::new()
+                .set_project_id(project)
+                .set_dataset_id(dataset)
+                .set_table_id(table),
+        )
+        .set_labels(definition.labels.clone())
+        .set_or_clear_description(definition.description.clone());
+    if let Some(query) = &definition.view_query {
+        return made.set_view(
+            ViewDefinition::new()
+                .set_query(query)
+                .set_use_legacy_sql(false),
+        );
+    }
+    made = made.set_schema(TableSchema::new().set_fields(definition.columns.iter().map(field_of)));
+    if let Some(time) = &definition.time_partitioning {
+        made = made.set_time_partitioning(
+            TimePartitioning::new()
+                .set_type(&time.unit)
+                .set_or_clear_field(time.field.clone())
+                .set_or_clear_expiration_ms(time.expiration_ms),
+        );
+    }
+    if let Some(range) = &definition.range_partitioning {
+        made = made.set_range_partitioning(
+            RangePartitioning::new().set_field(&range.field).set_range(
+                Range::new()
+                    .set_start(range.start.to_string())
+                    .set_end(range.end.to_string())
+                    .set_interval(range.interval.to_string()),
+            ),
+        );
+    }
+    if definition.require_partition_filter {
+        made = made.set_require_partition_filter(true);
+    }
+    if !definition.clustering.is_empty() {
+        made = made.set_clustering(Clustering::new().set_fields(definition.clustering.clone()));
+    }
+    made
+}
+
+/// A column as the table is made with it: its shape, description,
+/// default value and policy tags.
+fn field_of(column: &Column) -> TableFieldSchema {
+    let mut field = shape_of(column)
+        .set_fields(column.fields.iter().map(field_of))
+        .set_or_clear_description(column.description.clone())
+        .set_or_clear_default_value_expression(column.default_value.clone());
+    if !column.policy_tags.is_empty() {
+        field = field.set_policy_tags(PolicyTagList::new().set_names(column.policy_tags.clone()));
+    }
+    field
+}
+
+/// A column's name, type, mode and nested fields' shapes.
+fn shape_of(column: &Column) -> TableFieldSchema {
+    TableFieldSchema::new()
+        .set_name(&column.name)
+        .set_type(&column.data_type)
+        .set_mode(&column.mode)
+        .set_fields(column.fields.iter().map(shape_of))
+}

@@ -1,0 +1,215 @@
+//! Restores on the emulators, at the adapter level: a "type zoo" table (every
+//! BigQuery type the emulator holds, NULLs, empty strings, Unicode,
+//! delimiters, quotes and newlines inside strings, extreme numbers and
+//! times, nested and repeated records; partitioned and clustered) exported
+//! by real `bqdrain-producer` and `bqdrain work` processes in each format,
+//! then loaded into fresh datasets with `Warehouse::load` and compared with
+//! the source: definition and every row. docs/formats.md publishes the
+//! outcome; each of its cells is an assertion here.
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use common::finish;
+use common::gcp::GcpSandbox;
+
+const LIMIT: Duration = Duration::from_secs(180);
+
+/// The zoo's scalar columns, as `tables.insert` takes them.
+fn scalar_columns() -> Vec<Value> {
+    let column = |name: &str, kind: &str| json!({"name": name, "type": kind});
+    vec![
+        json!({"name": "id", "type": "INTEGER", "mode": "REQUIRED", "description": "row id"}),
+        column("day", "DATE"),
+        column("s", "STRING"),
+        column("b", "BYTES"),
+        column("i", "INTEGER"),
+        column("f", "FLOAT"),
+        column("n", "NUMERIC"),
+        column("ok", "BOOLEAN"),
+        column("d", "DATE"),
+        column("dt", "DATETIME"),
+        column("tm", "TIME"),
+        column("ts", "TIMESTAMP"),
+        column("g", "GEOGRAPHY"),
+        column("j", "JSON"),
+        column("iv", "INTERVAL"),
+    ]
+}
+
+/// The zoo's nested and repeated columns.
+fn nested_columns() -> Vec<Value> {
+    vec![
+        json!({"name": "rec", "type": "RECORD", "fields": [
+            {"name": "a", "type": "STRING"}, {"name": "b", "type": "INTEGER"}]}),
+        json!({"name": "tags", "type": "STRING", "mode": "REPEATED"}),
+        json!({"name": "items", "type": "RECORD", "mode": "REPEATED", "fields": [
+            {"name": "k", "type": "STRING"}, {"name": "v", "type": "FLOAT"}]}),
+    ]
+}
+
+/// Rows holding every edge the zoo is for, on two days.
+fn zoo_rows(nested: bool) -> Vec<Value> {
+    let text = "héllo 世界 🎉 a,b;c|d\tq \"quoted\" 'single'\nline2\r\nline3";
+    let mut rows = vec![
+        json!({"id": 1, "day": "2026-12-01"}),
+        json!({"id": 2, "day": "2026-12-01", "s": "", "b": "", "i": 0, "f": 0.0, "n": "0",
+               "ok": false, "g": "POINT(0 0)", "j": "{}"}),
+        json!({"id": 3, "day": "2026-12-02", "s": text, "b": "AAEC/w==",
+               "i": i64::MAX, "f": f64::MAX, "n": "99999999999999999999999999999.999999999",
+               "ok": true, "d": "9999-12-31", "dt": "9999-12-31T23:59:59.999999",
+               "tm": "23:59:59.999999", "ts": "9999-12-31T23:59:59.999999Z",
+               "g": "POINT(-122.35 47.62)", "j": "{\"a\":[1,2,{\"b\":null}],\"u\":\"é\"}",
+               "iv": "1-2 3 4:5:6.789"}),
+        json!({"id": 4, "day": "2026-12-02", "s": "NULL", "i": i64::MIN, "f": 5e-324,
+               "n": "-99999999999999999999999999999.999999999", "d": "0001-01-01",
+               "dt": "0001-01-01T00:00:00", "tm": "00:00:00", "ts": "0001-01-01T00:00:00Z"}),
+    ];
+    if nested {
+        rows[1]["rec"] = json!({"a": "", "b": 0});
+        rows[1]["tags"] = json!([]);
+        rows[2]["rec"] = json!({"a": "x,y", "b": -1});
+        rows[2]["tags"] = json!(["a", "", "c,d"]);
+        rows[2]["items"] = json!([{"k": "p", "v": 1.5}, {"k": null, "v": null}]);
+    }
+    rows
+}
+
+/// Creates the zoo `table` in the sandbox's dataset: partitioned by `day`
+/// (with an expiration), clustered, labelled, described; with the nested
+/// columns or without (CSV cannot hold them).
+async fn create_zoo(sb: &GcpSandbox, table: &str, nested: bool) {
+    let mut columns = scalar_columns();
+    if nested {
+        columns.extend(nested_columns());
+    }
+    let settings = json!({
+        "timePartitioning": {"type": "DAY", "field": "day", "expirationMs": "864000000000"},
+        "clustering": {"fields": ["s", "i"]},
+        "labels": {"zoo": "types"},
+        "description": "every type",
+    });
+    sb.new_table(table, Value::Array(columns), settings, zoo_rows(nested))
+        .await;
+}
+
+/// Exports run `run_id` of `table` to folder `run_id` with `args`, one
+/// worker on a subscription of its own (the Pub/Sub emulator goes on
+/// streaming to a subscriber that has exited).
+async fn export(sb: &GcpSandbox, run_id: &str, table: &str, args: &[&str]) {
+    sb.resubscribe(run_id).await;
+    let base = ["--run-id", run_id, "--include", table];
+    let out = sb.produce(run_id, &[&base[..], args].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let destination = sb.destination(run_id);
+    let worker = sb.spawn_worker(&["--run-id", run_id, "--destination", &destination], None);
+    let (status, outcome) = finish(worker, LIMIT);
+    assert!(status.success(), "{outcome}\n{}", sb.logs());
+    assert_eq!(outcome["acked"], 1, "{outcome}\n{}", sb.logs());
+}
+
+/// Each cell where `restored` differs from `source`, as
+/// `(row id, column, source value, restored value)`.
+fn differences(
+    columns: &[Value],
+    source: &[Value],
+    restored: &[Value],
+) -> Vec<(String, String, Value, Value)> {
+    assert_eq!(source.len(), restored.len(), "rows restored");
+    let mut found = Vec::new();
+    for (a, b) in source.iter().zip(restored) {
+        let id = a["f"][0]["v"].as_str().unwrap().to_string();
+        for (i, column) in columns.iter().enumerate() {
+            let (x, y) = (&a["f"][i]["v"], &b["f"][i]["v"]);
+            if x != y {
+                let name = column["name"].as_str().unwrap().to_string();
+                found.push((id.clone(), name, x.clone(), y.clone()));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn the_type_zoo_round_trips_through_every_format() {
+    let sb = GcpSandbox::new("restore_zoo", 5).await;
+    create_zoo(&sb, "zoo", true).await;
+    create_zoo(&sb, "zoo_flat", false).await;
+
+    let refused = sb.produce("csv_nested", &["--run-id", "r0", "--include", "zoo"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let runs: [(&str, &str, &[&str]); 4] = [
+        (
+            "csv",
+            "zoo_flat",
+            &["--format", "csv", "--compression", "gzip"],
+        ),
+        (
+            "json",
+            "zoo",
+            &["--format", "json", "--compression", "gzip"],
+        ),
+        ("avro", "zoo", &["--format", "avro"]),
+        (
+            "parquet",
+            "zoo",
+            &["--format", "parquet", "--compression", "snappy"],
+        ),
+    ];
+    let mut report = Vec::new();
+    for (format, table, args) in runs {
+        export(&sb, format, table, args).await;
+        let restored = format!("{}_{format}", sb.dataset);
+        sb.create_dataset(&restored).await;
+        let request = sb.load_request(format, format, table, None).await;
+        let loaded = sb.load_into(&restored, &request).await.expect("the load");
+        assert_eq!(loaded.rows, Some(4), "{format}: rows the load wrote");
+        assert_eq!(
+            sb.table_definition(&restored, table).await,
+            sb.table_definition(&sb.dataset, table).await,
+            "{format}: the table's definition"
+        );
+        let mut columns = scalar_columns();
+        if table == "zoo" {
+            columns.extend(nested_columns());
+        }
+        let diff = differences(
+            &columns,
+            &sb.table_rows(&sb.dataset, table).await,
+            &sb.table_rows(&restored, table).await,
+        );
+        report.push((format, diff));
+    }
+    for (format, diff) in report {
+        if format != "json" {
+            assert_eq!(diff, [], "{format}: every value round-trips exactly");
+            continue;
+        }
+        // JSON's one loss (on the emulators: see docs/formats.md): a JSON
+        // column's value comes back as a JSON string holding its text.
+        let ids: Vec<&str> = diff.iter().map(|(id, ..)| id.as_str()).collect();
+        assert_eq!(ids, ["2", "3"], "{format}: {diff:?}");
+        for (_, column, source, restored) in &diff {
+            assert_eq!(column, "j", "{format}: {diff:?}");
+            let text = source.as_str().unwrap();
+            assert_eq!(
+                restored,
+                &json!(serde_json::to_string(text).unwrap()),
+                "{format}"
+            );
+        }
+    }
+}
