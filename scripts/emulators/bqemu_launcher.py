@@ -95,6 +95,9 @@ Fixes, all applied by monkeypatching before the server starts:
      JSON files are read whole; statistics.load.outputRows is the rows this
      load wrote (stock: the table's total rows). CREATE_NEVER and a missing
      table, a missing object: a DONE job with errorResult notFound.
+ 15. tables.get answers a view's query (view.query, view.useLegacySql), as
+     BigQuery does (stock: none, so an exported view's definition had no
+     query to make it again from).
   Empty query parameters (pageToken=, maxResults=) are accepted as "unset".
 
 Usage:
@@ -678,7 +681,14 @@ _orig_table_to_list_item = tables_routes._table_to_list_item
 
 
 def _table_to_rest(t: TableMeta) -> dict:
-    return {**_orig_table_to_rest(t), **_partitioning_to_rest(t)}
+    return {**_orig_table_to_rest(t), **_partitioning_to_rest(t), **_view_to_rest(t)}
+
+
+def _view_to_rest(t: TableMeta) -> dict:
+    """Fix 15: a view's query, which stock tables.get never answered."""
+    if t.table_type != "VIEW" or not t.view_query:
+        return {}
+    return {"view": {"query": t.view_query, "useLegacySql": bool(t.use_legacy_sql)}}
 
 
 def _table_to_list_item(t: TableMeta) -> dict:
