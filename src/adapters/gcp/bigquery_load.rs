@@ -263,3 +263,114 @@ fn shape_of(column: &Column) -> TableFieldSchema {
         .set_mode(&column.mode)
         .set_fields(column.fields.iter().map(shape_of))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{load_job_id, table_of};
+    use crate::ports::definition::{Column, RangePartitioning, TableDefinition};
+    use crate::ports::warehouse::{LoadRequest, TableKind};
+
+    fn column(name: &str, data_type: &str) -> Column {
+        Column {
+            name: name.into(),
+            data_type: data_type.into(),
+            mode: "NULLABLE".into(),
+            fields: Vec::new(),
+            description: None,
+            default_value: None,
+            policy_tags: Vec::new(),
+        }
+    }
+
+    fn definition() -> TableDefinition {
+        let mut id = column("id", "INTEGER");
+        id.mode = "REQUIRED".into();
+        id.description = Some("row id".into());
+        id.default_value = Some("0".into());
+        id.policy_tags = vec!["projects/p/locations/eu/taxonomies/1/policyTags/2".into()];
+        let mut record = column("rec", "RECORD");
+        record.mode = "REPEATED".into();
+        record.fields = vec![column("a", "STRING")];
+        TableDefinition {
+            v: 1,
+            table: "t".into(),
+            partition: Some("0".into()),
+            table_type: TableKind::Table,
+            columns: vec![id, record],
+            time_partitioning: None,
+            range_partitioning: Some(RangePartitioning {
+                field: "id".into(),
+                start: 0,
+                end: 100,
+                interval: 10,
+            }),
+            require_partition_filter: true,
+            clustering: vec!["id".into()],
+            labels: [("team".to_string(), "data".to_string())].into(),
+            description: Some("a table".into()),
+            view_query: None,
+        }
+    }
+
+    /// Everything the emulator does not keep (policy tags, default values,
+    /// require-partition-filter, range bounds) is asked for all the same.
+    #[test]
+    fn a_table_is_made_with_all_of_its_definition() {
+        let table = serde_json::to_value(table_of(&definition(), "p", "d", "t2")).unwrap();
+        let id = &table["schema"]["fields"][0];
+        assert_eq!(id["mode"], "REQUIRED", "{table:#}");
+        assert_eq!(id["description"], "row id", "{table:#}");
+        assert_eq!(id["defaultValueExpression"], "0", "{table:#}");
+        assert_eq!(
+            id["policyTags"]["names"][0],
+            "projects/p/locations/eu/taxonomies/1/policyTags/2"
+        );
+        let record = &table["schema"]["fields"][1];
+        assert_eq!(record["mode"], "REPEATED", "{table:#}");
+        assert_eq!(record["fields"][0]["name"], "a", "{table:#}");
+        assert_eq!(table["tableReference"]["tableId"], "t2", "{table:#}");
+        assert_eq!(
+            table["rangePartitioning"],
+            serde_json::json!({"field": "id", "range": {"start": "0", "end": "100", "interval": "10"}})
+        );
+        assert_eq!(table["requirePartitionFilter"], true, "{table:#}");
+        assert_eq!(table["clustering"]["fields"][0], "id", "{table:#}");
+        assert_eq!(table["labels"]["team"], "data", "{table:#}");
+        assert_eq!(table["description"], "a table", "{table:#}");
+        assert!(table.get("view").is_none(), "{table:#}");
+    }
+
+    #[test]
+    fn a_view_is_made_from_its_query_alone() {
+        let mut view = definition();
+        view.table_type = TableKind::View;
+        view.view_query = Some("SELECT 1".into());
+        let table = serde_json::to_value(table_of(&view, "p", "d", "v")).unwrap();
+        assert_eq!(table["view"]["query"], "SELECT 1", "{table:#}");
+        assert_eq!(table["view"]["useLegacySql"], false, "{table:#}");
+        assert!(table.get("schema").is_none(), "{table:#}");
+        assert!(table.get("rangePartitioning").is_none(), "{table:#}");
+    }
+
+    #[test]
+    fn load_job_ids_are_stable_and_differ_from_unit_to_unit() {
+        let request = |key: &str, files: &[&str]| LoadRequest {
+            job_key: key.into(),
+            table: "t".into(),
+            definition: definition(),
+            source_root: "gs://b/x".into(),
+            files: files.iter().map(|f| f.to_string()).collect(),
+            options: Default::default(),
+            replace_table: false,
+        };
+        let a = load_job_id(&request("restore_r1_t$0", &["a.csv"]), 0);
+        assert!(a.starts_with("restore_r1_t_0_"), "{a}");
+        assert_eq!(a, load_job_id(&request("restore_r1_t$0", &["a.csv"]), 0));
+        assert_ne!(a, load_job_id(&request("restore_r1_t$0", &["b.csv"]), 0));
+        assert_ne!(a, load_job_id(&request("restore_r2_t$0", &["a.csv"]), 0));
+        assert_eq!(
+            load_job_id(&request("restore_r1_t$0", &["a.csv"]), 3),
+            format!("{a}_r3")
+        );
+    }
+}
