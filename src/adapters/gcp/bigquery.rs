@@ -266,13 +266,24 @@ impl BigQueryWarehouse {
             .map_err(|e| classify(&format!("reading job {job_id}"), &e))
     }
 
-    /// Starts `job`, or finds it if an earlier delivery started it.
-    /// Returns the job and whether this call created it.
+    /// Whether job `job_id` was ever started.
+    async fn job_exists(&self, job_id: &str, location: &str) -> Result<bool, UnitError> {
+        match self.get_job(job_id, location).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.reason == "notFound" => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts `job` (an `extract` or `load` job, as `kind` says), or finds
+    /// it if an earlier delivery started it. Returns the job and whether
+    /// this call created it.
     async fn start_or_attach(
         &self,
         job: Job,
         job_id: &str,
         location: &str,
+        kind: &str,
     ) -> Result<(Job, bool), UnitError> {
         let inserted = self
             .jobs
@@ -284,7 +295,11 @@ impl BigQueryWarehouse {
         match inserted {
             Ok(job) => Ok((job, true)),
             Err(e) if e.http_status_code() == Some(409) || reason(&e) == Some("duplicate") => {
-                tracing::info!(job_id, "re-attaching to the job of an earlier delivery");
+                tracing::info!(
+                    job_id,
+                    kind,
+                    "re-attaching to the {kind} job of an earlier delivery"
+                );
                 Ok((self.get_job(job_id, location).await?, false))
             }
             Err(e) => Err(classify(&format!("starting job {job_id}"), &e)),
@@ -333,13 +348,7 @@ impl BigQueryWarehouse {
         location: &str,
         known: u32,
     ) -> Result<u32, UnitError> {
-        let exists = |successor| async move {
-            match self.get_job(&id(successor), location).await {
-                Ok(_) => Ok(true),
-                Err(e) if e.reason == "notFound" => Ok(false),
-                Err(e) => Err(e),
-            }
-        };
+        let exists = |successor| async move { self.job_exists(&id(successor), location).await };
         let (mut present, mut step) = (known, 1);
         let mut absent = loop {
             let probe = present.saturating_add(step);
@@ -381,7 +390,7 @@ impl BigQueryWarehouse {
         for _ in 0..MAX_JOBS_PER_ATTEMPT {
             let job_id = id(successor);
             let (job, created) = self
-                .start_or_attach(build(&job_id)?, &job_id, location)
+                .start_or_attach(build(&job_id)?, &job_id, location, kind)
                 .await?;
             let job = self.wait_done(job, &job_id, location, cancel).await?;
             let Some(error) = job.status.as_ref().and_then(|s| s.error_result.as_ref()) else {

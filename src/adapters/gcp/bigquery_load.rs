@@ -55,14 +55,6 @@ impl BigQueryWarehouse {
         })
     }
 
-    async fn job_exists(&self, job_id: &str, location: &str) -> Result<bool, UnitError> {
-        match self.get_job(job_id, location).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.reason == "notFound" => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
     /// `tables.delete`; a table already gone is what was asked for.
     async fn drop_table(&self, table: &str) -> Result<(), UnitError> {
         let deleted = self
@@ -73,12 +65,12 @@ impl BigQueryWarehouse {
             .set_table_id(table)
             .send()
             .await;
-        match deleted {
-            Err(e) if e.http_status_code() != Some(404) && reason(&e) != Some("notFound") => Err(
-                classify(&format!("dropping table {table} to replace it"), &e),
-            ),
-            _ => Ok(()),
-        }
+        already(
+            deleted,
+            404,
+            "notFound",
+            &format!("dropping table {table} to replace it"),
+        )
     }
 
     /// `tables.insert` from the definition. A table that exists is left
@@ -100,15 +92,8 @@ impl BigQueryWarehouse {
             .set_table(table)
             .send()
             .await;
-        match inserted {
-            Err(e) if e.http_status_code() != Some(409) && reason(&e) != Some("duplicate") => {
-                Err(classify(
-                    &format!("creating table {} from its definition", request.table),
-                    &e,
-                ))
-            }
-            _ => Ok(()),
-        }
+        let what = format!("creating table {} from its definition", request.table);
+        already(inserted, 409, "duplicate", &what)
     }
 
     /// The load job of the unit: its files into the table, or into the
@@ -149,6 +134,22 @@ impl BigQueryWarehouse {
                     .set_location(location),
             )
             .set_configuration(JobConfiguration::new().set_load(format_options(load, request))))
+    }
+}
+
+/// A call that made what was asked for, or failed only because it was
+/// there already (HTTP `status`, BigQuery's `reason`); its error otherwise.
+fn already<T>(
+    outcome: Result<T, google_cloud_bigquery_v2::Error>,
+    status: u16,
+    reason_there: &str,
+    what: &str,
+) -> Result<(), UnitError> {
+    match outcome {
+        Err(e) if e.http_status_code() != Some(status) && reason(&e) != Some(reason_there) => {
+            Err(classify(what, &e))
+        }
+        _ => Ok(()),
     }
 }
 
