@@ -11,90 +11,13 @@ mod common;
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use common::finish;
 use common::gcp::GcpSandbox;
+use common::gcp_restore::{create_zoo, differences, nested_columns, scalar_columns};
 
 const LIMIT: Duration = Duration::from_secs(180);
-
-/// The zoo's scalar columns, as `tables.insert` takes them.
-fn scalar_columns() -> Vec<Value> {
-    let column = |name: &str, kind: &str| json!({"name": name, "type": kind});
-    vec![
-        json!({"name": "id", "type": "INTEGER", "mode": "REQUIRED", "description": "row id"}),
-        column("day", "DATE"),
-        column("s", "STRING"),
-        column("b", "BYTES"),
-        column("i", "INTEGER"),
-        column("f", "FLOAT"),
-        column("n", "NUMERIC"),
-        column("ok", "BOOLEAN"),
-        column("d", "DATE"),
-        column("dt", "DATETIME"),
-        column("tm", "TIME"),
-        column("ts", "TIMESTAMP"),
-        column("g", "GEOGRAPHY"),
-        column("j", "JSON"),
-        column("iv", "INTERVAL"),
-    ]
-}
-
-/// The zoo's nested and repeated columns.
-fn nested_columns() -> Vec<Value> {
-    vec![
-        json!({"name": "rec", "type": "RECORD", "fields": [
-            {"name": "a", "type": "STRING"}, {"name": "b", "type": "INTEGER"}]}),
-        json!({"name": "tags", "type": "STRING", "mode": "REPEATED"}),
-        json!({"name": "items", "type": "RECORD", "mode": "REPEATED", "fields": [
-            {"name": "k", "type": "STRING"}, {"name": "v", "type": "FLOAT"}]}),
-    ]
-}
-
-/// Rows holding every edge the zoo is for, on two days.
-fn zoo_rows(nested: bool) -> Vec<Value> {
-    let text = "héllo 世界 🎉 a,b;c|d\tq \"quoted\" 'single'\nline2\r\nline3";
-    let mut rows = vec![
-        json!({"id": 1, "day": "2026-12-01"}),
-        json!({"id": 2, "day": "2026-12-01", "s": "", "b": "", "i": 0, "f": 0.0, "n": "0",
-               "ok": false, "g": "POINT(0 0)", "j": "{}"}),
-        json!({"id": 3, "day": "2026-12-02", "s": text, "b": "AAEC/w==",
-               "i": i64::MAX, "f": f64::MAX, "n": "99999999999999999999999999999.999999999",
-               "ok": true, "d": "9999-12-31", "dt": "9999-12-31T23:59:59.999999",
-               "tm": "23:59:59.999999", "ts": "9999-12-31T23:59:59.999999Z",
-               "g": "POINT(-122.35 47.62)", "j": "{\"a\":[1,2,{\"b\":null}],\"u\":\"é\"}",
-               "iv": "1-2 3 4:5:6.789"}),
-        json!({"id": 4, "day": "2026-12-02", "s": "NULL", "i": i64::MIN, "f": 5e-324,
-               "n": "-99999999999999999999999999999.999999999", "d": "0001-01-01",
-               "dt": "0001-01-01T00:00:00", "tm": "00:00:00", "ts": "0001-01-01T00:00:00Z"}),
-    ];
-    if nested {
-        rows[1]["rec"] = json!({"a": "", "b": 0});
-        rows[1]["tags"] = json!([]);
-        rows[2]["rec"] = json!({"a": "x,y", "b": -1});
-        rows[2]["tags"] = json!(["a", "", "c,d"]);
-        rows[2]["items"] = json!([{"k": "p", "v": 1.5}, {"k": null, "v": null}]);
-    }
-    rows
-}
-
-/// Creates the zoo `table` in the sandbox's dataset: partitioned by `day`
-/// (with an expiration), clustered, labelled, described; with the nested
-/// columns or without (CSV cannot hold them).
-async fn create_zoo(sb: &GcpSandbox, table: &str, nested: bool) {
-    let mut columns = scalar_columns();
-    if nested {
-        columns.extend(nested_columns());
-    }
-    let settings = json!({
-        "timePartitioning": {"type": "DAY", "field": "day", "expirationMs": "864000000000"},
-        "clustering": {"fields": ["s", "i"]},
-        "labels": {"zoo": "types"},
-        "description": "every type",
-    });
-    sb.new_table(table, Value::Array(columns), settings, zoo_rows(nested))
-        .await;
-}
 
 /// Exports run `run_id` of `table` to folder `run_id` with `args`, its
 /// `units` drained by one worker on a subscription of its own (the Pub/Sub
@@ -113,28 +36,6 @@ async fn export(sb: &GcpSandbox, run_id: &str, table: &str, args: &[&str], units
     let (status, outcome) = finish(worker, LIMIT);
     assert!(status.success(), "{outcome}\n{}", sb.logs());
     assert_eq!(outcome["acked"], units, "{outcome}\n{}", sb.logs());
-}
-
-/// Each cell where `restored` differs from `source`, as
-/// `(row id, column, source value, restored value)`.
-fn differences(
-    columns: &[Value],
-    source: &[Value],
-    restored: &[Value],
-) -> Vec<(String, String, Value, Value)> {
-    assert_eq!(source.len(), restored.len(), "rows restored");
-    let mut found = Vec::new();
-    for (a, b) in source.iter().zip(restored) {
-        let id = a["f"][0]["v"].as_str().unwrap().to_string();
-        for (i, column) in columns.iter().enumerate() {
-            let (x, y) = (&a["f"][i]["v"], &b["f"][i]["v"]);
-            if x != y {
-                let name = column["name"].as_str().unwrap().to_string();
-                found.push((id.clone(), name, x.clone(), y.clone()));
-            }
-        }
-    }
-    found
 }
 
 #[tokio::test]
