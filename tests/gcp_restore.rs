@@ -15,7 +15,7 @@ use serde_json::json;
 
 use common::finish;
 use common::gcp::GcpSandbox;
-use common::gcp_restore::{create_zoo, differences, nested_columns, scalar_columns};
+use common::gcp_restore::{create_zoo, differences, nested_columns, scalar_columns, POLICY_TAG};
 
 const LIMIT: Duration = Duration::from_secs(180);
 
@@ -78,11 +78,33 @@ async fn the_type_zoo_round_trips_through_every_format() {
         let request = sb.load_request(format, format, table, None).await;
         let loaded = sb.load_into(&restored, &request).await.expect("the load");
         assert_eq!(loaded.rows, Some(4), "{format}: rows the load wrote");
+        let source = sb.table_definition(&sb.dataset, table).await;
         assert_eq!(
             sb.table_definition(&restored, table).await,
-            sb.table_definition(&sb.dataset, table).await,
+            source,
             "{format}: the table's definition"
         );
+        // What the definitions hold: nothing of it is left out of the comparison.
+        let fields = &source["schema"]["fields"];
+        assert_eq!(fields[0]["mode"], "REQUIRED", "{source}");
+        assert_eq!(fields[2]["defaultValueExpression"], "'none'", "{source}");
+        assert_eq!(
+            fields[4]["policyTags"]["names"],
+            json!([POLICY_TAG]),
+            "{source}"
+        );
+        assert_eq!(source["requirePartitionFilter"], true, "{source}");
+        assert_eq!(
+            source["timePartitioning"]["expirationMs"], "864000000000",
+            "{source}"
+        );
+        assert_eq!(
+            source["clustering"]["fields"],
+            json!(["s", "i"]),
+            "{source}"
+        );
+        assert_eq!(source["labels"], json!({"zoo": "types"}), "{source}");
+        assert_eq!(source["description"], "every type", "{source}");
         let mut columns = scalar_columns();
         if table == "zoo" {
             columns.extend(nested_columns());

@@ -98,6 +98,13 @@ Fixes, all applied by monkeypatching before the server starts:
  15. tables.get answers a view's query (view.query, view.useLegacySql), as
      BigQuery does (stock: none, so an exported view's definition had no
      query to make it again from).
+ 16. tables.insert / patch / update keep a column's policyTags and
+     defaultValueExpression (nested ones too) and the table-level
+     requirePartitionFilter, and tables.get answers them (stock dropped all
+     three; it kept requirePartitionFilter only inside timePartitioning,
+     where BigQuery deprecated it). Kept beside the catalog, per table and
+     creation time; not enforced (a default fills nothing, a query without
+     a partition filter runs).
   Empty query parameters (pageToken=, maxResults=) are accepted as "unset".
 
 Usage:
@@ -660,7 +667,54 @@ def _rest_to_table_meta(
     meta = meta.model_copy(update={"range_partitioning": rp})
     if body.get("timePartitioning") or body.get("rangePartitioning"):
         _check_partitioning_column(meta)
+    _keep_extras(meta, body)
     return meta
+
+
+# Fix 16: what the catalog has no place for, by table (and its creation, so
+# a table made again under the same name starts afresh).
+_extras: dict = {}
+
+
+def _extras_key(t: TableMeta) -> tuple:
+    return (t.project_id, t.dataset_id, t.table_id, _us(t.creation_time))
+
+
+def _field_extras(fields: list, path: tuple = ()) -> dict:
+    """{field path: {policyTags, defaultValueExpression}} of a REST schema."""
+    out: dict = {}
+    for f in fields or []:
+        here = path + (f.get("name"),)
+        kept = {k: f[k] for k in ("policyTags", "defaultValueExpression") if f.get(k)}
+        if kept:
+            out[here] = kept
+        out.update(_field_extras(f.get("fields"), here))
+    return out
+
+
+def _keep_extras(meta: TableMeta, body: dict) -> None:
+    """The table-level requirePartitionFilter and the fields' policy tags
+    and default values of a tables.insert / patch / update body."""
+    kept = _extras.setdefault(_extras_key(meta), {})
+    if "requirePartitionFilter" in body:
+        kept["requirePartitionFilter"] = bool(body["requirePartitionFilter"])
+    if "schema" in body:
+        kept["fields"] = _field_extras((body.get("schema") or {}).get("fields"))
+
+
+def _with_extras(t: TableMeta, out: dict) -> dict:
+    kept = _extras.get(_extras_key(t)) or {}
+    if kept.get("requirePartitionFilter"):
+        out["requirePartitionFilter"] = True
+
+    def walk(fields: list, path: tuple) -> None:
+        for f in fields or []:
+            here = path + (f.get("name"),)
+            f.update((kept.get("fields") or {}).get(here, {}))
+            walk(f.get("fields"), here)
+
+    walk((out.get("schema") or {}).get("fields"), ())
+    return out
 
 
 def _partitioning_to_rest(t: TableMeta) -> dict:
@@ -681,7 +735,7 @@ _orig_table_to_list_item = tables_routes._table_to_list_item
 
 
 def _table_to_rest(t: TableMeta) -> dict:
-    return {**_orig_table_to_rest(t), **_partitioning_to_rest(t), **_view_to_rest(t)}
+    return _with_extras(t, {**_orig_table_to_rest(t), **_partitioning_to_rest(t), **_view_to_rest(t)})
 
 
 def _view_to_rest(t: TableMeta) -> dict:

@@ -137,15 +137,21 @@ impl GcpSandbox {
     }
 }
 
-/// The zoo's scalar columns, as `tables.insert` takes them.
+/// A policy tag on one of the zoo's columns (the emulator keeps it, and
+/// checks no taxonomy).
+pub const POLICY_TAG: &str = "projects/test-project/locations/us/taxonomies/1/policyTags/2";
+
+/// The zoo's scalar columns, as `tables.insert` takes them: one
+/// `REQUIRED` and described, one with a default value, one with a policy
+/// tag.
 pub fn scalar_columns() -> Vec<Value> {
     let column = |name: &str, kind: &str| json!({"name": name, "type": kind});
     vec![
         json!({"name": "id", "type": "INTEGER", "mode": "REQUIRED", "description": "row id"}),
         column("day", "DATE"),
-        column("s", "STRING"),
+        json!({"name": "s", "type": "STRING", "defaultValueExpression": "'none'"}),
         column("b", "BYTES"),
-        column("i", "INTEGER"),
+        json!({"name": "i", "type": "INTEGER", "policyTags": {"names": [POLICY_TAG]}}),
         column("f", "FLOAT"),
         column("n", "NUMERIC"),
         column("ok", "BOOLEAN"),
@@ -198,7 +204,8 @@ pub fn zoo_rows(nested: bool) -> Vec<Value> {
 }
 
 /// Creates the zoo `table` in the sandbox's dataset: partitioned by `day`
-/// (with an expiration), clustered, labelled, described; with the nested
+/// (with an expiration, queries required to filter on it), clustered,
+/// labelled, described; with the nested
 /// columns or without (CSV cannot hold them).
 pub async fn create_zoo(sb: &GcpSandbox, table: &str, nested: bool) {
     let mut columns = scalar_columns();
@@ -208,6 +215,7 @@ pub async fn create_zoo(sb: &GcpSandbox, table: &str, nested: bool) {
     let settings = json!({
         "timePartitioning": {"type": "DAY", "field": "day", "expirationMs": "864000000000"},
         "clustering": {"fields": ["s", "i"]},
+        "requirePartitionFilter": true,
         "labels": {"zoo": "types"},
         "description": "every type",
     });
