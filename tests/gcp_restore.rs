@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use bqdrain::error::ErrorKind;
 use common::finish;
 use common::gcp::GcpSandbox;
 use common::gcp_restore::{create_zoo, differences, nested_columns, scalar_columns, POLICY_TAG};
@@ -142,7 +143,8 @@ async fn the_type_zoo_round_trips_through_every_format() {
 /// a whole table restored with `replace_table` is made again from its
 /// definition, and its redelivery re-attaches to its load job instead of
 /// dropping the table again; a file holding rows of another partition is
-/// refused; a view is made again from its query.
+/// refused; a missing dataset or file fails the unit for good with
+/// BigQuery's reason; a view is made again from its query.
 #[tokio::test]
 async fn partitions_are_restored_one_by_one_and_whole_tables_replaced() {
     let sb = GcpSandbox::new("restore_units", 5).await;
@@ -223,6 +225,34 @@ async fn partitions_are_restored_one_by_one_and_whole_tables_replaced() {
         sb.table_rows(&restored, "events").await.len(),
         6,
         "not dropped again"
+    );
+
+    // Failures are permanent with BigQuery's reason: a dataset that does
+    // not exist, a file gone.
+    let nowhere = sb.load_into("ds_nowhere", &whole).await.unwrap_err();
+    assert_eq!(
+        (nowhere.kind, nowhere.reason.as_str()),
+        (ErrorKind::Permanent, "notFound"),
+        "{nowhere:?}"
+    );
+    let mut gone = whole.clone();
+    gone.job_key.push_str("_gone");
+    gone.replace_table = false;
+    gone.files = vec!["whole/nowhere_000000000000.parquet".into()];
+    let gone = sb.load_into(&restored, &gone).await.unwrap_err();
+    assert_eq!(
+        (gone.kind, gone.reason.as_str()),
+        (ErrorKind::Permanent, "notFound"),
+        "{gone:?}"
+    );
+    assert!(
+        gone.message.contains("nowhere_000000000000.parquet"),
+        "{gone:?}"
+    );
+    assert_eq!(
+        sb.table_rows(&restored, "events").await.len(),
+        6,
+        "left as it was"
     );
 
     // A view: made from its query, no file loaded.
