@@ -6,8 +6,9 @@
 
 use google_cloud_bigquery_v2::model::{
     range_partitioning::Range, table_field_schema::PolicyTagList, Clustering, Job,
-    JobConfiguration, JobConfigurationLoad, JobReference, ParquetOptions, RangePartitioning, Table,
-    TableFieldSchema, TableReference, TableSchema, TimePartitioning, ViewDefinition,
+    JobConfiguration, JobConfigurationLoad, JobReference, MaterializedViewDefinition,
+    ParquetOptions, RangePartitioning, Table, TableFieldSchema, TableReference, TableSchema,
+    TimePartitioning, ViewDefinition,
 };
 
 use super::{classify, reason, unit_job_id, BigQueryWarehouse};
@@ -15,7 +16,7 @@ use crate::adapters::gcp::storage;
 use crate::contract::options::Format;
 use crate::error::UnitError;
 use crate::ports::definition::{Column, TableDefinition};
-use crate::ports::warehouse::{Cancel, LoadRequest, LoadResult};
+use crate::ports::warehouse::{Cancel, LoadRequest, LoadResult, TableKind};
 
 impl BigQueryWarehouse {
     pub(super) async fn restore_unit(
@@ -197,7 +198,8 @@ fn load_job_id(request: &LoadRequest, successor: u32) -> String {
 }
 
 /// The table `tables.insert` makes from a definition: columns, partitioning,
-/// clustering, labels, description; a view from its query.
+/// clustering, labels, description; a view or a materialized view from its
+/// query.
 fn table_of(definition: &TableDefinition, project: &str, dataset: &str, table: &str) -> Table {
     let mut made = Table::new()
         .set_table_reference(
@@ -208,12 +210,18 @@ fn table_of(definition: &TableDefinition, project: &str, dataset: &str, table: &
         )
         .set_labels(definition.labels.clone())
         .set_or_clear_description(definition.description.clone());
-    if let Some(query) = &definition.view_query {
-        return made.set_view(
-            ViewDefinition::new()
-                .set_query(query)
-                .set_use_legacy_sql(false),
-        );
+    match (&definition.view_query, definition.table_type) {
+        (Some(query), TableKind::MaterializedView) => {
+            return made.set_materialized_view(MaterializedViewDefinition::new().set_query(query));
+        }
+        (Some(query), _) => {
+            return made.set_view(
+                ViewDefinition::new()
+                    .set_query(query)
+                    .set_use_legacy_sql(false),
+            );
+        }
+        (None, _) => {}
     }
     made = made.set_schema(TableSchema::new().set_fields(definition.columns.iter().map(field_of)));
     if let Some(time) = &definition.time_partitioning {
@@ -342,7 +350,7 @@ mod tests {
     }
 
     #[test]
-    fn a_view_is_made_from_its_query_alone() {
+    fn a_view_or_materialized_view_is_made_from_its_query_alone() {
         let mut view = definition();
         view.table_type = TableKind::View;
         view.view_query = Some("SELECT 1".into());
@@ -351,6 +359,11 @@ mod tests {
         assert_eq!(table["view"]["useLegacySql"], false, "{table:#}");
         assert!(table.get("schema").is_none(), "{table:#}");
         assert!(table.get("rangePartitioning").is_none(), "{table:#}");
+
+        view.table_type = TableKind::MaterializedView;
+        let table = serde_json::to_value(table_of(&view, "p", "d", "v")).unwrap();
+        assert_eq!(table["materializedView"]["query"], "SELECT 1", "{table:#}");
+        assert!(table.get("view").is_none(), "{table:#}");
     }
 
     #[test]
