@@ -11,7 +11,7 @@ use google_cloud_bigquery_v2::model::{
     TimePartitioning, ViewDefinition,
 };
 
-use super::{classify, reason, unit_job_id, BigQueryWarehouse};
+use super::{classify, metadata_retry, reason, unit_job_id, BigQueryWarehouse};
 use crate::adapters::gcp::storage;
 use crate::contract::options::Format;
 use crate::error::UnitError;
@@ -19,6 +19,8 @@ use crate::ports::definition::{Column, TableDefinition};
 use crate::ports::warehouse::{Cancel, LoadRequest, LoadResult, TableKind};
 
 impl BigQueryWarehouse {
+    /// [`Warehouse::load`](crate::ports::warehouse::Warehouse::load) on
+    /// BigQuery: see the module's doc.
     pub(super) async fn restore_unit(
         &self,
         request: &LoadRequest,
@@ -58,43 +60,60 @@ impl BigQueryWarehouse {
 
     /// `tables.delete`; a table already gone is what was asked for.
     async fn drop_table(&self, table: &str) -> Result<(), UnitError> {
-        let deleted = self
-            .tables
-            .delete_table()
-            .set_project_id(&self.project)
-            .set_dataset_id(&self.dataset)
-            .set_table_id(table)
-            .send()
-            .await;
-        already(
-            deleted,
-            404,
-            "notFound",
-            &format!("dropping table {table} to replace it"),
-        )
+        let what = format!("dropping table {table} to replace it");
+        metadata_retry()
+            .run(&what, || async {
+                let deleted = self
+                    .tables
+                    .delete_table()
+                    .set_project_id(&self.project)
+                    .set_dataset_id(&self.dataset)
+                    .set_table_id(table)
+                    .send()
+                    .await;
+                already(deleted, 404, "notFound", &what)
+            })
+            .await
     }
 
-    /// `tables.insert` from the definition. A table that exists is left
-    /// as it is: the partition units of one table race to make it, and a
-    /// table kept (`--if-exists replace` of a partition, a redelivery) is
-    /// only loaded.
+    /// Makes the table from the definition (`tables.insert`) unless it
+    /// exists, which a `tables.get` tells first: the partition units of one
+    /// table all ask, and only the first need write. A table that exists
+    /// is left as it is (a partition restored into it, a redelivery), and
+    /// so is one another unit made in between (`409 duplicate`).
     async fn create_table(&self, request: &LoadRequest) -> Result<(), UnitError> {
-        let table = table_of(
-            &request.definition,
-            &self.project,
-            &self.dataset,
-            &request.table,
-        );
-        let inserted = self
-            .tables
-            .insert_table()
-            .set_project_id(&self.project)
-            .set_dataset_id(&self.dataset)
-            .set_table(table)
-            .send()
-            .await;
         let what = format!("creating table {} from its definition", request.table);
-        already(inserted, 409, "duplicate", &what)
+        metadata_retry()
+            .run(&what, || async {
+                let found = self
+                    .tables
+                    .get_table()
+                    .set_project_id(&self.project)
+                    .set_dataset_id(&self.dataset)
+                    .set_table_id(&request.table)
+                    .send()
+                    .await;
+                match found.map_err(|e| classify(&what, &e)) {
+                    Err(e) if e.reason == "notFound" => {}
+                    other => return other.map(|_| ()),
+                }
+                let table = table_of(
+                    &request.definition,
+                    &self.project,
+                    &self.dataset,
+                    &request.table,
+                );
+                let inserted = self
+                    .tables
+                    .insert_table()
+                    .set_project_id(&self.project)
+                    .set_dataset_id(&self.dataset)
+                    .set_table(table)
+                    .send()
+                    .await;
+                already(inserted, 409, "duplicate", &what)
+            })
+            .await
     }
 
     /// The load job of the unit: its files into the table, or into the
