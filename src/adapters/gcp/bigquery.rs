@@ -245,14 +245,19 @@ impl BigQueryWarehouse {
         } else {
             JobConfiguration::new().set_extract(extract_config(request, as_of, uri))
         };
-        Ok(Job::new()
+        Ok(self.job_of(job_id, location, configuration))
+    }
+
+    /// Job `job_id` of this project, run in `location`.
+    fn job_of(&self, job_id: &str, location: &str, configuration: JobConfiguration) -> Job {
+        Job::new()
             .set_job_reference(
                 JobReference::new()
                     .set_project_id(&self.project)
                     .set_job_id(job_id)
                     .set_location(location),
             )
-            .set_configuration(configuration))
+            .set_configuration(configuration)
     }
 
     async fn get_job(&self, job_id: &str, location: &str) -> Result<Job, UnitError> {
@@ -264,6 +269,17 @@ impl BigQueryWarehouse {
             .send()
             .await
             .map_err(|e| classify(&format!("reading job {job_id}"), &e))
+    }
+
+    /// `tables.get` of a table of this warehouse's dataset.
+    async fn own_table(&self, table: &str) -> Result<Table, google_cloud_bigquery_v2::Error> {
+        self.tables
+            .get_table()
+            .set_project_id(&self.project)
+            .set_dataset_id(&self.dataset)
+            .set_table_id(table)
+            .send()
+            .await
     }
 
     /// Whether job `job_id` was ever started.
@@ -455,15 +471,7 @@ impl BigQueryWarehouse {
             return None;
         }
         let table = &request.source.table;
-        let found = self
-            .tables
-            .get_table()
-            .set_project_id(&self.project)
-            .set_dataset_id(&self.dataset)
-            .set_table_id(table)
-            .send()
-            .await;
-        match found {
+        match self.own_table(table).await {
             Ok(found) => {
                 let unchanged = as_of.is_none_or(|at| {
                     i64::try_from(found.last_modified_time)

@@ -6,9 +6,9 @@
 
 use google_cloud_bigquery_v2::model::{
     range_partitioning::Range, table_field_schema::PolicyTagList, Clustering, Job,
-    JobConfiguration, JobConfigurationLoad, JobReference, MaterializedViewDefinition,
-    ParquetOptions, RangePartitioning, Table, TableFieldSchema, TableReference, TableSchema,
-    TimePartitioning, ViewDefinition,
+    JobConfiguration, JobConfigurationLoad, MaterializedViewDefinition, ParquetOptions,
+    RangePartitioning, Table, TableFieldSchema, TableReference, TableSchema, TimePartitioning,
+    ViewDefinition,
 };
 
 use super::{classify, metadata_retry, reason, unit_job_id, BigQueryWarehouse};
@@ -85,14 +85,7 @@ impl BigQueryWarehouse {
         let what = format!("creating table {} from its definition", request.table);
         metadata_retry()
             .run(&what, || async {
-                let found = self
-                    .tables
-                    .get_table()
-                    .set_project_id(&self.project)
-                    .set_dataset_id(&self.dataset)
-                    .set_table_id(&request.table)
-                    .send()
-                    .await;
+                let found = self.own_table(&request.table).await;
                 match found.map_err(|e| classify(&what, &e)) {
                     Err(e) if e.reason == "notFound" => {}
                     other => return other.map(|_| ()),
@@ -146,14 +139,8 @@ impl BigQueryWarehouse {
             )
             .set_write_disposition("WRITE_TRUNCATE")
             .set_create_disposition("CREATE_NEVER");
-        Ok(Job::new()
-            .set_job_reference(
-                JobReference::new()
-                    .set_project_id(&self.project)
-                    .set_job_id(job_id)
-                    .set_location(location),
-            )
-            .set_configuration(JobConfiguration::new().set_load(format_options(load, request))))
+        let configuration = JobConfiguration::new().set_load(format_options(load, request));
+        Ok(self.job_of(job_id, location, configuration))
     }
 }
 
