@@ -33,14 +33,19 @@
 //!   wall time;
 //! - `skew`: 99 small tables and `events`, as many rows as all of them over
 //!   60 daily partitions, drained by 8 tasks as whole tables and as
-//!   partition units: makespan against its lower bound (once each).
+//!   partition units: makespan against its lower bound (once each);
+//! - `round_trip`: 30 tables of 1,000 rows exported (producer and 4 worker
+//!   processes of concurrency 1, Avro) and restored into a fresh dataset
+//!   (each unit's `Warehouse::load`, 4 at once, in this process: the
+//!   `bqdrain restore` command is not used here), each side's wall time,
+//!   every unit's rows checked against its export's.
 //!
 //! It checks the work was done (every message acked, every table exported)
 //! and asserts nothing about speed. `BQDRAIN_BENCH_QUICK=1` runs each once
 //! with smaller sizes (500 tables for `producer`, 500 units for `status`
 //! and `verify`,
 //! 100 tables with 5 changed for `incremental`, 99 × 50 rows for `skew`,
-//! 100 tables for `preflight`).
+//! 100 tables for `preflight`, 5 tables for `round_trip`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -84,6 +89,8 @@ struct Sizes {
     skew_small_rows: u64,
     /// Tables of the dataset `--check` plans.
     preflight_tables: usize,
+    /// Tables exported and restored by `round_trip`.
+    round_trip_tables: usize,
 }
 
 fn main() {
@@ -106,6 +113,7 @@ fn main() {
             incremental_changed: 5,
             skew_small_rows: 50,
             preflight_tables: 100,
+            round_trip_tables: 5,
         }
     } else {
         Sizes {
@@ -121,6 +129,7 @@ fn main() {
             incremental_changed: 50,
             skew_small_rows: 1_000,
             preflight_tables: 1_000,
+            round_trip_tables: 30,
         }
     };
     // BigQuery's own shard size (1 GB), not the tests' small one.
@@ -181,6 +190,9 @@ fn main() {
         }
         if wanted("preflight") {
             preflight(&s).await;
+        }
+        if wanted("round_trip") {
+            round_trip(&s).await;
         }
     });
 }
@@ -964,6 +976,68 @@ async fn preflight(s: &Sizes) {
         format!(
             "preflight, {} tables: bqdrain-producer --check in {seconds:.2} s",
             s.preflight_tables
+        ),
+    );
+}
+
+/// Restores at once, like the export's tasks.
+const RESTORE_CONCURRENCY: usize = 4;
+
+async fn round_trip(s: &Sizes) {
+    let sb = GcpSandbox::new("round_trip", 5).await;
+    create_tables_in_parallel(&sb, s.round_trip_tables, 1000).await;
+    let (mut export_seconds, mut restore_seconds) = (Vec::new(), Vec::new());
+    for rep in 0..s.reps {
+        let run_id = format!("trip{rep}");
+        let mut plan = RunPlan::every_table(RunId::Given {
+            id: run_id.clone(),
+            resume: false,
+        });
+        plan.options.format = Format::Avro;
+        let (report, exported) = produce_and_drain(&sb, &plan, RESTORE_CONCURRENCY, "trip").await;
+        export_seconds.push(exported);
+
+        let restored = format!("{}_{run_id}", sb.dataset);
+        sb.create_dataset(&restored).await;
+        let units: Vec<String> = run_records(&sb, "trip", &report)
+            .await
+            .into_iter()
+            .map(|record| record.unit)
+            .collect();
+        let started = Instant::now();
+        let loaded: Vec<(String, Option<u64>, Option<u64>)> = futures::stream::iter(units)
+            .map(|unit| {
+                let (sb, run_id, restored) = (&sb, &run_id, &restored);
+                async move {
+                    let request = sb.load_request("trip", run_id, &unit, None).await;
+                    let record = sb.done_record("trip", run_id, &unit).await.unwrap();
+                    let result = sb.load_into(restored, &request).await.unwrap();
+                    (unit, result.rows, record.rows)
+                }
+            })
+            .buffer_unordered(RESTORE_CONCURRENCY)
+            .collect()
+            .await;
+        restore_seconds.push(started.elapsed().as_secs_f64());
+        for (unit, rows, exported) in &loaded {
+            assert_eq!(rows, exported, "{unit}: rows loaded, rows exported");
+        }
+        assert_eq!(loaded.len(), s.round_trip_tables, "every table restored");
+    }
+    let (export, restore) = (
+        median(export_seconds.clone()),
+        median(restore_seconds.clone()),
+    );
+    emit(
+        json!({"bench": "round_trip", "tables": s.round_trip_tables, "rows_per_table": 1000,
+               "format": "avro", "tasks": RESTORE_CONCURRENCY,
+               "export_seconds": spread_json(export_seconds),
+               "restore_seconds": spread_json(restore_seconds),
+               "restore_through": "Warehouse::load per unit, in process"}),
+        format!(
+            "round trip of {} tables x 1,000 rows (Avro): export {export:.2} s (producer + {RESTORE_CONCURRENCY} worker processes), \
+             restore {restore:.2} s ({RESTORE_CONCURRENCY} loads at once through Warehouse::load, in process, not the restore command)",
+            s.round_trip_tables
         ),
     );
 }

@@ -111,6 +111,20 @@ resource "google_bigquery_dataset_iam_member" "worker_reads_extra_datasets" {
   member     = google_service_account.worker.member
 }
 
+# A restore runs through the same workers and writes only into the datasets
+# named for it: each table made from its exported definition, loaded by a
+# load job (tables.create, tables.updateData), dropped first for --if-exists
+# replace (tables.delete). Its load jobs run in the dataset's project
+# (worker_runs_jobs) and read the exports' files (worker_writes_exports).
+resource "google_bigquery_dataset_iam_member" "worker_restores_into" {
+  for_each = toset(var.restore_datasets)
+
+  project    = local.dataset_project_id
+  dataset_id = each.value
+  role       = "roles/bigquery.dataEditor"
+  member     = google_service_account.worker.member
+}
+
 # jobs.create exists only at project level. The worker runs its extract
 # jobs in the dataset's project.
 resource "google_project_iam_member" "worker_runs_jobs" {

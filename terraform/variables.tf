@@ -64,6 +64,21 @@ variable "extra_dataset_ids" {
   }
 }
 
+variable "restore_datasets" {
+  type        = list(string)
+  description = "Datasets of dataset_project_id that `bqdrain restore --to bigquery://PROJECT/DATASET` may write into through the workers: the worker gets roles/bigquery.dataEditor on each (tables made from their definitions, loaded, dropped for --if-exists replace). Never an exported dataset: the worker only reads those; to restore into one, grant it yourself for the time of the restore."
+  default     = []
+
+  validation {
+    condition     = alltrue([for d in var.restore_datasets : can(regex("^[A-Za-z0-9_]+$", d)) && length(d) <= 1024])
+    error_message = "restore_datasets must be dataset ids: letters, digits and underscores (not project:dataset)."
+  }
+  validation {
+    condition     = length(setintersection(var.restore_datasets, concat([var.dataset_id], var.extra_dataset_ids))) == 0 && length(distinct(var.restore_datasets)) == length(var.restore_datasets)
+    error_message = "restore_datasets must not repeat a dataset, nor name an exported one (dataset_id, extra_dataset_ids): the worker only reads those."
+  }
+}
+
 variable "export_partitions" {
   type        = bool
   description = "Export each partition of a partitioned table as its own unit (--partitions)."

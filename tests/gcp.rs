@@ -357,7 +357,7 @@ async fn worker_killed_during_an_export_leaves_its_job_to_the_next_delivery() {
         record.task
     );
     let logs = sb.logs();
-    assert!(logs.contains("re-attaching to the export job"), "{logs}");
+    assert!(logs.contains("re-attaching to the extract job"), "{logs}");
     assert_eq!(
         logs.matches("\"exported\"").count(),
         1,

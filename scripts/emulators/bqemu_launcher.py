@@ -3,12 +3,21 @@
 
 Fixes, all applied by monkeypatching before the server starts:
   1. DuckDB extensions (spatial, avro) load offline from the
-     duckdb-extension-* wheels (no HOME trick, no network).
+     duckdb-extension-* wheels (no HOME trick, no network), on the
+     engine's connection and on the one GEOGRAPHY values are converted on
+     (stock downloaded spatial there: insertAll of a GEOGRAPHY failed, 500).
   2. Extract jobs (jobs.insert with configuration.extract) go through
      bqemulator's own EXPORT DATA writer ``write_export``: every
      destinationUri, one '*' -> 12-digit shard names, compression,
      printHeader, fieldDelimiter, statistics.extract.destinationUriFileCounts.
      Missing table -> DONE job with status.errorResult.reason = notFound.
+     JSON writes INT64 as strings, as BigQuery documents ("to preserve
+     64-bit precision"), and NUMERIC too, nested ones included (stock wrote
+     numbers: a NUMERIC of 38 digits came out as -1e29). Whether BigQuery
+     writes NUMERIC as a string or an exact number stays unverified.
+     GEOGRAPHY columns are written as WKT text in every format, INTERVAL
+     ones as text in Avro and Parquet (stock: Avro and Parquet extracts of
+     either failed; how BigQuery writes INTERVAL there stays unverified).
   3. Every file ``write_export`` writes (extract jobs AND the EXPORT DATA
      statement) is uploaded to a fake-gcs-server at $STORAGE_EMULATOR_HOST
      (JSON media upload) before the job reports DONE, then deleted locally.
@@ -72,6 +81,30 @@ Fixes, all applied by monkeypatching before the server starts:
      statistics.query.totalRows to query jobs, and ddlOperationPerformed
      to jobs.query answers (a job's statistics.query has it, the answer
      does not); all dropped.
+ 14. Load jobs read their gs:// sourceUris from the fake-gcs-server at
+     $STORAGE_EMULATOR_HOST (stock: from a local folder, BQEMU_GCS_LOCAL_ROOT);
+     a destination `t$ID` is one partition (stock: looked up as a table
+     named "t$ID"), which WRITE_TRUNCATE replaces alone (stock: emptied the
+     whole table), and whose file rows must all belong to it (else the job
+     fails "invalid", as BigQuery's does); CSV and JSON BYTES are read as
+     base64 (as fix 2 writes them); CSV honours skipLeadingRows
+     (default 0), fieldDelimiter and allowQuotedNewlines (stock: always a
+     header, always ','), reads a quoted "" as an empty string and an empty
+     field as NULL; JSON and CSV are read with the table's column types, by
+     name (JSON) or position (CSV), Avro and Parquet by name; gzip'd CSV and
+     JSON files are read whole; statistics.load.outputRows is the rows this
+     load wrote (stock: the table's total rows). CREATE_NEVER and a missing
+     table, a missing object: a DONE job with errorResult notFound.
+ 15. tables.get answers a view's query (view.query, view.useLegacySql), as
+     BigQuery does (stock: none, so an exported view's definition had no
+     query to make it again from).
+ 16. tables.insert / patch / update keep a column's policyTags and
+     defaultValueExpression (nested ones too) and the table-level
+     requirePartitionFilter, and tables.get answers them (stock dropped all
+     three; it kept requirePartitionFilter only inside timePartitioning,
+     where BigQuery deprecated it). Kept beside the catalog, per table and
+     creation time; not enforced (a default fills nothing, a query without
+     a partition filter runs).
   Empty query parameters (pageToken=, maxResults=) are accepted as "unset".
 
 Usage:
@@ -96,6 +129,7 @@ import urllib.parse
 import urllib.request
 
 import duckdb
+import fastavro
 import pyarrow as pa
 import sqlglot
 from fastapi import APIRouter, Query, Request, Response
@@ -116,6 +150,7 @@ from bqemulator.domain.errors import (
 )
 import bqemulator.jobs.executor as ex
 import bqemulator.server as bq_server
+import bqemulator.types.geography as geography
 import bqemulator.sql.inner_query as inner_query
 import bqemulator.sql.rewriter.information_schema as info_schema
 from bqemulator.storage.engine import CATALOG_SCHEMA, DuckDBEngine
@@ -163,6 +198,21 @@ def _pragmas_with_ext_dir(self: DuckDBEngine) -> None:
 
 
 DuckDBEngine._apply_session_pragmas = _pragmas_with_ext_dir
+
+
+def _geography_conv_conn() -> Any:
+    """GEOGRAPHY values (insertAll, loads) are converted on a connection of
+    their own, which stock makes with a download of the extension."""
+    with geography._CONV_LOCK:
+        if geography._CONV_CONN is None:
+            conn = duckdb.connect(":memory:")
+            conn.execute(f"SET extension_directory = '{_extension_dir()}'")
+            conn.execute("LOAD spatial")
+            geography._CONV_CONN = conn
+        return geography._CONV_CONN
+
+
+geography._ensure_conv_conn = _geography_conv_conn
 
 
 # --- 3. upload what write_export wrote to fake-gcs-server ----------------------
@@ -245,7 +295,9 @@ async def _extract_job(project_id: str, job_id: str, config: dict, ctx: Any) -> 
     error: Optional[dict] = None
     try:
         # Fix 10: a `t$ID` / `t@MS` decorator picks the rows (404s itself).
-        table = ctx.engine.fetch_arrow(_extract_source_sql(ctx, p, d, t))
+        table = ctx.engine.fetch_arrow(_as_text(ctx, p, d, t, _extract_source_sql(ctx, p, d, t), fmt))
+        if fmt == "NEWLINE_DELIMITED_JSON":
+            table = table.cast(pa.schema([f.with_type(_json_string_numbers(f.type)) for f in table.schema]))
         counts = []
         async with ctx.engine.write_lock():  # write_export registers views on the shared connection
             # BigQuery spreads the rows over all destinationUris.
@@ -269,6 +321,46 @@ async def _extract_job(project_id: str, job_id: str, config: dict, ctx: Any) -> 
 
     # insert_job() persists this with ctx.catalog.upsert_job(), so jobs.get finds it.
     return _done_job(project_id, job_id, "EXTRACT", config, statistics, error, now, ctx)
+
+
+def _as_text(ctx: Any, p: str, d: str, t: str, sql: str, fmt: str) -> str:
+    """`sql` with the table's GEOGRAPHY columns as WKT text, which BigQuery
+    writes in every format, in CSV and JSON its BYTES columns as base64, as
+    BigQuery writes them (stock: DuckDB's escapes, `\\x00\\x01`), and in
+    Avro and Parquet its INTERVAL columns as text (stock: Avro and Parquet extracts of either failed, "Can't convert
+    logical type 'GEOMETRY' to Avro type")."""
+    m = _DECORATED.fullmatch(t)
+    meta = ctx.catalog.get_table(p, d, m.group("table") if m else t)
+    fields = meta.schema_.fields if meta is not None else ()
+    binary = fmt in ("AVRO", "PARQUET")
+
+    def column(f: Any) -> str:
+        kind = f.type.upper()
+        if kind == "GEOGRAPHY":
+            return f'ST_AsText("{f.name}") AS "{f.name}"'
+        if kind == "BYTES" and not binary:
+            return f'base64("{f.name}") AS "{f.name}"'
+        if kind == "INTERVAL" and binary:
+            return f'CAST("{f.name}" AS VARCHAR) AS "{f.name}"'
+        return f'"{f.name}"'
+
+    columns = [column(f) for f in fields]
+    if all(c == f'"{f.name}"' for c, f in zip(columns, fields)):
+        return sql
+    return f"SELECT {', '.join(columns)} FROM ({sql})"
+
+
+def _json_string_numbers(kind: Any) -> Any:
+    """The arrow type a JSON extract writes a column as: INT64 and NUMERIC as
+    strings, nested ones too (stock wrote numbers: -1e29 for a NUMERIC)."""
+    if pa.types.is_int64(kind) or pa.types.is_decimal(kind):
+        return pa.string()
+    if pa.types.is_struct(kind):
+        return pa.struct([kind.field(i).with_type(_json_string_numbers(kind.field(i).type))
+                          for i in range(kind.num_fields)])
+    if pa.types.is_list(kind):
+        return pa.list_(kind.value_field.with_type(_json_string_numbers(kind.value_type)))
+    return kind
 
 
 def _done_job(
@@ -575,7 +667,54 @@ def _rest_to_table_meta(
     meta = meta.model_copy(update={"range_partitioning": rp})
     if body.get("timePartitioning") or body.get("rangePartitioning"):
         _check_partitioning_column(meta)
+    _keep_extras(meta, body)
     return meta
+
+
+# Fix 16: what the catalog has no place for, by table (and its creation, so
+# a table made again under the same name starts afresh).
+_extras: dict = {}
+
+
+def _extras_key(t: TableMeta) -> tuple:
+    return (t.project_id, t.dataset_id, t.table_id, _us(t.creation_time))
+
+
+def _field_extras(fields: list, path: tuple = ()) -> dict:
+    """{field path: {policyTags, defaultValueExpression}} of a REST schema."""
+    out: dict = {}
+    for f in fields or []:
+        here = path + (f.get("name"),)
+        kept = {k: f[k] for k in ("policyTags", "defaultValueExpression") if f.get(k)}
+        if kept:
+            out[here] = kept
+        out.update(_field_extras(f.get("fields"), here))
+    return out
+
+
+def _keep_extras(meta: TableMeta, body: dict) -> None:
+    """The table-level requirePartitionFilter and the fields' policy tags
+    and default values of a tables.insert / patch / update body."""
+    kept = _extras.setdefault(_extras_key(meta), {})
+    if "requirePartitionFilter" in body:
+        kept["requirePartitionFilter"] = bool(body["requirePartitionFilter"])
+    if "schema" in body:
+        kept["fields"] = _field_extras((body.get("schema") or {}).get("fields"))
+
+
+def _with_extras(t: TableMeta, out: dict) -> dict:
+    kept = _extras.get(_extras_key(t)) or {}
+    if kept.get("requirePartitionFilter"):
+        out["requirePartitionFilter"] = True
+
+    def walk(fields: list, path: tuple) -> None:
+        for f in fields or []:
+            here = path + (f.get("name"),)
+            f.update((kept.get("fields") or {}).get(here, {}))
+            walk(f.get("fields"), here)
+
+    walk((out.get("schema") or {}).get("fields"), ())
+    return out
 
 
 def _partitioning_to_rest(t: TableMeta) -> dict:
@@ -596,7 +735,14 @@ _orig_table_to_list_item = tables_routes._table_to_list_item
 
 
 def _table_to_rest(t: TableMeta) -> dict:
-    return {**_orig_table_to_rest(t), **_partitioning_to_rest(t)}
+    return _with_extras(t, {**_orig_table_to_rest(t), **_partitioning_to_rest(t), **_view_to_rest(t)})
+
+
+def _view_to_rest(t: TableMeta) -> dict:
+    """Fix 15: a view's query, which stock tables.get never answered."""
+    if t.table_type != "VIEW" or not t.view_query:
+        return {}
+    return {"view": {"query": t.view_query, "useLegacySql": bool(t.use_legacy_sql)}}
 
 
 def _table_to_list_item(t: TableMeta) -> dict:
@@ -1200,6 +1346,150 @@ async def _answers_shaped_like_bigquery(request: Request, call_next: Any) -> Any
         raw = json.dumps(_bigquery_shaped(path, body)).encode()
     headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
     return Response(raw, status_code=response.status_code, headers=headers)
+
+
+# --- 14. load jobs --------------------------------------------------------------
+# BigQuery reads a load job's files from Cloud Storage, writes `t$ID` (one
+# partition) without touching the others, and reports the rows it wrote.
+# Here the files are downloaded from fake-gcs into a temporary folder (their
+# names kept: DuckDB reads a `.gz` file decompressed), read into a staging
+# table shaped like the destination, checked against the partition, and only
+# then written: a failed load leaves the table as it was, as BigQuery's does.
+_LOAD_STAGE = "_bqdrain_load_stage"
+
+
+def _download(uri: str, folder: str) -> str:
+    """GET {base}/storage/v1/b/BUCKET/o/NAME?alt=media into `folder`."""
+    bucket, _, name = uri[len("gs://"):].partition("/")
+    if not name or "*" in uri:
+        raise ValidationError(f"Invalid source URI {uri}: this emulator loads named objects only, no '*'")
+    url = (
+        f"{_gcs_base()}/storage/v1/b/{urllib.parse.quote(bucket, safe='')}/o/"
+        f"{urllib.parse.quote(name, safe='')}?alt=media"
+    )
+    path = os.path.join(folder, f"{len(os.listdir(folder))}_{os.path.basename(name)}")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp, open(path, "wb") as out:
+            out.write(resp.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            raise _not_found(f"URI {uri}") from exc
+        raise InternalError(f"GCS download of {uri} failed: HTTP {exc.code}") from exc
+    return path
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _read_sql(fmt: str, path: str, load: dict, columns: list) -> str:
+    """The SELECT reading one file as the staging table's rows; BYTES in
+    CSV and JSON are base64 text."""
+    typed = "{" + ", ".join(
+        f"{_sql_text(n)}: {_sql_text('VARCHAR' if t == 'BLOB' else t)}" for n, t in columns
+    ) + "}"
+    select = ", ".join(f'from_base64("{n}") AS "{n}"' if t == "BLOB" else f'"{n}"' for n, t in columns)
+    if fmt == "CSV":
+        delim = ex._resolve_field_delimiter(load.get("fieldDelimiter") or ",")
+        skip = int(load.get("skipLeadingRows") or 0)
+        # BigQuery writes NULL as an empty field and an empty string as "".
+        return (
+            f"SELECT {select} FROM read_csv({_sql_text(path)}, columns = {typed}, header = false, "
+            f"skip = {skip}, delim = {_sql_text(delim)}, quote = '\"', escape = '\"', "
+            f"allow_quoted_nulls = false, strict_mode = {str(not load.get('allowQuotedNewlines')).lower()})"
+        )
+    if fmt in ("NEWLINE_DELIMITED_JSON", "JSON"):
+        return (
+            f"SELECT {select} FROM read_json({_sql_text(path)}, columns = {typed}, "
+            "format = 'newline_delimited')"
+        )
+    if fmt == "PARQUET":
+        return f"SELECT * FROM read_parquet({_sql_text(path)})"
+    if fmt == "AVRO":
+        return f"SELECT * FROM read_avro({_sql_text(path)})"
+    raise ValidationError(f"Unknown source format: {fmt}")
+
+
+def _stage_files(cur: Any, fmt: str, paths: list, load: dict, target: str) -> int:
+    """Rows of every file in the staging table (a temp table of `cur`)."""
+    cur.execute(f"CREATE OR REPLACE TEMP TABLE {_LOAD_STAGE} AS SELECT * FROM {target} LIMIT 0")
+    columns = [(r[0], r[1]) for r in cur.execute(f"DESCRIBE {_LOAD_STAGE}").fetchall()]
+    by_position = fmt == "CSV"  # CSV columns are the schema's, in order; the others name theirs
+    for path in paths:
+        if fmt == "AVRO":
+            # useAvroLogicalTypes: fastavro decodes decimals, dates, times and
+            # timestamps (DuckDB's read_avro gives a decimal's bytes; stock's
+            # decimal path failed on TIME), DuckDB casts them to the columns.
+            with open(path, "rb") as f:
+                records = list(fastavro.reader(f))
+            if not records:
+                continue
+            cur.register("_bqdrain_avro", pa.Table.from_pylist(records))
+            try:
+                cur.execute(f"INSERT INTO {_LOAD_STAGE} BY NAME SELECT * FROM _bqdrain_avro")
+            finally:
+                cur.unregister("_bqdrain_avro")
+            continue
+        cur.execute(
+            f"INSERT INTO {_LOAD_STAGE} {'' if by_position else 'BY NAME '}{_read_sql(fmt, path, load, columns)}"
+        )
+    return cur.execute(f"SELECT COUNT(*) FROM {_LOAD_STAGE}").fetchone()[0]
+
+
+async def _load_job(project_id: str, job_id: str, config: dict, ctx: Any) -> JobMeta:
+    now = ctx.clock.now()
+    load = config.get("load") or {}
+    dest = load.get("destinationTable") or {}
+    p, d, t = dest.get("projectId") or project_id, dest.get("datasetId", ""), dest.get("tableId", "")
+    m = _DECORATED.fullmatch(t)
+    base, pid = (m.group("table"), m.group("partition")) if m else (t, None)
+    fmt = (load.get("sourceFormat") or "CSV").upper()
+    meta = ctx.catalog.get_table(p, d, base)
+    if meta is None and (load.get("createDisposition") or "CREATE_IF_NEEDED") != "CREATE_NEVER":
+        return await _stock_load_job(project_id, job_id, config, ctx)  # creating tables: stock
+    statistics: dict = {}
+    error: Optional[dict] = None
+    try:
+        if meta is None:
+            raise _not_found(f"Table {p}:{d}.{base}")
+        target = quoted_table_ref(p, d, base)
+        condition = _partition_condition(meta, pid, f"{p}:{d}.{t}") if pid is not None else None
+        with tempfile.TemporaryDirectory(prefix="bqdrain-load-") as folder:
+            paths = [_download(uri, folder) for uri in load.get("sourceUris") or []]
+            async with ctx.engine.write_lock():
+                cur = ctx.engine.connection.cursor()
+                try:
+                    rows = _stage_files(cur, fmt, paths, load, target)
+                    if condition is not None:
+                        outside = cur.execute(
+                            f"SELECT COUNT(*) FROM {_LOAD_STAGE} WHERE NOT {condition}"
+                        ).fetchone()[0]
+                        if outside:
+                            raise ValidationError(
+                                f"Some rows belong to different partitions rather than destination "
+                                f"partition {pid} ({outside} of {rows})"
+                            )
+                    disposition = load.get("writeDisposition") or "WRITE_APPEND"
+                    if disposition == "WRITE_TRUNCATE":
+                        cur.execute(f"DELETE FROM {target}" + (f" WHERE {condition}" if condition else ""))
+                    elif disposition == "WRITE_EMPTY" and cur.execute(
+                        f"SELECT COUNT(*) FROM {target}" + (f" WHERE {condition}" if condition else "")
+                    ).fetchone()[0]:
+                        raise ValidationError(f"Already Exists: Table {p}:{d}.{t} is not empty")
+                    cur.execute(f"INSERT INTO {target} SELECT * FROM {_LOAD_STAGE}")
+                finally:
+                    cur.execute(f"DROP TABLE IF EXISTS {_LOAD_STAGE}")
+        statistics = {"load": {"outputRows": str(rows), "inputFiles": str(len(paths))}}
+    except DomainError as exc:
+        error = {"reason": exc.bq_reason, "message": exc.message}
+    except duckdb.Error as exc:
+        error = {"reason": "invalid", "message": f"Error while reading data, error message: {exc}"}
+    return _done_job(project_id, job_id, "LOAD", config, statistics, error, now, ctx)
+
+
+_stock_load_job = jobs_routes.execute_load_job
+# The load wrapper in the routes module calls the name imported there.
+jobs_routes.execute_load_job = _load_job
 
 
 # --- main ----------------------------------------------------------------------

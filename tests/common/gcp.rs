@@ -258,7 +258,7 @@ impl GcpSandbox {
         serde_json::from_str(&text).unwrap_or(Value::Null)
     }
 
-    async fn bq_call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+    pub async fn bq_call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let url = format!("http://{}/bigquery/v2/{path}", self.emulators.bigquery);
         self.call(method, &url, body).await
     }
@@ -373,7 +373,7 @@ impl GcpSandbox {
     /// Creates `table` with the columns in `schema` (`[[name, type], …]`,
     /// or a field as `tables.insert` takes it; `id` first) and the table
     /// settings in `extra`; inserts `rows`.
-    async fn new_table(&self, table: &str, schema: Value, extra: Value, rows: Vec<Value>) {
+    pub async fn new_table(&self, table: &str, schema: Value, extra: Value, rows: Vec<Value>) {
         let tables = format!("projects/{PROJECT}/datasets/{}/tables", self.dataset);
         let fields: Vec<Value> = schema
             .as_array()

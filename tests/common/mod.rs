@@ -8,6 +8,7 @@ pub mod discovery_proxy;
 pub mod fake_run_api;
 pub mod fault_proxy;
 pub mod gcp;
+pub mod gcp_restore;
 pub mod iam_proxy;
 
 use std::io::Read;

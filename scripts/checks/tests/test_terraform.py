@@ -36,7 +36,8 @@ TFVARS_EXAMPLE = EXAMPLE / "terraform.tfvars.example"
 # only: None, or the var.worker_launch value under which the grant exists
 #      (created with count), e.g. "producer" = if workers are launched by
 #      the producer; "queries" = only if the producer runs BigQuery queries
-#      (any of QUERY_FLAGS); "each" = one per var.extra_dataset_ids; "kms" =
+#      (any of QUERY_FLAGS); "each" = one per var.extra_dataset_ids;
+#      "restore" = one per var.restore_datasets; "kms" =
 #      only if var.kms_key_name is set;
 # condition: text the IAM condition's expression must contain (None: no
 #      condition block allowed).
@@ -50,6 +51,7 @@ ALLOW_LIST = [
     ("producer",     "roles/run.jobsExecutorWithOverrides", "google_cloud_run_v2_job_iam_member",    "google_cloud_run_v2_job.worker",    "producer", None),
     ("worker",       "roles/bigquery.dataViewer",           "google_bigquery_dataset_iam_member",    "var.dataset_id",                    None,       None),
     ("worker",       "roles/bigquery.dataViewer",           "google_bigquery_dataset_iam_member",    "var.extra_dataset_ids",             "each",     None),
+    ("worker",       "roles/bigquery.dataEditor",           "google_bigquery_dataset_iam_member",    "var.restore_datasets",              "restore",  None),
     ("worker",       "roles/bigquery.jobUser",              "google_project_iam_member",             "var.dataset_project_id",            None,       None),
     ("worker",       "roles/storage.objectUser",            "google_storage_bucket_iam_member",      "google_storage_bucket.exports",     None,       None),
     ("worker",       "roles/pubsub.subscriber",             "google_pubsub_subscription_iam_member", "google_pubsub_subscription.work",   None,       None),
@@ -143,7 +145,10 @@ def only_when(config: Config, address: str, body: dict) -> str | None:
         return None
     if "for_each" in body:
         text = config.expand(body["for_each"])
-        return "each" if refers_to(text, "var.extra_dataset_ids") else f"? for_each = {text}"
+        for each, variable in (("each", "var.extra_dataset_ids"), ("restore", "var.restore_datasets")):
+            if refers_to(text, variable):
+                return each
+        return f"? for_each = {text}"
     if refers_to(config.expand(body["count"]), "var.kms_key_name"):
         counts = [Evaluator({"kms_key_name": key}, config).eval(body["count"]) for key in (None, "projects/p/k")]
         return "kms" if counts == [0, 1] else f"? count = {counts} without, then with var.kms_key_name"

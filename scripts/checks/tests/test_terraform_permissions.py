@@ -10,7 +10,9 @@ worker, the scheduler or a service agent needs must be held through a grant
 to that account on the call's resource or on a resource that covers it (the
 dataset's project covers its datasets); and every grant that exists must be
 the only one holding some needed permission (else it grants what no call
-needs). Calls made by an operator (replay, check, verify, status) get no
+needs). A restore's calls (worker, setting "restore") need grants on each
+of restore_datasets, and on the dataset's project for its load jobs.
+Calls made by an operator (replay, check, verify, status) get no
 grant from the module and are not checked here. Optional calls (a view's dry
 run) are left out: bqdrain goes on without them.
 """
@@ -43,16 +45,17 @@ TARGET_NAMES = {
     "google_cloud_run_v2_job.producer": "producer_job",
     "var.kms_key_name": "kms_key",
 }
-MAIN_DATASET, EXTRA_DATASET = "analytics", "more"
+MAIN_DATASET, EXTRA_DATASET, RESTORE_DATASET = "analytics", "more", "restored"
 KMS_KEY = "projects/p/locations/europe-west1/keyRings/r/cryptoKeys/k"
 
 # Every combination of the settings that change what is called or granted.
 SETTINGS = [
     {"export_views": views, "export_partitions": partitions, "only_changed": changed,
-     "extra_dataset_ids": extra, "worker_launch": launch, "kms_key_name": key}
-    for views, partitions, changed, extra, launch, key in itertools.product(
+     "extra_dataset_ids": extra, "worker_launch": launch, "kms_key_name": key,
+     "restore_datasets": restore}
+    for views, partitions, changed, extra, launch, key, restore in itertools.product(
         (False, True), (False, True), (False, True), ([], [EXTRA_DATASET]),
-        ("producer", "schedule"), (None, KMS_KEY))
+        ("producer", "schedule"), (None, KMS_KEY), ([], [RESTORE_DATASET]))
 ]
 
 
@@ -67,6 +70,7 @@ def applies(when: str, settings: dict) -> bool:
         "worker_launch": settings["worker_launch"] == "producer",
         "worker_schedule": settings["worker_launch"] == "schedule",
         "kms": settings["kms_key_name"] is not None,
+        "restore": bool(settings["restore_datasets"]),
     }.get(when, False)  # replay, project_source: never under the module's accounts
 
 
@@ -78,7 +82,12 @@ def needs(settings: dict) -> list[tuple[str, str, str, str]]:
         if row.get("optional") or not applies(row["when"], settings):
             continue
         permissions = row["permission"] if isinstance(row["permission"], list) else [row["permission"]]
-        targets = datasets if row["target"] == "source_dataset" else [row["target"]]
+        targets = {
+            "source_dataset": datasets,
+            "restore_dataset": [f"restore_dataset:{d}" for d in settings["restore_datasets"]],
+            # The module's restore datasets are in the dataset's project.
+            "restore_project": ["dataset_project"],
+        }.get(row["target"], [row["target"]])
         for principal in (PRINCIPALS[w] for w in row["who"] if w in PRINCIPALS):
             found += [(principal, p, t, row["call"]) for p in permissions for t in targets]
     return found
@@ -93,7 +102,9 @@ def granted(config: Config, settings: dict) -> list[tuple[str, str, str, set]]:
         if not rtype.endswith("_iam_member"):
             continue
         on = target(config, rtype, body)
-        if "for_each" in body:
+        if "for_each" in body and refers_to(config.expand(body["for_each"]), "var.restore_datasets"):
+            instances = [f"restore_dataset:{d}" for d in settings["restore_datasets"]]
+        elif "for_each" in body:
             assert refers_to(config.expand(body["for_each"]), "var.extra_dataset_ids"), address
             instances = [f"source_dataset:{d}" for d in settings["extra_dataset_ids"]]
         elif "count" in body:

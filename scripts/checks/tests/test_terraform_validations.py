@@ -132,6 +132,9 @@ def test_minimum_backoff_at_most_maximum(variables_only):
     ("extra_dataset_ids", ["sales", "hr_2026"], ["my-project:sales"]),
     ("extra_dataset_ids", ["sales"], ["sales", "sales"]),
     ("extra_dataset_ids", ["sales"], ["analytics"]),
+    ("restore_datasets", ["analytics_restored"], ["my-project:restored"]),
+    ("restore_datasets", ["restored"], ["restored", "restored"]),
+    ("restore_datasets", ["restored"], ["analytics"]),
 ])
 def test_values(variables_only, name, good, bad):
     # A schedule that skips days cannot have the missed-run alert.

@@ -37,6 +37,9 @@ use crate::ports::warehouse::{
     Partitioning, TableInfo, TableKind, Warehouse,
 };
 
+#[path = "bigquery_load.rs"]
+mod load;
+
 pub const SCHEME: &str = "bigquery://";
 const EMULATOR: &str = "BIGQUERY_EMULATOR_HOST";
 /// Jobs one export attempt starts or re-attaches to before it gives up;
@@ -247,14 +250,19 @@ impl BigQueryWarehouse {
         } else {
             JobConfiguration::new().set_extract(extract_config(request, as_of, uri))
         };
-        Ok(Job::new()
+        Ok(self.job_of(job_id, location, configuration))
+    }
+
+    /// Job `job_id` of this project, run in `location`.
+    fn job_of(&self, job_id: &str, location: &str, configuration: JobConfiguration) -> Job {
+        Job::new()
             .set_job_reference(
                 JobReference::new()
                     .set_project_id(&self.project)
                     .set_job_id(job_id)
                     .set_location(location),
             )
-            .set_configuration(configuration))
+            .set_configuration(configuration)
     }
 
     async fn get_job(&self, job_id: &str, location: &str) -> Result<Job, UnitError> {
@@ -265,23 +273,44 @@ impl BigQueryWarehouse {
             .set_location(location)
             .send()
             .await
-            .map_err(|e| classify("reading the export job", &e))
+            .map_err(|e| classify(&format!("reading job {job_id}"), &e))
     }
 
-    /// Starts the job, or finds it if an earlier delivery started it.
-    /// Returns the job and whether this call created it.
+    /// `tables.get` of a table of this warehouse's dataset.
+    async fn own_table(&self, table: &str) -> Result<Table, google_cloud_bigquery_v2::Error> {
+        self.tables
+            .get_table()
+            .set_project_id(&self.project)
+            .set_dataset_id(&self.dataset)
+            .set_table_id(table)
+            .send()
+            .await
+    }
+
+    /// Whether job `job_id` was ever started.
+    async fn job_exists(&self, job_id: &str, location: &str) -> Result<bool, UnitError> {
+        match self.get_job(job_id, location).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.reason == "notFound" => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts `job` (an `extract` or `load` job, as `kind` says), or finds
+    /// it if an earlier delivery started it. Returns the job and whether
+    /// this call created it.
     async fn start_or_attach(
         &self,
+        job: Job,
         job_id: &str,
         location: &str,
-        request: &ExportRequest,
-        as_of: Option<DateTime<Utc>>,
+        kind: &str,
     ) -> Result<(Job, bool), UnitError> {
         let inserted = self
             .jobs
             .insert_job()
             .set_project_id(&self.project)
-            .set_job(self.export_job(job_id, location, request, as_of)?)
+            .set_job(job)
             .send()
             .await;
         match inserted {
@@ -289,11 +318,12 @@ impl BigQueryWarehouse {
             Err(e) if e.http_status_code() == Some(409) || reason(&e) == Some("duplicate") => {
                 tracing::info!(
                     job_id,
-                    "re-attaching to the export job of an earlier delivery"
+                    kind,
+                    "re-attaching to the {kind} job of an earlier delivery"
                 );
                 Ok((self.get_job(job_id, location).await?, false))
             }
-            Err(e) => Err(classify("starting the export job", &e)),
+            Err(e) => Err(classify(&format!("starting job {job_id}"), &e)),
         }
     }
 
@@ -322,7 +352,7 @@ impl BigQueryWarehouse {
                 }
                 Err(e) if e.is_transient() && failures + 1 < MAX_POLL_FAILURES => {
                     failures += 1;
-                    tracing::warn!(job_id, error = %e, "polling the extract job failed; polling on");
+                    tracing::warn!(job_id, error = %e, "polling the job failed; polling on");
                 }
                 Err(e) => return Err(e),
             }
@@ -335,28 +365,18 @@ impl BigQueryWarehouse {
     /// an unbroken sequence: probe at doubling distances, then bisect.
     async fn latest_successor(
         &self,
-        request: &ExportRequest,
+        id: &impl Fn(u32) -> String,
         location: &str,
-        as_of: Option<DateTime<Utc>>,
         known: u32,
     ) -> Result<u32, UnitError> {
-        let exists = |successor| async move {
-            match self
-                .get_job(&job_id(request, as_of, successor), location)
-                .await
-            {
-                Ok(_) => Ok(true),
-                Err(e) if e.reason == "notFound" => Ok(false),
-                Err(e) => Err(e),
-            }
-        };
+        let exists = |successor| async move { self.job_exists(&id(successor), location).await };
         let (mut present, mut step) = (known, 1);
         let mut absent = loop {
             let probe = present.saturating_add(step);
             if probe > MAX_SUCCESSOR {
                 return Err(UnitError::permanent(
                     "invalid",
-                    format!("more than {MAX_SUCCESSOR} extract jobs of this unit failed"),
+                    format!("more than {MAX_SUCCESSOR} jobs of this unit failed"),
                 ));
             }
             if !exists(probe).await? {
@@ -375,9 +395,48 @@ impl BigQueryWarehouse {
         Ok(present)
     }
 
-    /// Exports the unit as of `as_of` (a time-travel read), or as it is now:
-    /// starts its job, or re-attaches to an earlier delivery's, and goes on
-    /// to numbered successors of jobs that failed before.
+    /// Runs a unit's job to its successful end: starts job `id(0)` (made
+    /// by `build` from its id), or re-attaches to an earlier delivery's,
+    /// and goes on to numbered successors of jobs that failed before.
+    /// `kind` names the jobs in errors (`extract`, `load`).
+    async fn run_job(
+        &self,
+        id: impl Fn(u32) -> String,
+        build: impl Fn(&str) -> Result<Job, UnitError>,
+        location: &str,
+        kind: &str,
+        cancel: &Cancel,
+    ) -> Result<Job, UnitError> {
+        let mut successor = 0;
+        for _ in 0..MAX_JOBS_PER_ATTEMPT {
+            let job_id = id(successor);
+            let (job, created) = self
+                .start_or_attach(build(&job_id)?, &job_id, location, kind)
+                .await?;
+            let job = self.wait_done(job, &job_id, location, cancel).await?;
+            let Some(error) = job.status.as_ref().and_then(|s| s.error_result.as_ref()) else {
+                return Ok(job);
+            };
+            if created {
+                return Err(job_failure(&job_id, error));
+            }
+            // An earlier delivery's job failed: this delivery (a retry, or
+            // a replay after the cause was fixed) goes on from the latest
+            // successor, or starts the next one.
+            let latest = self.latest_successor(&id, location, successor).await?;
+            successor = if latest > successor {
+                latest
+            } else {
+                successor + 1
+            };
+        }
+        Err(UnitError::transient(
+            "backendError",
+            format!("{MAX_JOBS_PER_ATTEMPT} {kind} jobs of this attempt failed"),
+        ))
+    }
+
+    /// Exports the unit as of `as_of` (a time-travel read), or as it is now.
     async fn extract(
         &self,
         request: &ExportRequest,
@@ -385,43 +444,24 @@ impl BigQueryWarehouse {
         as_of: Option<DateTime<Utc>>,
         cancel: &Cancel,
     ) -> Result<ExportResult, UnitError> {
-        let mut successor = 0;
-        for _ in 0..MAX_JOBS_PER_ATTEMPT {
-            let id = job_id(request, as_of, successor);
-            let (job, created) = self.start_or_attach(&id, location, request, as_of).await?;
-            let job = self.wait_done(job, &id, location, cancel).await?;
-            let status = job.status.as_ref();
-            if let Some(error) = status.and_then(|s| s.error_result.as_ref()) {
-                if created {
-                    return Err(job_failure(&id, error));
-                }
-                // An earlier delivery's job failed: this delivery (a retry,
-                // or a replay after the cause was fixed) goes on from the
-                // latest successor, or starts the next one.
-                let latest = self
-                    .latest_successor(request, location, as_of, successor)
-                    .await?;
-                successor = if latest > successor {
-                    latest
-                } else {
-                    successor + 1
-                };
-                continue;
-            }
-            let (files, rows) = match written(&job) {
-                (files, Some(rows)) => (files, Some(rows)),
-                (files, None) => (files, self.exported_rows(request, as_of).await),
-            };
-            return Ok(ExportResult {
-                files: (0..files).map(|i| request.shard_key(i)).collect(),
-                rows,
-                as_of,
-            });
-        }
-        Err(UnitError::transient(
-            "backendError",
-            format!("{MAX_JOBS_PER_ATTEMPT} extract jobs of this export attempt failed"),
-        ))
+        let job = self
+            .run_job(
+                |successor| job_id(request, as_of, successor),
+                |id| self.export_job(id, location, request, as_of),
+                location,
+                "extract",
+                cancel,
+            )
+            .await?;
+        let (files, rows) = match written(&job) {
+            (files, Some(rows)) => (files, Some(rows)),
+            (files, None) => (files, self.exported_rows(request, as_of).await),
+        };
+        Ok(ExportResult {
+            files: (0..files).map(|i| request.shard_key(i)).collect(),
+            rows,
+            as_of,
+        })
     }
 
     /// The rows an export of a whole table holds: the table's count now,
@@ -436,15 +476,7 @@ impl BigQueryWarehouse {
             return None;
         }
         let table = &request.source.table;
-        let found = self
-            .tables
-            .get_table()
-            .set_project_id(&self.project)
-            .set_dataset_id(&self.dataset)
-            .set_table_id(table)
-            .send()
-            .await;
-        match found {
+        match self.own_table(table).await {
             Ok(found) => {
                 let unchanged = as_of.is_none_or(|at| {
                     i64::try_from(found.last_modified_time)
@@ -887,16 +919,29 @@ fn state(job: &Job) -> &str {
     job.status.as_ref().map_or("", |s| s.state.as_str())
 }
 
-/// The request's job key in `[A-Za-z0-9_-]`, as BigQuery requires, cut to
+/// The export job of the request's unit: see [`unit_job_id`]. A snapshot
+/// read and a read of the current state are different jobs.
+fn job_id(request: &ExportRequest, as_of: Option<DateTime<Utc>>, successor: u32) -> String {
+    let identity = serde_json::to_vec(&(
+        &request.job_key,
+        &request.source,
+        &request.destination_root,
+        &request.folder,
+        &request.options,
+        as_of.map(|at| at.timestamp_millis()),
+    ))
+    .expect("requests serialize");
+    unit_job_id(&request.job_key, &identity, successor)
+}
+
+/// A unit's job key in `[A-Za-z0-9_-]`, as BigQuery requires, cut to
 /// 900 characters so that the id stays within BigQuery's 1,024
 /// (<https://cloud.google.com/bigquery/docs/running-jobs#generate-jobid>)
-/// whatever the table's name, plus a
-/// hash of everything the job does: job ids are unique per project, and
-/// runs of other datasets or to other destinations may share a run id. A
-/// snapshot read and a read of the current state are different jobs.
-fn job_id(request: &ExportRequest, as_of: Option<DateTime<Utc>>, successor: u32) -> String {
-    let mut id: String = request
-        .job_key
+/// whatever the table's name, plus a hash of `identity`, everything the
+/// job does: job ids are unique per project, and runs of other datasets
+/// or to other destinations may share a run id.
+fn unit_job_id(job_key: &str, identity: &[u8], successor: u32) -> String {
+    let mut id: String = job_key
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' {
@@ -907,15 +952,6 @@ fn job_id(request: &ExportRequest, as_of: Option<DateTime<Utc>>, successor: u32)
         })
         .take(900)
         .collect();
-    let identity = serde_json::to_vec(&(
-        &request.job_key,
-        &request.source,
-        &request.destination_root,
-        &request.folder,
-        &request.options,
-        as_of.map(|at| at.timestamp_millis()),
-    ))
-    .expect("requests serialize");
     let hash = identity.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
     });
@@ -1360,18 +1396,13 @@ impl Warehouse for BigQueryWarehouse {
     /// table as it was exported.
     async fn definition(&self, source: &SourceTable) -> Result<TableDefinition, UnitError> {
         let read = self.read_after_export.lock().unwrap().remove(&source.table);
-        if let Some(table) = read.filter(|_| source.dataset == self.dataset) {
+        if let Some(table) = read {
             return Ok(definition_of(table, source));
         }
         let what = format!("reading the definition of table {}", source.table);
         let table = metadata_retry()
             .run(&what, || async {
-                self.tables
-                    .get_table()
-                    .set_project_id(&source.project)
-                    .set_dataset_id(&source.dataset)
-                    .set_table_id(&source.table)
-                    .send()
+                self.own_table(&source.table)
                     .await
                     .map_err(|e| classify(&what, &e))
             })
@@ -1379,15 +1410,10 @@ impl Warehouse for BigQueryWarehouse {
         Ok(definition_of(table, source))
     }
 
-    async fn load(&self, request: &LoadRequest, _cancel: Cancel) -> Result<LoadResult, UnitError> {
-        Err(UnitError::permanent(
-            "notImplemented",
-            format!(
-                "restoring into {} is not built yet (table {})",
-                self.uri(),
-                request.table
-            ),
-        ))
+    /// Creates the table from its definition when absent, then runs one
+    /// load job (see `bigquery_load.rs`).
+    async fn load(&self, request: &LoadRequest, cancel: Cancel) -> Result<LoadResult, UnitError> {
+        self.restore_unit(request, &cancel).await
     }
 
     /// From one query of the dataset's `INFORMATION_SCHEMA.COLUMNS`, whose

@@ -32,7 +32,8 @@ pub struct CallPermission {
     /// or scheduler, pubsub-agent, storage-agent for Google's own calls.
     pub who: Vec<String>,
     /// The setting under which the call is made: always, views,
-    /// worker_launch, worker_schedule, replay, project_source, kms.
+    /// worker_launch, worker_schedule, replay, project_source, kms;
+    /// restore (a worker restoring a unit into `restore_dataset`).
     pub when: String,
     /// A call bqdrain survives without (it records an unknown instead).
     #[serde(default)]
@@ -100,7 +101,7 @@ mod tests {
         "job",
         "key",
     ];
-    const WHEN: [&str; 7] = [
+    const WHEN: [&str; 8] = [
         "always",
         "views",
         "worker_launch",
@@ -108,6 +109,7 @@ mod tests {
         "replay",
         "project_source",
         "kms",
+        "restore",
     ];
 
     #[test]
