@@ -474,7 +474,10 @@ fn flags_of(program: &str, subcommand: Option<&str>) -> Flags {
                 .output()
                 .unwrap();
             if !out.status.success() {
-                return Err(format!("`{key}--help` fails: no such command"));
+                return Err(format!(
+                    "`{} --help` fails: no such command",
+                    key.trim_end()
+                ));
             }
             let help = String::from_utf8_lossy(&out.stdout);
             Ok(help
