@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use bqdrain::adapters::local::{dataset, partitions};
 use bqdrain::contract::options::{Compression, ExportOptions, Format};
-use bqdrain::engine::producer::{RunId, RunPlan};
-use bqdrain::engine::selection::PartitionPlan;
+use bqdrain::engine::producer::RunPlan;
 use bqdrain::ports::warehouse::Partitioning;
 use common::*;
 use rusqlite::types::Value;
@@ -66,22 +65,23 @@ async fn export_zoo(sb: &Sandbox, options: ExportOptions) -> String {
     partitions::partition_by(&sb.warehouse(), "events", "day", Partitioning::Day).unwrap();
     let plan = RunPlan {
         options,
-        partitions: PartitionPlan {
-            split: true,
-            window: None,
-            min_rows: 0,
-        },
-        views: true,
-        ..RunPlan::every_table(RunId::Given {
-            id: "exported".into(),
-            resume: false,
-        })
+        ..every_unit_plan("exported")
     };
     sb.try_produce_plan(&sb.source("shard_bytes=2000"), "work", &plan)
         .await
         .unwrap();
     drain(sb);
     "exported".to_string()
+}
+
+/// A sandbox whose `count` tables of `rows` rows are exported by run
+/// `exported`.
+async fn exported_tables(count: usize, rows: u64) -> Sandbox {
+    let sb = Sandbox::new();
+    sb.make_tables(count, rows);
+    sb.produce("", "exported").await;
+    drain(&sb);
+    sb
 }
 
 fn drain(sb: &Sandbox) {
@@ -226,10 +226,7 @@ async fn a_dataset_comes_back_exactly_in_every_format_the_local_warehouse_writes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn existing_tables_are_refused_skipped_or_replaced_as_asked() {
-    let sb = Sandbox::new();
-    sb.make_tables(3, 20);
-    sb.produce("", "exported").await;
-    drain(&sb);
+    let sb = exported_tables(3, 20).await;
     let to = fresh(&sb);
     let from = sb.destination();
     restored(&sb, &["--from", &from, "--to", &to]);
@@ -304,9 +301,14 @@ async fn one_partition_goes_back_into_a_live_table_alone() {
     );
 }
 
-/// The dead-letter reason of each dead-lettered unit of a restore report.
-fn dead(report: &serde_json::Value) -> Vec<(String, String)> {
-    report["outcome"]["dead"]
+/// The report of a restore that dead-lettered units (exit 1), and each
+/// dead-lettered unit with its reason.
+fn dead_lettered(sb: &Sandbox, args: &[&str]) -> (serde_json::Value, Vec<(String, String)>) {
+    let out = restore(sb, args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let dead = report["outcome"]["dead"]
         .as_array()
         .unwrap()
         .iter()
@@ -316,15 +318,13 @@ fn dead(report: &serde_json::Value) -> Vec<(String, String)> {
                 d["reason"].as_str().unwrap().to_string(),
             )
         })
-        .collect()
+        .collect();
+    (report, dead)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unit_whose_files_lost_a_row_is_dead_lettered_with_both_counts() {
-    let sb = Sandbox::new();
-    sb.make_tables(2, 50);
-    sb.produce("", "exported").await;
-    drain(&sb);
+    let sb = exported_tables(2, 50).await;
     let m = sb.manifest("exported", "t_002").unwrap();
     let shard = sb.exports().join(&m.files[0].key);
     let text = std::fs::read_to_string(&shard).unwrap();
@@ -332,15 +332,7 @@ async fn a_unit_whose_files_lost_a_row_is_dead_lettered_with_both_counts() {
     lines.remove(7);
     std::fs::write(&shard, lines.join("\n") + "\n").unwrap();
 
-    let out = restore(&sb, &["--from", &sb.destination(), "--to", &fresh(&sb)]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let dead = dead(&report);
+    let (report, dead) = dead_lettered(&sb, &["--from", &sb.destination(), "--to", &fresh(&sb)]);
     assert_eq!(dead.len(), 1, "{report}");
     assert_eq!(dead[0].0, "t_002");
     assert!(
@@ -353,28 +345,16 @@ async fn a_unit_whose_files_lost_a_row_is_dead_lettered_with_both_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unit_without_its_definition_is_dead_lettered_naming_it() {
-    let sb = Sandbox::new();
-    sb.make_tables(2, 5);
-    sb.produce("", "exported").await;
-    drain(&sb);
+    let sb = exported_tables(2, 5).await;
     let definition =
         bqdrain::engine::layout::export_definition(&sb.table_source("t_001"), "exported");
     std::fs::remove_file(sb.exports().join(&definition)).unwrap();
 
-    let out = restore(
+    let from = sb.destination();
+    let (report, dead) = dead_lettered(
         &sb,
-        &[
-            "--from",
-            &sb.destination(),
-            "--to",
-            &fresh(&sb),
-            "--run-id",
-            "back",
-        ],
+        &["--from", &from, "--to", &fresh(&sb), "--run-id", "back"],
     );
-    assert_eq!(out.status.code(), Some(1));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let dead = dead(&report);
     assert_eq!(dead.len(), 1, "{report}");
     assert!(dead[0].1.contains("_TABLE.json"), "{}", dead[0].1);
 
@@ -389,10 +369,7 @@ async fn a_unit_without_its_definition_is_dead_lettered_naming_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_names_the_flag_and_publishes_nothing() {
-    let sb = Sandbox::new();
-    sb.make_tables(1, 5);
-    sb.produce("", "exported").await;
-    drain(&sb);
+    let sb = exported_tables(1, 5).await;
     let from = sb.destination();
     let to = fresh(&sb);
     let runs = run_count(&sb);
@@ -411,8 +388,34 @@ async fn bad_input_names_the_flag_and_publishes_nothing() {
         ),
         (vec![from.clone(), "bigquery://p".into()], "--topic"),
     ];
+    let mut cases: Vec<(Vec<String>, &str)> = cases
+        .into_iter()
+        .map(|(args, flag)| {
+            (
+                vec![
+                    "--from".into(),
+                    args[0].clone(),
+                    "--to".into(),
+                    args[1].clone(),
+                ],
+                flag,
+            )
+        })
+        .collect();
+    for map in ["sales", "nope=x", "warehouse=a/b"] {
+        let args = [
+            "--from",
+            &from,
+            "--to",
+            "bigquery://p",
+            "--dataset-map",
+            map,
+        ];
+        cases.push((args.map(String::from).to_vec(), "--dataset-map"));
+    }
     for (args, flag) in cases {
-        let out = restore(&sb, &["--from", &args[0], "--to", &args[1]]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = restore(&sb, &args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(
@@ -420,22 +423,41 @@ async fn bad_input_names_the_flag_and_publishes_nothing() {
             "{args:?}: {stderr}"
         );
     }
-    for map in ["sales", "nope=x", "warehouse=a/b"] {
-        let out = restore(
-            &sb,
-            &[
-                "--from",
-                &from,
-                "--to",
-                "bigquery://p",
-                "--dataset-map",
-                map,
-            ],
-        );
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{map}: {stderr}");
-        assert!(stderr.contains("error: --dataset-map"), "{map}: {stderr}");
-    }
     assert_eq!(run_count(&sb), runs, "nothing was published");
     assert!(!sb.path("fresh.db").exists(), "no target file was made");
+}
+
+/// A redelivered restore message loads its unit again: the rows are
+/// replaced, never appended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loading_a_unit_twice_writes_its_rows_once() {
+    use bqdrain::adapters::local::warehouse::LocalWarehouse;
+    use bqdrain::engine::layout;
+    use bqdrain::ports::warehouse::{LoadRequest, Warehouse};
+
+    let sb = exported_tables(1, 20).await;
+    let copy = sb.path("copy.db");
+    dataset::execute(&copy, "PRAGMA user_version = 1;").unwrap();
+    let warehouse = LocalWarehouse::open(&format!("sqlite://{}", copy.display()), "--to").unwrap();
+    let source = sb.table_source("t_001");
+    let manifest = sb.manifest("exported", "t_001").unwrap();
+    let definition = std::fs::read(
+        sb.exports()
+            .join(layout::export_definition(&source, "exported")),
+    )
+    .unwrap();
+    let request = LoadRequest {
+        job_key: "twice".into(),
+        table: "t_001".into(),
+        definition: serde_json::from_slice(&definition).unwrap(),
+        source_root: sb.destination(),
+        files: manifest.files.iter().map(|f| f.key.clone()).collect(),
+        options: manifest.options.clone().unwrap(),
+        replace_table: false,
+    };
+    for _ in 0..2 {
+        let loaded = warehouse.load(&request, Default::default()).await.unwrap();
+        assert_eq!(loaded.rows, Some(20));
+    }
+    assert_eq!(rows(&copy, "t_001"), rows(&sb.warehouse(), "t_001"));
 }
