@@ -4,7 +4,9 @@
 //! `_bqdrain_partitioning`), then the rows of the whole table, or of the
 //! one partition by the id rule exports use, are replaced by the export's
 //! rows, all in one transaction: a redelivery writes the same rows again,
-//! never twice, and a failed load leaves the table as it was.
+//! never twice, and a failed load leaves the table as it was. The files are
+//! read first, into a temporary table, so that the dataset's write lock is
+//! held for one `INSERT … SELECT` only, not while files are parsed.
 //!
 //! Values go back with the storage class the export wrote them from: CSV
 //! holds text only, so a field is read as a number where the column's
@@ -16,6 +18,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use flate2::read::MultiGzDecoder;
 use rusqlite::types::Value;
@@ -41,11 +44,22 @@ pub fn load(
     cancel: &Cancel,
 ) -> Result<LoadResult, UnitError> {
     let sql = |context: &'static str| move |e| sqlite_error(context, e);
+    conn.busy_handler(Some(wait_briefly))
+        .map_err(sql("setting the lock wait"))?;
+    // In WAL mode, NORMAL syncs the log at checkpoints rather than at each
+    // commit: a commit survives a crash of any process, as the store's
+    // records beside it do (they are renamed into place, not synced).
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(sql("setting synchronous"))?;
+    let definition = &request.definition;
+    let table = &request.table;
+    let rows = match definition.view_query {
+        Some(_) => None,
+        None => Some(stage(conn, root, request, cancel)?),
+    };
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql("starting the load"))?;
-    let definition = &request.definition;
-    let table = &request.table;
     if let Some(query) = &definition.view_query {
         make_view(&tx, table, query, request.replace_table)?;
         tx.commit().map_err(sql("committing the view"))?;
@@ -60,19 +74,65 @@ pub fn load(
         create_table(&tx, table, definition)?;
     }
     clear_rows(&tx, table, definition.partition.as_deref())?;
-    let columns: Vec<&str> = definition.columns.iter().map(|c| c.name.as_str()).collect();
+    let columns = column_list(definition);
+    tx.execute_batch(&format!(
+        "INSERT INTO {} ({columns}) SELECT {columns} FROM temp.{STAGING}; DROP TABLE temp.{STAGING};",
+        quote_ident(table)
+    ))
+    .map_err(sql("inserting the rows"))?;
+    tx.commit().map_err(sql("committing the load"))?;
+    Ok(LoadResult { rows })
+}
+
+/// The temporary table a load reads its rows into.
+const STAGING: &str = "_bqdrain_load";
+
+/// Waits for the dataset's write lock in short sleeps: loads hold it for
+/// one `INSERT … SELECT` each, and SQLite's own busy timeout sleeps up to
+/// 100 ms at a time, far longer than such a hold. Gives up after about 30 s.
+fn wait_briefly(tries: i32) -> bool {
+    std::thread::sleep(Duration::from_millis(if tries < 100 { 1 } else { 5 }));
+    tries < 6_000
+}
+
+/// The definition's columns, quoted, joined by commas.
+fn column_list(definition: &TableDefinition) -> String {
+    definition
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Reads the export's rows into a temporary table of this connection and
+/// counts them. Temporary tables are the connection's own, so no lock on
+/// the dataset is held while files are read and parsed, and other units
+/// load meanwhile. Its columns have no type: values keep the storage class
+/// they are read with until the table's columns take them.
+fn stage(
+    conn: &mut Connection,
+    root: &Path,
+    request: &LoadRequest,
+    cancel: &Cancel,
+) -> Result<u64, UnitError> {
+    let sql = |context: &'static str| move |e| sqlite_error(context, e);
+    let definition = &request.definition;
+    let columns = column_list(definition);
+    let tx = conn
+        .transaction()
+        .map_err(sql("starting to read the rows"))?;
+    tx.execute_batch(&format!(
+        "DROP TABLE IF EXISTS temp.{STAGING}; CREATE TEMP TABLE {STAGING} ({columns});"
+    ))
+    .map_err(sql("making the staging table"))?;
     let mut insert = tx
         .prepare(&format!(
-            "INSERT INTO {} ({}) VALUES ({})",
-            quote_ident(table),
-            columns
-                .iter()
-                .map(|c| quote_ident(c))
-                .collect::<Vec<_>>()
-                .join(", "),
-            vec!["?"; columns.len()].join(", ")
+            "INSERT INTO temp.{STAGING} VALUES ({})",
+            vec!["?"; definition.columns.len()].join(", ")
         ))
         .map_err(sql("preparing the insert"))?;
+    let names: Vec<&str> = definition.columns.iter().map(|c| c.name.as_str()).collect();
     let affinities: Vec<Affinity> = definition
         .columns
         .iter()
@@ -84,7 +144,7 @@ pub fn load(
         let mut write = |values: Vec<Value>| -> Result<(), UnitError> {
             insert
                 .execute(rusqlite::params_from_iter(values))
-                .map_err(sql("inserting a row"))?;
+                .map_err(sql("reading a row"))?;
             rows += 1;
             if rows.is_multiple_of(CANCEL_EVERY) && cancel.load(Ordering::Relaxed) {
                 return Err(UnitError::transient(
@@ -94,11 +154,11 @@ pub fn load(
             }
             Ok(())
         };
-        read_file(&path, request, &columns, &affinities, &mut write)?;
+        read_file(&path, request, &names, &affinities, &mut write)?;
     }
     drop(insert);
-    tx.commit().map_err(sql("committing the load"))?;
-    Ok(LoadResult { rows: Some(rows) })
+    tx.commit().map_err(sql("staging the rows"))?;
+    Ok(rows)
 }
 
 /// `table`'s kind in `sqlite_master` (`table`, `view`), if it is there.
