@@ -243,7 +243,7 @@ pub async fn run(opts: &RestoreOptions, worker_exe: &Path) -> anyhow::Result<Res
         ok: true,
     };
     // No more tasks than units: the others would find nothing to do.
-    let workers = workers.min(published.max(1));
+    let workers = workers.min(published);
     report.tasks = workers;
     if workers > 0 {
         let queue = QueueUri::parse(&topic_uri, "--topic")?;
@@ -283,11 +283,6 @@ pub async fn run(opts: &RestoreOptions, worker_exe: &Path) -> anyhow::Result<Res
             .collect();
         report.ok = report.failed_tasks == 0 && t.exported == t.expected;
         let kept_logs = (!report.ok).then_some(logs);
-        if report.ok {
-            if let Some(dir) = &own_queue {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-        }
         report.outcome = Some(RestoreOutcome {
             restored: t.exported,
             dead_lettered: t.dead_lettered,
@@ -296,6 +291,11 @@ pub async fn run(opts: &RestoreOptions, worker_exe: &Path) -> anyhow::Result<Res
             dead,
             logs: kept_logs,
         });
+    }
+    // The restore's own queue is done with; its logs stay when they tell
+    // of a failure.
+    if let (true, Some(dir)) = (report.ok, &own_queue) {
+        let _ = std::fs::remove_dir_all(dir);
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -677,16 +677,20 @@ async fn check_targets(
     match if_exists {
         IfExists::Replace => Ok(Vec::new()),
         IfExists::Fail => {
-            let names: Vec<String> = existing
+            let mut by_uri: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+            for (uri, table) in &existing {
+                by_uri.entry(uri).or_default().push(table);
+            }
+            let held: Vec<String> = by_uri
                 .iter()
-                .map(|(uri, table)| format!("{table} (in {uri})"))
+                .map(|(uri, tables)| format!("{uri} holds {}", tables.join(", ")))
                 .collect();
             Err(ConfigError::new(
                 "--if-exists",
                 format!(
-                    "{} table(s) of this restore exist in the target: {}",
-                    names.len(),
-                    names.join(", ")
+                    "{} table(s) of this restore exist already: {}",
+                    existing.len(),
+                    held.join("; ")
                 ),
                 format!(
                     "add --if-exists replace to replace them, --if-exists skip to leave them as \

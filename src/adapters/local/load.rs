@@ -227,6 +227,16 @@ fn create_table(
         columns.join(", ")
     ))
     .map_err(|e| sqlite_error(&format!("making the table {table}"), e))?;
+    if let Some(range) = &definition.range_partitioning {
+        return Err(UnitError::permanent(
+            "invalid",
+            format!(
+                "table {table} is partitioned by integer ranges of {}, which the local warehouse \
+                 cannot declare (it partitions by a date or time column)",
+                range.field
+            ),
+        ));
+    }
     let Some(time) = &definition.time_partitioning else {
         return Ok(());
     };
