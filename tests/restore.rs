@@ -344,10 +344,11 @@ async fn a_unit_whose_files_lost_a_row_is_dead_lettered_with_both_counts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_unit_without_its_definition_is_dead_lettered_naming_it() {
+async fn a_unit_without_its_definition_is_dead_lettered_naming_it_and_replayed_once_fixed() {
     let sb = exported_tables(2, 5).await;
     let definition =
         bqdrain::engine::layout::export_definition(&sb.table_source("t_001"), "exported");
+    let kept = std::fs::read(sb.exports().join(&definition)).unwrap();
     std::fs::remove_file(sb.exports().join(&definition)).unwrap();
 
     let from = sb.destination();
@@ -365,6 +366,33 @@ async fn a_unit_without_its_definition_is_dead_lettered_naming_it() {
     assert_eq!(status["totals"]["dead_lettered"], 1, "{status}");
     assert_eq!(sb.unit_state("back", "t_002"), "exported");
     assert_eq!(sb.unit_state("back", "t_001"), "dead_lettered");
+
+    // Once the cause is fixed, the commands the report gives load it.
+    std::fs::write(sb.exports().join(&definition), kept).unwrap();
+    for command in report["outcome"]["retry"].as_array().unwrap() {
+        let out = Command::new("sh")
+            .args(["-c", command.as_str().unwrap()])
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    Path::new(BIN).parent().unwrap().display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            )
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(sb.unit_state("back", "t_001"), "exported");
+    assert_eq!(
+        rows(&sb.path("fresh.db"), "t_001"),
+        rows(&sb.warehouse(), "t_001")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

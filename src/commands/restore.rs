@@ -103,6 +103,10 @@ pub struct RestoreOutcome {
     /// The task logs, kept when something failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logs: Option<PathBuf>,
+    /// The commands that load the dead-lettered units again once their
+    /// cause is fixed: replay them, then drain them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retry: Vec<String>,
 }
 
 /// One unit to restore, as planned.
@@ -288,6 +292,21 @@ pub async fn run(opts: &RestoreOptions, worker_exe: &Path) -> anyhow::Result<Res
             dead_lettered: t.dead_lettered,
             pending: t.pending,
             rows: status.rows,
+            retry: if t.dead_lettered > 0 {
+                let dead_letter = queue.sibling("dead");
+                vec![
+                    format!(
+                        "bqdrain replay --from '{dead_letter}' --to '{topic_uri}' --run-id {run_id}"
+                    ),
+                    format!(
+                        "bqdrain work --subscription '{subscription}' --run-id {run_id} \
+                         --destination {}",
+                        store.uri()
+                    ),
+                ]
+            } else {
+                Vec::new()
+            },
             dead,
             logs: kept_logs,
         });
@@ -780,6 +799,12 @@ impl RestoreReport {
                 }
                 if let Some(logs) = &o.logs {
                     out += &format!("task logs: {}\n", logs.display());
+                }
+                if !o.retry.is_empty() {
+                    out += "to load the dead-lettered units again once their cause is fixed:\n";
+                    for command in &o.retry {
+                        out += &format!("  {command}\n");
+                    }
                 }
             }
             None => {
