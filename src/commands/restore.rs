@@ -21,10 +21,11 @@ use crate::adapters::local::store::FsStore;
 use crate::adapters::local::warehouse::LocalWarehouse;
 use crate::commands::local_workers::LocalWorkers;
 use crate::commands::status::run_status;
-use crate::contract::message::{check_path_segment, RestoreTarget, SourceTable, SCHEMA_VERSION};
+use crate::contract::message::{RestoreTarget, SourceTable, SCHEMA_VERSION};
 use crate::engine::layout::{self, PlannedUnit, RunManifest, SkippedTable, TableManifest};
 use crate::engine::ownership::DatasetOwner;
 use crate::engine::producer::{self, Filters};
+use crate::engine::runs::UnitState;
 use crate::engine::selection;
 use crate::error::ConfigError;
 use crate::ports::store::ObjectStore;
@@ -193,19 +194,17 @@ pub async fn run(opts: &RestoreOptions, worker_exe: &Path) -> anyhow::Result<Res
     let several = from.datasets.len() > 1;
     let skipped = check_targets(&target, &mut units, opts.if_exists).await?;
 
-    // Nothing is written before this point.
+    // Nothing is written before this point but the restore's scratch
+    // folder: its own queue, if it has one, and its tasks' logs.
+    let scratch = std::env::temp_dir().join(format!("bqdrain-restore-{run_id}"));
+    let topic_uri = match opts.topic {
+        None => format!("queue://{}#work", scratch.join("queue.db").display()),
+        Some(_) => topic_uri,
+    };
+    let topic = backends::open_topic(&topic_uri, "--topic").await?;
     if let Some(path) = &target.local {
         create_dataset_file(path)?;
     }
-    let own_queue = opts
-        .topic
-        .is_none()
-        .then(|| std::env::temp_dir().join(format!("bqdrain-restore-{run_id}")));
-    let topic_uri = match &own_queue {
-        Some(dir) => format!("queue://{}#work", dir.join("queue.db").display()),
-        None => topic_uri,
-    };
-    let topic = backends::open_topic(&topic_uri, "--topic").await?;
     let created_at = Utc::now();
     let tables: BTreeSet<(String, String)> = units
         .iter()
@@ -247,36 +246,73 @@ pub async fn run(opts: &RestoreOptions, worker_exe: &Path) -> anyhow::Result<Res
         ok: true,
     };
     // No more tasks than units: the others would find nothing to do.
-    let workers = workers.min(published);
-    report.tasks = workers;
-    if workers > 0 {
-        let queue = QueueUri::parse(&topic_uri, "--topic")?;
+    report.tasks = workers.min(published);
+    if report.tasks > 0 {
+        let logs = scratch.join("logs");
+        let drain = LocalDrain {
+            exe: worker_exe,
+            store,
+            run_id: &run_id,
+            topic: &topic_uri,
+            logs: &logs,
+        };
+        let (failed_tasks, outcome) = drain.run(report.tasks, opts.progress, started).await?;
+        report.failed_tasks = failed_tasks;
+        report.ok = failed_tasks == 0 && outcome.restored == published;
+        report.outcome = Some(outcome);
+    }
+    // The scratch folder is done with, unless its logs tell of a failure
+    // and its queue holds the dead letters to replay.
+    if report.ok {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// A restore run drained by local worker processes on its `queue://` topic.
+struct LocalDrain<'a> {
+    exe: &'a Path,
+    store: &'a dyn ObjectStore,
+    run_id: &'a str,
+    topic: &'a str,
+    /// Where the tasks' logs go; kept only when something failed.
+    logs: &'a Path,
+}
+
+impl LocalDrain<'_> {
+    /// Drains the run with `tasks` workers; returns how many failed, and
+    /// what the run's records say.
+    async fn run(
+        &self,
+        tasks: usize,
+        progress: bool,
+        started: Instant,
+    ) -> anyhow::Result<(usize, RestoreOutcome)> {
+        let (store, run_id) = (self.store, self.run_id);
+        let queue = QueueUri::parse(self.topic, "--topic")?;
         let subscription = format!(
             "queue://{}?dead_letter=dead#{}",
             queue.path.display(),
             queue.name
         );
-        let logs = own_queue
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join(format!("bqdrain-restore-{run_id}")))
-            .join("logs");
-        let local = LocalWorkers {
-            exe: worker_exe,
+        let workers = LocalWorkers {
+            exe: self.exe,
             subscription: &subscription,
             destination: store.uri(),
-            tasks: workers,
-            logs: &logs,
-            progress: opts.progress,
+            tasks,
+            logs: self.logs,
+            progress,
             started,
         };
-        report.failed_tasks = local.drain(store, &run_id, "").await?;
-        let status = run_status(store, &run_id).await?;
+        let failed_tasks = workers.drain(store, run_id, "").await?;
+        let status = run_status(store, run_id).await?;
         let t = status.totals;
-        let dead = status
+        let dead: Vec<SkippedTable> = status
             .units
             .iter()
             .filter_map(|u| match &u.state {
-                crate::engine::runs::UnitState::DeadLettered { record } => Some(SkippedTable {
+                UnitState::DeadLettered { record } => Some(SkippedTable {
                     table: u.unit.clone(),
                     reason: record
                         .as_ref()
@@ -285,39 +321,36 @@ pub async fn run(opts: &RestoreOptions, worker_exe: &Path) -> anyhow::Result<Res
                 _ => None,
             })
             .collect();
-        report.ok = report.failed_tasks == 0 && t.exported == t.expected;
-        let kept_logs = (!report.ok).then_some(logs);
-        report.outcome = Some(RestoreOutcome {
-            restored: t.exported,
-            dead_lettered: t.dead_lettered,
-            pending: t.pending,
-            rows: status.rows,
-            retry: if t.dead_lettered > 0 {
-                let dead_letter = queue.sibling("dead");
-                vec![
-                    format!(
-                        "bqdrain replay --from '{dead_letter}' --to '{topic_uri}' --run-id {run_id}"
-                    ),
-                    format!(
-                        "bqdrain work --subscription '{subscription}' --run-id {run_id} \
-                         --destination {}",
-                        store.uri()
-                    ),
-                ]
-            } else {
-                Vec::new()
+        let retry = if dead.is_empty() {
+            Vec::new()
+        } else {
+            vec![
+                format!(
+                    "bqdrain replay --from '{}' --to '{}' --run-id {run_id}",
+                    queue.sibling("dead"),
+                    self.topic
+                ),
+                format!(
+                    "bqdrain work --subscription '{subscription}' --run-id {run_id} \
+                     --destination {}",
+                    store.uri()
+                ),
+            ]
+        };
+        let failed = failed_tasks > 0 || t.exported < t.expected;
+        Ok((
+            failed_tasks,
+            RestoreOutcome {
+                restored: t.exported,
+                dead_lettered: t.dead_lettered,
+                pending: t.pending,
+                rows: status.rows,
+                dead,
+                logs: failed.then(|| self.logs.to_path_buf()),
+                retry,
             },
-            dead,
-            logs: kept_logs,
-        });
+        ))
     }
-    // The restore's own queue is done with; its logs stay when they tell
-    // of a failure.
-    if let (true, Some(dir)) = (report.ok, &own_queue) {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
 }
 
 /// `--from`: the store root, and the dataset, table and partition it may
@@ -531,7 +564,9 @@ impl Target {
                     format!("map one of: {}", datasets.join(", ")),
                 ));
             }
-            if check_path_segment(to).is_err() || to.contains(['.', ':', '$']) {
+            let dataset_name =
+                !to.is_empty() && to.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !dataset_name {
                 return Err(ConfigError::new(
                     "--dataset-map",
                     format!("{to:?} is not a usable dataset name"),
