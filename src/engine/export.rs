@@ -102,7 +102,7 @@ impl ExportHandler {
 
     async fn warehouse_for(&self, msg: &WorkMessage) -> Result<Arc<dyn Warehouse>, UnitError> {
         self.backends
-            .warehouse(&msg.source.dataset_uri)
+            .warehouse(&msg.source.dataset_uri, "source.dataset_uri")
             .await
             .map_err(|e| open_failure("source.dataset_uri", e))
     }

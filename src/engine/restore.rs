@@ -79,7 +79,7 @@ impl Restorer<'_> {
             .run("load", || async {
                 let warehouse = self
                     .backends
-                    .warehouse(&target.dataset_uri)
+                    .warehouse(&target.dataset_uri, "restore.dataset_uri")
                     .await
                     .map_err(|e| open_failure("restore.dataset_uri", e))?;
                 warehouse
