@@ -16,6 +16,7 @@ use chrono::Utc;
 use serde::Serialize;
 
 use crate::adapters::backends;
+use crate::adapters::local::load;
 use crate::adapters::local::queue::QueueUri;
 use crate::adapters::local::store::FsStore;
 use crate::adapters::local::warehouse::LocalWarehouse;
@@ -28,6 +29,7 @@ use crate::engine::producer::{self, Filters};
 use crate::engine::runs::UnitState;
 use crate::engine::selection;
 use crate::error::ConfigError;
+use crate::ports::definition::TableDefinition;
 use crate::ports::store::ObjectStore;
 use crate::ports::warehouse::Warehouse;
 
@@ -117,6 +119,8 @@ struct Unit {
     source: SourceTable,
     exported: TableManifest,
     target_dataset_uri: String,
+    /// Its table exists in the target and `--if-exists replace` replaces it.
+    replaces: bool,
 }
 
 pub async fn run(opts: &RestoreOptions, worker_exe: &Path) -> anyhow::Result<RestoreReport> {
@@ -187,6 +191,7 @@ pub async fn run(opts: &RestoreOptions, worker_exe: &Path) -> anyhow::Result<Res
                 target_dataset_uri: target.dataset_uri(dataset),
                 source,
                 exported,
+                replaces: false,
             });
         }
     }
@@ -204,6 +209,8 @@ pub async fn run(opts: &RestoreOptions, worker_exe: &Path) -> anyhow::Result<Res
     let topic = backends::open_topic(&topic_uri, "--topic").await?;
     if let Some(path) = &target.local {
         create_dataset_file(path)?;
+        let definitions = definitions(store, &units).await?;
+        load::create_absent_tables(path, &definitions)?;
     }
     let created_at = Utc::now();
     let tables: BTreeSet<(String, String)> = units
@@ -218,7 +225,7 @@ pub async fn run(opts: &RestoreOptions, worker_exe: &Path) -> anyhow::Result<Res
         sources: from.owners.values().cloned().collect(),
         destination: store.uri().to_string(),
         options: Default::default(),
-        units: planned_units(&units, opts.if_exists, several),
+        units: planned_units(&units, several),
         skipped: skipped.clone(),
         unchanged: Vec::new(),
         gone: Vec::new(),
@@ -674,6 +681,28 @@ fn local_path(to: &str) -> Result<PathBuf, ConfigError> {
     Ok(path)
 }
 
+/// The definition of each table the units restore, by table, read from
+/// the first unit of each; one that cannot be read is left out (its units'
+/// loads say why).
+async fn definitions(
+    store: &dyn ObjectStore,
+    units: &[Unit],
+) -> anyhow::Result<Vec<(String, TableDefinition)>> {
+    let mut seen = BTreeSet::new();
+    let mut definitions = Vec::new();
+    for unit in units {
+        if !seen.insert(&unit.source.table) {
+            continue;
+        }
+        let key = layout::export_definition(&unit.source, &unit.exported.run_id);
+        let read = store.read(&key).await?;
+        if let Some(definition) = read.and_then(|b| serde_json::from_slice(&b).ok()) {
+            definitions.push((unit.source.table.clone(), definition));
+        }
+    }
+    Ok(definitions)
+}
+
 /// Makes the empty SQLite file of a new local target (WAL, as the worker
 /// processes write it at once).
 fn create_dataset_file(path: &Path) -> anyhow::Result<()> {
@@ -729,7 +758,13 @@ async fn check_targets(
         return Ok(Vec::new());
     }
     match if_exists {
-        IfExists::Replace => Ok(Vec::new()),
+        IfExists::Replace => {
+            for unit in units.iter_mut() {
+                let key = (unit.target_dataset_uri.clone(), unit.source.table.clone());
+                unit.replaces = existing.contains(&key);
+            }
+            Ok(Vec::new())
+        }
         IfExists::Fail => {
             let mut by_uri: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
             for (uri, table) in &existing {
@@ -789,7 +824,7 @@ async fn target_tables(uri: &str, target: &Target) -> anyhow::Result<BTreeSet<St
 }
 
 /// The run's units, largest first as exports are published.
-fn planned_units(units: &[Unit], if_exists: IfExists, several: bool) -> Vec<PlannedUnit> {
+fn planned_units(units: &[Unit], several: bool) -> Vec<PlannedUnit> {
     let mut planned: Vec<PlannedUnit> = units
         .iter()
         .map(|u| PlannedUnit {
@@ -802,7 +837,7 @@ fn planned_units(units: &[Unit], if_exists: IfExists, several: bool) -> Vec<Plan
                 dataset_uri: u.target_dataset_uri.clone(),
                 table: u.source.table.clone(),
                 exported_by: u.exported.run_id.clone(),
-                replace_table: if_exists == IfExists::Replace,
+                replace_table: u.replaces,
             }),
         })
         .collect();
