@@ -550,6 +550,7 @@ async fn status(sb: &GcpSandbox, s: &Sizes) {
                 rows: Some(1000),
                 bytes: Some(20_000),
                 change: None,
+                restore: None,
             })
             .collect(),
         skipped: vec![],

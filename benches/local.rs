@@ -21,6 +21,11 @@
 //!   units: makespan against its lower bound, max(largest unit, total work
 //!   / slots), from the units' start and finish times in their records.
 //!
+//! - `restore`: tables of 1,000 rows exported by 8 local worker tasks
+//!   (producer and drain, as `bqdrain demo` runs them), then restored into
+//!   a fresh SQLite file by `bqdrain restore --workers 8`: both wall times
+//!   and the restore's ratio to the export (aim: at most 1.5).
+//!
 //! `BQDRAIN_BENCH_QUICK=1` shrinks every size and runs each once, to check
 //! the bench itself quickly.
 
@@ -40,6 +45,7 @@ use bqdrain::adapters::local::partitions;
 use bqdrain::adapters::local::queue::LocalTopic;
 use bqdrain::adapters::local::warehouse::LocalWarehouse;
 use bqdrain::adapters::noop::AckEverything;
+use bqdrain::commands::local_workers::LocalWorkers;
 use bqdrain::contract::message::{Envelope, SourceTable};
 use bqdrain::contract::options::{Compression, ExportOptions, Format};
 use bqdrain::engine::drain::{drain, DrainConfig};
@@ -68,6 +74,7 @@ struct Sizes {
     incremental_tables: usize,
     incremental_changed: usize,
     skew_small_rows: u64,
+    restore_tables: usize,
 }
 
 impl Sizes {
@@ -87,6 +94,7 @@ impl Sizes {
                 incremental_tables: 100,
                 incremental_changed: 5,
                 skew_small_rows: 200,
+                restore_tables: 100,
             }
         } else {
             Sizes {
@@ -102,6 +110,7 @@ impl Sizes {
                 incremental_tables: 1000,
                 incremental_changed: 50,
                 skew_small_rows: 20_000,
+                restore_tables: 1000,
             }
         }
     }
@@ -450,17 +459,9 @@ impl LocalRuns {
         format!("file://{}", self.dir.path().join("exports").display())
     }
 
-    /// Produces `plan` and drains it with `tasks` worker processes of one
-    /// export at a time; returns the producer's report and the wall time of
-    /// producer and drain together.
-    fn run(
-        &self,
-        rt: &tokio::runtime::Runtime,
-        plan: &RunPlan,
-        tasks: usize,
-    ) -> (ProduceReport, f64) {
-        let started = Instant::now();
-        let produced = rt.block_on(async {
+    /// Produces `plan` into the queue, from the warehouse to the exports.
+    fn produce(&self, rt: &tokio::runtime::Runtime, plan: &RunPlan) -> ProduceReport {
+        rt.block_on(async {
             let source = format!("sqlite://{}", self.warehouse().display());
             let warehouse = bqdrain::adapters::backends::open_warehouse(&source, "bench")
                 .await
@@ -475,7 +476,20 @@ impl LocalRuns {
             produce(plan, &[warehouse], topic.as_ref(), store.as_ref())
                 .await
                 .expect("produce")
-        });
+        })
+    }
+
+    /// Produces `plan` and drains it with `tasks` worker processes of one
+    /// export at a time; returns the producer's report and the wall time of
+    /// producer and drain together.
+    fn run(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        plan: &RunPlan,
+        tasks: usize,
+    ) -> (ProduceReport, f64) {
+        let started = Instant::now();
+        let produced = self.produce(rt, plan);
         let subscription = format!("{}?dead_letter=dead#work", self.queue());
         let workers: Vec<_> = (0..tasks)
             .map(|_| {
@@ -630,6 +644,78 @@ fn skew(rt: &tokio::runtime::Runtime, s: &Sizes) {
     }
 }
 
+fn restore(rt: &tokio::runtime::Runtime, s: &Sizes) {
+    const TASKS: usize = 8;
+    const ROWS: u64 = 1000;
+    let runs = LocalRuns::new();
+    let names: Vec<String> = (1..=s.restore_tables)
+        .map(|i| format!("t_{i:04}"))
+        .collect();
+    create_dummy_tables(&runs.warehouse(), &names, ROWS).expect("dummy tables");
+    let started = Instant::now();
+    let produced = runs.produce(rt, &RunPlan::every_table(RunId::New));
+    let subscription = format!("{}?dead_letter=dead#work", runs.queue());
+    let destination = runs.destination();
+    let failed = rt.block_on(async {
+        let store = bqdrain::adapters::backends::open_store(&destination, "bench")
+            .await
+            .expect("store");
+        LocalWorkers {
+            exe: Path::new(BIN),
+            subscription: &subscription,
+            destination: &destination,
+            tasks: TASKS,
+            logs: &runs.dir.path().join("logs"),
+            progress: false,
+            started,
+        }
+        .drain(store.as_ref(), &produced.run_id, "export-")
+        .await
+        .expect("drain")
+    });
+    let export_s = started.elapsed().as_secs_f64();
+    assert_eq!(
+        (produced.published, failed),
+        (s.restore_tables, 0),
+        "the export did its work"
+    );
+    let target = format!("sqlite://{}", runs.dir.path().join("restored.db").display());
+    let workers = TASKS.to_string();
+    let (report, restore_s) = run_json(&[
+        "restore",
+        "--from",
+        &destination,
+        "--to",
+        &target,
+        "--workers",
+        &workers,
+        "--json",
+    ]);
+    assert_eq!(report["ok"], true, "the restore did its work: {report}");
+    assert_eq!(
+        report["outcome"]["rows"],
+        s.restore_tables as u64 * ROWS,
+        "every row restored"
+    );
+    emit(
+        json!({
+            "bench": "restore",
+            "tables": s.restore_tables,
+            "rows_per_table": ROWS,
+            "tasks": TASKS,
+            "export_seconds": export_s,
+            "restore_seconds": restore_s,
+            "ratio": restore_s / export_s,
+        }),
+        format!(
+            "{} tables x {ROWS} rows, {TASKS} tasks: export {export_s:.2} s, restore \
+             {restore_s:.2} s wall: {:.2}x the export",
+            s.restore_tables,
+            restore_s / export_s
+        ),
+    );
+}
+
 fn main() {
     let s = Sizes::from_env();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -669,5 +755,8 @@ fn main() {
     }
     if wanted("skew") {
         skew(&rt, &s);
+    }
+    if wanted("restore") {
+        restore(&rt, &s);
     }
 }

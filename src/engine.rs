@@ -22,6 +22,7 @@ pub mod layout;
 pub mod limits;
 pub mod ownership;
 pub mod producer;
+pub mod restore;
 pub mod retry;
 pub mod runs;
 pub mod selection;

@@ -1,4 +1,5 @@
-//! The `bqdrain` binary: worker, replay, status, verify and the local demo.
+//! The `bqdrain` binary: worker, replay, status, verify, restore and the
+//! local demo.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,7 +18,7 @@ use bqdrain::adapters::local::warehouse::LocalWarehouse;
 use bqdrain::cli::{at_least_one, fail, peak_rss_bytes, print_json};
 use bqdrain::commands::launch::{self, LaunchArgs, LaunchReport, LaunchStatus};
 use bqdrain::commands::report::ReplayTarget;
-use bqdrain::commands::{demo, reconcile, replay, status, verify};
+use bqdrain::commands::{demo, reconcile, replay, restore, status, verify};
 use bqdrain::engine::drain::{drain, DrainConfig, DrainReport, ExitReason};
 use bqdrain::engine::export::ExportHandler;
 use bqdrain::engine::layout;
@@ -91,9 +92,66 @@ enum Command {
     /// Run the whole flow locally: dummy tables, producer, worker processes.
     #[command(allow_negative_numbers = true)]
     Demo(DemoArgs),
+    /// Load a destination's exports back into a warehouse, through the queue.
+    ///
+    /// Plans one unit per current export under --from (a whole table, a
+    /// partition, a view), refuses target tables that exist unless
+    /// --if-exists says otherwise, writes a run manifest and publishes one
+    /// restore message per unit. Each unit is loaded from its files and its
+    /// _TABLE.json, and its rows checked against the rows its export
+    /// recorded; a difference dead-letters it. Into sqlite:// without
+    /// --topic, local worker processes drain the run at once.
+    #[command(allow_negative_numbers = true)]
+    Restore(RestoreArgs),
     /// Make a table of a local sqlite:// dataset fail or stall, or clear that.
     #[command(allow_negative_numbers = true)]
     Fault(FaultArgs),
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// The exports: a destination root, e.g. file://demo/exports or
+    /// gs://BUCKET/PREFIX, optionally followed by /DATASET, /DATASET/TABLE
+    /// or /DATASET/TABLE$PARTITION.
+    #[arg(long, env = "BQDRAIN_RESTORE_FROM")]
+    from: String,
+    /// The warehouse: sqlite://PATH (made if absent), bigquery://PROJECT
+    /// (each dataset into its own) or bigquery://PROJECT/DATASET.
+    #[arg(long, env = "BQDRAIN_RESTORE_TO")]
+    to: String,
+    /// Only tables matching this glob, as TABLE or DATASET.TABLE
+    /// (repeatable; comma-separated in the variable).
+    #[arg(long, env = "BQDRAIN_INCLUDE", value_delimiter = ',')]
+    include: Vec<String>,
+    /// Leave out tables matching this glob (repeatable).
+    #[arg(long, env = "BQDRAIN_EXCLUDE", value_delimiter = ',')]
+    exclude: Vec<String>,
+    /// Restore dataset FROM into dataset TO of a bigquery://PROJECT target
+    /// (repeatable).
+    #[arg(
+        long,
+        env = "BQDRAIN_DATASET_MAP",
+        value_delimiter = ',',
+        value_name = "FROM=TO"
+    )]
+    dataset_map: Vec<String>,
+    /// What to do with a target table that exists: refuse the restore
+    /// (fail), leave the table out (skip), or replace it (replace; a
+    /// partition unit replaces its partition only).
+    #[arg(long, env = "BQDRAIN_IF_EXISTS", value_enum, default_value = "fail")]
+    if_exists: restore::IfExists,
+    /// Work topic to publish to [default: a queue of the restore's own,
+    /// drained by local workers].
+    #[arg(long, env = "BQDRAIN_TOPIC")]
+    topic: Option<String>,
+    #[arg(long, env = "BQDRAIN_RUN_ID")]
+    run_id: Option<String>,
+    /// Local worker processes that drain the run, for a queue:// topic
+    /// [default: 4 without --topic, 0 with one].
+    #[arg(long, env = "BQDRAIN_WORKERS")]
+    workers: Option<usize>,
+    #[arg(long, env = "BQDRAIN_JSON", value_parser = BoolishValueParser::new())]
+    json: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -614,6 +672,23 @@ async fn run(cli: Cli, started: Instant) -> anyhow::Result<ExitCode> {
                 force: args.force,
             };
             let report = demo::run(&opts, &std::env::current_exe()?).await?;
+            print_report(args.json, &report, || report.render());
+            Ok(exit_unless_wrong(report.ok))
+        }
+        Command::Restore(args) => {
+            let opts = restore::RestoreOptions {
+                from: args.from,
+                to: args.to,
+                include: args.include,
+                exclude: args.exclude,
+                dataset_map: args.dataset_map,
+                if_exists: args.if_exists,
+                topic: args.topic,
+                run_id: args.run_id,
+                workers: args.workers,
+                progress: !args.json,
+            };
+            let report = restore::run(&opts, &std::env::current_exe()?).await?;
             print_report(args.json, &report, || report.render());
             Ok(exit_unless_wrong(report.ok))
         }

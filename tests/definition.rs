@@ -10,8 +10,6 @@ use std::time::Duration;
 use bqdrain::adapters::local::{dataset, partitions};
 use bqdrain::contract::message::SourceTable;
 use bqdrain::engine::layout;
-use bqdrain::engine::producer::{RunId, RunPlan};
-use bqdrain::engine::selection::PartitionPlan;
 use bqdrain::ports::warehouse::Partitioning;
 use common::*;
 use serde_json::json;
@@ -42,18 +40,7 @@ async fn every_committed_export_holds_its_tables_definition() {
     .unwrap();
     partitions::partition_by(&sb.warehouse(), "accounts", "opened", Partitioning::Day).unwrap();
     dataset::create_dummy_tables(&sb.warehouse(), &["plain".to_string()], 3).unwrap();
-    let plan = RunPlan {
-        partitions: PartitionPlan {
-            split: true,
-            window: None,
-            min_rows: 0,
-        },
-        views: true,
-        ..RunPlan::every_table(RunId::Given {
-            id: "r1".into(),
-            resume: false,
-        })
-    };
+    let plan = every_unit_plan("r1");
     let report = sb
         .try_produce_plan(&sb.source(""), "work", &plan)
         .await

@@ -147,13 +147,10 @@ async fn cached<T: ?Sized>(
 }
 
 impl OpenBackends {
-    pub async fn warehouse(&self, uri: &str) -> anyhow::Result<Arc<dyn Warehouse>> {
-        cached(
-            &self.warehouses,
-            uri,
-            open_warehouse(uri, "source.dataset_uri"),
-        )
-        .await
+    /// The warehouse at `uri`, which the message's `field` names (for
+    /// errors).
+    pub async fn warehouse(&self, uri: &str, field: &str) -> anyhow::Result<Arc<dyn Warehouse>> {
+        cached(&self.warehouses, uri, open_warehouse(uri, field)).await
     }
 
     pub async fn store(&self, uri: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {

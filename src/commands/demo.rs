@@ -5,19 +5,18 @@
 //! exported partition by partition; a few rows change after the first run,
 //! and a second run with `--only-changed` exports only what they touched.
 
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::adapters::local::dataset::{self, Fault};
 use crate::adapters::local::partitions;
+use crate::commands::local_workers::LocalWorkers;
 use crate::commands::report::{self, ReplayTarget};
 use crate::commands::status::{run_status, StatusReport};
 use crate::engine::producer::{produce, ProduceReport, RunId, RunPlan};
-use crate::engine::runs::{RunState, UnitState};
+use crate::engine::runs::UnitState;
 use crate::engine::selection::PartitionPlan;
 use crate::error::ConfigError;
 use crate::ports::store::ObjectStore;
@@ -354,71 +353,16 @@ impl DemoRun<'_> {
         }
         let produced = produce(&plan, &[warehouse], topic.as_ref(), store).await?;
 
-        std::fs::create_dir_all(&self.logs)?;
-        let mut workers = Vec::with_capacity(opts.tasks);
-        for index in 0..opts.tasks {
-            let log =
-                std::fs::File::create(self.logs.join(format!("{log_prefix}task-{index}.log")))?;
-            let child = tokio::process::Command::new(self.worker_exe)
-                .args([
-                    "work",
-                    "--subscription",
-                    &self.subscription,
-                    "--run-id",
-                    &produced.run_id,
-                    "--destination",
-                    &self.destination,
-                    "--log-format",
-                    "json",
-                ])
-                .env("CLOUD_RUN_TASK_INDEX", index.to_string())
-                .env("CLOUD_RUN_TASK_COUNT", opts.tasks.to_string())
-                .env("CLOUD_RUN_TASK_ATTEMPT", "0")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .kill_on_drop(true)
-                .spawn()?;
-            workers.push(child);
-        }
-
-        let show = opts.progress && std::io::stderr().is_terminal();
-        let mut failed_tasks = 0;
-        let mut waiting = workers.len();
-        let mut exits = wait_all(workers);
-        loop {
-            tokio::select! {
-                exit = exits.recv() => match exit {
-                    Some(ok) => {
-                        failed_tasks += usize::from(!ok);
-                        waiting -= 1;
-                    }
-                    None => break,
-                },
-                _ = tokio::time::sleep(Duration::from_millis(200)), if show => {}
-            }
-            if show {
-                if let Ok(Some(state)) = RunState::load(store, &produced.run_id, false).await {
-                    let t = state.totals();
-                    eprint!(
-                        "\rtasks running: {}/{}; units exported: {}/{}, dead-lettered: {}; {:.1} s   ",
-                        waiting,
-                        opts.tasks,
-                        t.exported,
-                        t.expected,
-                        t.dead_lettered,
-                        self.started.elapsed().as_secs_f64()
-                    );
-                    let _ = std::io::stderr().flush();
-                }
-            }
-            if waiting == 0 {
-                break;
-            }
-        }
-        if show {
-            eprintln!();
-        }
+        let workers = LocalWorkers {
+            exe: self.worker_exe,
+            subscription: &self.subscription,
+            destination: &self.destination,
+            tasks: opts.tasks,
+            logs: &self.logs,
+            progress: opts.progress,
+            started: self.started,
+        };
+        let failed_tasks = workers.drain(store, &produced.run_id, log_prefix).await?;
         Ok((produced, failed_tasks))
     }
 }
@@ -464,19 +408,6 @@ fn units_of(status: &StatusReport) -> Vec<String> {
     let mut units: Vec<String> = status.units.iter().map(|u| u.unit.clone()).collect();
     units.sort();
     units
-}
-
-/// Waits for every child, sending `true` for each that exited 0.
-fn wait_all(children: Vec<tokio::process::Child>) -> tokio::sync::mpsc::Receiver<bool> {
-    let (tx, rx) = tokio::sync::mpsc::channel(children.len().max(1));
-    for mut child in children {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let ok = child.wait().await.map(|s| s.success()).unwrap_or(false);
-            let _ = tx.send(ok).await;
-        });
-    }
-    rx
 }
 
 impl DemoReport {

@@ -1,4 +1,5 @@
-//! Turns one work message into one committed export.
+//! Turns one work message into one committed export; a restore message
+//! (one with `restore`) is handed to [`crate::engine::restore`].
 //!
 //! The order of steps is what makes retries, crashes, duplicates and
 //! overlapping runs safe:
@@ -45,6 +46,7 @@ use crate::engine::heartbeat::{self, Heartbeat};
 use crate::engine::layout::{
     self, ExportedFile, RecordBody, RunManifest, SupersededRecord, TableManifest,
 };
+use crate::engine::restore::{RestoreDelivery, Restorer};
 use crate::engine::retry::RetryPolicy;
 use crate::engine::runs::RunTracker;
 use crate::engine::task::TaskIdentity;
@@ -100,7 +102,7 @@ impl ExportHandler {
 
     async fn warehouse_for(&self, msg: &WorkMessage) -> Result<Arc<dyn Warehouse>, UnitError> {
         self.backends
-            .warehouse(&msg.source.dataset_uri)
+            .warehouse(&msg.source.dataset_uri, "source.dataset_uri")
             .await
             .map_err(|e| open_failure("source.dataset_uri", e))
     }
@@ -697,7 +699,7 @@ async fn remove_uncommitted(msg: &WorkMessage, store: &dyn ObjectStore) -> Resul
 
 /// A URI the message names that no adapter accepts is the message's fault;
 /// a client that cannot start (credentials, network) is not.
-fn open_failure(field: &str, err: anyhow::Error) -> UnitError {
+pub(crate) fn open_failure(field: &str, err: anyhow::Error) -> UnitError {
     if err.is::<crate::error::ConfigError>() {
         UnitError::permanent("invalid", format!("{err:#}"))
     } else {
@@ -725,15 +727,32 @@ impl Handler for ExportHandler {
             self.task.to_string(),
             self.heartbeat,
         );
-        let exported = self
-            .export(
-                &msg,
-                store.as_ref(),
-                delivery.delivery_attempt,
-                started_at,
-                cancel,
-            )
-            .await;
+        let exported = match &msg.restore {
+            Some(target) => {
+                let restorer = Restorer {
+                    backends: &self.backends,
+                    retry: &self.retry,
+                    task: &self.task,
+                };
+                let restore = RestoreDelivery {
+                    msg: &msg,
+                    target,
+                    attempt: delivery.delivery_attempt,
+                    started_at,
+                };
+                restorer.restore(&restore, store.as_ref(), cancel).await
+            }
+            None => {
+                self.export(
+                    &msg,
+                    store.as_ref(),
+                    delivery.delivery_attempt,
+                    started_at,
+                    cancel,
+                )
+                .await
+            }
+        };
         beat.stop().await;
         match exported {
             Ok(()) => Disposition::Ack,
@@ -771,8 +790,8 @@ impl Handler for ExportHandler {
             tracing::error!(run_id = %msg.run_id, unit, error = %format!("{err:#}"), "cannot write dead-letter record");
         }
         // A message refused for its names made no files, and its folder
-        // would be a path outside the unit's.
-        if msg.check_names().is_err() {
+        // would be a path outside the unit's; a restore writes no files.
+        if msg.check_names().is_err() || msg.restore.is_some() {
             return;
         }
         if let Err(err) = remove_uncommitted(&msg, store.as_ref()).await {

@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::contract::change::ChangeMarker;
-use crate::contract::message::{check_path_segment, SourceTable};
+use crate::contract::message::{check_path_segment, RestoreTarget, SourceTable};
 use crate::contract::options::ExportOptions;
 use crate::engine::selection::CurrentExport;
 
@@ -324,6 +324,10 @@ pub struct PlannedUnit {
     /// The source's change marker when the run was planned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<ChangeMarker>,
+    /// In a restore run: where the unit's export is loaded, which makes
+    /// its message a restore message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreTarget>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -179,6 +179,7 @@ mod tests {
             rows: None,
             bytes: Some(bytes),
             change: None,
+            restore: None,
         }
     }
 

@@ -185,6 +185,21 @@ fn patterns(flag: &str, globs: &[String]) -> Result<Vec<glob::Pattern>, ConfigEr
         .collect()
 }
 
+/// A run id names folders and records: letters, digits, `-_.:` only.
+pub fn check_run_id(id: &str) -> Result<(), ConfigError> {
+    let allowed = id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+    if check_path_segment(id).is_err() || !allowed {
+        return Err(ConfigError::new(
+            "--run-id",
+            format!("{id:?} is not a usable run id"),
+            "use letters, digits, '-', '_', '.' and ':'",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks everything that can be checked before anything is published.
 pub fn validate(
     plan: &RunPlan,
@@ -192,19 +207,9 @@ pub fn validate(
     store: &dyn ObjectStore,
 ) -> Result<(), ConfigError> {
     if let Some(id) = plan.run.given() {
-        let allowed = id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
-        if check_path_segment(id).is_err() || !allowed {
-            return Err(ConfigError::new(
-                "--run-id",
-                format!("{id:?} is not a usable run id"),
-                "use letters, digits, '-', '_', '.' and ':'",
-            ));
-        }
+        check_run_id(id)?;
     }
-    patterns("--include", &plan.include)?;
-    patterns("--exclude", &plan.exclude)?;
+    Filters::new(&plan.include, &plan.exclude)?;
     plan.options.validate()?;
     if plan.views {
         plan.options.validate_for_views()?;
@@ -404,15 +409,23 @@ impl SourcePlan {
 }
 
 /// `--include` and `--exclude`, compiled.
-struct Filters {
+pub struct Filters {
     include: Vec<glob::Pattern>,
     exclude: Vec<glob::Pattern>,
 }
 
 impl Filters {
+    /// Compiles the globs, refusing one that is not a glob (naming its flag).
+    pub fn new(include: &[String], exclude: &[String]) -> Result<Filters, ConfigError> {
+        Ok(Filters {
+            include: patterns("--include", include)?,
+            exclude: patterns("--exclude", exclude)?,
+        })
+    }
+
     /// Whether the run takes this table: a glob names a table as `TABLE` or
     /// as `DATASET.TABLE`.
-    fn select(&self, dataset: &str, table: &str) -> bool {
+    pub fn select(&self, dataset: &str, table: &str) -> bool {
         let qualified = format!("{dataset}.{table}");
         let names = |p: &glob::Pattern| p.matches(table) || p.matches(&qualified);
         (self.include.is_empty() || self.include.iter().any(names))
@@ -547,13 +560,7 @@ async fn publish_new(
         partly_covered,
         retired,
     };
-    let body = serde_json::to_vec_pretty(&manifest)?;
-    let manifest_key = layout::run_manifest(&run_id);
-    RETRY
-        .run_any("writing the run manifest", || {
-            store.write(&manifest_key, &body, None)
-        })
-        .await?;
+    write_run_manifest(&manifest, store).await?;
     for export in &manifest.retired {
         RETRY
             .run_any("retiring an export", || async {
@@ -617,10 +624,7 @@ async fn plan_sources(
     store: &dyn ObjectStore,
 ) -> anyhow::Result<SourcePlan> {
     let today = Utc::now().date_naive();
-    let filters = Filters {
-        include: patterns("--include", &plan.include)?,
-        exclude: patterns("--exclude", &plan.exclude)?,
-    };
+    let filters = Filters::new(&plan.include, &plan.exclude)?;
     let several = warehouses.len() > 1;
     let mut all = SourcePlan::default();
     for warehouse in warehouses {
@@ -800,7 +804,7 @@ fn same_run(plan: &RunPlan, warehouses: &[Arc<dyn Warehouse>]) -> String {
 
 /// A table's or unit's name in a run: `DATASET.NAME` in a run of `several`
 /// datasets, where two datasets may have tables of one name.
-fn run_name(dataset: &str, name: &str, several: bool) -> String {
+pub fn run_name(dataset: &str, name: &str, several: bool) -> String {
     if several {
         format!("{dataset}.{name}")
     } else {
@@ -894,6 +898,7 @@ async fn plan_units(
             rows,
             bytes,
             change,
+            restore: None,
         }
     };
     // Markers first: the embedded warehouse starts counting changes here,
@@ -1022,9 +1027,25 @@ async fn resume(
     })
 }
 
-/// Publishes one message per unit, in batches, each retried until
-/// confirmed; then marks the run published.
-async fn publish(
+/// Writes a run's manifest, before any of its messages is published: no
+/// published message ever belongs to a run without one.
+pub async fn write_run_manifest(
+    manifest: &RunManifest,
+    store: &dyn ObjectStore,
+) -> anyhow::Result<()> {
+    let body = serde_json::to_vec_pretty(manifest)?;
+    let manifest_key = layout::run_manifest(&manifest.run_id);
+    RETRY
+        .run_any("writing the run manifest", || {
+            store.write(&manifest_key, &body, None)
+        })
+        .await
+}
+
+/// Publishes one message per unit (a restore message for a unit with a
+/// restore target), in batches, each retried until confirmed; then marks
+/// the run published.
+pub async fn publish(
     manifest: &RunManifest,
     units: &[&PlannedUnit],
     topic: &dyn Topic,
@@ -1036,7 +1057,7 @@ async fn publish(
             .iter()
             .map(|u| {
                 WorkMessage {
-                    v: SCHEMA_VERSION,
+                    v: WorkMessage::version_for(&u.restore),
                     run_id: manifest.run_id.clone(),
                     source: u.source.clone(),
                     destination: manifest.destination.clone(),
@@ -1044,7 +1065,7 @@ async fn publish(
                     enqueued_at: manifest.created_at,
                     change: u.change.clone(),
                     unit: (u.unit != u.source.unit()).then(|| u.unit.clone()),
-                    restore: None,
+                    restore: u.restore.clone(),
                 }
                 .to_envelope()
             })

@@ -399,6 +399,23 @@ pub fn assert_exported(sb: &Sandbox, run_id: &str, table: &str, rows: u64) -> Ta
     m
 }
 
+/// A run of every table, partitioned ones partition by partition, views
+/// through their queries.
+pub fn every_unit_plan(run_id: &str) -> RunPlan {
+    RunPlan {
+        partitions: bqdrain::engine::selection::PartitionPlan {
+            split: true,
+            window: None,
+            min_rows: 0,
+        },
+        views: true,
+        ..RunPlan::every_table(RunId::Given {
+            id: run_id.into(),
+            resume: false,
+        })
+    }
+}
+
 /// Polls until `cond` holds, or panics after `limit`.
 pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let started = Instant::now();

@@ -6,15 +6,19 @@
 //!   never write one folder together.
 //! - [`dataset`]: makes such datasets, with dummy tables and injected faults.
 //! - [`definition`]: a table's definition, written beside its export.
+//! - [`load`]: a restore unit loaded back into such a dataset, reading
+//!   its CSV through [`csv_records`].
 //! - [`partitions`]: partitioned tables and change markers of such datasets.
 //! - [`store`]: a folder as an object store (`file://`).
 //! - [`store_fault`]: stalls such a store's deletes, to kill a worker
 //!   while it settles.
 //! - [`sqlite_file`]: what an existing SQLite file holds, read before use.
 
+pub mod csv_records;
 pub mod dataset;
 pub mod definition;
 pub mod jobs;
+pub mod load;
 pub mod partitions;
 pub mod queue;
 pub mod sqlite_file;

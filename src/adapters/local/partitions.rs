@@ -62,10 +62,20 @@ pub fn partition_by(
     column: &str,
     unit: Partitioning,
 ) -> anyhow::Result<()> {
+    declare(&Connection::open(path)?, table, column, unit)
+}
+
+/// [`partition_by`] on an open connection (a restore declares the table it
+/// makes in the transaction that makes it).
+pub fn declare(
+    conn: &Connection,
+    table: &str,
+    column: &str,
+    unit: Partitioning,
+) -> anyhow::Result<()> {
     if unit == Partitioning::IntegerRange {
         anyhow::bail!("the embedded warehouse partitions by a date or time column only");
     }
-    let conn = Connection::open(path)?;
     conn.execute_batch(&format!(
         "CREATE TABLE IF NOT EXISTS {PARTITIONING_TABLE} (
             table_name TEXT PRIMARY KEY,

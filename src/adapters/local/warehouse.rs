@@ -24,7 +24,7 @@ use super::dataset::{Fault, FAULTS_TABLE};
 use super::partitions::{self, PARTITIONING_TABLE};
 use super::store::{place, staging_file, FsStore};
 use super::{absolute, sqlite_file, LocalUri};
-use super::{definition, jobs};
+use super::{definition, jobs, load};
 use crate::contract::change::ChangeMarker;
 use crate::contract::message::SourceTable;
 use crate::contract::options::{Compression, ExportOptions, Format};
@@ -267,7 +267,7 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn sqlite_error(context: &str, e: rusqlite::Error) -> UnitError {
+pub(super) fn sqlite_error(context: &str, e: rusqlite::Error) -> UnitError {
     match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
             UnitError::transient("backendError", format!("{context}: {e}"))
@@ -492,15 +492,26 @@ impl Warehouse for LocalWarehouse {
         })
     }
 
-    async fn load(&self, request: &LoadRequest, _cancel: Cancel) -> Result<LoadResult, UnitError> {
-        Err(UnitError::permanent(
-            "notImplemented",
-            format!(
-                "restoring into {} is not built yet (table {})",
-                self.uri(),
-                request.table
-            ),
-        ))
+    async fn load(&self, request: &LoadRequest, cancel: Cancel) -> Result<LoadResult, UnitError> {
+        if !FsStore::is_local(&request.source_root) {
+            return Err(UnitError::permanent(
+                "invalid",
+                format!(
+                    "the local warehouse loads exports from file:// folders only, not {}",
+                    request.source_root
+                ),
+            ));
+        }
+        let root = FsStore::root_of(&request.source_root, "source_root")
+            .map_err(|e| UnitError::permanent("invalid", e.to_string()))?;
+        let pool = Arc::clone(&self.connections);
+        let request = request.clone();
+        tokio::task::spawn_blocking(move || {
+            pool.with(|kept| load::load(&mut kept.conn, &root, &request, &cancel))
+                .map_err(|e| sqlite_error("opening dataset", e))?
+        })
+        .await
+        .map_err(|e| UnitError::transient("backendError", format!("load task failed: {e}")))?
     }
 
     /// SQLite's declared types: none is nested or repeated, so no format
@@ -693,7 +704,9 @@ fn render_csv(
                 None => out.extend_from_slice(v.to_string().as_bytes()),
             },
             ValueRef::Text(t) => {
-                let needs_quotes = t.iter().any(|&b| b == b'"' || b == b'\n' || b == b'\r')
+                // An empty string is quoted: unquoted, it would read as NULL.
+                let needs_quotes = t.is_empty()
+                    || t.iter().any(|&b| b == b'"' || b == b'\n' || b == b'\r')
                     || t.windows(delimiter.len()).any(|w| w == delimiter);
                 if needs_quotes {
                     out.push(b'"');
