@@ -279,3 +279,104 @@ async fn partitions_are_restored_one_by_one_and_whole_tables_replaced() {
     assert_eq!(found["type"], "VIEW", "{found}");
     assert_eq!(found["view"]["query"], json!(query), "{found}");
 }
+
+/// `bqdrain restore` end to end on the emulators: a dataset exported in
+/// Avro (whole tables, a table's partitions, a view) is published as a
+/// restore run on the work topic, drained by `bqdrain work`, and comes back
+/// into another dataset (`--dataset-map`) with every row; `status` counts
+/// the restore run; restoring again into tables that now exist is refused
+/// before anything is published; a target dataset that does not exist is
+/// refused with the fix.
+#[tokio::test]
+async fn bqdrain_restore_brings_a_dataset_back_through_the_queue() {
+    let sb = GcpSandbox::new("restore_cli", 5).await;
+    sb.make_tables(2, 100).await;
+    sb.create_daily_table("events", &["2026-12-01", "2026-12-02"], 5)
+        .await;
+    sb.create_view("t_001_view", "t_001").await;
+    let args = [
+        "--partitions",
+        "--views",
+        "--max-bytes-billed",
+        "100000000",
+        "--format",
+        "avro",
+    ];
+    export(&sb, "r1", "*", &args, 5).await;
+
+    let from = sb.destination("r1");
+    let back = format!("{}_back", sb.dataset);
+    let to = format!("bigquery://{}", common::gcp::PROJECT);
+    let map = format!("{}={back}", sb.dataset);
+    let topic = sb.topic();
+    let restore = |run_id: &str| {
+        sb.bqdrain(&[
+            "restore",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--dataset-map",
+            &map,
+            "--topic",
+            &topic,
+            "--run-id",
+            run_id,
+            "--json",
+        ])
+    };
+
+    let missing = restore("rr0");
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&back) && stderr.contains("--to"),
+        "{stderr}"
+    );
+
+    sb.create_dataset(&back).await;
+    sb.resubscribe("rr1").await;
+    let out = restore("rr1");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["units"], 5, "{report}");
+    let worker = sb.spawn_worker(&["--run-id", "rr1", "--destination", &from], None);
+    let (status, outcome) = finish(worker, LIMIT);
+    assert!(status.success(), "{outcome}\n{}", sb.logs());
+    assert_eq!(outcome["acked"], 5, "{outcome}\n{}", sb.logs());
+
+    for table in ["t_001", "t_002", "events", "t_001_view"] {
+        let rows = sb.table_rows(&sb.dataset, table).await;
+        assert!(!rows.is_empty(), "{table}");
+        assert_eq!(sb.table_rows(&back, table).await, rows, "{table}");
+        assert_eq!(
+            sb.table_definition(&back, table).await,
+            sb.table_definition(&sb.dataset, table).await,
+            "{table}"
+        );
+    }
+    // The view is made again from its query as it was: it still reads the
+    // source dataset's table (a restore rewrites no query).
+    let view = sb.table_definition(&back, "t_001_view").await;
+    let source_table = format!("{}.t_001", sb.dataset);
+    assert!(
+        view["view"]["query"]
+            .as_str()
+            .is_some_and(|q| q.contains(&source_table)),
+        "{view}"
+    );
+    let status = sb.status("r1", "rr1", &[]);
+    assert_eq!(status["totals"]["exported"], 5, "{status}");
+
+    let again = restore("rr2");
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--if-exists") && stderr.contains("t_001"),
+        "{stderr}"
+    );
+}

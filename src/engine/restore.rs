@@ -88,6 +88,14 @@ impl Restorer<'_> {
             })
             .await?;
         let is_view = request.definition.view_query.is_some();
+        if !is_view && manifest.rows.is_none() {
+            tracing::warn!(
+                run_id = %msg.run_id, unit, rows = loaded.rows,
+                "the export recorded no row count (BigQuery knows none for a table changed \
+                 since the run's start, or for a partition read as it was at export time): \
+                 the rows loaded are not checked"
+            );
+        }
         if let (false, Some(loaded), Some(exported)) = (is_view, loaded.rows, manifest.rows) {
             if loaded != exported {
                 return Err(UnitError::permanent(

@@ -18,7 +18,9 @@ use super::gcp::{GcpSandbox, PROJECT};
 
 /// What a table is made with, as `tables.get` answers: the parts of a
 /// definition a restore must bring back.
-pub const DEFINITION_FIELDS: [&str; 7] = [
+pub const DEFINITION_FIELDS: [&str; 9] = [
+    "type",
+    "view",
     "schema",
     "timePartitioning",
     "rangePartitioning",

@@ -1328,6 +1328,9 @@ impl Warehouse for BigQueryWarehouse {
     }
 
     async fn list_tables(&self) -> anyhow::Result<Vec<TableInfo>> {
+        // A dataset that is not there (or not readable) is said as such,
+        // not taken for a query the caller may not run.
+        self.location().await?;
         match self.tables_from_query().await {
             Ok(tables) => {
                 tracing::info!(

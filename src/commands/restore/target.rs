@@ -10,7 +10,7 @@ use super::{IfExists, Unit};
 use crate::adapters::backends;
 use crate::adapters::local::warehouse::LocalWarehouse;
 use crate::engine::layout::SkippedTable;
-use crate::error::ConfigError;
+use crate::error::{ConfigError, UnitError};
 use crate::ports::warehouse::Warehouse;
 
 /// `--to` with `--dataset-map`.
@@ -267,10 +267,26 @@ async fn target_tables(uri: &str, target: &Target) -> anyhow::Result<BTreeSet<St
         return Ok(BTreeSet::new());
     }
     let warehouse: Arc<dyn Warehouse> = backends::open_warehouse(uri, "--to").await?;
-    Ok(warehouse
-        .list_tables()
-        .await?
-        .into_iter()
-        .map(|t| t.name)
-        .collect())
+    let tables = match warehouse.list_tables().await {
+        Ok(tables) => tables,
+        Err(e)
+            if e.downcast_ref::<UnitError>()
+                .is_some_and(|e| e.reason == "notFound") =>
+        {
+            return Err(ConfigError::new(
+                "--to",
+                format!("the target dataset {uri} does not exist ({e:#})"),
+                format!(
+                    "create it first, where the exports' data may live (bq mk --dataset \
+                     --location=LOCATION {}:{}), or restore into one that exists with \
+                     --dataset-map FROM=TO",
+                    warehouse.project(),
+                    warehouse.dataset()
+                ),
+            )
+            .into())
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(tables.into_iter().map(|t| t.name).collect())
 }
