@@ -21,6 +21,8 @@ const SHELL: &[&str] = &["sh", "bash", "shell", "console"];
 /// The comment before a block's fence that says what to do with it:
 /// `<!-- docs-test: KIND -->`.
 const MARKER_PREFIX: &str = "<!-- docs-test:";
+/// Marks a sh block run after the page's previous run block, in its directory.
+const CONTINUES: &str = "continues";
 
 /// What the test does with a block.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -65,6 +67,9 @@ struct Block {
     place: String,
     lang: String,
     kind: Kind,
+    /// Marked `docs-test: continues`: run after the page's previous run
+    /// block, in its directory (a walk-through's later steps).
+    continues: bool,
     body: String,
 }
 
@@ -139,7 +144,10 @@ fn blocks(page: &Path) -> Vec<Block> {
             .map(str::trim);
         let lang = lang.trim().to_string();
         let shell = SHELL.contains(&lang.as_str());
-        let kind = marker.map_or(Kind::Run, |m| Kind::of(m, &place));
+        let continues = marker == Some(CONTINUES);
+        let kind = marker
+            .filter(|_| !continues)
+            .map_or(Kind::Run, |m| Kind::of(m, &place));
         match (shell, kind) {
             (true, Kind::Output) => panic!("{place}: `output` marks a text block, not a shell one"),
             (false, Kind::Run | Kind::Output) => {}
@@ -151,10 +159,14 @@ fn blocks(page: &Path) -> Vec<Block> {
         } else {
             Kind::Illustration
         };
+        if continues && (!shell || lang == "console") {
+            panic!("{place}: `continues` marks a sh block that follows another run block");
+        }
         out.push(Block {
             place,
             lang,
             kind,
+            continues,
             body: lines[i + 1..end].join("\n"),
         });
         i = end + 1;
@@ -173,8 +185,11 @@ fn all_blocks() -> Vec<Block> {
 fn runnable(kind: Kind) -> Vec<Runnable> {
     let mut out: Vec<Runnable> = Vec::new();
     for page in pages() {
-        // The last run block above: its index in `out` when it is of `kind`.
-        let mut last_run: Option<Option<usize>> = None;
+        // The last run block above: its (index in `out`, step) when it is
+        // of `kind`.
+        let mut last_run: Option<Option<(usize, usize)>> = None;
+        // The page's last runnable of `kind`, which a `continues` block joins.
+        let mut page_last: Option<usize> = None;
         for block in blocks(&page) {
             if block.kind == Kind::Output {
                 let owner = last_run.take().unwrap_or_else(|| {
@@ -183,8 +198,8 @@ fn runnable(kind: Kind) -> Vec<Runnable> {
                         block.place
                     )
                 });
-                if let Some(index) = owner {
-                    out[index].steps[0].expected = lines_of(&block.body);
+                if let Some((index, step)) = owner {
+                    out[index].steps[step].expected = lines_of(&block.body);
                 }
                 continue;
             }
@@ -206,9 +221,21 @@ fn runnable(kind: Kind) -> Vec<Runnable> {
             for step in &mut steps {
                 step.command = rewrite_cargo_run(&step.command, &block.place);
             }
-            if !block.is_console() {
-                last_run = Some(Some(out.len()));
+            if block.continues {
+                let index = page_last.unwrap_or_else(|| {
+                    panic!(
+                        "{}: `continues` with no run block above it on the page",
+                        block.place
+                    )
+                });
+                out[index].steps.extend(steps);
+                last_run = Some(Some((index, out[index].steps.len() - 1)));
+                continue;
             }
+            if !block.is_console() {
+                last_run = Some(Some((out.len(), 0)));
+            }
+            page_last = Some(out.len());
             out.push(Runnable {
                 place: block.place,
                 steps,
