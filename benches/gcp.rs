@@ -36,9 +36,9 @@
 //!   partition units: makespan against its lower bound (once each);
 //! - `round_trip`: 30 tables of 1,000 rows exported (producer and 4 worker
 //!   processes of concurrency 1, Avro) and restored into a fresh dataset
-//!   (each unit's `Warehouse::load`, 4 at once, in this process: the
-//!   `bqdrain restore` command is not used here), each side's wall time,
-//!   every unit's rows checked against its export's.
+//!   (`bqdrain restore` publishing to the work topic, then 4 worker
+//!   processes of concurrency 1), each side's wall time, the rows loaded
+//!   checked against the rows exported.
 //!
 //! It checks the work was done (every message acked, every table exported)
 //! and asserts nothing about speed. `BQDRAIN_BENCH_QUICK=1` runs each once
@@ -1000,30 +1000,50 @@ async fn round_trip(s: &Sizes) {
 
         let restored = format!("{}_{run_id}", sb.dataset);
         sb.create_dataset(&restored).await;
-        let units: Vec<String> = run_records(&sb, "trip", &report)
+        let exported_rows: u64 = run_records(&sb, "trip", &report)
             .await
-            .into_iter()
-            .map(|record| record.unit)
-            .collect();
+            .iter()
+            .map(|record| record.rows.unwrap())
+            .sum();
+        let restore_id = format!("back{rep}");
+        sb.resubscribe(&format!("work_{restore_id}")).await;
+        let destination = sb.destination("trip");
+        let target = format!("bigquery://{}/{restored}", common::gcp::PROJECT);
         let started = Instant::now();
-        let loaded: Vec<(String, Option<u64>, Option<u64>)> = futures::stream::iter(units)
-            .map(|unit| {
-                let (sb, run_id, restored) = (&sb, &run_id, &restored);
-                async move {
-                    let request = sb.load_request("trip", run_id, &unit, None).await;
-                    let record = sb.done_record("trip", run_id, &unit).await.unwrap();
-                    let result = sb.load_into(restored, &request).await.unwrap();
-                    (unit, result.rows, record.rows)
-                }
+        let out = sb.bqdrain(&[
+            "restore",
+            "--from",
+            &destination,
+            "--to",
+            &target,
+            "--topic",
+            &sb.topic(),
+            "--run-id",
+            &restore_id,
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let workers: Vec<_> = (0..RESTORE_CONCURRENCY)
+            .map(|_| {
+                let args = ["--run-id", &restore_id, "--destination", &destination];
+                sb.spawn_worker(&[&args[..], &["--concurrency", "1"]].concat(), None)
             })
-            .buffer_unordered(RESTORE_CONCURRENCY)
-            .collect()
-            .await;
-        restore_seconds.push(started.elapsed().as_secs_f64());
-        for (unit, rows, exported) in &loaded {
-            assert_eq!(rows, exported, "{unit}: rows loaded, rows exported");
+            .collect();
+        for worker in workers {
+            let (status, outcome) = common::finish(worker, Duration::from_secs(1800));
+            assert!(status.success(), "{outcome}\n{}", sb.logs());
         }
-        assert_eq!(loaded.len(), s.round_trip_tables, "every table restored");
+        restore_seconds.push(started.elapsed().as_secs_f64());
+        let status = sb.status("trip", &restore_id, &[]);
+        assert_eq!(
+            status["totals"]["exported"], s.round_trip_tables,
+            "every table restored: {status}"
+        );
+        assert_eq!(status["rows"], exported_rows, "rows loaded, rows exported");
     }
     let (export, restore) = (
         median(export_seconds.clone()),
@@ -1034,10 +1054,10 @@ async fn round_trip(s: &Sizes) {
                "format": "avro", "tasks": RESTORE_CONCURRENCY,
                "export_seconds": spread_json(export_seconds),
                "restore_seconds": spread_json(restore_seconds),
-               "restore_through": "Warehouse::load per unit, in process"}),
+               "restore_through": "bqdrain restore, then bqdrain work processes"}),
         format!(
             "round trip of {} tables x 1,000 rows (Avro): export {export:.2} s (producer + {RESTORE_CONCURRENCY} worker processes), \
-             restore {restore:.2} s ({RESTORE_CONCURRENCY} loads at once through Warehouse::load, in process, not the restore command)",
+             restore {restore:.2} s (bqdrain restore, then {RESTORE_CONCURRENCY} worker processes)",
             s.round_trip_tables
         ),
     );
