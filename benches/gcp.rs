@@ -52,6 +52,7 @@ mod common;
 mod support;
 
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -61,6 +62,9 @@ use bqdrain::contract::message::{Envelope, SourceTable};
 use bqdrain::contract::options::Format;
 use bqdrain::engine::layout::{self, PlannedUnit, RecordBody, RunManifest, TableManifest};
 use bqdrain::engine::producer::{produce, ProduceReport, RunId, RunPlan};
+use bqdrain::ports::queue::Topic;
+use bqdrain::ports::store::ObjectStore;
+use bqdrain::ports::warehouse::Warehouse;
 use common::discovery_proxy::DiscoveryProxy;
 use common::fault_proxy::FaultProxy;
 use common::gcp::{emulators, GcpSandbox};
@@ -413,19 +417,8 @@ async fn producer(s: &Sizes) {
     let create_seconds = started.elapsed().as_secs_f64();
 
     let proxy = FaultProxy::counting(&sb.emulators.bigquery);
-    // Read when the client is built: this warehouse alone goes through it.
-    std::env::set_var("BIGQUERY_EMULATOR_HOST", &proxy.addr);
     let started = Instant::now();
-    let warehouse = bqdrain::adapters::backends::open_warehouse(&sb.source(), "bench")
-        .await
-        .unwrap();
-    std::env::set_var("BIGQUERY_EMULATOR_HOST", &sb.emulators.bigquery);
-    let topic = bqdrain::adapters::backends::open_topic(&sb.topic(), "bench")
-        .await
-        .unwrap();
-    let store = bqdrain::adapters::backends::open_store(&sb.destination("scale"), "bench")
-        .await
-        .unwrap();
+    let (warehouse, topic, store) = producer_backends(sb, &proxy.addr, "scale").await;
     let report = publish_run("scale", &warehouse, topic.as_ref(), store.as_ref()).await;
     let seconds = started.elapsed().as_secs_f64();
     assert_eq!(
@@ -455,6 +448,28 @@ async fn producer(s: &Sizes) {
     plan_under_grants(sb, s, "producer_fallback", without_queries.path()).await;
 }
 
+/// What the producer opens: the dataset, its BigQuery client talking to
+/// `bigquery` (read when the client is built, so this warehouse alone goes
+/// there), the work topic and the store of `folder`.
+async fn producer_backends(
+    sb: &GcpSandbox,
+    bigquery: &str,
+    folder: &str,
+) -> (Arc<dyn Warehouse>, Arc<dyn Topic>, Arc<dyn ObjectStore>) {
+    std::env::set_var("BIGQUERY_EMULATOR_HOST", bigquery);
+    let warehouse = bqdrain::adapters::backends::open_warehouse(&sb.source(), "bench")
+        .await
+        .unwrap();
+    std::env::set_var("BIGQUERY_EMULATOR_HOST", &sb.emulators.bigquery);
+    let topic = bqdrain::adapters::backends::open_topic(&sb.topic(), "bench")
+        .await
+        .unwrap();
+    let store = bqdrain::adapters::backends::open_store(&sb.destination(folder), "bench")
+        .await
+        .unwrap();
+    (warehouse, topic, store)
+}
+
 const PERMISSION_TABLE: &str = "src/adapters/gcp/permissions.json";
 
 /// Plans and publishes the dataset of `producer` in process (`--format
@@ -465,18 +480,8 @@ async fn plan_under_grants(sb: &GcpSandbox, s: &Sizes, name: &str, table: &std::
     let table = table.to_str().unwrap();
     let who = ["--permissions", table, "--who", "producer", "--when", ""];
     let proxy = DiscoveryProxy::start("bigquery.v2", &sb.emulators.bigquery, &who);
-    std::env::set_var("BIGQUERY_EMULATOR_HOST", &proxy.addr);
     let started = Instant::now();
-    let warehouse = bqdrain::adapters::backends::open_warehouse(&sb.source(), "bench")
-        .await
-        .unwrap();
-    std::env::set_var("BIGQUERY_EMULATOR_HOST", &sb.emulators.bigquery);
-    let topic = bqdrain::adapters::backends::open_topic(&sb.topic(), "bench")
-        .await
-        .unwrap();
-    let store = bqdrain::adapters::backends::open_store(&sb.destination(name), "bench")
-        .await
-        .unwrap();
+    let (warehouse, topic, store) = producer_backends(sb, &proxy.addr, name).await;
     // JSON, whose columns need no check: with CSV the producer also reads
     // INFORMATION_SCHEMA.COLUMNS, a query the fallback's grants refuse.
     let mut plan = RunPlan::every_table(RunId::Given {
@@ -786,16 +791,8 @@ async fn produce_and_drain(
     };
     sb.resubscribe(&format!("work_{run_id}")).await;
     let started = Instant::now();
-    let warehouse = bqdrain::adapters::backends::open_warehouse(&sb.source(), "bench")
-        .await
-        .unwrap();
-    let topic = bqdrain::adapters::backends::open_topic(&sb.topic(), "bench")
-        .await
-        .unwrap();
+    let (warehouse, topic, store) = producer_backends(sb, &sb.emulators.bigquery, folder).await;
     let destination = sb.destination(folder);
-    let store = bqdrain::adapters::backends::open_store(&destination, "bench")
-        .await
-        .unwrap();
     let report = produce(plan, &[warehouse], topic.as_ref(), store.as_ref())
         .await
         .unwrap();

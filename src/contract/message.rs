@@ -109,6 +109,13 @@ impl WorkMessage {
         self.unit.clone().unwrap_or_else(|| self.source.unit())
     }
 
+    /// The key of the unit's warehouse job (an export's or a load's), the
+    /// same on every delivery, so a retry finds the job an earlier one
+    /// started.
+    pub fn job_key(&self) -> String {
+        format!("bqdrain_{}_{}", self.run_id, self.unit())
+    }
+
     pub fn to_envelope(&self) -> Envelope {
         let mut attributes = BTreeMap::new();
         attributes.insert(ATTR_RUN_ID.to_string(), self.run_id.clone());

@@ -119,7 +119,7 @@ impl ExportHandler {
         let manifest_key = layout::export_manifest(&msg.source, &msg.run_id);
         let folder = layout::export_folder(&msg.source, &msg.run_id);
         let request = ExportRequest {
-            job_key: format!("bqdrain_{}_{}", msg.run_id, unit),
+            job_key: msg.job_key(),
             source: msg.source.clone(),
             destination_root: msg.destination.clone(),
             folder: folder.clone(),

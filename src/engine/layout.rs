@@ -19,6 +19,7 @@
 //! committed are older runs' committed folders of that table deleted. The
 //! dataset is part of the path, so two datasets can share a destination.
 
+use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,20 @@ use crate::contract::change::ChangeMarker;
 use crate::contract::message::{check_path_segment, RestoreTarget, SourceTable};
 use crate::contract::options::ExportOptions;
 use crate::engine::selection::CurrentExport;
+use crate::ports::store::ObjectStore;
+
+/// The record at `key`, parsed; `None` if there is none.
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    store: &dyn ObjectStore,
+    key: &str,
+) -> anyhow::Result<Option<T>> {
+    match store.read(key).await? {
+        None => Ok(None),
+        Some(bytes) => Ok(Some(
+            serde_json::from_slice(&bytes).with_context(|| format!("parsing {key}"))?,
+        )),
+    }
+}
 
 /// Reserved top-level folder for bqdrain's own records.
 pub const META: &str = "_bqdrain";

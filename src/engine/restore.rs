@@ -65,7 +65,7 @@ impl Restorer<'_> {
             .await?
             .ok_or_else(|| missing(&definition_key, &export("the table's definition"), msg))?;
         let request = LoadRequest {
-            job_key: format!("bqdrain_{}_{}", msg.run_id, unit),
+            job_key: msg.job_key(),
             table: target.table.clone(),
             definition,
             source_root: msg.destination.clone(),
@@ -145,20 +145,19 @@ async fn read_store(store: &dyn ObjectStore, key: &str, what: &str) -> Result<bo
         .is_some())
 }
 
+/// A record of the export, parsed: a store that fails may answer next time,
+/// a record that does not parse will not.
 async fn read_json<T: DeserializeOwned>(
     store: &dyn ObjectStore,
     key: &str,
 ) -> Result<Option<T>, UnitError> {
-    let Some(bytes) = store
-        .read(key)
-        .await
-        .map_err(|e| UnitError::io(&format!("reading {key}"), e))?
-    else {
-        return Ok(None);
-    };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| UnitError::permanent("invalid", format!("{key} is not readable: {e}")))
+    layout::read_json(store, key).await.map_err(|e| {
+        if e.downcast_ref::<serde_json::Error>().is_some() {
+            UnitError::permanent("invalid", format!("{key} is not readable: {e:#}"))
+        } else {
+            UnitError::io(&format!("reading {key}"), e)
+        }
+    })
 }
 
 fn missing(key: &str, what: &str, msg: &WorkMessage) -> UnitError {

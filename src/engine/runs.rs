@@ -12,7 +12,8 @@ use serde::Serialize;
 
 use crate::engine::drain::Progress;
 use crate::engine::layout::{
-    self, ActiveRecord, DeadRecord, PlannedUnit, RunManifest, SupersededRecord, TableManifest,
+    self, read_json, ActiveRecord, DeadRecord, PlannedUnit, RunManifest, SupersededRecord,
+    TableManifest,
 };
 use crate::engine::retry::RetryPolicy;
 use crate::ports::store::ObjectStore;
@@ -61,18 +62,6 @@ pub struct Totals {
     pub dead_lettered: usize,
     pub superseded: usize,
     pub pending: usize,
-}
-
-async fn read_json<T: serde::de::DeserializeOwned>(
-    store: &dyn ObjectStore,
-    key: &str,
-) -> anyhow::Result<Option<T>> {
-    match store.read(key).await? {
-        None => Ok(None),
-        Some(bytes) => Ok(Some(
-            serde_json::from_slice(&bytes).with_context(|| format!("parsing {key}"))?,
-        )),
-    }
 }
 
 /// Which units of a run have which records, from three listings, with the
